@@ -1,0 +1,244 @@
+"""Universal adversarial perturbations by the simple iterative algorithm (Section 2.2).
+
+Start from ρ (zero, or carried in from the previous chunk of a stream); pass
+over the input images in a seeded random order; for an image whose label under
+x+ρ still counts as not fooled (see :mod:`raylab.core.criteria`), take one FGSM
+step of size ε from x+ρ; if the step is accepted, ``ρ <- Proj(x_adv - x)``.
+Repeat for ``i_max`` passes or until the score on the inputs reaches 1 - δ.
+
+``batch_update`` applies that rule to a batch of B images against one ρ and
+returns the sum of accepted steps; ``ρ <- Proj(ρ + Σ accepted steps)``. With
+B=1 this *is* the faithful per-image rule of ART's ``UniversalPerturbation``
+(``x_adv - x = ρ + s``), which is how ``mode="faithful"`` runs. The batched
+update is the unit of work the Ray engine distributes.
+
+Cost per batch: one forward with autograd on x+ρ (labels and input gradients
+together, no weight gradients) and one acceptance forward for the active
+images; clean labels are computed once per image, in batches.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .criteria import Criterion, Untargeted
+from .fgsm import StepNorm, autocast, direction, input_gradient
+from .metrics import model_device, predict_labels
+from .norms import Norm, project_lp
+from .pixels import as_model_input
+
+Mode = Literal["faithful", "batched"]
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Counts from one batch: images seen, attacked (active), steps accepted."""
+
+    images: int = 0
+    active: int = 0
+    accepted: int = 0
+
+    def __add__(self, other: StepStats) -> StepStats:
+        return StepStats(self.images + other.images, self.active + other.active, self.accepted + other.accepted)
+
+    @property
+    def fooled_on_visit(self) -> int:
+        """Images that already counted as fooled when visited."""
+        return self.images - self.active
+
+
+@dataclass(frozen=True)
+class BatchUpdate:
+    """The result of :func:`batch_update`: the sum of accepted steps, and counts."""
+
+    step: Tensor
+    stats: StepStats
+
+
+def batch_update(
+    model: nn.Module,
+    x: Tensor,
+    clean: Tensor,
+    rho: Tensor,
+    *,
+    eps: float,
+    criterion: Criterion,
+    step_norm: StepNorm = "sign",
+    clip: tuple[float, float] | None = None,
+    amp: bool = False,
+) -> BatchUpdate:
+    """The batched UAP update for a batch ``x`` against one ρ (all on the model's device).
+
+    Args:
+        x: images, uint8 raw or float model space, B×C×H×W.
+        clean: their clean labels, B.
+        rho: the current perturbation, C×H×W.
+        clip: the valid range to clip x+ρ and x_adv to; None (the authors'
+            setting: their classifier had no clip values) leaves them unclipped.
+    """
+    x = as_model_input(x)
+    x_pert = x + rho
+    if clip is not None:
+        x_pert = x_pert.clamp(*clip)
+    # The fused forward: labels and the FGSM gradient in one pass (an inactive
+    # image's gradient is computed but never used).
+    logits, grad = input_gradient(model, x_pert, criterion.loss_labels(clean), amp=amp)
+    current = logits.argmax(1)
+    active = criterion.active(current, clean)
+    n_active = int(active.sum())
+    if n_active == 0:
+        return BatchUpdate(torch.zeros_like(rho), StepStats(len(x), 0, 0))
+    step = criterion.sign * eps * direction(grad[active], step_norm)
+    x_adv = x_pert[active] + step
+    if clip is not None:
+        x_adv = x_adv.clamp(*clip)
+        step = x_adv - x[active] - rho  # the step that was really taken: x_adv - x - ρ
+    with torch.inference_mode(), autocast(x.device, amp):
+        new = model(x_adv).argmax(1)
+    accepted = criterion.accepted(new, current[active])
+    n_accepted = int(accepted.sum())
+    total = step[accepted].sum(0) if n_accepted else torch.zeros_like(rho)
+    return BatchUpdate(total, StepStats(len(x), n_active, n_accepted))
+
+
+@dataclass(frozen=True)
+class UAPResult:
+    """A UAP and how it was made."""
+
+    rho: Tensor
+    passes: int
+    stats: StepStats
+    #: Score (R_f or R_s) on the input images under the final ρ, when computed (δ > 0).
+    input_score: float | None
+    #: True when the δ stop fired before i_max passes.
+    converged: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UAP:
+    """A UAP attack: one object, one call (after foolbox's attacks).
+
+    ``UAP(radius=r, p=2, eps=0.0005)(model, images)`` returns a :class:`UAPResult`.
+
+    Args:
+        radius: the Lp budget in model space (see :func:`raylab.core.norms.zeta_radius`).
+        p: 2 or "inf": the norm of the projection.
+        eps: the FGSM step size ε.
+        max_passes: i_max, passes over the input images (the paper used 1).
+        delta: stop once the score on the inputs reaches 1 - δ. The authors'
+            loop never updated its fooling rate, so every run made i_max
+            passes; δ=0 reproduces that (it stops only when every input is
+            fooled, after which no further pass could change ρ).
+        mode: "faithful" (per image, ART's semantics) or "batched".
+        batch_size: B for the batched mode.
+        step_norm: "sign" (the authors' L∞ FGSM step) or "l2".
+        clip: clip x+ρ to this range (None = the authors' unclipped setting).
+        amp: autocast forward passes (GPU); off keeps results exact.
+        eval_batch_size: batch size for clean labels and the δ check.
+    """
+
+    radius: float
+    p: Norm
+    eps: float
+    max_passes: int = 1
+    delta: float = 0.0
+    mode: Mode = "faithful"
+    batch_size: int = 32
+    step_norm: StepNorm = "sign"
+    clip: tuple[float, float] | None = None
+    amp: bool = False
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.radius > 0:
+            raise ValueError(f"radius must be > 0, got {self.radius}")
+        if self.p not in (2, "inf"):
+            raise ValueError(f"p must be 2 or 'inf', got {self.p!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.max_passes < 1:
+            raise ValueError(f"max_passes must be >= 1, got {self.max_passes}")
+        if not 0 <= self.delta < 1:
+            raise ValueError(f"delta must be in [0, 1), got {self.delta}")
+        if self.mode not in ("faithful", "batched"):
+            raise ValueError(f"mode must be 'faithful' or 'batched', got {self.mode!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.step_norm not in ("sign", "l2"):
+            raise ValueError(f"step_norm must be 'sign' or 'l2', got {self.step_norm!r}")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return 1 if self.mode == "faithful" else self.batch_size
+
+    def project(self, rho: Tensor) -> Tensor:
+        return project_lp(rho, radius=self.radius, p=self.p)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        *,
+        criterion: Criterion = Untargeted(),
+        rho: Tensor | None = None,
+        clean_labels: Tensor | None = None,
+        seed: int = 0,
+        on_batch: Callable[[StepStats, Tensor], None] | None = None,
+    ) -> UAPResult:
+        """Run the attack on ``images`` (N×C×H×W, uint8 raw or float model space).
+
+        Args:
+            rho: the perturbation carried in from the previous chunk (default zero).
+            clean_labels: C(x) for each image, if already known.
+            seed: the image order of pass k is ``random.Random(seed).sample``'s
+                k-th permutation, the draw ART makes with the global ``random``.
+            on_batch: called after every batch with its stats and the current ρ.
+        """
+        if model.training:
+            raise ValueError("model is in training mode; call model.eval() first (batch norm would use batch statistics)")
+        if len(images) == 0:
+            raise ValueError("no input images")
+        device = model_device(model)
+        rho = torch.zeros(images.shape[1:], dtype=torch.float32) if rho is None else rho.to(torch.float32)
+        if rho.shape != images.shape[1:]:
+            raise ValueError(f"rho has shape {tuple(rho.shape)} but images are {tuple(images.shape[1:])}")
+        rho = rho.to(device)
+        if clean_labels is None:
+            clean_labels = predict_labels(model, images, batch_size=self.eval_batch_size, amp=self.amp)
+        clean_labels = clean_labels.to(device)
+        order_rng = random.Random(seed)
+        total, history, score, converged = StepStats(), [], None, False
+        n, b = len(images), self.effective_batch_size
+        passes = 0
+        while passes < self.max_passes:
+            order = torch.tensor(order_rng.sample(range(n), n))
+            pass_stats = StepStats()
+            for idx in order.split(b):
+                upd = batch_update(
+                    model, images[idx].to(device), clean_labels[idx], rho,
+                    eps=self.eps, criterion=criterion, step_norm=self.step_norm, clip=self.clip, amp=self.amp,
+                )
+                if upd.stats.accepted:
+                    rho = self.project(rho + upd.step)
+                pass_stats = pass_stats + upd.stats
+                if on_batch is not None:
+                    on_batch(upd.stats, rho)
+            passes += 1
+            total = total + pass_stats
+            score = self._input_score(model, images, clean_labels, rho, criterion) if self.delta > 0 else None
+            history.append({"pass": passes, "active": pass_stats.active, "accepted": pass_stats.accepted,
+                            "input_score": float("nan") if score is None else score})
+            if (score is not None and score >= 1 - self.delta) or pass_stats.active == 0:
+                converged = passes < self.max_passes
+                break
+        return UAPResult(rho.cpu(), passes, total, score, converged, history)
+
+    def _input_score(self, model: nn.Module, images: Tensor, clean: Tensor, rho: Tensor, criterion: Criterion) -> float:
+        adv = predict_labels(model, images, rho=rho, batch_size=self.eval_batch_size, clip=self.clip, amp=self.amp)
+        return criterion.score(clean.cpu(), adv)

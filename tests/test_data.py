@@ -1,0 +1,324 @@
+"""Medical and natural-image loading on real data and real (broken) files."""
+
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from raylab.data.medical import MedicalSet, load_csv_folder, load_medical, load_medmnist
+from raylab.data.natural import SkipReport, decode_image, list_images, load_image_folder
+from raylab.errors import InputError
+
+from .conftest import FLICKR, IMAGENET, PNEUMONIA
+
+
+@pytest.fixture(scope="module")
+def pneumonia_set() -> MedicalSet:
+    return load_medmnist(PNEUMONIA)
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A real colour ImageNet photo, 96 x 64."""
+    with Image.open(sorted(IMAGENET.iterdir())[0]) as im:
+        return im.convert("RGB").resize((96, 64), Image.Resampling.BILINEAR)
+
+
+def _png(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def _assert_one_line(e: pytest.ExceptionInfo, *names: str) -> None:
+    msg = str(e.value)
+    assert "\n" not in msg
+    for name in names:
+        assert name in msg, msg
+
+
+# --- medical -------------------------------------------------------------------------------------
+
+def test_pneumoniamnist_loads(pneumonia_set: MedicalSet) -> None:
+    d = pneumonia_set
+    assert d.name == "pneumoniamnist"
+    assert d.class_names == ("NORMAL", "PNEUMONIA") and d.num_classes == 2
+    assert (d.channels, d.image_size) == (1, 28)
+    for x, y, n in ((d.train_images, d.train_labels, 4708), (d.val_images, d.val_labels, 524),
+                    (d.test_images, d.test_labels, 624)):
+        assert x.shape == (n, 1, 28, 28) and x.dtype == torch.uint8
+        assert y.shape == (n,) and y.dtype == torch.int64
+    assert torch.bincount(d.train_labels).tolist() == [1214, 3494]
+    assert torch.bincount(d.test_labels).tolist() == [234, 390]
+
+
+def test_resized_keeps_the_images(pneumonia_set: MedicalSet) -> None:
+    assert pneumonia_set.resized(28) is pneumonia_set
+    big = pneumonia_set.resized(64)
+    assert big.train_images.shape == (4708, 1, 64, 64) and big.train_images.dtype == torch.uint8
+    assert big.val_images.shape == (524, 1, 64, 64) and big.test_images.shape == (624, 1, 64, 64)
+    assert big.image_size == 64 and torch.equal(big.train_labels, pneumonia_set.train_labels)
+    back = big.resized(28).test_images.float()
+    assert (back - pneumonia_set.test_images.float()).abs().mean() < 4.0
+    assert load_medmnist(PNEUMONIA, size=32).test_images.shape == (624, 1, 32, 32)
+
+
+def _small_npz(tmp_path: Path, name: str = "small.npz", **override) -> Path:
+    with np.load(PNEUMONIA) as z:
+        arrays = {k: z[k][:40] for k in ("train_images", "train_labels", "test_images", "test_labels")}
+    arrays.update(override)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case", ["missing_key", "label_count", "label_range", "float_images", "fractional_labels", "nonexistent", "junk"]
+)
+def test_npz_errors_are_one_line_naming_the_file(tmp_path: Path, case: str) -> None:
+    kwargs = {}
+    if case == "missing_key":
+        path, expect = _small_npz(tmp_path, test_labels=None), "test_labels"
+    elif case == "label_count":
+        with np.load(PNEUMONIA) as z:
+            path, expect = _small_npz(tmp_path, train_labels=z["train_labels"][:39]), "39"
+    elif case == "label_range":
+        path, expect, kwargs = _small_npz(tmp_path), "out of range", {"class_names": ("NORMAL",)}
+    elif case == "float_images":
+        with np.load(PNEUMONIA) as z:
+            path, expect = _small_npz(tmp_path, test_images=z["test_images"][:40] / 255.0), "float64"
+    elif case == "fractional_labels":
+        path, expect = _small_npz(tmp_path, test_labels=np.full((40, 1), 0.5)), "test_labels"
+    elif case == "nonexistent":
+        path, expect = tmp_path / "nowhere.npz", "does not exist"
+    else:
+        path, expect = tmp_path / "junk.npz", "not a valid .npz"
+        path.write_bytes(np.random.default_rng(0).bytes(500))
+    with pytest.raises(InputError) as e:
+        load_medmnist(path, **kwargs)
+    _assert_one_line(e, path.name, expect)
+
+
+def test_rgb_npz_loads_with_three_channels(tmp_path: Path) -> None:
+    with np.load(PNEUMONIA) as z:
+        gray = z["train_images"][:30]
+    rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)
+    path = tmp_path / "colour.npz"
+    labels = np.arange(30) % 3
+    np.savez(path, train_images=rgb, train_labels=labels, test_images=rgb[:10], test_labels=labels[:10, None] * 1.0)
+    d = load_medmnist(path)
+    assert d.channels == 3 and d.train_images.shape == (30, 3, 28, 28)
+    assert torch.equal(d.train_images[4, :, 5, 7], torch.from_numpy(rgb[4, 5, 7]))
+    assert d.class_names == ("class0", "class1", "class2")
+    assert d.test_labels.dtype == torch.int64 and d.test_labels.tolist() == labels[:10].tolist()
+    assert d.val_images.shape == (0, 3, 28, 28) and d.val_labels.shape == (0,)
+    assert d.resized(40).val_images.shape == (0, 3, 40, 40)
+
+
+def _csv_folder(tmp_path: Path, *, header: bool, names: bool) -> tuple[Path, np.ndarray, np.ndarray]:
+    with np.load(PNEUMONIA) as z:
+        x, y = z["train_images"][:20], z["train_labels"][:20].reshape(-1)
+    root = tmp_path / "medical"
+    (root / "img").mkdir(parents=True)
+    for split, idx in (("train", range(14)), ("test", range(14, 20))):
+        lines = ["file,label"] if header else []
+        for i in idx:
+            Image.fromarray(x[i]).save(root / "img" / f"{i:03d}.png")
+            lines.append(f"img/{i:03d}.png," + (("NORMAL", "PNEUMONIA")[y[i]] if names else str(y[i])))
+        (root / f"{split}_pre.csv").write_text("\n".join(lines) + "\n")
+    return root, x, y
+
+
+@pytest.mark.parametrize(("header", "names"), [(True, False), (False, True), (True, True)])
+def test_csv_folder_loads_real_images(tmp_path: Path, header: bool, names: bool) -> None:
+    root, x, y = _csv_folder(tmp_path, header=header, names=names)
+    d = load_csv_folder(root)
+    assert d.train_images.shape == (14, 1, 28, 28) and d.test_images.shape == (6, 1, 28, 28)
+    assert torch.equal(d.train_images[:, 0], torch.from_numpy(x[:14]))
+    assert torch.equal(d.test_labels, torch.from_numpy(y[14:]).long())
+    assert d.class_names == (("NORMAL", "PNEUMONIA") if names else ("class0", "class1"))
+    assert d.val_images.shape == (0, 1, 28, 28)
+    assert load_csv_folder(root, channels=3, size=32).train_images.shape == (14, 3, 32, 32)
+
+
+def test_csv_folder_missing_image_names_it(tmp_path: Path) -> None:
+    root, _, _ = _csv_folder(tmp_path, header=True, names=False)
+    (root / "img" / "016.png").unlink()
+    with pytest.raises(InputError) as e:
+        load_csv_folder(root)
+    _assert_one_line(e, "016.png", "does not exist")
+
+
+def test_load_medical_dispatches(tmp_path: Path) -> None:
+    assert load_medical(PNEUMONIA, size=32).image_size == 32
+    root, _, _ = _csv_folder(tmp_path, header=True, names=True)
+    assert load_medical(root).class_names == ("NORMAL", "PNEUMONIA")
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    with pytest.raises(InputError) as e:
+        load_medical(other)
+    _assert_one_line(e, "notes.txt", "not a MedMNIST .npz")
+
+
+# --- natural -------------------------------------------------------------------------------------
+
+def test_imagenet_sample_is_seeded_and_sorted() -> None:
+    images, keys, skipped = load_image_folder(IMAGENET, channels=3, size=32, limit=30, seed=0)
+    assert images.shape == (30, 3, 32, 32) and images.dtype == torch.uint8
+    assert keys == sorted(keys) and len(set(keys)) == 30 and skipped.count == 0
+    assert load_image_folder(IMAGENET, channels=3, size=32, limit=30, seed=0)[1] == keys
+    assert load_image_folder(IMAGENET, channels=3, size=32, limit=30, seed=1)[1] != keys
+
+
+def test_gray_from_real_gray_and_colour_photos(tmp_path: Path) -> None:
+    files = sorted(IMAGENET.iterdir())
+    gray = next(f for f in files if _mode(f) == "L")
+    colour = sorted(FLICKR.iterdir())[0]
+    for f in (gray, colour):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    images, keys, _ = load_image_folder(tmp_path, channels=1, size=24)
+    assert images.shape == (2, 1, 24, 24) and keys == sorted([gray.name, colour.name])
+    with Image.open(colour) as im:
+        expected = np.array(im.convert("L").resize((24, 24), Image.Resampling.BILINEAR))
+    assert torch.equal(images[keys.index(colour.name), 0], torch.from_numpy(expected))
+    as_rgb = decode_image(gray.read_bytes(), channels=3, size=24)
+    assert torch.equal(as_rgb[0], as_rgb[1]) and torch.equal(as_rgb[1], as_rgb[2])
+
+
+def test_corrupt_files_are_skipped_and_reported(tmp_path: Path) -> None:
+    good = sorted(IMAGENET.iterdir())[:4]
+    for f in good:
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    data = good[0].read_bytes()
+    (tmp_path / "truncated.JPEG").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "noise.png").write_bytes(np.random.default_rng(0).bytes(3000))
+    images, keys, skipped = load_image_folder(tmp_path, channels=3, size=16)
+    assert images.shape == (4, 3, 16, 16) and keys == sorted(f.name for f in good)
+    assert isinstance(skipped, SkipReport) and skipped.count == 3
+    assert sorted(name for name, _ in skipped.skipped) == ["empty.jpg", "sub/noise.png", "truncated.JPEG"]
+    assert all("cannot decode" in why and "\n" not in why for _, why in skipped.skipped)
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="UAP source must be a folder of images"):
+        list_images(tmp_path / "missing")
+    with pytest.raises(InputError) as e:
+        list_images(tmp_path)
+    _assert_one_line(e, str(tmp_path), "no image files")
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(InputError) as e:
+        load_image_folder(tmp_path, channels=1, size=8)
+    _assert_one_line(e, "bad.jpg", "could be decoded")
+
+
+def test_cmyk_jpeg(photo: Image.Image) -> None:
+    buf = io.BytesIO()
+    photo.convert("CMYK").save(buf, format="JPEG", quality=95)
+    rgb = decode_image(buf.getvalue(), channels=3, size=None)
+    assert rgb.shape == (3, 64, 96) and rgb.dtype == torch.uint8
+    original = torch.from_numpy(np.array(photo)).permute(2, 0, 1).float()
+    assert (rgb.float() - original).abs().mean() < 8
+    assert decode_image(buf.getvalue(), channels=1, size=20).shape == (1, 20, 20)
+
+
+def test_sixteen_bit_png_scales_to_eight_bit(photo: Image.Image) -> None:
+    eight = np.asarray(photo.convert("L")).copy()
+    eight[0, 0], eight[0, 1] = 255, 0
+    sixteen = eight.astype(np.uint16) * 257
+    assert sixteen[0, 0] == 65535
+    data = _png(Image.fromarray(sixteen))
+    assert _mode(io.BytesIO(data)) in ("I;16", "I")
+    gray = decode_image(data, channels=1, size=None)
+    assert gray.shape == (1, 64, 96) and gray[0, 0, 0] == 255 and gray[0, 0, 1] == 0
+    assert torch.equal(gray[0], torch.from_numpy(eight))
+    assert decode_image(data, channels=3, size=None).shape == (3, 64, 96)
+
+
+def test_palette_with_transparency_composites_on_white(photo: Image.Image) -> None:
+    pal = photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    index = np.asarray(pal)
+    clear = int(index[10, 10])
+    data = _png(pal, transparency=clear)
+    rgb = decode_image(data, channels=3, size=None)
+    mask = torch.from_numpy(index == clear)
+    assert rgb.shape == (3, 64, 96) and bool((rgb[:, mask] == 255).all())
+    opaque = torch.from_numpy(np.array(pal.convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(rgb[:, ~mask], opaque[:, ~mask])
+    assert decode_image(data, channels=1, size=None).shape == (1, 64, 96)
+
+
+def test_rgba_png_drops_alpha_on_white(photo: Image.Image) -> None:
+    alpha = np.full((64, 96), 255, np.uint8)
+    alpha[:, :48] = 0
+    rgba = photo.copy()
+    rgba.putalpha(Image.fromarray(alpha))
+    rgb = decode_image(_png(rgba), channels=3, size=None)
+    assert bool((rgb[:, :, :48] == 255).all())
+    assert torch.equal(rgb[:, :, 48:], torch.from_numpy(np.array(photo)).permute(2, 0, 1)[:, :, 48:])
+    assert decode_image(_png(rgba.convert("LA")), channels=1, size=8).shape == (1, 8, 8)
+
+
+def test_decompression_bomb_is_refused(photo: Image.Image) -> None:
+    data = _png(photo.resize((3000, 3000)), compress_level=1)
+    with pytest.raises(InputError) as e:
+        decode_image(data, channels=3, size=32, max_pixels=1_000_000, name="huge.png")
+    _assert_one_line(e, "huge.png", "3000x3000", "1000000")
+    assert decode_image(data, channels=1, size=8).shape == (1, 8, 8)
+
+
+def test_bad_channels_are_refused(photo: Image.Image) -> None:
+    with pytest.raises(InputError, match="channels"):
+        decode_image(_png(photo), channels=2, size=None)
+
+
+@functools.cache
+def _encoded_small(fmt: str) -> bytes:
+    """A real ImageNet photo at 20 x 14, encoded as ``fmt``."""
+    with Image.open(sorted(IMAGENET.iterdir())[1]) as im:
+        small = im.convert("RGB").resize((20, 14))
+    buf = io.BytesIO()
+    small.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _mode(path: Path | io.BytesIO) -> str:
+    with Image.open(path) as im:
+        return im.mode
+
+
+def _decodes_or_input_error(data: bytes, channels: int, size: int | None) -> None:
+    try:
+        image = decode_image(data, channels=channels, size=size, max_pixels=4_000_000)
+    except InputError as e:
+        assert "\n" not in str(e)
+        return
+    assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == channels
+    if size is not None:
+        assert image.shape[1:] == (size, size)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.binary(max_size=2048), st.sampled_from([1, 3]), st.sampled_from([None, 8]))
+def test_decode_random_bytes_fuzz(data: bytes, channels: int, size: int | None) -> None:
+    _decodes_or_input_error(data, channels, size)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.sampled_from(["PNG", "JPEG", "GIF", "BMP"]), st.integers(0, 10**6), st.binary(min_size=1, max_size=16),
+       st.integers(0, 10**6))
+def test_decode_mutated_real_image_fuzz(fmt: str, at: int, patch: bytes, cut: int) -> None:
+    data = bytearray(_encoded_small(fmt))
+    at %= len(data)
+    data[at : at + len(patch)] = patch
+    _decodes_or_input_error(bytes(data[: len(data) - cut % 64]), 3, 8)

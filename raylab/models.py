@@ -1,0 +1,232 @@
+"""Classifiers: torchvision backbones with a new head, a gray adapter, and safe checkpoints.
+
+The paper (Section 2.1) fine-tunes ImageNet-pretrained InceptionV3, ResNet50
+and VGG16 on each medical dataset; its OCT and chest X-ray models take gray
+images, repeated to three channels. :class:`Classifier` takes images in the
+UAP's pixel space (:mod:`raylab.core.pixels`) and owns everything after it:
+the gray-to-RGB repeat and, for torchvision's ImageNet weights, ImageNet
+mean/std normalization. ``resnet18`` and ``small_cnn`` serve CPU-scale work.
+
+Weights are only ever read with ``torch.load(weights_only=True)``: a file
+that is not a plain state dict is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torchvision import models as tv
+
+from .core.pixels import to_unit_range
+from .errors import InputError
+
+Normalize = Literal["none", "imagenet"]
+
+#: Supported architectures and the input size the paper used for them.
+ARCHITECTURES: dict[str, int] = {"inception_v3": 299, "resnet50": 224, "vgg16": 224, "resnet18": 224, "small_cnn": 28}
+#: Minimum input size an architecture accepts.
+MIN_SIZE: dict[str, int] = {"inception_v3": 75, "resnet50": 32, "vgg16": 32, "resnet18": 32, "small_cnn": 8}
+#: The classification head each architecture replaces for its N classes.
+HEADS: dict[str, str] = {"inception_v3": "fc", "resnet50": "fc", "resnet18": "fc", "vgg16": "classifier.6", "small_cnn": "fc"}
+CHECKPOINT_FORMAT = "raylab.classifier/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a classifier is: architecture, classes, input channels and size, input normalization."""
+
+    arch: str
+    num_classes: int
+    in_channels: int = 3
+    image_size: int | None = None
+    normalize: Normalize = "none"
+    class_names: tuple[str, ...] = ()
+
+    def validate(self) -> "ModelSpec":
+        """Checked copy (image_size defaulted to the paper's); raises InputError naming the bad field."""
+        if self.arch not in ARCHITECTURES:
+            raise InputError(f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+        size = self.image_size or ARCHITECTURES[self.arch]
+        if size < MIN_SIZE[self.arch]:
+            raise InputError(f"{self.arch} needs images of at least {MIN_SIZE[self.arch]} px, got {size}")
+        if self.num_classes < 2:
+            raise InputError(f"a classifier needs at least 2 classes, got {self.num_classes}")
+        if self.in_channels not in (1, 3):
+            raise InputError(f"in_channels must be 1 (gray) or 3 (RGB), got {self.in_channels}")
+        if self.normalize not in ("none", "imagenet"):
+            raise InputError(f"normalize must be 'none' or 'imagenet', got {self.normalize!r}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise InputError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        return replace(self, image_size=size, class_names=tuple(self.class_names))
+
+
+def small_cnn(num_classes: int = 1000) -> nn.Module:
+    """A three-block conv net for CPU-scale experiments at 28-64 px."""
+    def block(i: int, o: int) -> list[nn.Module]:
+        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+    net = nn.Sequential(*block(3, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 128),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.add_module("fc", nn.Linear(128, num_classes))
+    return net
+
+
+def _backbone(arch: str) -> nn.Module:
+    """The torchvision network with its original 1,000-class head (so torchvision weights load as they are)."""
+    if arch == "inception_v3":
+        return tv.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    if arch == "small_cnn":
+        return small_cnn()
+    return getattr(tv, arch)(weights=None)
+
+
+def _replace_head(net: nn.Module, arch: str, num_classes: int) -> None:
+    parent_name, _, leaf = HEADS[arch].rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    old = getattr(parent, leaf) if not leaf.isdigit() else parent[int(leaf)]
+    new = nn.Linear(old.in_features, num_classes)
+    if leaf.isdigit():
+        parent[int(leaf)] = new
+    else:
+        setattr(parent, leaf, new)
+
+
+class Classifier(nn.Module):
+    """Model-space images (N×C×H×W, ``(x-128)/128``) -> logits; gray repeated to RGB, optional ImageNet normalization."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec.validate()
+        self.backbone = _backbone(self.spec.arch)
+        _replace_head(self.backbone, self.spec.arch, self.spec.num_classes)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.spec.in_channels:
+            raise ValueError(f"{self.spec.arch} expects {self.spec.in_channels} channel(s), got {x.shape[1]}")
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.spec.normalize == "imagenet":
+            x = (to_unit_range(x) - self.mean) / self.std
+        return self.backbone(x)
+
+
+def build_model(spec: ModelSpec, backbone_weights: str | Path | None = None, *, seed: int = 0) -> Classifier:
+    """A new classifier for ``spec``: random init (seeded), or backbone weights from a file with a fresh head.
+
+    ``backbone_weights`` is a raylab checkpoint (e.g. from ``raylab pretrain``),
+    a torchvision state dict file (``resnet50-*.pth``), or ``"imagenet"`` for
+    torchvision's weights enum (needs internet).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Classifier(spec)
+    if backbone_weights is not None:
+        state, name = _backbone_state(spec.arch, backbone_weights)
+        _load_backbone(model, state, name)
+    return model
+
+
+def _backbone_state(arch: str, weights: str | Path) -> tuple[dict[str, Tensor], str]:
+    if str(weights) == "imagenet":
+        if arch == "small_cnn":
+            raise InputError("small_cnn has no ImageNet weights; pretrain one with `raylab pretrain`")
+        try:
+            enum = tv.get_model_weights(arch).DEFAULT
+            return enum.get_state_dict(progress=False), f"torchvision {enum}"
+        except Exception as e:  # offline, or a mirror without the file
+            raise InputError(f"cannot fetch torchvision ImageNet weights for {arch} ({_one_line(e)}); pass a local .pth file") from None
+    obj = _read(Path(weights))
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        state = {k.removeprefix("backbone."): v for k, v in obj["state_dict"].items() if k.startswith("backbone.")}
+        return state, str(weights)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise InputError(f"{weights}: not a state dict of tensors")
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in obj.items()}, str(weights)
+
+
+def _load_backbone(model: Classifier, state: dict[str, Tensor], name: str) -> None:
+    """Copy every backbone tensor but the head; refuse weights that don't fit the architecture."""
+    head = HEADS[model.spec.arch] + "."
+    own = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith(head)}
+    given = {k: v for k, v in state.items() if not k.startswith(head)}
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    misfit = [k for k in own if k in given and own[k].shape != given[k].shape]
+    if missing or unexpected or misfit:
+        if misfit:
+            k = misfit[0]
+            detail = f"{k}: file {tuple(given[k].shape)}, model {tuple(own[k].shape)}"
+        else:
+            detail = f"{len(missing)} missing tensor(s) e.g. {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
+        raise InputError(f"{name}: weights do not fit {model.spec.arch} ({detail})")
+    model.backbone.load_state_dict(given, strict=False)
+
+
+def save_classifier(model: Classifier, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write weights and spec atomically (a crash leaves the old file or none, never half of one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = asdict(model.spec)
+    spec["class_names"] = list(model.spec.class_names)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": spec,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": {k: v for k, v in (extra or {}).items() if isinstance(v, (str, int, float, bool, type(None)))},
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_classifier(path: str | Path, *, map_location: str = "cpu") -> Classifier:
+    """A classifier saved by :func:`save_classifier`, in eval mode; InputError naming the file otherwise."""
+    path = Path(path)
+    obj = _read(path, map_location)
+    if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
+        raise InputError(f"{path}: not a raylab classifier checkpoint (torchvision weights go to `raylab train --backbone`)")
+    s = dict(obj["spec"])
+    s["class_names"] = tuple(s.get("class_names") or ())
+    model = Classifier(ModelSpec(**s))
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as e:
+        raise InputError(f"{path}: weights do not fit {s['arch']} ({_one_line(e)})") from None
+    return model.to(map_location).eval()
+
+
+def checkpoint_spec(path: str | Path) -> ModelSpec | None:
+    """The spec stored in a raylab checkpoint, or None for any other file."""
+    try:
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        s = dict(obj["spec"])
+        return ModelSpec(**{**s, "class_names": tuple(s.get("class_names") or ())})
+    return None
+
+
+def _read(path: Path, map_location: str = "cpu") -> Any:
+    if not path.is_file():
+        raise InputError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path}: cannot read weights ({type(e).__name__}: {_one_line(e)[:160]})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

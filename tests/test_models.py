@@ -1,0 +1,128 @@
+"""Classifiers: every architecture, the gray adapter, safe checkpoints, transfer of backbone weights."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torchvision import models as tv
+
+from raylab.errors import InputError
+from raylab.models import (
+    ARCHITECTURES, Classifier, ModelSpec, build_model, checkpoint_spec, load_classifier, save_classifier,
+)
+
+
+@pytest.mark.parametrize(("arch", "size"), [("small_cnn", 28), ("resnet18", 64), ("resnet50", 64), ("vgg16", 64), ("inception_v3", 299)])
+def test_every_architecture_gives_n_class_logits_for_gray_and_rgb(arch: str, size: int) -> None:
+    for channels in (1, 3):
+        model = build_model(ModelSpec(arch=arch, num_classes=4, in_channels=channels, image_size=size)).eval()
+        with torch.inference_mode():
+            out = model(torch.zeros(2, channels, size, size))
+        assert out.shape == (2, 4)
+
+
+def test_paper_input_sizes_are_the_defaults() -> None:
+    assert ModelSpec("inception_v3", 2).validate().image_size == 299
+    assert ModelSpec("resnet50", 2).validate().image_size == 224
+    assert ModelSpec("vgg16", 2).validate().image_size == 224
+    assert set(ARCHITECTURES) >= {"inception_v3", "resnet50", "vgg16", "resnet18", "small_cnn"}
+
+
+def test_gray_adapter_repeats_the_channel() -> None:
+    gray = build_model(ModelSpec("resnet18", 3, in_channels=1, image_size=32), seed=1).eval()
+    rgb = Classifier(ModelSpec("resnet18", 3, in_channels=3, image_size=32))
+    rgb.load_state_dict(gray.state_dict())
+    rgb.eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.inference_mode():
+        torch.testing.assert_close(gray(x), rgb(x.repeat(1, 3, 1, 1)))
+    with pytest.raises(ValueError, match="expects 1 channel"):
+        gray(torch.zeros(1, 3, 32, 32))
+
+
+def test_imagenet_normalization_is_applied_inside_the_model() -> None:
+    plain = build_model(ModelSpec("small_cnn", 2, image_size=28), seed=0).eval()
+    norm = Classifier(ModelSpec("small_cnn", 2, image_size=28, normalize="imagenet"))
+    norm.load_state_dict(plain.state_dict())
+    norm.eval()
+    x = torch.rand(2, 3, 28, 28) * 2 - 1
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(norm(x), plain(((x * 128 + 128) / 255 - mean) / std))
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    spec = ModelSpec("small_cnn", 2, in_channels=1, image_size=28, class_names=("NORMAL", "PNEUMONIA"))
+    model = build_model(spec, seed=3).eval()
+    path = save_classifier(model, tmp_path / "m.pt", extra={"test_accuracy": 0.9})
+    loaded = load_classifier(path)
+    assert loaded.spec == model.spec and not loaded.training
+    assert checkpoint_spec(path) == model.spec
+    x = torch.rand(3, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_backbone_weights_transfer_from_a_torchvision_state_dict(tmp_path) -> None:
+    torch.manual_seed(5)
+    source = tv.resnet18(weights=None)
+    pth = tmp_path / "resnet18-imagenet.pth"
+    torch.save(source.state_dict(), pth)
+    model = build_model(ModelSpec("resnet18", 2, in_channels=1, image_size=64), pth, seed=0)
+    torch.testing.assert_close(model.backbone.conv1.weight, source.conv1.weight)
+    torch.testing.assert_close(model.backbone.layer4[1].bn2.running_var, source.layer4[1].bn2.running_var)
+    assert model.backbone.fc.out_features == 2  # a fresh head
+
+
+def test_backbone_weights_transfer_from_a_raylab_checkpoint(tmp_path) -> None:
+    pre = build_model(ModelSpec("small_cnn", 40, image_size=28), seed=9)
+    save_classifier(pre, tmp_path / "backbone.pt")
+    model = build_model(ModelSpec("small_cnn", 2, in_channels=1, image_size=28), tmp_path / "backbone.pt")
+    torch.testing.assert_close(model.backbone[0].weight, pre.backbone[0].weight)
+    assert model.backbone.fc.out_features == 2
+
+
+def test_weights_that_do_not_fit_are_refused_by_name(tmp_path) -> None:
+    pth = tmp_path / "resnet50.pth"
+    torch.save(tv.resnet50(weights=None).state_dict(), pth)
+    with pytest.raises(InputError, match=r"resnet50.pth: weights do not fit resnet18 \(layer1.0.conv1.weight"):
+        build_model(ModelSpec("resnet18", 2, image_size=64), pth)
+
+
+def test_unsafe_or_unreadable_files_are_never_unpickled(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state_dict": Exploit()}))
+    for path in (evil, tmp_path / "missing.pt"):
+        with pytest.raises(InputError) as e:
+            load_classifier(path)
+        assert path.name in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(InputError, match="not a raylab classifier checkpoint"):
+        load_classifier(plain)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (ModelSpec("alexnet", 2), "unknown architecture 'alexnet'"),
+        (ModelSpec("inception_v3", 2, image_size=64), "at least 75 px"),
+        (ModelSpec("resnet18", 1), "at least 2 classes"),
+        (ModelSpec("resnet18", 2, in_channels=4), "in_channels must be 1"),
+        (ModelSpec("resnet18", 2, class_names=("a",)), "1 class names for 2 classes"),
+    ],
+)
+def test_bad_specs(spec: ModelSpec, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        spec.validate()

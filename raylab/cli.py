@@ -1,0 +1,227 @@
+"""``raylab``: the command line. Parses argv, validates into typed configs once, and calls the layers below.
+
+Subcommands: ``pretrain``, ``train``, ``uap``, ``demo``, ``bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import RaylabError
+
+DEFAULT_DATA = Path("../shared/data")
+
+
+def _add_uap_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("UAP (paper, Section 2.2)")
+    g.add_argument("--p", default="2", help="norm of the UAP: 2 or inf (default 2)")
+    g.add_argument("--zeta", type=float, default=0.04, help="budget as a ratio of the mean Lp norm of the medical training images (default 0.04 = 4%%)")
+    g.add_argument("--eps", type=float, default=0.0005, help="FGSM step size epsilon (default 0.0005, the paper's chest X-ray value)")
+    g.add_argument("--i-max", dest="max_passes", type=int, default=1, help="passes over the input images (default 1, as in the paper)")
+    g.add_argument("--delta", type=float, default=0.0, help="stop once the score on the inputs reaches 1-delta (default 0: the authors' runs)")
+    g.add_argument("--target", default=None, help="target class name or index for a targeted UAP (default: non-targeted)")
+    g.add_argument("--mode", choices=["faithful", "batched"], default="batched", help="faithful: per image, ART's semantics; batched: B images per update (default)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--step-norm", choices=["sign", "l2"], default="sign", help="FGSM step: sign (the authors') or l2-normalized gradient")
+    g.add_argument("--clip", action="store_true", help="clip x+rho to the valid pixel range (the authors did not)")
+    g.add_argument("--chunk-size", type=int, default=1000, help="images per chunk; rho is carried from chunk to chunk")
+    g.add_argument("--limit", type=int, default=None, help="use a seeded random sample of this many source images")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    g.add_argument("--amp", action="store_true", help="mixed-precision forwards (GPU)")
+    g.add_argument("--examples", type=int, default=8, help="clean/adversarial examples in examples.png")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raylab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="natural-image pretraining of a backbone (exemplar training on a photo folder)")
+    p.add_argument("--images", type=Path, default=DEFAULT_DATA / "imagenet-samples")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
+
+    t = sub.add_parser("train", help="fine-tune (transfer learning) or train from scratch on a medical dataset")
+    t.add_argument("--data", type=Path, default=DEFAULT_DATA / "pneumoniamnist.npz", help="MedMNIST .npz or a folder with train_pre.csv/test_pre.csv")
+    t.add_argument("--arch", default="resnet18")
+    t.add_argument("--image-size", type=int, default=64)
+    t.add_argument("--backbone", default=None, help="natural-image weights: a checkpoint from `raylab pretrain`, a torchvision .pth, or 'imagenet' (online only); omit for random initialization")
+    t.add_argument("--normalize", choices=["none", "imagenet"], default=None, help="input normalization (default: imagenet for torchvision weights, else none)")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--no-balance", action="store_true", help="plain instead of class-balanced sampling")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt); metrics go beside it as .json")
+
+    u = sub.add_parser("uap", help="generate a UAP and evaluate it on the medical test set (single machine)")
+    u.add_argument("--model", type=Path, required=True, help="classifier checkpoint from `raylab train`")
+    u.add_argument("--data", type=Path, default=DEFAULT_DATA / "pneumoniamnist.npz", help="the medical dataset the model classifies")
+    u.add_argument("--source", required=True, help="UAP input images: a folder of natural images, 'train' (the medical training set) or 'random' (the control)")
+    u.add_argument("--out", type=Path, required=True, help="output directory")
+    _add_uap_options(u)
+
+    d = sub.add_parser("demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, attack it with a UAP from ImageNet photos")
+    d.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("--pretrain-epochs", type=int, default=30)
+    d.add_argument("--train-epochs", type=int, default=3)
+
+    b = sub.add_parser("bench", help="images/s of faithful and batched modes vs ART and vs the bare kernel")
+    b.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    b.add_argument("--arch", default="resnet18")
+    b.add_argument("--image-size", type=int, default=64)
+    b.add_argument("--channels", type=int, default=1)
+    b.add_argument("--images", type=int, default=200, help="natural images per measurement")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--amp", action="store_true")
+    b.add_argument("--skip-art", action="store_true", help="do not run ART (e.g. on a GPU machine without it)")
+    b.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    return parser
+
+
+def _print_epoch(m: dict) -> None:
+    print("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()), flush=True)
+
+
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    from .data.natural import load_image_folder
+    from .models import ModelSpec, save_classifier
+    from .train import TrainConfig, pretrain_natural
+
+    config = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, balanced=False).validate()
+    images, keys, skipped = load_image_folder(a.images, channels=3, size=a.image_size)
+    if skipped.count:
+        print(f"skipped {skipped.count} unreadable image(s): " + "; ".join(f"{n} ({w})" for n, w in skipped.skipped[:5]))
+    spec = ModelSpec(arch=a.arch, num_classes=len(images), in_channels=3, image_size=a.image_size).validate()
+    print(f"pretraining {a.arch} at {a.image_size}px on {len(images)} natural images from {a.images} ({a.epochs} epochs)")
+    started = time.perf_counter()
+    model = pretrain_natural(images, spec=spec, config=config, on_epoch=_print_epoch)
+    save_classifier(model, a.out, extra={"pretrain_images": str(a.images), "seconds": time.perf_counter() - started})
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .data.medical import load_medical
+    from .models import ModelSpec, save_classifier
+    from .train import TrainConfig, finetune
+
+    config = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, balanced=not a.no_balance).validate()
+    data = load_medical(a.data)
+    backbone = None if a.backbone in (None, "", "none") else a.backbone
+    normalize = a.normalize or _default_normalize(backbone)
+    spec = ModelSpec(arch=a.arch, num_classes=data.num_classes, in_channels=data.channels, image_size=a.image_size,
+                     normalize=normalize, class_names=data.class_names).validate()
+    data = data.resized(a.image_size)
+    regime = f"transfer learning from {backbone}" if backbone else "random initialization"
+    print(f"training {a.arch} ({data.channels}-channel, {a.image_size}px) on {a.data} by {regime}, {a.epochs} epochs")
+    model, metrics = finetune(data, spec=spec, config=config, backbone_weights=backbone, on_epoch=_print_epoch)
+    save_classifier(model, a.out, extra=metrics)
+    a.out.with_suffix(".json").write_text(json.dumps({**metrics, "data": str(a.data), "backbone": backbone}, indent=2))
+    print(f"test accuracy {metrics['test_accuracy']:.3f}; wrote {a.out}")
+    return 0
+
+
+def _default_normalize(backbone: str | None) -> str:
+    """Input normalization the backbone was trained with: its own for a raylab checkpoint, ImageNet's for torchvision weights."""
+    from .models import checkpoint_spec
+
+    if backbone is None:
+        return "none"
+    spec = checkpoint_spec(backbone) if backbone != "imagenet" else None
+    return spec.normalize if spec is not None else "imagenet"
+
+
+def _uap_config(a: argparse.Namespace):
+    from .config import UAPConfig
+
+    return UAPConfig(
+        model=a.model, medical=a.data, source=a.source, out=a.out, p=a.p, zeta=a.zeta, eps=a.eps,
+        max_passes=a.max_passes, delta=a.delta, target=a.target, mode=a.mode, batch_size=a.batch_size,
+        step_norm=a.step_norm, clip=a.clip, chunk_size=a.chunk_size, limit=a.limit, seed=a.seed,
+        device=a.device, amp=a.amp, examples=a.examples,
+    )
+
+
+def cmd_uap(a: argparse.Namespace) -> int:
+    from .audit import run_uap
+
+    config = _uap_config(a)
+    m = run_uap(config)
+    print(summary(m))
+    print(f"wrote {config.out}/uap.npy, metrics.json, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
+    return 0
+
+
+def summary(m: dict) -> str:
+    """One paragraph a person reads after a run."""
+    src = m["source"]
+    lines = [f"source: {src['location']} ({src['images']} images, {src['skipped']} skipped)"
+             + (f", {m['images_per_second']:.0f} img/s" if m.get("images_per_second") else "")]
+    if m["target"] is None:
+        lines.append(f"fooling rate R_f = {m['fooling_rate']:.3f}   random control R_f = {m['random']['fooling_rate']:.3f}"
+                     f"   (||rho||_2 = {m['uap_norms']['l2']:.3g}, clean accuracy {m['clean_accuracy']:.3f}, {m['test_images']} test images)")
+    else:
+        t = m["target"]
+        lines.append(f"success rate R_s({t}) = {m['success_rate'][t]:.3f}   random control R_s = {m['random']['success_rate'][t]:.3f}"
+                     f"   baseline (clean) = {m['clean_label_composition'][t]:.3f}")
+    return "\n".join(lines)
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """The Quick start: every step is skipped when its output already exists, so a rerun resumes."""
+    out: Path = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    backbone, model = out / "backbone.pt", out / "model.pt"
+    common = ["--image-size", "64", "--arch", "resnet18"]
+    if not backbone.exists() and (rc := main(["pretrain", "--images", str(a.data_dir / "imagenet-samples"),
+                                               "--epochs", str(a.pretrain_epochs), "--out", str(backbone), *common])):
+        return rc
+    if not model.exists() and (rc := main(["train", "--data", str(a.data_dir / "pneumoniamnist.npz"), "--backbone", str(backbone),
+                                           "--epochs", str(a.train_epochs), "--out", str(model), *common])):
+        return rc
+    uap = ["--model", str(model), "--data", str(a.data_dir / "pneumoniamnist.npz"), "--p", "2", "--zeta", "0.04",
+           "--eps", "0.002", "--i-max", "3", "--mode", "batched", "--batch-size", "32"]
+    return main(["uap", *uap, "--source", str(a.data_dir / "imagenet-samples"), "--out", str(out / "uap-imagenet")])
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench
+
+    figures = run_bench(BenchConfig(
+        data_dir=a.data_dir, arch=a.arch, image_size=a.image_size, channels=a.channels, images=a.images,
+        batch_size=a.batch_size, device=a.device, amp=a.amp, with_art=not a.skip_art,
+    ))
+    print(json.dumps(figures, indent=2))
+    if a.out is not None:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "demo": cmd_demo, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RaylabError as e:
+        print(f"raylab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Typed run configuration, validated once at the edge (the CLI or a job) and passed down.
+
+Every check raises :class:`raylab.errors.InputError` with one line that names
+the bad value, before any compute starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .core.fgsm import STEP_NORMS, StepNorm
+from .core.norms import Norm, parse_norm
+from .core.uap import Mode
+from .errors import InputError
+
+#: A UAP source: a natural-image folder, the medical training set, or the random control.
+SOURCE_TRAIN = "train"
+SOURCE_RANDOM = "random"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+def _finite(name: str, value: float) -> None:
+    _check(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class UAPConfig:
+    """One UAP run (``raylab uap``): what to attack, with which images, and how (Section 2.2)."""
+
+    model: Path
+    medical: Path
+    source: str
+    out: Path
+    p: Norm = 2
+    zeta: float = 0.04
+    eps: float = 0.0005
+    max_passes: int = 1
+    delta: float = 0.0
+    target: str | None = None
+    mode: Mode = "batched"
+    batch_size: int = 32
+    step_norm: StepNorm = "sign"
+    clip: bool = False
+    chunk_size: int = 1000
+    limit: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    examples: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "p", parse_norm(self.p))
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        for name in ("zeta", "eps", "delta"):
+            _finite(name, getattr(self, name))
+        _check(self.zeta > 0, f"zeta must be > 0 (a ratio, e.g. 0.04 for 4%), got {self.zeta}")
+        _check(self.zeta <= 1, f"zeta is a ratio of the mean image norm and must be <= 1, got {self.zeta}")
+        _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        _check(0 <= self.delta < 1, f"delta must be in [0, 1), got {self.delta}")
+        _check(self.max_passes >= 1, f"max_passes (i_max) must be >= 1, got {self.max_passes}")
+        _check(self.mode in ("faithful", "batched"), f"mode must be 'faithful' or 'batched', got {self.mode!r}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.step_norm in STEP_NORMS, f"step_norm must be one of {STEP_NORMS}, got {self.step_norm!r}")
+        _check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
+        _check(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
+        _check(self.examples >= 0, f"examples must be >= 0, got {self.examples}")
+        _check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        _check(self.model.is_file(), f"model weights not found: {self.model}")
+        _check(self.medical.exists(), f"medical dataset not found: {self.medical}")
+        if self.source not in (SOURCE_TRAIN, SOURCE_RANDOM):
+            _check(Path(self.source).is_dir(), f"UAP source must be a folder of images, 'train' or 'random', got {self.source!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def resolve_target(target: str | None, class_names: tuple[str, ...]) -> int | None:
+    """A target class given by name or index -> its index; None for a non-targeted UAP."""
+    if target is None:
+        return None
+    if target in class_names:
+        return class_names.index(target)
+    if target.lstrip("-").isdigit() and 0 <= int(target) < len(class_names):
+        return int(target)
+    raise InputError(f"target class {target!r} does not exist; classes are {', '.join(class_names)} (or 0..{len(class_names) - 1})")

@@ -1,0 +1,82 @@
+"""Pictures people would rather look at than read: the UAP (Figure 4), clean vs
+adversarial examples with predicted labels (Figure 2), and the row-normalized
+confusion matrix (Figure 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from .core.pixels import VALID_RANGE, to_model_space, to_unit_range  # noqa: E402
+
+
+def _hwc(image: Tensor) -> np.ndarray:
+    """C×H×W -> H×W (gray) or H×W×3 for imshow."""
+    a = image.detach().cpu().numpy()
+    return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+
+
+def scaled_uap(rho: Tensor) -> Tensor:
+    """The UAP scaled to 0..1 for display, as in the paper's Figure 4: (ρ - min) / (max - min)."""
+    lo, hi = rho.min(), rho.max()
+    return (rho - lo) / (hi - lo) if hi > lo else torch.zeros_like(rho)
+
+
+def save_uap_png(rho: Tensor, path: Path, *, title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(3.2, 3.4))
+    ax.imshow(_hwc(scaled_uap(rho)), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_examples_png(
+    images: Tensor, rho: Tensor, clean_pred: Tensor, adv_pred: Tensor, class_names: tuple[str, ...], path: Path
+) -> None:
+    """Clean images (top row) and x+ρ (bottom row), each titled with its predicted label (Figure 2)."""
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n + 0.4, 3.6), squeeze=False)
+    clean = to_unit_range(to_model_space(images)).clamp(0, 1)
+    adv = to_unit_range((to_model_space(images) + rho).clamp(*VALID_RANGE)).clamp(0, 1)
+    for i in range(n):
+        for row, (img, pred) in enumerate(((clean[i], clean_pred[i]), (adv[i], adv_pred[i]))):
+            ax = axes[row][i]
+            ax.imshow(_hwc(img), cmap="gray", vmin=0, vmax=1)
+            ax.set_axis_off()
+            changed = row == 1 and int(pred) != int(clean_pred[i])
+            ax.set_title(class_names[int(pred)], fontsize=8, color="red" if changed else "black")
+    axes[0][0].text(-0.15, 0.5, "clean", transform=axes[0][0].transAxes, rotation=90, va="center", ha="right")
+    axes[1][0].text(-0.15, 0.5, "+ UAP", transform=axes[1][0].transAxes, rotation=90, va="center", ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_confusion_png(matrix: Tensor, class_names: tuple[str, ...], path: Path, *, title: str = "") -> None:
+    """Row-normalized confusion matrix: rows = clean prediction, columns = prediction under the UAP (Figure 5)."""
+    m = matrix.detach().cpu().numpy()
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 * k + 2.2, 1.0 * k + 1.6))
+    ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="white" if m[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("prediction with UAP")
+    ax.set_ylabel("clean prediction")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,145 @@
+"""`raylab train`, `raylab pretrain`, `raylab uap` and the job entry point, end to end on real data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raylab.cli import main
+from raylab.core import lp_norm, zeta_radius
+from raylab.data.medical import load_medmnist
+
+from .conftest import IMAGENET, PNEUMONIA
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def natural_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 real ImageNet photos plus one corrupt JPEG (truncated real bytes)."""
+    d = tmp_path_factory.mktemp("natural")
+    files = sorted(IMAGENET.iterdir())[:40]
+    for f in files:
+        shutil.copy(f, d / f.name)
+    (d / "corrupt.JPEG").write_bytes(files[0].read_bytes()[:300])
+    return d
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory, natural_dir: Path) -> dict[str, Path]:
+    """A natural-image backbone and a transfer-learned small_cnn on PneumoniaMNIST, made by the CLI."""
+    d = tmp_path_factory.mktemp("models")
+    common = ["--arch", "small_cnn", "--image-size", "28"]
+    assert main(["pretrain", "--images", str(natural_dir), "--epochs", "1", "--batch-size", "16",
+                 "--out", str(d / "backbone.pt"), *common]) == 0
+    assert main(["train", "--data", str(PNEUMONIA), "--backbone", str(d / "backbone.pt"), "--epochs", "1",
+                 "--out", str(d / "model.pt"), *common]) == 0
+    return {"backbone": d / "backbone.pt", "model": d / "model.pt"}
+
+
+def test_train_writes_weights_and_accuracy(models: dict[str, Path]) -> None:
+    report = json.loads(models["model"].with_suffix(".json").read_text())
+    assert report["test_accuracy"] > 0.625  # above the majority class (390/624)
+    assert report["from_scratch"] is False
+
+
+def test_uap_from_natural_images_end_to_end(models: dict[str, Path], natural_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "uap"
+    rc = main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(natural_dir),
+               "--zeta", "0.08", "--eps", "0.01", "--i-max", "2", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "fooling rate R_f" in printed and "random control R_f" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    rho = np.load(out / "uap.npy")
+    assert rho.shape == (1, 28, 28) and rho.dtype == np.float32
+    radius = zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=0.08, p=2)
+    assert m["radius"] == pytest.approx(radius)
+    assert lp_norm(torch.from_numpy(rho)[None], 2).item() <= radius * (1 + 1e-5)
+    assert m["source"]["images"] == 40 and m["source"]["skipped"] == 1
+    assert "corrupt.JPEG" in m["source"]["skipped_files"][0]
+    assert m["stats"]["images"] == 80 and m["stats"]["accepted"] > 0
+    assert 0 <= m["fooling_rate"] <= 1 and 0 <= m["random"]["fooling_rate"] <= 1
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (2, 2) and np.allclose(cm.sum(1)[cm.sum(1) > 0], 1)
+    assert set(m["source"]["label_composition"]) == {"NORMAL", "PNEUMONIA"}
+    for png in ("uap.png", "confusion.png", "examples.png"):
+        with Image.open(out / png) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_targeted_uap_and_random_control(models: dict[str, Path], natural_dir: Path, tmp_path: Path) -> None:
+    rc = main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(natural_dir),
+               "--target", "NORMAL", "--zeta", "0.08", "--eps", "0.01", "--out", str(tmp_path / "t"), "--examples", "0"])
+    assert rc == 0
+    m = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert m["target"] == "NORMAL"
+    assert m["success_rate"]["NORMAL"] >= m["clean_label_composition"]["NORMAL"] - 1e-9
+    assert not (tmp_path / "t" / "examples.png").exists()
+    rc = main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random",
+               "--p", "inf", "--zeta", "0.05", "--out", str(tmp_path / "r")])
+    assert rc == 0
+    rho = np.load(tmp_path / "r" / "uap.npy")
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert np.abs(rho).max() == pytest.approx(m["radius"], rel=1e-5)
+    assert m["stats"]["images"] == 0
+
+
+def test_uap_from_the_medical_training_set(models: dict[str, Path], tmp_path: Path) -> None:
+    rc = main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "train", "--limit", "64",
+               "--mode", "faithful", "--eps", "0.01", "--out", str(tmp_path / "m")])
+    assert rc == 0
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert m["source"]["kind"] == "train" and m["source"]["images"] == 64
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--zeta", "0"], "zeta must be > 0"),
+        (["--zeta", "-0.1"], "zeta must be > 0"),
+        (["--p", "3"], "p must be 2 or inf, got '3'"),
+        (["--eps", "0"], "eps must be > 0"),
+        (["--target", "COVID"], "target class 'COVID' does not exist; classes are NORMAL, PNEUMONIA"),
+        (["--source", "/nonexistent/photos"], "UAP source must be a folder of images"),
+    ],
+)
+def test_bad_input_is_one_clear_line_before_compute(models, tmp_path, capsys, args, message) -> None:
+    base = ["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random", "--out", str(tmp_path / "x")]
+    rc = main(base + args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    assert main(["uap", "--model", str(junk), "--data", str(PNEUMONIA), "--source", "random", "--out", str(tmp_path / "a")]) == 2
+    assert "junk.pt" in capsys.readouterr().err
+    rgb = tmp_path / "rgb.npz"
+    x = np.random.default_rng(0).integers(0, 255, (8, 28, 28, 3), dtype=np.uint8)
+    np.savez(rgb, train_images=x, train_labels=np.zeros((8, 1)), test_images=x, test_labels=np.ones((8, 1)))
+    assert main(["uap", "--model", str(models["model"]), "--data", str(rgb), "--source", "random", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "3 channel(s)" in err and "expects 1" in err
+
+
+def test_job_entry_point_runs_under_plain_python(models, tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "generate_uap.py"), "--model", str(models["model"]), "--data", str(PNEUMONIA),
+         "--source", "random", "--out", str(tmp_path / "job")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "random control R_f" in proc.stdout
+    assert (tmp_path / "job" / "uap.npy").exists()

@@ -48,10 +48,12 @@ def input_gradient(model: nn.Module, x: Tensor, labels: Tensor, *, amp: bool = F
     Only the input gradient is computed (no weight gradients), and the loss is
     summed so that every image's gradient is its own.
     """
-    x = x.detach().requires_grad_(True)
-    with autocast(x.device, amp):
+    # Works under no_grad/inference_mode callers too: inference tensors are copied out first.
+    x = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
+    labels = labels.clone() if labels.is_inference() else labels
+    with torch.enable_grad(), autocast(x.device, amp):
         logits = model(x)
-    loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x)
     return logits.detach(), grad
 

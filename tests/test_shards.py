@@ -1,0 +1,384 @@
+"""Webdataset shards of real natural and medical images: writing, manifests, resumable and fault-tolerant reading."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import shutil
+import tarfile
+import tempfile
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raylab.data.natural import decode_image, list_images
+from raylab.data.shards import (
+    Cursor,
+    Manifest,
+    ShardInfo,
+    ShardReport,
+    batches,
+    decode_stream,
+    iter_samples,
+    read_manifest,
+    verify_manifest,
+    write_shards,
+)
+from raylab.errors import InputError
+
+from .conftest import IMAGENET, PNEUMONIA
+
+
+def _sampled_names(k: int, seed: int) -> list[str]:
+    files = list_images(IMAGENET)
+    picked = sorted(random.Random(seed).sample(range(len(files)), k))
+    return [files[i].relative_to(IMAGENET).as_posix() for i in picked]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def raw_shards(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    """50 real ImageNet JPEGs, bytes unchanged, in shards of 16 (read-only: copy before damaging)."""
+    return write_shards(IMAGENET, tmp_path_factory.mktemp("raw") / "shards", sample=50, shard_size=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    """40 real ImageNet photos as 3 x 32 x 32 PNGs in shards of 8 (cheap to decode many times)."""
+    return write_shards(IMAGENET, tmp_path_factory.mktemp("small") / "shards", sample=40, shard_size=8, seed=1,
+                        size=32, channels=3)
+
+
+def _copy(m: Manifest, dest: Path) -> Path:
+    shutil.copytree(m.location, dest)
+    return dest
+
+
+def _bad_shard(path: Path) -> None:
+    """A hand-made shard: good JPEG, truncated JPEG, a sample with no image, good JPEG."""
+    files = list_images(IMAGENET)[:3]
+    good, cut, good2 = (f.read_bytes() for f in files)
+    with open(path, "wb") as f, wds.TarWriter(f, encoder=False) as w:
+        w.write({"__key__": "00000000", "jpg": good, "name.txt": b"good.jpg"})
+        w.write({"__key__": "00000001", "jpg": cut[: len(cut) // 2], "name.txt": b"cut.jpg"})
+        w.write({"__key__": "00000002", "name.txt": b"nothing.jpg"})
+        w.write({"__key__": "00000003", "jpg": good2, "name.txt": b"good2.jpg"})
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_write_imagenet_sample_keeps_bytes_names_and_counts(raw_shards: Manifest) -> None:
+    m = raw_shards
+    out = Path(m.location)
+    assert [s.count for s in m.shards] == [16, 16, 16, 2] and m.total == 50
+    assert [s.name for s in m.shards] == [f"shard-{i:06d}.tar" for i in range(4)]
+    for s in m.shards:
+        assert (out / s.name).stat().st_size == s.bytes and _sha(out / s.name) == s.sha256
+    doc = json.loads((out / "manifest.json").read_text())
+    assert doc["format"] == "raylab.shards/1" and doc["total"] == 50 and doc["sample"] == 50 and doc["seed"] == 0
+    assert doc["image_size"] is None and doc["channels"] is None and doc["skipped"] == []
+    assert [s["count"] for s in doc["shards"]] == [16, 16, 16, 2]
+    assert read_manifest(out) == m and read_manifest(out / "manifest.json") == m
+    assert not list(out.glob(".*")), "temporary files left behind"
+
+    report = ShardReport()
+    samples = list(iter_samples(m, report=report))
+    assert report.shards_failed == [] and report.images.count == 0
+    assert [r.key for r in samples] == [f"{i:08d}" for i in range(50)]
+    assert [r.name for r in samples] == _sampled_names(50, seed=0)
+    assert [r.shard for r in samples] == [s.name for s in m.shards for _ in range(s.count)]
+    for r in samples:
+        assert r.ext == "jpg" and r.label is None
+        assert r.data == (IMAGENET / r.name).read_bytes()
+
+
+def test_seed_decides_the_sample(raw_shards: Manifest, tmp_path: Path) -> None:
+    again = write_shards(IMAGENET, tmp_path / "same", sample=50, shard_size=16, seed=0)
+    other = write_shards(IMAGENET, tmp_path / "other", sample=50, shard_size=16, seed=1)
+    names = lambda m: [r.name for r in iter_samples(m)]  # noqa: E731
+    assert names(again) == names(raw_shards)
+    assert [s.sha256 for s in again.shards] == [s.sha256 for s in raw_shards.shards]  # reproducible bytes
+    assert names(other) != names(raw_shards) and names(other) == _sampled_names(50, seed=1)
+
+
+def test_write_from_a_list_of_files(tmp_path: Path) -> None:
+    files = list_images(IMAGENET)[:5]
+    m = write_shards([str(f) for f in reversed(files)], tmp_path / "s", shard_size=2)
+    assert [s.count for s in m.shards] == [2, 2, 1]
+    assert [r.name for r in iter_samples(m)] == [f.name for f in files]
+
+
+def test_write_rejects_bad_requests(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot sample 1001 of 1000"):
+        write_shards(IMAGENET, tmp_path / "s", sample=1001)
+    with pytest.raises(InputError, match="shard_size"):
+        write_shards(IMAGENET, tmp_path / "s", shard_size=0)
+    with pytest.raises(InputError, match="channels"):
+        write_shards(IMAGENET, tmp_path / "s", channels=2)
+    with pytest.raises(InputError, match="not-there"):
+        write_shards(tmp_path / "not-there", tmp_path / "s")
+
+
+def test_size_and_channels_store_lossless_png(tmp_path: Path) -> None:
+    m = write_shards(IMAGENET, tmp_path / "s", sample=12, shard_size=5, seed=3, size=32, channels=1)
+    assert [s.count for s in m.shards] == [5, 5, 2] and m.image_size == 32 and m.channels == 1
+    samples = list(iter_samples(m))
+    assert [r.name for r in samples] == _sampled_names(12, seed=3)
+    for r in samples:
+        assert r.ext == "png"
+        stored = decode_image(r.data, channels=1, size=None)
+        expected = decode_image((IMAGENET / r.name).read_bytes(), channels=1, size=32)
+        assert stored.shape == (1, 32, 32) and torch.equal(stored, expected)
+
+
+def test_undecodable_file_is_skipped_at_write_time(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    src.mkdir()
+    for f in list_images(IMAGENET)[:3]:
+        shutil.copy(f, src / f.name)
+    (src / "broken.jpg").write_bytes((src / list_images(IMAGENET)[0].name).read_bytes()[:500])
+    m = write_shards(src, tmp_path / "s", size=16)
+    assert m.total == 3 and [name for name, _ in m.skipped] == ["broken.jpg"]
+    assert [r.key for r in iter_samples(m)] == ["00000000", "00000001", "00000002"]
+    assert read_manifest(tmp_path / "s").skipped == m.skipped
+
+
+def test_npz_source_keeps_labels(tmp_path: Path) -> None:
+    m = write_shards(PNEUMONIA, tmp_path / "s", split="test", sample=40, shard_size=16, seed=0)
+    with np.load(PNEUMONIA) as z:
+        images, labels = z["test_images"], z["test_labels"].reshape(-1)
+    picked = sorted(random.Random(0).sample(range(len(images)), 40))
+    samples = list(iter_samples(m))
+    assert [r.name for r in samples] == [f"test/{i}" for i in picked]
+    assert [r.label for r in samples] == [int(labels[i]) for i in picked]
+    for r, i in zip(samples, picked):
+        assert r.ext == "png"
+        assert np.array_equal(decode_image(r.data, channels=1, size=None)[0].numpy(), images[i])
+    report = ShardReport()
+    got = list(batches(decode_stream(iter_samples(m), channels=1, size=None, report=report), 16))
+    assert torch.equal(torch.cat([b.labels for b in got]), torch.tensor([int(labels[i]) for i in picked]))
+    assert got[0].images.shape == (16, 1, 28, 28) and got[0].images.dtype == torch.uint8
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["split"] == "test"
+
+
+def test_fsspec_memory_output() -> None:
+    location = f"memory://raylab-test-{uuid.uuid4().hex}/shards"
+    files = list_images(IMAGENET)[:7]
+    try:
+        m = write_shards(files, location, shard_size=3)
+        back = read_manifest(location)
+        assert back == m and back.urls[0] == f"{location}/shard-000000.tar"
+        assert verify_manifest(back) == []
+        samples = list(iter_samples(back))
+        assert [r.data for r in samples] == [f.read_bytes() for f in files]
+        assert [r.name for r in samples] == [f.name for f in files]
+    finally:
+        fsspec.filesystem("memory").rm(location.removeprefix("memory://").split("/")[0], recursive=True)
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def test_resume_from_any_batch_cursor(small_shards: Manifest, tmp_path: Path) -> None:
+    # A damaged shard in the middle: the samples skipped there must be counted by the cursor too.
+    _bad_shard(tmp_path / "bad.tar")
+    urls = small_shards.urls[:2] + [str(tmp_path / "bad.tar")] + small_shards.urls[2:]
+    raws = [(r.shard, r.key, r.cursor_after) for r in iter_samples(urls)]
+    cursors = [c for _, _, c in raws]
+    report = ShardReport()
+    full = list(batches(decode_stream(iter_samples(urls), channels=3, size=32, report=report), 5))
+    assert report.images.count == 2 and [len(b.keys) for b in full] == [5] * 8 + [2]
+    for k, b in enumerate(full):
+        tail = raws[cursors.index(b.cursor_after) + 1:]
+        assert [(r.shard, r.key, r.cursor_after) for r in iter_samples(urls, start=b.cursor_after)] == tail
+        again = ShardReport()
+        resumed = batches(decode_stream(iter_samples(urls, start=b.cursor_after), channels=3, size=32,
+                                        report=again), 5)
+        assert [(x.keys, x.cursor_after) for x in resumed] == [(c.keys, c.cursor_after) for c in full[k + 1:]]
+        assert again.images.skipped == [s for s in report.images.skipped if k < 3]  # bad.tar lies in batch 3
+
+
+def test_resume_at_shard_boundaries(small_shards: Manifest) -> None:
+    m = small_shards
+    full = list(batches(decode_stream(iter_samples(m), channels=3, size=None, report=ShardReport()), 8))
+    assert [b.cursor_after for b in full] == [Cursor(i, 8) for i in range(5)]  # every cursor at a shard end
+    keys = [k for b in full for k in b.keys]
+    for source in (m, m.urls):  # with counts (the shard is not opened) and without (it is read through)
+        for k, b in enumerate(full):
+            rest = [r.key for r in iter_samples(source, start=b.cursor_after)]
+            assert rest == keys[8 * (k + 1):]
+        assert [r.key for r in iter_samples(source, start=Cursor(2, 3))] == keys[19:]
+    assert list(iter_samples(m, start=Cursor(9, 0))) == []
+    with pytest.raises(InputError):
+        iter_samples(m, start=Cursor(-1, 0))
+
+
+# --------------------------------------------------------------------------- damage
+
+
+def test_corrupt_image_and_sample_without_image(tmp_path: Path) -> None:
+    _bad_shard(tmp_path / "bad.tar")
+    report = ShardReport()
+    decoded = list(decode_stream(iter_samples([str(tmp_path / "bad.tar")], report=report), channels=3, size=24,
+                                 report=report))
+    assert [r.key for r, _ in decoded] == ["00000000", "00000003"]
+    assert all(t.shape == (3, 24, 24) for _, t in decoded)
+    assert report.shards_failed == []
+    assert [name for name, _ in report.images.skipped] == ["bad.tar:00000001", "bad.tar:00000002"]
+    reasons = [reason for _, reason in report.images.skipped]
+    assert "cannot decode" in reasons[0] and reasons[1] == "no image in sample"
+    assert all("\n" not in r for r in reasons)
+
+
+def _complete_before(data: bytes, cut: int) -> list[str]:
+    """Keys of the samples all of whose members end at or before byte ``cut``."""
+    ends: dict[str, int] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for member in tf.getmembers():
+            key = member.name.split(".", 1)[0]
+            ends[key] = max(ends.get(key, 0), member.offset_data + member.size)
+    return [k for k, end in ends.items() if end <= cut]
+
+
+def _first_member_offsets(data: bytes) -> list[int]:
+    seen: dict[str, int] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for member in tf.getmembers():
+            seen.setdefault(member.name.split(".", 1)[0], member.offset)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("where", ["half", "sample boundary"])
+def test_truncated_and_missing_shards(raw_shards: Manifest, tmp_path: Path, where: str) -> None:
+    out = _copy(raw_shards, tmp_path / "s")
+    shard1 = out / "shard-000001.tar"
+    data = shard1.read_bytes()
+    cut = len(data) // 2 if where == "half" else _first_member_offsets(data)[9]
+    shard1.write_bytes(data[:cut])
+    (out / "shard-000002.tar").unlink()
+    all_keys = [r.key for r in iter_samples(raw_shards)]
+    kept = _complete_before(data, cut)
+    assert 0 < len(kept) < 16
+    m = read_manifest(out)
+    for source, expect_failed in ((m, 2), (m.urls, 2 if where == "half" else 1)):
+        report = ShardReport()
+        keys = [r.key for r in iter_samples(source, report=report)]
+        assert keys == all_keys[:16] + all_keys[16:16 + len(kept)] + all_keys[48:]
+        assert keys[16:16 + len(kept)] == kept
+        failed = dict(report.shards_failed)
+        assert len(failed) == expect_failed and "missing" in failed["shard-000002.tar"]
+        if expect_failed == 2:
+            assert "shard-000001.tar" in failed
+        assert all("\n" not in r for r in failed.values())
+    problems = verify_manifest(m)
+    assert len(problems) == 2
+    assert problems[0].startswith("shard-000001.tar:") and problems[1].startswith("shard-000002.tar: missing")
+
+
+def test_verify_manifest_finds_changed_and_missing_shards(raw_shards: Manifest, tmp_path: Path) -> None:
+    assert verify_manifest(raw_shards) == []
+    out = _copy(raw_shards, tmp_path / "s")
+    shard0 = out / "shard-000000.tar"
+    data = bytearray(shard0.read_bytes())
+    data[5000] ^= 0xFF  # same size, different bytes
+    shard0.write_bytes(bytes(data))
+    (out / "shard-000003.tar").unlink()
+    problems = verify_manifest(read_manifest(out))
+    assert len(problems) == 2
+    assert problems[0].startswith("shard-000000.tar: sha256")
+    assert problems[1].startswith("shard-000003.tar: missing")
+
+
+def _manifest_doc() -> dict:
+    return {"format": "raylab.shards/1", "source": "x", "split": None, "seed": 0, "sample": None,
+            "image_size": None, "channels": None, "total": 3,
+            "shards": [{"name": "shard-000000.tar", "count": 3, "bytes": 10, "sha256": "ab"}], "skipped": []}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no shard manifest"),
+        ("{not json", "not a JSON"),
+        (json.dumps([1, 2]), "not a shard manifest"),
+        (json.dumps({**_manifest_doc(), "format": "other/1"}), "format"),
+        (json.dumps({**_manifest_doc(), "total": 4}), "sum to 3 but total is 4"),
+        (json.dumps({**_manifest_doc(), "shards": [{"name": "../x.tar", "count": 3, "bytes": 1, "sha256": ""}]}),
+         "shard entry 0"),
+    ],
+)
+def test_bad_manifest_is_one_line_input_error(tmp_path: Path, content: str | None, message: str) -> None:
+    if content is not None:
+        (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(InputError, match=message) as info:
+        read_manifest(tmp_path)
+    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
+    (tmp_path / "manifest.json").write_text(json.dumps(_manifest_doc()))
+    assert read_manifest(tmp_path).total == 3
+
+
+def test_batches_need_a_size_for_mixed_image_sizes(raw_shards: Manifest) -> None:
+    decoded = decode_stream(iter_samples(raw_shards.urls[3:]), channels=1, size=None, report=ShardReport())
+    with pytest.raises(InputError, match="give a size"):
+        list(batches(decoded, 2))
+
+
+# --------------------------------------------------------------------------- fuzz
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir() -> Path:
+    with tempfile.TemporaryDirectory() as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="module")
+def small_tar(small_shards: Manifest) -> bytes:
+    with fsspec.open(small_shards.url(0), "rb") as f:
+        return f.read()
+
+
+def _read_all(path: Path, count: int) -> tuple[int, int, ShardReport]:
+    manifest = Manifest(str(path.parent), (ShardInfo(path.name, count, 0, ""),), count, None, None, "fuzz", 0,
+                        None, ())
+    report = ShardReport()
+    raw = list(iter_samples(manifest, report=report))
+    decoded = list(decode_stream(iter(raw), channels=1, size=8, report=report))
+    assert len(decoded) + report.images.count == len(raw)
+    if len(raw) < count:
+        assert [name for name, _ in report.shards_failed] == [path.name]
+    return len(raw), len(decoded), report
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(data=st.binary(max_size=4096))
+def test_fuzz_random_bytes_as_a_shard(fuzz_dir: Path, data: bytes) -> None:
+    path = fuzz_dir / "fuzz.tar"
+    path.write_bytes(data)
+    _read_all(path, 1)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(data=st.data())
+def test_fuzz_damaged_real_shard(fuzz_dir: Path, small_tar: bytes, data: st.DataObject) -> None:
+    blob = bytearray(small_tar)
+    for _ in range(data.draw(st.integers(0, 4), label="flips")):
+        i = data.draw(st.integers(0, len(blob) - 1), label="at")
+        blob[i] = data.draw(st.integers(0, 255), label="byte")
+    cut = data.draw(st.integers(0, len(blob)), label="cut")
+    path = fuzz_dir / "damaged.tar"
+    path.write_bytes(bytes(blob[:cut]))
+    _read_all(path, 8)

@@ -22,12 +22,13 @@ from tqdm import tqdm
 
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig, resolve_target
 from .core import (
-    UAP, VALID_RANGE, Criterion, StepStats, Targeted, Untargeted, confusion_matrix, fooling_rate,
-    label_composition, lp_norm, predict_labels, random_sphere, success_rate, zeta_radius,
+    UAP, VALID_RANGE, Criterion, Norm, StepStats, Targeted, Untargeted, label_composition, lp_norm, predict_labels,
+    random_sphere, zeta_radius,
 )
 from .data.medical import MedicalSet, load_medical
 from .data.natural import SkipReport, load_image_folder
 from .errors import InputError
+from .evaluation import by_class, report
 from .models import Classifier, load_classifier
 from .plots import save_confusion_png, save_examples_png, save_uap_png
 
@@ -45,25 +46,40 @@ class Prepared:
     skipped: SkipReport
 
 
-def prepare(config: UAPConfig) -> Prepared:
-    """Load and check every input; raises InputError naming the first bad one."""
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {config.device!r} asked for, but no CUDA GPU is visible")
-    model = load_classifier(config.model, map_location=config.device)
-    spec = model.spec
-    medical = load_medical(config.medical)
+@dataclass(frozen=True)
+class Target:
+    """The classifier under audit, its medical dataset (resized to the model's input) and the UAP's budget."""
+
+    model: Classifier
+    medical: MedicalSet
+    class_names: tuple[str, ...]
+    target: int | None
+    radius: float
+
+
+def load_target(model: str | Path | bytes, medical_path: str | Path, *, target: str | None, zeta: float, p: Norm,
+                device: str = "cpu", model_name: str | None = None) -> Target:
+    """Load the model and the medical set and check that they fit; InputError naming the first bad one."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but no CUDA GPU is visible")
+    name = model_name or str(model)
+    classifier = load_classifier(model, map_location=device, name=name)
+    spec = classifier.spec
+    medical = load_medical(medical_path)
     if medical.channels != spec.in_channels:
-        raise InputError(
-            f"{config.medical}: images have {medical.channels} channel(s) but model {config.model} expects {spec.in_channels}"
-        )
+        raise InputError(f"{medical_path}: images have {medical.channels} channel(s) but model {name} expects {spec.in_channels}")
     if medical.num_classes != spec.num_classes:
-        raise InputError(
-            f"{config.medical}: {medical.num_classes} classes but model {config.model} has {spec.num_classes} outputs"
-        )
+        raise InputError(f"{medical_path}: {medical.num_classes} classes but model {name} has {spec.num_classes} outputs")
     medical = medical.resized(spec.image_size)
     class_names = spec.class_names or medical.class_names
-    target = resolve_target(config.target, class_names)
-    radius = zeta_radius(medical.train_images, zeta=config.zeta, p=config.p)
+    return Target(classifier, medical, class_names, resolve_target(target, class_names),
+                  zeta_radius(medical.train_images, zeta=zeta, p=p))
+
+
+def prepare(config: UAPConfig) -> Prepared:
+    """Load and check every input; raises InputError naming the first bad one."""
+    t = load_target(config.model, config.medical, target=config.target, zeta=config.zeta, p=config.p, device=config.device)
+    model, medical, class_names, target, radius, spec = t.model, t.medical, t.class_names, t.target, t.radius, t.model.spec
     skipped = SkipReport(skipped=[])
     source: Tensor | None
     if config.source == SOURCE_RANDOM:
@@ -113,7 +129,7 @@ def run_uap(config: UAPConfig, *, progress: bool = True) -> dict[str, Any]:
     )
     if prep.source_images is not None:
         src_labels = predict_labels(model, prep.source_images, amp=config.amp)
-        metrics["source"]["label_composition"] = _by_class(label_composition(src_labels, num_classes=len(prep.class_names)), prep.class_names)
+        metrics["source"]["label_composition"] = by_class(label_composition(src_labels, num_classes=len(prep.class_names)), prep.class_names)
     _write(out, rho, metrics, prep, config)
     return metrics
 
@@ -151,38 +167,13 @@ def evaluate(config: UAPConfig, prep: Prepared, rho: Tensor, criterion: Criterio
     """R_f, R_s per class and the confusion matrix on the medical test set, for ρ and for the random control."""
     model, test = prep.model, prep.medical.test_images
     clip = VALID_RANGE if config.clip else None
-    k = len(prep.class_names)
     clean = predict_labels(model, test, amp=config.amp)
     random_rho = random_sphere(tuple(rho.shape), radius=prep.radius, p=config.p,
                                generator=torch.Generator().manual_seed(config.seed + 1))
-
-    def scores(perturbation: Tensor) -> dict[str, Any]:
-        adv = predict_labels(model, test, rho=perturbation, clip=clip, amp=config.amp)
-        return {
-            "fooling_rate": fooling_rate(clean, adv),
-            "success_rate": {name: success_rate(adv, i) for i, name in enumerate(prep.class_names)},
-            "confusion_matrix": confusion_matrix(clean, adv, num_classes=k).tolist(),
-            "adv": adv,
-        }
-
-    ours, control = scores(rho), scores(random_rho)
-    adv = ours.pop("adv")
-    control.pop("adv")
-    return {
-        "target": None if prep.target is None else prep.class_names[prep.target],
-        "class_names": list(prep.class_names),
-        "test_images": len(test),
-        "clean_accuracy": float((clean == prep.medical.test_labels).float().mean()),
-        "clean_label_composition": _by_class(label_composition(clean, num_classes=k), prep.class_names),
-        **ours,
-        "random": control,
-        "_clean": clean,
-        "_adv": adv,
-    }
-
-
-def _by_class(values: Tensor, names: tuple[str, ...]) -> dict[str, float]:
-    return {name: float(v) for name, v in zip(names, values)}
+    adv = predict_labels(model, test, rho=rho, clip=clip, amp=config.amp)
+    adv_random = predict_labels(model, test, rho=random_rho, clip=clip, amp=config.amp)
+    metrics = report(clean, adv, adv_random, prep.medical.test_labels, prep.class_names, prep.target)
+    return {**metrics, "_clean": clean, "_adv": adv}
 
 
 def _write(out: Path, rho: Tensor, metrics: dict[str, Any], prep: Prepared, config: UAPConfig) -> None:

@@ -1,6 +1,7 @@
 """``raylab``: the command line. Parses argv, validates into typed configs once, and calls the layers below.
 
-Subcommands: ``pretrain``, ``train``, ``uap``, ``demo``, ``bench``.
+Subcommands: ``pretrain``, ``train``, ``uap`` (one machine), ``shard`` and
+``generate`` (the distributed engine on Ray), ``demo``, ``bench``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .errors import RaylabError
 DEFAULT_DATA = Path("../shared/data")
 
 
-def _add_uap_options(p: argparse.ArgumentParser) -> None:
+def _add_uap_options(p: argparse.ArgumentParser, *, engine: bool = False) -> None:
     g = p.add_argument_group("UAP (paper, Section 2.2)")
     g.add_argument("--p", default="2", help="norm of the UAP: 2 or inf (default 2)")
     g.add_argument("--zeta", type=float, default=0.04, help="budget as a ratio of the mean Lp norm of the medical training images (default 0.04 = 4%%)")
@@ -25,12 +26,14 @@ def _add_uap_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--i-max", dest="max_passes", type=int, default=1, help="passes over the input images (default 1, as in the paper)")
     g.add_argument("--delta", type=float, default=0.0, help="stop once the score on the inputs reaches 1-delta (default 0: the authors' runs)")
     g.add_argument("--target", default=None, help="target class name or index for a targeted UAP (default: non-targeted)")
-    g.add_argument("--mode", choices=["faithful", "batched"], default="batched", help="faithful: per image, ART's semantics; batched: B images per update (default)")
-    g.add_argument("--batch-size", type=int, default=32)
+    if not engine:
+        g.add_argument("--mode", choices=["faithful", "batched"], default="batched", help="faithful: per image, ART's semantics; batched: B images per update (default)")
+    g.add_argument("--batch-size", type=int, default=32, help="images per update" + (" per worker" if engine else ""))
     g.add_argument("--step-norm", choices=["sign", "l2"], default="sign", help="FGSM step: sign (the authors') or l2-normalized gradient")
     g.add_argument("--clip", action="store_true", help="clip x+rho to the valid pixel range (the authors did not)")
-    g.add_argument("--chunk-size", type=int, default=1000, help="images per chunk; rho is carried from chunk to chunk")
-    g.add_argument("--limit", type=int, default=None, help="use a seeded random sample of this many source images")
+    if not engine:
+        g.add_argument("--chunk-size", type=int, default=1000, help="images per chunk; rho is carried from chunk to chunk")
+        g.add_argument("--limit", type=int, default=None, help="use a seeded random sample of this many source images")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     g.add_argument("--amp", action="store_true", help="mixed-precision forwards (GPU)")
@@ -70,6 +73,32 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--source", required=True, help="UAP input images: a folder of natural images, 'train' (the medical training set) or 'random' (the control)")
     u.add_argument("--out", type=Path, required=True, help="output directory")
     _add_uap_options(u)
+
+    s = sub.add_parser("shard", help="write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz")
+    s.add_argument("source", help="image folder, or MedMNIST .npz")
+    s.add_argument("out", help="output directory or fsspec URL (s3://, gs://)")
+    s.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    s.add_argument("--sample", type=int, default=None, help="a seeded random sample of this many images (the paper drew 100,000)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=None, help="store images already resized to this size (decodes much faster)")
+    s.add_argument("--channels", type=int, choices=[1, 3], default=None, help="store images converted to gray (1) or RGB (3)")
+    s.add_argument("--split", default="train", help="split of a .npz source (default train)")
+
+    g = sub.add_parser("generate", help="distributed UAP on Ray: shards -> reader actors -> worker actors -> one rho (resumable)")
+    g.add_argument("--model", required=True, help="classifier checkpoint (path or fsspec URL)")
+    g.add_argument("--data", type=Path, default=DEFAULT_DATA / "pneumoniamnist.npz", help="the medical dataset the model classifies")
+    g.add_argument("--shards", required=True, help="shard location written by `raylab shard` (path or URL)")
+    g.add_argument("--out", required=True, help="output location (path or URL); rerun with the same one to resume")
+    _add_uap_options(g, engine=True)
+    e = g.add_argument_group("engine")
+    e.add_argument("--workers", type=int, default=1, help="worker actors (one per GPU, or per CPU slot)")
+    e.add_argument("--cpus-per-worker", type=float, default=1.0)
+    e.add_argument("--cpus-per-reader", type=float, default=1.0)
+    e.add_argument("--prefetch", type=int, default=4, help="batches each reader decodes ahead (bounded: flat memory)")
+    e.add_argument("--checkpoint-every", type=int, default=20, help="rounds between checkpoints")
+    e.add_argument("--eval-every", type=int, default=0, help="evaluate on the test set every N rounds (0: at the end only)")
+    e.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
+    e.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
     d = sub.add_parser("demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, attack it with a UAP from ImageNet photos")
     d.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -180,6 +209,42 @@ def summary(m: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_shard(a: argparse.Namespace) -> int:
+    from .data.shards import write_shards
+
+    source = a.source if "://" in a.source else Path(a.source)
+    m = write_shards(source, a.out, shard_size=a.shard_size, sample=a.sample, seed=a.seed, size=a.image_size,
+                     channels=a.channels, split=a.split, progress=True)
+    print(f"wrote {m.total} images in {len(m.shards)} shard(s) to {a.out}" + (f"; skipped {len(m.skipped)} unreadable" if m.skipped else ""))
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    import os
+
+    if not a.address and "RAY_ADDRESS" not in os.environ:
+        # A local Ray on this machine: keep every address on loopback (read by Ray at import).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    from .config import EngineConfig
+    from .engine import run_engine
+
+    config = EngineConfig(
+        model=a.model, medical=a.data, shards=a.shards, out=a.out, p=a.p, zeta=a.zeta, eps=a.eps,
+        max_passes=a.max_passes, delta=a.delta, target=a.target, batch_size=a.batch_size, workers=a.workers,
+        step_norm=a.step_norm, clip=a.clip, seed=a.seed, device=a.device, amp=a.amp,
+        cpus_per_worker=a.cpus_per_worker, cpus_per_reader=a.cpus_per_reader, prefetch=a.prefetch,
+        checkpoint_every=a.checkpoint_every, eval_every=a.eval_every, progress_every=a.progress_every, examples=a.examples,
+    )
+    if a.address and not ray.is_initialized():
+        ray.init(address=a.address)
+    m = run_engine(config, log=lambda line: print(line, flush=True))
+    print(summary(m), flush=True)
+    print(f"wrote {config.out}: uap.npy, metrics.json, checkpoint.pt, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     """The Quick start: every step is skipped when its output already exists, so a rerun resumes."""
     out: Path = a.out
@@ -211,7 +276,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "demo": cmd_demo, "bench": cmd_bench}
+COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard": cmd_shard, "generate": cmd_generate,
+            "demo": cmd_demo, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

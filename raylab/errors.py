@@ -13,3 +13,7 @@ class InputError(RaylabError, ValueError):
     The message is one line and names the bad thing, e.g.
     ``zeta must be > 0, got -0.1``.
     """
+
+
+class OutputError(RaylabError, OSError):
+    """An output location that cannot be written (read-only, full, unreachable); names the location."""

@@ -13,6 +13,7 @@ that is not a plain state dict is refused, never unpickled.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -191,10 +192,18 @@ def save_classifier(model: Classifier, path: str | Path, *, extra: dict[str, Any
     return path
 
 
-def load_classifier(path: str | Path, *, map_location: str = "cpu") -> Classifier:
-    """A classifier saved by :func:`save_classifier`, in eval mode; InputError naming the file otherwise."""
-    path = Path(path)
-    obj = _read(path, map_location)
+def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name: str | None = None) -> Classifier:
+    """A classifier saved by :func:`save_classifier` (a file, or its bytes), in eval mode; InputError naming the file otherwise."""
+    if isinstance(path, bytes):
+        path_name = name or "checkpoint bytes"
+        try:
+            obj = torch.load(io.BytesIO(path), map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise InputError(f"{path_name}: cannot read weights ({type(e).__name__}: {_one_line(e)[:160]})") from None
+        path = Path(path_name)
+    else:
+        path = Path(path)
+        obj = _read(path, map_location)
     if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
         raise InputError(f"{path}: not a raylab classifier checkpoint (torchvision weights go to `raylab train --backbone`)")
     s = dict(obj["spec"])

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
+
+# Ray reads this when it is imported: every address of a local Ray is then 127.0.0.1 (tests talk only to loopback).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import numpy as np
 import pytest
@@ -66,3 +71,30 @@ def natural_gray() -> torch.Tensor:
 
     images, _, _ = load_image_folder(IMAGENET, channels=1, size=28, limit=60, seed=0)
     return images
+
+
+@pytest.fixture(scope="session")
+def natural_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 real ImageNet photos plus one corrupt JPEG (truncated real bytes)."""
+    d = tmp_path_factory.mktemp("natural")
+    files = sorted(IMAGENET.iterdir())[:40]
+    for f in files:
+        shutil.copy(f, d / f.name)
+    (d / "corrupt.JPEG").write_bytes(files[0].read_bytes()[:300])
+    return d
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory, natural_dir: Path) -> dict[str, Path]:
+    """A natural-image backbone and a transfer-learned small_cnn on PneumoniaMNIST, made by the CLI."""
+    from raylab.cli import main
+
+    d = tmp_path_factory.mktemp("models")
+    common = ["--arch", "small_cnn", "--image-size", "28"]
+    assert main(["pretrain", "--images", str(natural_dir), "--epochs", "1", "--batch-size", "16",
+                 "--out", str(d / "backbone.pt"), *common]) == 0
+    assert main(["train", "--data", str(PNEUMONIA), "--backbone", str(d / "backbone.pt"), "--epochs", "1",
+                 "--out", str(d / "model.pt"), *common]) == 0
+    return {"backbone": d / "backbone.pt", "model": d / "model.pt"}
+
+

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,32 +14,7 @@ from raylab.cli import main
 from raylab.core import lp_norm, zeta_radius
 from raylab.data.medical import load_medmnist
 
-from .conftest import IMAGENET, PNEUMONIA
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def natural_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """40 real ImageNet photos plus one corrupt JPEG (truncated real bytes)."""
-    d = tmp_path_factory.mktemp("natural")
-    files = sorted(IMAGENET.iterdir())[:40]
-    for f in files:
-        shutil.copy(f, d / f.name)
-    (d / "corrupt.JPEG").write_bytes(files[0].read_bytes()[:300])
-    return d
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory, natural_dir: Path) -> dict[str, Path]:
-    """A natural-image backbone and a transfer-learned small_cnn on PneumoniaMNIST, made by the CLI."""
-    d = tmp_path_factory.mktemp("models")
-    common = ["--arch", "small_cnn", "--image-size", "28"]
-    assert main(["pretrain", "--images", str(natural_dir), "--epochs", "1", "--batch-size", "16",
-                 "--out", str(d / "backbone.pt"), *common]) == 0
-    assert main(["train", "--data", str(PNEUMONIA), "--backbone", str(d / "backbone.pt"), "--epochs", "1",
-                 "--out", str(d / "model.pt"), *common]) == 0
-    return {"backbone": d / "backbone.pt", "model": d / "model.pt"}
+from .conftest import PNEUMONIA
 
 
 def test_train_writes_weights_and_accuracy(models: dict[str, Path]) -> None:
@@ -132,14 +104,3 @@ def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys
     assert main(["uap", "--model", str(models["model"]), "--data", str(rgb), "--source", "random", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "3 channel(s)" in err and "expects 1" in err
-
-
-def test_job_entry_point_runs_under_plain_python(models, tmp_path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "generate_uap.py"), "--model", str(models["model"]), "--data", str(PNEUMONIA),
-         "--source", "random", "--out", str(tmp_path / "job")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "random control R_f" in proc.stdout
-    assert (tmp_path / "job" / "uap.npy").exists()

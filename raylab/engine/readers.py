@@ -1,0 +1,138 @@
+"""Reader actors: webdataset shards -> decoded, fixed-size batches, decoded ahead of the workers.
+
+Each reader owns a list of shards (its share of the stream, repeated for
+i_max passes) and a background thread that decodes up to ``prefetch`` batches
+ahead (back-pressure: a full queue blocks the thread, so memory stays flat).
+``read(position)`` hands out the batch that starts at ``position``; when that
+is not the head of the queue (after a restart, a resume or a redo) the reader
+seeks there, so a batch can always be asked for again and is always the same.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+
+from ..data.shards import Cursor, ShardReport, batches, decode_stream, iter_samples
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a reader's stream stands: the pass, and the cursor inside the shard list."""
+
+    pass_: int = 0
+    cursor: Cursor = field(default_factory=lambda: Cursor(0, 0))
+
+    def to_list(self) -> list[int]:
+        return [self.pass_, self.cursor.shard, self.cursor.offset]
+
+    @staticmethod
+    def from_list(v: list[int]) -> "Position":
+        return Position(v[0], Cursor(v[1], v[2]))
+
+
+@dataclass
+class BatchMeta:
+    """What the driver needs to know about a batch (the images themselves go straight to a worker)."""
+
+    start: Position
+    end: Position
+    size: int
+    keys: list[str]
+    skipped: list[tuple[str, str]]
+    shards_failed: list[tuple[str, str]]
+    decode_seconds: float
+    exhausted: bool = False
+
+
+class _Producer(threading.Thread):
+    """Decodes batches from ``start`` into a bounded queue until the stream ends or it is told to stop."""
+
+    def __init__(self, urls: list[str], start: Position, passes: int, channels: int, size: int,
+                 batch_size: int, prefetch: int) -> None:
+        super().__init__(daemon=True)
+        self.urls, self.start_at, self.passes = urls, start, passes
+        self.channels, self.size, self.batch_size = channels, size, batch_size
+        self.out: queue.Queue = queue.Queue(maxsize=prefetch)
+        self.stop = threading.Event()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        pos = self.start_at
+        for pass_ in range(pos.pass_, self.passes):
+            cursor = pos.cursor if pass_ == pos.pass_ else Cursor(0, 0)
+            report = ShardReport()
+            seen_images, seen_shards = 0, 0
+            stream = batches(decode_stream(iter_samples(self.urls, start=cursor, report=report),
+                                           channels=self.channels, size=self.size, report=report), self.batch_size)
+            t = time.perf_counter()
+            for batch in stream:
+                end = Position(pass_, batch.cursor_after)
+                meta = BatchMeta(start=pos, end=end, size=len(batch.keys), keys=list(batch.keys),
+                                 skipped=report.images.skipped[seen_images:], shards_failed=report.shards_failed[seen_shards:],
+                                 decode_seconds=time.perf_counter() - t)
+                seen_images, seen_shards = report.images.count, len(report.shards_failed)
+                if not self._put((meta, batch.images)):
+                    return
+                pos, t = end, time.perf_counter()
+            # Skips after the last full batch of a pass belong to the pass's end marker.
+            pos_next = Position(pass_ + 1, Cursor(0, 0))
+            tail = BatchMeta(start=pos, end=pos_next, size=0, keys=[], skipped=report.images.skipped[seen_images:],
+                             shards_failed=report.shards_failed[seen_shards:], decode_seconds=time.perf_counter() - t)
+            if tail.skipped or tail.shards_failed or pass_ + 1 < self.passes:
+                if not self._put((tail, None)):
+                    return
+            pos = pos_next
+        final = BatchMeta(start=pos, end=pos, size=0, keys=[], skipped=[], shards_failed=[], decode_seconds=0.0, exhausted=True)
+        self._put((final, None))
+
+
+@ray.remote(max_restarts=3, max_task_retries=3)
+class ShardReader:
+    """A Ray actor that reads and decodes its shards (see the module docstring)."""
+
+    def __init__(self, urls: list[str], *, passes: int, channels: int, size: int, batch_size: int, prefetch: int) -> None:
+        torch.set_num_threads(1)
+        self.args = dict(urls=list(urls), passes=passes, channels=channels, size=size, batch_size=batch_size, prefetch=prefetch)
+        self.producer: _Producer | None = None
+        self.head: Position | None = None
+
+    def _seek(self, start: Position) -> None:
+        if self.producer is not None:
+            self.producer.stop.set()
+        self.producer = _Producer(start=start, **self.args)
+        self.producer.start()
+        self.head = start
+
+    @ray.method(num_returns=2)
+    def read(self, start: list[int]) -> tuple[torch.Tensor | None, BatchMeta]:
+        """The next item from ``start``: a batch of images (or None at a pass end / the stream's end) and its meta."""
+        pos = Position.from_list(start)
+        if self.head != pos or self.producer is None:
+            self._seek(pos)
+        assert self.producer is not None
+        meta, images = self.producer.out.get()
+        self.head = meta.end
+        return images, meta
+
+    def queue_depth(self) -> int:
+        return 0 if self.producer is None else self.producer.out.qsize()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()

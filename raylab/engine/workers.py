@@ -1,0 +1,51 @@
+"""Worker actors: one model replica each (one per GPU, or per CPU slot), computing batched UAP updates.
+
+A worker is stateless between calls apart from its model, so a worker that
+dies is restarted by Ray and its call is retried with the same batch and the
+same ρ (``max_task_retries``): the redone update is the same update.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ray
+import torch
+from torch import Tensor
+
+from ..core import Criterion, StepStats, batch_update, predict_labels
+from ..core.fgsm import StepNorm
+from ..models import load_classifier
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1)
+class UAPWorker:
+    """Holds a classifier and applies the batched update rule (Section 2.2) to the batches it is given."""
+
+    def __init__(self, checkpoint: bytes, *, device: str, amp: bool, threads: int, name: str = "model") -> None:
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device(device)
+        self.model = load_classifier(checkpoint, map_location=str(self.device), name=name)
+        self.amp = amp
+        self.last_end: float | None = None
+
+    def update(self, images: Tensor, rho: Tensor, *, eps: float, criterion: Criterion, step_norm: StepNorm,
+               clip: tuple[float, float] | None) -> tuple[Tensor, StepStats, dict[str, float]]:
+        """Clean labels, then :func:`raylab.core.batch_update` for ``images`` against ``rho``; returns the summed step."""
+        started = time.perf_counter()
+        idle = 0.0 if self.last_end is None else started - self.last_end
+        x = images.to(self.device, non_blocking=True)
+        clean = predict_labels(self.model, x, batch_size=len(x) or 1, amp=self.amp)
+        upd = batch_update(self.model, x, clean, rho.to(self.device), eps=eps, criterion=criterion,
+                           step_norm=step_norm, clip=clip, amp=self.amp)
+        step = upd.step.cpu()
+        self.last_end = time.perf_counter()
+        return step, upd.stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle}
+
+    def predict(self, images: Tensor, rho: Tensor | None = None, clip: tuple[float, float] | None = None) -> Tensor:
+        """Labels of ``images`` (under ``images + rho`` when given): the distributed evaluation."""
+        return predict_labels(self.model, images, rho=rho, clip=clip, amp=self.amp).cpu()
+
+    def pid(self) -> int:
+        return os.getpid()

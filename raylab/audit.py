@@ -29,7 +29,7 @@ from .data.medical import MedicalSet, load_medical
 from .data.natural import SkipReport, load_image_folder
 from .errors import InputError
 from .evaluation import by_class, report
-from .models import Classifier, load_classifier
+from .models import Classifier, for_inference, load_classifier
 from .plots import save_confusion_png, save_examples_png, save_uap_png
 
 
@@ -99,7 +99,7 @@ def prepare(config: UAPConfig) -> Prepared:
 def run_uap(config: UAPConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run one UAP end to end and write its outputs into ``config.out``; returns the metrics."""
     prep = prepare(config)
-    model = prep.model.eval()
+    model = for_inference(prep.model, device=config.device, amp=config.amp)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     criterion: Criterion = Untargeted() if prep.target is None else Targeted(prep.target)

@@ -8,6 +8,7 @@ no pipeline), and batched mode ÷ ART.
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import time
@@ -23,7 +24,7 @@ from .core import UAP, to_model_space, zeta_radius
 from .core.fgsm import autocast
 from .data.medical import load_medmnist
 from .data.natural import load_image_folder
-from .models import ModelSpec, build_model
+from .models import ModelSpec, build_model, for_inference
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def bare_kernel(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int, amp
     def run() -> None:
         for chunk in x.split(batch_size):
             xb = to_model_space(chunk.to(device))
-            with torch.inference_mode(), autocast(device, amp):
+            with torch.no_grad(), autocast(device, amp):
                 y = model(xb).argmax(1)
             xg = xb.clone().requires_grad_(True)
             with autocast(device, amp):
@@ -78,7 +79,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     images, _, _ = load_image_folder(cfg.data_dir / "imagenet-samples", channels=cfg.channels, size=cfg.image_size,
                                      limit=cfg.images, seed=cfg.seed)
     spec = ModelSpec(arch=cfg.arch, num_classes=2, in_channels=cfg.channels, image_size=cfg.image_size).validate()
+    # Faithful mode and ART run the plain float32 model (as ART would); batched mode and its bare kernel
+    # run it with --amp's autocast and channels-last memory when asked.
     model = build_model(spec, seed=cfg.seed).to(cfg.device).eval()
+    fast = for_inference(build_model(spec, seed=cfg.seed), device=cfg.device, amp=cfg.amp)
     radius = zeta_radius(medical.train_images, zeta=cfg.zeta, p=2)
     n = len(images)
     figures: dict[str, Any] = {
@@ -89,12 +93,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "torch": torch.__version__,
     }
     # warm-up (allocator, cudnn autotune)
-    bare_kernel(model, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)
+    bare_kernel(fast, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)
     faithful = UAP(radius=radius, p=2, eps=cfg.eps, mode="faithful")
     batched = UAP(radius=radius, p=2, eps=cfg.eps, mode="batched", batch_size=cfg.batch_size, amp=cfg.amp)
     res_f, t_f = _timed(lambda: faithful(model, images, seed=cfg.seed))
-    res_b, t_b = _timed(lambda: batched(model, images, seed=cfg.seed))
-    t_bare = bare_kernel(model, images, batch_size=cfg.batch_size, amp=cfg.amp)
+    res_b, t_b = _timed(lambda: batched(fast, images, seed=cfg.seed))
+    t_bare = bare_kernel(fast, images, batch_size=cfg.batch_size, amp=cfg.amp)
     figures.update(
         faithful_images_per_s=n / t_f, faithful_accepted=res_f.stats.accepted,
         batched_images_per_s=n / t_b, batched_accepted=res_b.stats.accepted,
@@ -127,3 +131,87 @@ def _art(cfg: BenchConfig, model: torch.nn.Module, images: torch.Tensor, radius:
         "batched_over_art": batched_ips / art_ips,
         "faithful_rho_max_abs_diff_vs_art": float(np.abs(rho.numpy() - attack.noise[0]).max()),
     }
+
+
+@dataclass(frozen=True)
+class EngineBenchConfig:
+    """``raylab bench --engine``: the engine end to end vs its bare kernel, decode rates, 1 vs 2 workers."""
+
+    data_dir: Path
+    arch: str = "resnet18"
+    image_size: int = 64
+    channels: int = 1
+    images: int = 512
+    batch_size: int = 64
+    workers: tuple[int, ...] = (1, 2)
+    device: str = "cpu"
+    amp: bool = False
+    cpus_per_worker: float = 1.0
+    cpus_per_reader: float = 1.0
+    seed: int = 0
+
+
+def decode_rate(urls: list[str], *, channels: int, size: int) -> float:
+    """Images/s that one core decodes (and resizes) from shards."""
+    from .data.shards import ShardReport, decode_stream, iter_samples
+
+    report = ShardReport()
+    t = time.perf_counter()
+    n = sum(1 for _ in decode_stream(iter_samples(urls, report=report), channels=channels, size=size, report=report))
+    return n / (time.perf_counter() - t)
+
+
+def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
+    import tempfile
+
+    import ray
+
+    from .config import EngineConfig
+    from .data.shards import ShardReport, decode_stream, iter_samples, write_shards
+    from .engine import run_engine
+    from .models import save_classifier
+
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    spec = ModelSpec(arch=cfg.arch, num_classes=2, in_channels=cfg.channels, image_size=cfg.image_size,
+                     class_names=("NORMAL", "PNEUMONIA")).validate()
+    model = build_model(spec, seed=cfg.seed).eval()
+    figures: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   + (torch.cuda.get_device_name() if cfg.device.startswith("cuda") else "CPU"),
+        "model": f"{cfg.arch} {cfg.channels}x{cfg.image_size}x{cfg.image_size} (random init)",
+        "images": cfg.images, "batch_size_per_worker": cfg.batch_size, "device": cfg.device, "amp": cfg.amp,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        source = cfg.data_dir / "imagenet-samples"
+        orig = write_shards(source, root / "orig", shard_size=64, sample=cfg.images, seed=cfg.seed)
+        small = write_shards(source, root / "small", shard_size=64, sample=cfg.images, seed=cfg.seed,
+                             size=cfg.image_size, channels=cfg.channels)
+        figures["decode_images_per_s_per_core_original_jpeg"] = decode_rate(orig.urls, channels=cfg.channels, size=cfg.image_size)
+        figures["decode_images_per_s_per_core_stored_resized"] = decode_rate(small.urls, channels=cfg.channels, size=cfg.image_size)
+        report = ShardReport()
+        images = torch.stack([x for _, x in decode_stream(iter_samples(small.urls, report=report), channels=cfg.channels,
+                                                          size=cfg.image_size, report=report)])
+        m = for_inference(model, device=cfg.device, amp=cfg.amp)
+        bare_kernel(m, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)  # warm-up
+        t_bare = bare_kernel(m, images, batch_size=cfg.batch_size, amp=cfg.amp)
+        figures["bare_kernel_images_per_s"] = len(images) / t_bare
+        model_path = save_classifier(model.cpu().to(memory_format=torch.contiguous_format), root / "model.pt")
+        if not ray.is_initialized():
+            ray.init(logging_level="ERROR")
+        cpus = ray.cluster_resources().get("CPU", 1)
+        for w in cfg.workers:
+            share = min(cfg.cpus_per_worker, cpus / (2 * w))  # W workers and W readers must fit on this machine
+            ec = EngineConfig(model=str(model_path), medical=cfg.data_dir / "pneumoniamnist.npz", shards=str(root / "small"),
+                              out=str(root / f"run-w{w}"), zeta=0.04, eps=0.002, batch_size=cfg.batch_size, workers=w,
+                              device=cfg.device, amp=cfg.amp, cpus_per_worker=share,
+                              cpus_per_reader=min(cfg.cpus_per_reader, share), progress_every=1e9, examples=0,
+                              checkpoint_every=10_000)
+            log(f"engine with {w} worker(s)...")
+            metrics = run_engine(ec, log=lambda s: None)
+            figures[f"engine_{w}w_images_per_s"] = metrics["images_per_second"]
+            figures[f"engine_{w}w_worker_idle_fraction"] = metrics["worker_idle_fraction"]
+        figures["engine_1w_over_bare_kernel"] = figures["engine_1w_images_per_s"] / figures["bare_kernel_images_per_s"]
+        if 2 in cfg.workers and 1 in cfg.workers:
+            figures["engine_2w_over_1w"] = figures["engine_2w_images_per_s"] / figures["engine_1w_images_per_s"]
+    return figures

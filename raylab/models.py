@@ -216,6 +216,13 @@ def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name
     return model.to(map_location).eval()
 
 
+def for_inference(model: nn.Module, *, device: str = "cpu", amp: bool = False) -> nn.Module:
+    """Eval mode on ``device``; with AMP also channels-last memory, which lets bf16/fp16 convolutions
+    use the matrix units (AMX on recent x86 CPUs, tensor cores on GPUs)."""
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if amp else model
+
+
 def checkpoint_spec(path: str | Path) -> ModelSpec | None:
     """The spec stored in a raylab checkpoint, or None for any other file."""
     try:

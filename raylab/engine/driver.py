@@ -141,7 +141,14 @@ class Engine:
     # -- set-up ---------------------------------------------------------------------------------------------------
     def _start_actors(self) -> None:
         c, spec = self.config, self.target.model.spec
-        model_ref = ray.put(self.model_bytes)
+        have = ray.cluster_resources()
+        need_cpu, need_gpu = c.workers * (c.cpus_per_worker + c.cpus_per_reader), c.workers * c.num_gpus_per_worker
+        if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+            self.log(f"warning: {c.workers} worker(s) and reader(s) need {need_cpu:g} CPU and {need_gpu:g} GPU, the cluster has "
+                     f"{have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU now; waiting for the autoscaler "
+                     "(lower --cpus-per-worker/--cpus-per-reader or --workers on a fixed cluster)")
+        # Held for the whole run: a restarted worker re-reads its creation arguments.
+        self.model_ref = model_ref = ray.put(self.model_bytes)
         self.readers = [
             ShardReader.options(num_cpus=c.cpus_per_reader).remote(
                 [self.manifest.url(i) for i in range(w, len(self.manifest.shards), c.workers)],
@@ -172,6 +179,7 @@ class Engine:
         self.log(f"UAP on {c.workers} worker(s) x batch {c.batch_size}, {self.manifest.total} images in "
                  f"{len(self.manifest.shards)} shards x {c.max_passes} pass(es), L{c.p} zeta={c.zeta:g} "
                  f"(radius {self.target.radius:.4g}), eps={c.eps:g}")
+        ray.get([a.pid.remote() for a in self.readers + self.workers])  # actors up (models loaded) before the clock starts
         started, last_log = time.perf_counter() - state.seconds, 0.0
         compute = idle = 0.0
         pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..core import Criterion, StepStats, batch_update, predict_labels
 from ..core.fgsm import StepNorm
-from ..models import load_classifier
+from ..models import for_inference, load_classifier
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)
@@ -26,7 +26,8 @@ class UAPWorker:
     def __init__(self, checkpoint: bytes, *, device: str, amp: bool, threads: int, name: str = "model") -> None:
         torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
-        self.model = load_classifier(checkpoint, map_location=str(self.device), name=name)
+        self.model = for_inference(load_classifier(checkpoint, map_location=str(self.device), name=name),
+                                   device=str(self.device), amp=amp)
         self.amp = amp
         self.last_end: float | None = None
 

@@ -1,0 +1,63 @@
+"""Decode throughput of natural images for a model input size: per core and with all cores.
+
+Measures raylab's own decoder (raylab.data.natural.decode_image) on original
+ImageNet JPEGs and on the same photos stored already resized (as
+`raylab shard --image-size` writes them), the two cases issue #4 compares.
+
+    python benchmarks/decode_rate.py --images DIR --size 299 --channels 3 [--processes N] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+from PIL import Image
+
+from raylab.data.natural import decode_image, list_images
+
+
+def _rate(blobs: list[bytes], channels: int, size: int) -> float:
+    t = time.perf_counter()
+    for b in blobs:
+        decode_image(b, channels=channels, size=size)
+    return len(blobs) / (time.perf_counter() - t)
+
+
+def _resized_png(data: bytes, size: int, channels: int) -> bytes:
+    im = Image.open(io.BytesIO(data)).convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=Path, required=True)
+    ap.add_argument("--size", type=int, default=299)
+    ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=300)
+    ap.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    blobs = [p.read_bytes() for p in list_images(a.images)[: a.limit]]
+    small = [_resized_png(b, a.size, a.channels) for b in blobs]
+    fig = {"cores": os.cpu_count(), "images": len(blobs), "size": a.size, "channels": a.channels}
+    for name, data in (("original_jpeg", blobs), ("stored_resized_png", small)):
+        fig[f"{name}_per_core"] = _rate(data, a.channels, a.size)
+        with Pool(a.processes) as pool:
+            t = time.perf_counter()
+            pool.starmap(_rate, [(data, a.channels, a.size)] * a.processes)
+            fig[f"{name}_{a.processes}_processes"] = len(data) * a.processes / (time.perf_counter() - t)
+    print(json.dumps(fig, indent=2))
+    if a.out:
+        a.out.write_text(json.dumps(fig, indent=2))
+
+
+if __name__ == "__main__":
+    main()

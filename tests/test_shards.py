@@ -144,6 +144,17 @@ def test_size_and_channels_store_lossless_png(tmp_path: Path) -> None:
         assert stored.shape == (1, 32, 32) and torch.equal(stored, expected)
 
 
+def test_jpg_format_stores_resized_jpeg_close_to_the_original(tmp_path: Path) -> None:
+    m = write_shards(IMAGENET, tmp_path / "j", sample=6, shard_size=6, seed=3, size=64, channels=3, image_format="jpg")
+    for r in iter_samples(m):
+        assert r.ext == "jpg" and r.data[:2] == b"\xff\xd8"  # a JPEG
+        stored = decode_image(r.data, channels=3, size=None).float()
+        expected = decode_image((IMAGENET / r.name).read_bytes(), channels=3, size=64).float()
+        assert stored.shape == (3, 64, 64) and (stored - expected).abs().mean() < 4  # quality 95: small loss
+    with pytest.raises(InputError, match="image_format must be 'png' or 'jpg'"):
+        write_shards(IMAGENET, tmp_path / "x", sample=2, size=64, image_format="webp")
+
+
 def test_undecodable_file_is_skipped_at_write_time(tmp_path: Path) -> None:
     src = tmp_path / "photos"
     src.mkdir()

@@ -264,16 +264,17 @@ def _list_items(files: Sequence[str | os.PathLike[str]]) -> tuple[list[_Item], s
     return items, str(root)
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
-    """uint8 H x W (gray) or H x W x 3 (RGB) to PNG bytes."""
+def _png_bytes(arr: np.ndarray, fmt: str = "png") -> bytes:
+    """uint8 H x W (gray) or H x W x 3 (RGB) to PNG (lossless) or JPEG (quality 95) bytes."""
     buf = io.BytesIO()
-    Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB").save(buf, format="PNG")
+    im = Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB")
+    im.save(buf, format="PNG") if fmt == "png" else im.save(buf, format="JPEG", quality=95)
     return buf.getvalue()
 
 
-def _tensor_png(image: torch.Tensor) -> bytes:
+def _tensor_png(image: torch.Tensor, fmt: str = "png") -> bytes:
     arr = image.numpy()
-    return _png_bytes(arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0)))
+    return _png_bytes(arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0)), fmt)
 
 
 def _npz_items(path: Path, split: str) -> list[_Item]:
@@ -382,6 +383,7 @@ def write_shards(
     split: str = "train",
     progress: bool = False,
     prefix: str = "shard",
+    image_format: str = "png",
 ) -> Manifest:
     """Write ``source`` as webdataset shards of ``shard_size`` samples to ``out``, manifest last.
 
@@ -391,9 +393,13 @@ def write_shards(
     in sorted order. Without ``size`` and ``channels`` image files are stored
     byte for byte under their own extension (``.jpeg`` as ``jpg``); with
     either, images are decoded, converted and resized with
-    :func:`decode_image` and stored as PNG, and undecodable files are skipped
-    and listed in the manifest. ``.npz`` images are always PNG.
+    :func:`decode_image` and stored as PNG (``image_format="jpg"``: JPEG at
+    quality 95, which decodes about 3x faster at 299 px but is lossy), and
+    undecodable files are skipped and listed in the manifest. ``.npz`` images
+    are always PNG.
     """
+    if image_format not in ("png", "jpg"):
+        raise InputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     if not isinstance(shard_size, int) or shard_size < 1:
         raise InputError(f"shard_size must be >= 1, got {shard_size!r}")
     if size is not None and (not isinstance(size, int) or size < 1):
@@ -442,7 +448,7 @@ def write_shards(
                 except InputError as e:
                     skipped.append((item.name, str(e).removeprefix(f"{item.name}: ")))
                     continue
-                data, ext = _tensor_png(image), "png"
+                data, ext = _tensor_png(image, image_format), image_format
             record: dict[str, Any] = {"__key__": f"{written:08d}", ext: data, "name.txt": item.name.encode("utf-8")}
             if item.label is not None:
                 record["cls"] = str(item.label).encode("ascii")

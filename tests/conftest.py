@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import tempfile
 from pathlib import Path
 
-# Ray reads this when it is imported: every address of a local Ray is then 127.0.0.1 (tests talk only to loopback).
+# Ray reads these when it is imported. Every address of a local Ray is 127.0.0.1 (tests talk only to loopback),
+# and every test cluster runs with token authentication, the token in a file of this test session only.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ["RAY_AUTH_MODE"] = "token"
+_TOKEN = Path(tempfile.mkdtemp(prefix="raylab-test-auth-")) / "auth_token"
+_TOKEN.write_text(secrets.token_hex(32))
+_TOKEN.chmod(0o600)
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(_TOKEN)
 
 import numpy as np
 import pytest

@@ -199,3 +199,12 @@ def test_bad_engine_input_is_refused_before_any_actor_starts(models, shards, tmp
         Engine(_config(models, tmp_path, tmp_path / "y"))
     with pytest.raises(InputError, match="eps must be > 0"):
         _config(models, shards, tmp_path / "z", eps=0)
+
+
+def test_the_jobs_api_refuses_a_request_without_the_token(cluster) -> None:
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{cluster['dashboard']}/api/jobs/", timeout=30)
+    assert e.value.code == 401

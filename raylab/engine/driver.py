@@ -180,7 +180,8 @@ class Engine:
                  f"{len(self.manifest.shards)} shards x {c.max_passes} pass(es), L{c.p} zeta={c.zeta:g} "
                  f"(radius {self.target.radius:.4g}), eps={c.eps:g}")
         ray.get([a.pid.remote() for a in self.readers + self.workers])  # actors up (models loaded) before the clock starts
-        started, last_log = time.perf_counter() - state.seconds, 0.0
+        session = time.perf_counter()
+        started, last_log = session - state.seconds, 0.0
         compute = idle = 0.0
         pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}
         images_at_start = state.stats["images"]
@@ -219,10 +220,10 @@ class Engine:
                 self.on_round(RoundReport(state.round, round_stats, state.rho, dict(state.stats), state.seconds))
             if state.seconds - last_log >= c.progress_every:
                 last_log = state.seconds
-                self.log(self._progress(state, images_at_start, started, compute, idle))
+                self.log(self._progress(state, images_at_start, session, compute, idle))
         state.seconds = time.perf_counter() - started
         self.store.write_bytes(CHECKPOINT, state.to_bytes(self.fingerprint))
-        self.log(self._progress(state, images_at_start, started, compute, idle))
+        self.log(self._progress(state, images_at_start, session, compute, idle))
         return self._finish(state, compute, idle)
 
     def _next_batches(self, state: RunState, pending: dict[int, Any]) -> dict[int, tuple[Any, BatchMeta]]:
@@ -279,13 +280,12 @@ class Engine:
             if state.stopped_by_delta:
                 self.log(f"stream score {score:.3f} after pass {finished_pass + 1} reached 1 - delta; stopping")
 
-    def _progress(self, state: RunState, images_at_start: int, started: float, compute: float, idle: float) -> str:
+    def _progress(self, state: RunState, images_at_start: int, session: float, compute: float, idle: float) -> str:
+        """The live line: images/s of this session, accepted updates, ||ρ||, the running rate on the stream."""
         c, s = self.config, state.stats
-        elapsed = max(1e-9, time.perf_counter() - started - (state.seconds - (time.perf_counter() - started)))
-        rate = (s["images"] - images_at_start) / max(1e-9, time.perf_counter() - started)
+        rate = (s["images"] - images_at_start) / max(1e-9, time.perf_counter() - session)
         stream = 1 - s["active"] / max(1, s["images"])
         idle_frac = idle / max(1e-9, idle + compute)
-        del elapsed
         return (f"round {state.round} | {s['images']} images | {rate:.0f} img/s | accepted {s['accepted']} | "
                 f"||rho||_{c.p} {float(lp_norm(state.rho[None], c.p)):.4g} | stream rate {stream:.3f} | "
                 f"skipped {len(state.skipped)} | worker idle {idle_frac:.0%}")

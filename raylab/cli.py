@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_uap_options(u)
 
     s = sub.add_parser("shard", help="write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz")
-    s.add_argument("source", help="image folder, or MedMNIST .npz")
+    s.add_argument("source", help="image folder (path or fsspec URL), a .txt list of image files, or a MedMNIST .npz")
     s.add_argument("out", help="output directory or fsspec URL (s3://, gs://)")
     s.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
     s.add_argument("--sample", type=int, default=None, help="a seeded random sample of this many images (the paper drew 100,000)")

@@ -22,7 +22,7 @@ import ray
 import torch
 
 from raylab.config import EngineConfig
-from raylab.core import UAP, zeta_radius
+from raylab.core import UAP, Targeted, Untargeted, zeta_radius
 from raylab.data.medical import load_medmnist
 from raylab.data.shards import ShardReport, decode_stream, iter_samples, read_manifest, write_shards
 from raylab.engine import Engine, RoundReport, run_engine
@@ -72,14 +72,15 @@ def _stream(urls: list[str]) -> torch.Tensor:
     return torch.stack([img for _, img in decode_stream(iter_samples(urls, report=report), channels=1, size=28, report=report)])
 
 
-def _core_in_order(model, images: torch.Tensor, *, batch_size: int, seed: int = 0):
+def _core_in_order(model, images: torch.Tensor, *, batch_size: int, seed: int = 0, p=2, zeta=ZETA,
+                   criterion=Untargeted()):
     """The core attack made to visit ``images`` in the given order (its pass order is random.Random(seed).sample)."""
     perm = random.Random(seed).sample(range(len(images)), len(images))
     inverse = torch.empty(len(images), dtype=torch.long)
     inverse[torch.tensor(perm)] = torch.arange(len(images))
-    radius = zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=ZETA, p=2)
-    attack = UAP(radius=radius, p=2, eps=EPS, mode="faithful" if batch_size == 1 else "batched", batch_size=batch_size)
-    return attack(model, images[inverse], seed=seed)
+    radius = zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=zeta, p=p)
+    attack = UAP(radius=radius, p=p, eps=EPS, mode="faithful" if batch_size == 1 else "batched", batch_size=batch_size)
+    return attack(model, images[inverse], seed=seed, criterion=criterion)
 
 
 def _config(models, shards, out, **kw) -> EngineConfig:
@@ -95,6 +96,25 @@ def test_one_worker_batch_one_equals_faithful_mode(cluster, models, shards, tmp_
     ref = _core_in_order(load_classifier(models["model"]), _stream(manifest.urls), batch_size=1)
     assert m["stats"]["images"] == 48 and m["stats"]["accepted"] == ref.stats.accepted > 0
     torch.testing.assert_close(rho, ref.rho, rtol=0, atol=1e-6)
+
+
+def test_targeted_linf_engine_equals_the_core(cluster, models, shards, tmp_path) -> None:
+    m = run_engine(_config(models, shards, tmp_path / "t", workers=1, batch_size=4, p="inf", zeta=0.03, target="NORMAL",
+                           max_passes=2), log=lambda s: None)
+    rho = torch.from_numpy(np.load(tmp_path / "t" / "uap.npy"))
+    stream = _stream(read_manifest(shards).urls)
+    # two passes over the same stream order: the core's pass order differs per pass, so run it pass by pass
+    model = load_classifier(models["model"])
+    first = _core_in_order(model, stream, batch_size=4, p="inf", zeta=0.03, criterion=Targeted(0))
+    perm = random.Random(0).sample(range(48), 48)
+    inverse = torch.empty(48, dtype=torch.long)
+    inverse[torch.tensor(perm)] = torch.arange(48)
+    second = UAP(radius=zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=0.03, p="inf"), p="inf", eps=EPS,
+                 mode="batched", batch_size=4)(model, stream[inverse], seed=0, rho=first.rho, criterion=Targeted(0))
+    assert m["target"] == "NORMAL" and m["stats"]["images"] == 96
+    assert m["stats"]["accepted"] == first.stats.accepted + second.stats.accepted > 0
+    assert rho.abs().max() <= m["radius"] + 1e-6
+    torch.testing.assert_close(rho, second.rho, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,26 @@ def test_size_and_channels_store_lossless_png(tmp_path: Path) -> None:
         assert stored.shape == (1, 32, 32) and torch.equal(stored, expected)
 
 
+def test_sources_from_a_list_file_and_from_an_fsspec_url(tmp_path: Path) -> None:
+    files = sorted(IMAGENET.iterdir())[:5]
+    listing = tmp_path / "files.txt"
+    listing.write_text("# five photos\n" + "\n".join(str(f) for f in files) + "\n")
+    m = write_shards(listing, tmp_path / "from-list", shard_size=10)
+    assert m.total == 5 and [r.name for r in iter_samples(m)] == [f.name for f in files]
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for f in files[:3]:
+        fs.pipe(f"/photos-src/{f.name}", f.read_bytes())
+    fs.pipe("/photos-src/notes.md", b"not an image")
+    m = write_shards("memory://photos-src", tmp_path / "from-url", shard_size=10)
+    got = list(iter_samples(m))
+    assert [r.name for r in got] == [f.name for f in files[:3]]
+    assert got[0].data == files[0].read_bytes()
+    with pytest.raises(InputError, match="not a folder"):
+        write_shards("memory://no-such-folder", tmp_path / "x")
+
+
 def test_jpg_format_stores_resized_jpeg_close_to_the_original(tmp_path: Path) -> None:
     m = write_shards(IMAGENET, tmp_path / "j", sample=6, shard_size=6, seed=3, size=64, channels=3, image_format="jpg")
     for r in iter_samples(m):

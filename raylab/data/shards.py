@@ -40,7 +40,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 
 from ..errors import InputError
 from .medical import load_medmnist
-from .natural import SkipReport, decode_image, list_images
+from .natural import IMAGE_SUFFIXES, SkipReport, decode_image, list_images
 
 FORMAT = "raylab.shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -291,6 +291,19 @@ def _npz_items(path: Path, split: str) -> list[_Item]:
     ]
 
 
+def _url_items(url: str) -> list[_Item]:
+    """Image files under a folder URL (s3://, gs://, memory://), read through fsspec."""
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    if not fs.isdir(root):
+        raise InputError(f"{url}: shard source URL is not a folder")
+    files = sorted(f for f in fs.find(root) if f.lower().endswith(IMAGE_SUFFIXES)
+                   and not any(part.startswith(".") for part in f[len(root):].split("/")))
+    if not files:
+        raise InputError(f"{url}: no image files in this folder")
+    return [_Item(f[len(root):].lstrip("/"), (lambda f=f: (fs.cat_file(f), _ext_of(Path(f))))) for f in files]
+
+
 def _source_items(source: Any, split: str) -> tuple[list[_Item], str, str | None]:
     """(items sorted, source description, split or None)."""
     if isinstance(source, (list, tuple)):
@@ -298,9 +311,16 @@ def _source_items(source: Any, split: str) -> tuple[list[_Item], str, str | None
         return items, root, None
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"shard source must be a folder, a list of image files or a .npz, got {type(source).__name__}")
+    if "://" in str(source):
+        return _url_items(str(source)), str(source), None
     path = Path(source)
     if path.suffix.lower() == ".npz":
         return _npz_items(path, split), str(path), split
+    if path.suffix.lower() == ".txt" and path.is_file():  # a list of image files, one path per line
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        files = [(path.parent / f) for f in lines if f and not f.startswith("#")]
+        items, root = _list_items(files)
+        return items, root, None
     if not path.is_dir():
         raise InputError(f"{path}: shard source must be a folder of images, a list of image files or a MedMNIST .npz")
     return _file_items(path, list_images(path)), str(path), None

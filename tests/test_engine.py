@@ -43,20 +43,34 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A real Ray head on 127.0.0.1 with the dashboard (Jobs API) on a free loopback port."""
+    """A real Ray head on 127.0.0.1 with the dashboard (Jobs API) on a free loopback port.
+
+    Started with ``ray start --head --block`` in its own process group and stopped by signalling that group, so
+    the test never touches other Ray clusters on the machine (``ray stop`` would stop them all).
+    """
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": str(ROOT)}
     gcs, dash = _free_port(), _free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
-                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={dash}", "--disable-usage-stats"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{gcs}"
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    deadline = time.time() + 180
+    while subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True).returncode != 0:
+        assert head.poll() is None and time.time() < deadline, f"ray head did not start: {Path(log.name).read_text()[-2000:]}"
+        time.sleep(1)
     ray.init(address=address, logging_level="ERROR")
     yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     ray.shutdown()
-    subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """``raylab``: the command line. Parses argv, validates into typed configs once, and calls the layers below.
 
 Subcommands: ``pretrain``, ``train``, ``uap`` (one machine), ``shard`` and
-``generate`` (the distributed engine on Ray), ``demo``, ``bench``.
+``generate`` (the distributed engine on Ray), ``sweep`` (Ray Tune) and
+``results`` (the Parquet results), ``demo``, ``bench``.
 """
 
 from __future__ import annotations
@@ -101,6 +102,38 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-every", type=int, default=0, help="evaluate on the test set every N rounds (0: at the end only)")
     e.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     e.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+
+    w = sub.add_parser("sweep", help="a Ray Tune grid (or random search) of UAPs over eps, p, zeta, source, target, model, i_max")
+    w.add_argument("--name", required=True, help="sweep name (a partition of the results; rerun the same name to resume)")
+    w.add_argument("--model", dest="models", nargs="+", required=True, help="classifier checkpoint(s)")
+    w.add_argument("--data", default=str(DEFAULT_DATA / "pneumoniamnist.npz"), help="the medical dataset the models classify")
+    w.add_argument("--source", dest="sources", nargs="+", required=True, help="shard location(s), 'train' and/or 'random'")
+    w.add_argument("--eps", nargs="+", type=float, default=[0.0005])
+    w.add_argument("--p", nargs="+", default=["2"])
+    w.add_argument("--zeta", nargs="+", type=float, default=[0.04])
+    w.add_argument("--target", dest="targets", nargs="+", default=["none"], help="target class names/indices; 'none' = non-targeted")
+    w.add_argument("--i-max", dest="max_passes", nargs="+", type=int, default=[1])
+    w.add_argument("--search", choices=["grid", "random"], default="grid")
+    w.add_argument("--num-samples", type=int, default=1, help="random search: trials to sample")
+    w.add_argument("--results", default="runs/results", help="Parquet results location (path or fsspec URL)")
+    w.add_argument("--out", default="runs/sweeps", help="UAP artifacts and Tune's state (path or URL)")
+    w.add_argument("--workers", type=int, default=1, help="engine workers per trial")
+    w.add_argument("--batch-size", type=int, default=32)
+    w.add_argument("--device", default="cpu")
+    w.add_argument("--amp", action="store_true")
+    w.add_argument("--cpus-per-trial", type=float, default=0.25)
+    w.add_argument("--cpus-per-worker", type=float, default=1.0)
+    w.add_argument("--cpus-per-reader", type=float, default=1.0)
+    w.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as many as fit)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--select", choices=["best"], default=None, help="best: the paper's rule, the eps and p with the highest R_f (R_s) per zeta")
+    w.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+
+    r = sub.add_parser("results", help="summarize a Parquet results location, filtered by any column")
+    r.add_argument("location", help="results location (path or fsspec URL)")
+    r.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE", help="keep rows where COLUMN equals VALUE (repeatable)")
+    r.add_argument("--select", choices=["best"], default=None, help="best: the eps and p with the highest R_f (R_s) per zeta")
+    r.add_argument("--columns", default=None, help="comma-separated columns to show")
 
     d = sub.add_parser("demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, attack it with a UAP from ImageNet photos")
     d.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -224,11 +257,7 @@ def cmd_shard(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    import os
-
-    if not a.address and "RAY_ADDRESS" not in os.environ:
-        # A local Ray on this machine: keep every address on loopback (read by Ray at import).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    _local_ray_on_loopback(a.address)
     import ray
 
     from .config import EngineConfig
@@ -247,6 +276,69 @@ def cmd_generate(a: argparse.Namespace) -> int:
     print(summary(m), flush=True)
     print(f"wrote {config.out}: uap.npy, metrics.json, checkpoint.pt, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
     return 0
+
+
+def _local_ray_on_loopback(address: str | None) -> None:
+    """A local Ray started by this process keeps every address on 127.0.0.1 (Ray reads this at import)."""
+    import os
+
+    if not address and "RAY_ADDRESS" not in os.environ:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    _local_ray_on_loopback(a.address)
+    import ray
+
+    from .results import read_results, select_best, summary_table
+    from .sweep import SweepConfig, run_sweep
+
+    config = SweepConfig(
+        name=a.name, medical=a.data, models=tuple(a.models), sources=tuple(a.sources), eps=tuple(a.eps), p=tuple(a.p),
+        zeta=tuple(a.zeta), targets=tuple(None if t.lower() == "none" else t for t in a.targets),
+        max_passes=tuple(a.max_passes), results=a.results, out=a.out, search=a.search, num_samples=a.num_samples,
+        workers=a.workers, batch_size=a.batch_size, device=a.device, amp=a.amp, cpus_per_trial=a.cpus_per_trial,
+        cpus_per_worker=a.cpus_per_worker, cpus_per_reader=a.cpus_per_reader, max_concurrent=a.max_concurrent, seed=a.seed,
+    )
+    if a.address and not ray.is_initialized():
+        ray.init(address=a.address)
+    grid = run_sweep(config)
+    failed = [r for r in grid if r.error is not None]
+    table = read_results(config.results, filters={"sweep": config.name})
+    print(summary_table(select_best(table) if a.select == "best" else table))
+    print(f"{len(grid)} trial(s), {len(failed)} failed; results in {config.results} (sweep={config.name})")
+    for r in failed:
+        print(f"failed: {r.path}: {' '.join(str(r.error).split())[:300]}")
+    return 1 if failed else 0
+
+
+def cmd_results(a: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .results import read_results, select_best, summary_table
+
+    filters: dict = {}
+    for f in a.filter:
+        if "=" not in f:
+            raise InputError(f"--filter takes COLUMN=VALUE, got {f!r}")
+        k, v = f.split("=", 1)
+        filters[k] = _parse_value(v)
+    table = read_results(a.location, filters=filters or None)
+    if a.select == "best":
+        table = select_best(table)
+    print(summary_table(table, columns=a.columns.split(",") if a.columns else None))
+    return 0
+
+
+def _parse_value(v: str):
+    """Filter values: numbers as numbers, 'none' as null, anything else as text."""
+    if v.lower() in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -268,9 +360,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     if a.engine:
-        import os
-
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray, loopback only
+        _local_ray_on_loopback(None)
         from .bench import EngineBenchConfig, run_engine_bench
 
         figures = run_engine_bench(EngineBenchConfig(
@@ -295,7 +385,7 @@ def _print_figures(figures: dict, out: Path | None) -> int:
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard": cmd_shard, "generate": cmd_generate,
-            "demo": cmd_demo, "bench": cmd_bench}
+            "sweep": cmd_sweep, "results": cmd_results, "demo": cmd_demo, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

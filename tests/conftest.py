@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Ray reads these when it is imported. Every address of a local Ray is 127.0.0.1 (tests talk only to loopback),
@@ -22,7 +27,8 @@ import pytest
 import torch
 from torch import nn
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
 PNEUMONIA = DATA / "pneumoniamnist.npz"
 IMAGENET = DATA / "imagenet-samples"
 FLICKR = DATA / "flickr8k-samples"
@@ -106,3 +112,53 @@ def models(tmp_path_factory: pytest.TempPathFactory, natural_dir: Path) -> dict[
     return {"backbone": d / "backbone.pt", "model": d / "model.pt"}
 
 
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real Ray head on 127.0.0.1 with the dashboard (Jobs API) on a free loopback port.
+
+    Started with ``ray start --head --block`` in its own process group and stopped by signalling that group, so
+    the test never touches other Ray clusters on the machine (``ray stop`` would stop them all).
+    """
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT)}
+    gcs, dash = _free_port(), _free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={dash}", "--disable-usage-stats"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{gcs}"
+    deadline = time.time() + 180
+    while subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True).returncode != 0:
+        assert head.poll() is None and time.time() < deadline, f"ray head did not start: {Path(log.name).read_text()[-2000:]}"
+        time.sleep(1)
+    import ray
+
+    ray.init(address=address, logging_level="ERROR")
+    yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    ray.shutdown()
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 real ImageNet photos, stored gray at 28 px, in 4 shards of 12."""
+    out = tmp_path_factory.mktemp("shards")
+    from raylab.data.shards import write_shards
+
+    write_shards(IMAGENET, out, shard_size=12, sample=48, seed=0, size=28, channels=1)
+    return out

@@ -1,7 +1,7 @@
 """The distributed engine on a real local Ray cluster (loopback only), with real shards and a real model.
 
-One Ray head is started with `ray start --head` for the module; in-process runs,
-subprocess drivers and the Jobs API all use it, and it is stopped afterwards.
+One Ray head (the session fixture ``cluster`` in conftest.py) serves in-process runs,
+subprocess drivers and the Jobs API.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,61 +23,14 @@ import torch
 from raylab.config import EngineConfig
 from raylab.core import UAP, Targeted, Untargeted, zeta_radius
 from raylab.data.medical import load_medmnist
-from raylab.data.shards import ShardReport, decode_stream, iter_samples, read_manifest, write_shards
+from raylab.data.shards import ShardReport, decode_stream, iter_samples, read_manifest
 from raylab.engine import Engine, RoundReport, run_engine
 from raylab.errors import InputError
 from raylab.models import load_classifier
 
-from .conftest import IMAGENET, PNEUMONIA
+from .conftest import PNEUMONIA, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ZETA, EPS = 0.08, 0.02
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A real Ray head on 127.0.0.1 with the dashboard (Jobs API) on a free loopback port.
-
-    Started with ``ray start --head --block`` in its own process group and stopped by signalling that group, so
-    the test never touches other Ray clusters on the machine (``ray stop`` would stop them all).
-    """
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": str(ROOT)}
-    gcs, dash = _free_port(), _free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dash}", "--disable-usage-stats"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{gcs}"
-    deadline = time.time() + 180
-    while subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True).returncode != 0:
-        assert head.poll() is None and time.time() < deadline, f"ray head did not start: {Path(log.name).read_text()[-2000:]}"
-        time.sleep(1)
-    ray.init(address=address, logging_level="ERROR")
-    yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}
-    ray.shutdown()
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """48 real ImageNet photos, stored gray at 28 px, in 4 shards of 12."""
-    out = tmp_path_factory.mktemp("shards")
-    write_shards(IMAGENET, out, shard_size=12, sample=48, seed=0, size=28, channels=1)
-    return out
 
 
 def _stream(urls: list[str]) -> torch.Tensor:

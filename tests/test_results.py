@@ -1,0 +1,335 @@
+"""The results layer: rows from real-shaped metrics.json dicts, a hive-partitioned Parquet dataset, its views."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+import raylab
+from raylab.errors import InputError
+from raylab.results import (
+    SCHEMA, SCHEMA_VERSION, read_results, row_from_metrics, select_best, summary_table, write_rows,
+)
+
+# The shape `raylab uap` / the engine writes as metrics.json (values from a real engine run on PneumoniaMNIST).
+BASE_METRICS: dict[str, Any] = {
+    "target": None,
+    "class_names": ["NORMAL", "PNEUMONIA"],
+    "test_images": 624,
+    "clean_accuracy": 0.9166666865348816,
+    "clean_label_composition": {"NORMAL": 0.3782051282051282, "PNEUMONIA": 0.6217948717948718},
+    "fooling_rate": 0.022435897961258888,
+    "success_rate": {"NORMAL": 0.35576921701431274, "PNEUMONIA": 0.6442307829856873},
+    "confusion_matrix": [[0.940677966101695, 0.059322033898305086], [0.0, 1.0]],
+    "random": {
+        "fooling_rate": 0.014423076994717121,
+        "success_rate": {"NORMAL": 0.39262819290161133, "PNEUMONIA": 0.6073718070983887},
+        "confusion_matrix": [[1.0, 0.0], [0.023195876288659795, 0.9768041237113402]],
+    },
+    "radius": 3.0128293480635735,
+    "uap_norms": {"l2": 1.3849472999572754, "linf": 0.06000000610947609},
+    "source": {"kind": "shards", "location": "runs/shards", "images": 1000, "skipped": 0,
+               "skipped_files": [], "shards_failed": []},
+    "stats": {"images": 3000, "active": 2937, "accepted": 38},
+    "rounds": 48,
+    "per_pass": {"0": {"images": 1000, "active": 995, "accepted": 18, "checked": 1}},
+    "history": [],
+    "stopped_by_delta": False,
+    "seconds": 55.42703410000013,
+    "images_per_second": 54.12521251971505,
+    "worker_idle_fraction": 0.06515055665719095,
+    "config": {
+        "model": "runs/demo/model.pt", "medical": "../shared/data/pneumoniamnist.npz", "shards": "runs/shards",
+        "out": "runs/engine", "p": 2, "zeta": 0.04, "eps": 0.002, "max_passes": 3, "delta": 0.0, "target": None,
+        "batch_size": 32, "workers": 2, "step_norm": "sign", "clip": False, "seed": 0, "device": "cpu",
+        "amp": False, "cpus_per_worker": 0.5, "cpus_per_reader": 0.5, "prefetch": 4, "checkpoint_every": 20,
+        "eval_every": 0, "progress_every": 10.0, "examples": 8,
+    },
+}
+
+# (sweep, trial, p, zeta, eps, target, fooling_rate, success_rate of the target)
+TRIALS = [
+    ("grid-a", "t0", 2, 0.02, 0.001, None, 0.10, None),
+    ("grid-a", "t1", 2, 0.02, 0.002, None, 0.30, None),  # best at zeta 0.02
+    ("grid-a", "t2", "inf", 0.04, 0.001, None, 0.50, None),  # ties t3; smaller eps wins
+    ("grid-a", "t3", 2, 0.04, 0.002, None, 0.50, None),
+    ("grid-b", "t4", 2, 0.04, 0.001, "NORMAL", 0.90, 0.40),  # higher R_f but lower R_s
+    ("grid-b", "t5", "inf", 0.04, 0.004, "NORMAL", 0.20, 0.85),  # best targeted by R_s
+]
+
+
+def metrics_for(p: Any, zeta: float, eps: float, target: str | None, fooling: float, success: float | None) -> dict[str, Any]:
+    m = copy.deepcopy(BASE_METRICS)
+    m["target"] = target
+    m["fooling_rate"] = fooling
+    m["config"].update(p=p, zeta=zeta, eps=eps, target=target)
+    if target is not None:
+        m["success_rate"] = {"NORMAL": success, "PNEUMONIA": 1 - success}
+        m["random"]["success_rate"] = {"NORMAL": success / 4, "PNEUMONIA": 1 - success / 4}
+    m["confusion_matrix"] = [[1 - fooling, fooling], [zeta, 1 - zeta]]
+    return m
+
+
+def make_rows() -> list[dict[str, Any]]:
+    rows = []
+    for sweep, trial, p, zeta, eps, target, fooling, success in TRIALS:
+        m = metrics_for(p, zeta, eps, target, fooling, success)
+        rows.append(row_from_metrics(m, sweep=sweep, trial_id=trial, run_id=f"run-{trial}",
+                                     uap_uri=f"s3://bucket/{sweep}/{trial}/uap.npy", arch="small_cnn", image_size=28,
+                                     versions={"torch": "2.14.1", "ray": "2.60.0"}))
+    return rows
+
+
+@pytest.fixture(params=["local", "memory"])
+def location(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "local":
+        yield str(tmp_path / "results")
+    else:
+        url = f"memory://raylab-results-{uuid.uuid4().hex[:8]}"
+        yield url
+        fs, root = fsspec.core.url_to_fs(url)
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+
+
+def by_trial(table: pa.Table) -> dict[str, dict[str, Any]]:
+    return {r["trial_id"]: r for r in table.to_pylist()}
+
+
+def test_row_from_metrics_maps_every_field() -> None:
+    m = metrics_for("inf", 0.04, 0.004, "NORMAL", 0.2, 0.85)
+    m["source"]["skipped"] = 3
+    del m["config"]["workers"]  # a single-process `raylab uap` run has no workers
+    row = row_from_metrics(m, sweep="s", trial_id="t", run_id="r", uap_uri="memory://x/uap.npy", arch="resnet50",
+                           image_size=224)
+    assert list(row) == SCHEMA.names
+    assert row["schema_version"] == SCHEMA_VERSION == 1
+    assert row["p"] == "inf" and row["target"] == "NORMAL" and row["workers"] == 1
+    assert row["success_rate"] == 0.85 and row["random_success_rate"] == pytest.approx(0.85 / 4)
+    assert row["source_kind"] == "shards" and row["source"] == "runs/shards"
+    assert row["images_processed"] == 3000 and row["accepted"] == 38 and row["images_skipped"] == 3
+    assert row["uap_l2"] == m["uap_norms"]["l2"] and row["uap_linf"] == m["uap_norms"]["linf"]
+    assert row["wall_seconds"] == m["seconds"] and row["images_per_second"] == m["images_per_second"]
+    assert row["raylab_version"] == raylab.__version__ and isinstance(row["torch_version"], str)
+    assert row["created_at"].tzinfo is not None
+
+    untargeted = row_from_metrics(copy.deepcopy(BASE_METRICS), sweep="s", trial_id="t", run_id="r", uap_uri="u",
+                                  arch="a", image_size=28)
+    assert untargeted["p"] == "2" and untargeted["target"] is None
+    assert untargeted["success_rate"] is None and untargeted["random_success_rate"] is None
+
+    folder = copy.deepcopy(BASE_METRICS)  # the single-process shape: config has "source", no "shards"
+    folder["source"] = {"kind": "folder", "location": "../shared/data/imagenet-samples", "images": 1000, "skipped": 0}
+    assert row_from_metrics(folder, sweep="s", trial_id="t", run_id="r", uap_uri="u", arch="a",
+                            image_size=28)["source_kind"] == "folder"
+
+    bad = copy.deepcopy(BASE_METRICS)
+    del bad["config"]["zeta"]
+    with pytest.raises(InputError, match=r"config\.zeta"):
+        row_from_metrics(bad, sweep="s", trial_id="t", run_id="r", uap_uri="u", arch="a", image_size=28)
+
+
+def test_write_read_round_trip(location: str) -> None:
+    rows = make_rows()
+    uris = write_rows(location, rows)
+    assert len(uris) == len(rows)
+    assert all("/sweep=grid-" in u and u.endswith(".parquet") for u in uris)
+    assert any(u.endswith("/sweep=grid-a/trial-t0.parquet") for u in uris)
+
+    table = read_results(location)
+    assert table.schema == SCHEMA  # every column, its type and nullability, once each
+    assert table.column_names.count("sweep") == 1
+    assert table.num_rows == len(rows)
+    got = by_trial(table)
+    for row in rows:
+        back = got[row["trial_id"]]
+        for name in SCHEMA.names:
+            if name == "created_at":
+                assert back[name] == row[name].replace(microsecond=row[name].microsecond // 1000 * 1000)
+                assert back[name].tzinfo is not None
+            else:
+                assert back[name] == row[name], name
+    assert got["t5"]["confusion_matrix"] == [[0.8, 0.2], [0.04, 0.96]]
+    assert table.schema.field("confusion_matrix").type == pa.list_(pa.list_(pa.float64()))
+    assert got["t5"]["success_rate"] == 0.85 and got["t0"]["success_rate"] is None
+    assert got["t2"]["p"] == "inf" and got["t0"]["p"] == "2"
+
+    fs, root = fsspec.core.url_to_fs(location if "://" in location else str(Path(location).resolve()))
+    doc = json.loads(fs.cat(f"{root}/_schema.json"))
+    assert doc["schema_version"] == 1
+    assert [f["name"] for f in doc["fields"]] == SCHEMA.names
+    assert {f["name"]: f["type"] for f in doc["fields"]}["created_at"] == "timestamp[ms, tz=UTC]"
+
+    # each file stands alone, and a hive-partitioned reader sees one sweep column too
+    for path in fs.glob(f"{root}/sweep=*/trial-*.parquet"):
+        with fs.open(path, "rb") as f:
+            one = pq.read_table(f)
+        assert one.schema == SCHEMA and one.num_rows == 1
+        assert path.split("/")[-2] == f"sweep={one['sweep'][0].as_py()}"
+    hive = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive",
+                      exclude_invalid_files=False, ignore_prefixes=[".", "_"]).to_table()
+    assert hive.num_rows == len(rows) and hive.column_names.count("sweep") == 1
+
+
+def test_local_files_are_readable_by_path(tmp_path: Path) -> None:
+    uris = write_rows(tmp_path / "r", make_rows())
+    for uri in uris:
+        t = pq.read_table(uri)
+        assert t.schema == SCHEMA and t.num_rows == 1
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["_schema.json", "sweep=grid-a", "sweep=grid-b"]
+
+
+def test_filters(location: str) -> None:
+    write_rows(location, make_rows())
+    assert sorted(read_results(location, filters={"p": "2", "zeta": 0.04})["trial_id"].to_pylist()) == ["t3", "t4"]
+    assert sorted(read_results(location, filters={"p": 2})["trial_id"].to_pylist()) == ["t0", "t1", "t3", "t4"]
+    assert read_results(location, filters={"sweep": "grid-b"})["trial_id"].to_pylist() in (["t4", "t5"], ["t5", "t4"])
+    assert read_results(location, filters={"sweep": "nope"}).num_rows == 0
+    assert sorted(read_results(location, filters={"target": None})["trial_id"].to_pylist()) == ["t0", "t1", "t2", "t3"]
+    assert read_results(location, filters={"target": "NORMAL", "eps": 0.004})["trial_id"].to_pylist() == ["t5"]
+    assert sorted(read_results(location, filters={"eps": [0.001, 0.004]})["trial_id"].to_pylist()) == ["t0", "t2", "t4", "t5"]
+    assert read_results(location, filters={"clip": False}).num_rows == len(TRIALS)
+    with pytest.raises(InputError, match="'colour'"):
+        read_results(location, filters={"colour": "red"})
+    with pytest.raises(InputError, match="zeta"):
+        read_results(location, filters={"zeta": "big"})
+
+
+def test_rewriting_a_trial_replaces_it(location: str) -> None:
+    rows = make_rows()
+    write_rows(location, rows)
+    again = dict(rows[0], fooling_rate=0.99, run_id="resumed")
+    write_rows(location, [again])
+    table = read_results(location)
+    assert table.num_rows == len(rows)
+    assert table["trial_id"].to_pylist().count("t0") == 1
+    assert by_trial(table)["t0"]["fooling_rate"] == 0.99 and by_trial(table)["t0"]["run_id"] == "resumed"
+
+
+def test_crashed_write_is_ignored(location: str) -> None:
+    write_rows(location, make_rows()[:2])
+    fs, root = fsspec.core.url_to_fs(location if "://" in location else str(Path(location).resolve()))
+    for name in (".trial-x.parquet.tmp", ".trial-t0.parquet.1a2b3c4d.tmp"):
+        with fs.open(f"{root}/sweep=grid-a/{name}", "wb") as f:
+            f.write(b"PAR1 half a file")
+    table = read_results(location)
+    assert sorted(table["trial_id"].to_pylist()) == ["t0", "t1"]
+
+
+def test_bad_rows_raise_input_error_naming_the_column(tmp_path: Path) -> None:
+    row = make_rows()[0]
+    loc = tmp_path / "r"
+    missing = {k: v for k, v in row.items() if k != "zeta"}
+    with pytest.raises(InputError, match=r"trial 't0'.*'zeta'"):
+        write_rows(loc, [missing])
+    with pytest.raises(InputError, match=r"trial 't0'.*'eps'.*number"):
+        write_rows(loc, [dict(row, eps="0.002")])
+    with pytest.raises(InputError, match=r"'image_size'"):
+        write_rows(loc, [dict(row, image_size=28.5)])
+    with pytest.raises(InputError, match=r"'clip'"):
+        write_rows(loc, [dict(row, clip=0)])
+    with pytest.raises(InputError, match=r"'fooling_rate' must not be null"):
+        write_rows(loc, [dict(row, fooling_rate=None)])
+    with pytest.raises(InputError, match=r"'confusion_matrix'"):
+        write_rows(loc, [dict(row, confusion_matrix=[1.0, 0.0])])
+    with pytest.raises(InputError, match=r"'created_at'"):
+        write_rows(loc, [dict(row, created_at=datetime(2024, 1, 1))])
+    with pytest.raises(InputError, match=r"'schema_version'"):
+        write_rows(loc, [dict(row, schema_version=2)])
+    with pytest.raises(InputError, match=r"'p'"):
+        write_rows(loc, [dict(row, p="3")])
+    with pytest.raises(InputError, match=r"unknown column 'colour'"):
+        write_rows(loc, [dict(row, colour="red")])
+    with pytest.raises(InputError, match=r"sweep '\.\./x'"):
+        write_rows(loc, [dict(row, sweep="../x")])
+    with pytest.raises(InputError, match="twice"):
+        write_rows(loc, [row, row])
+    # a bad row anywhere means nothing is written
+    with pytest.raises(InputError, match=r"trial 't1'.*'zeta'"):
+        write_rows(loc, [row, {k: v for k, v in make_rows()[1].items() if k != "zeta"}])
+    assert not loc.exists()
+
+
+def test_read_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        read_results(tmp_path / "missing")
+    with pytest.raises(InputError, match="does not exist"):
+        read_results(f"memory://raylab-missing-{uuid.uuid4().hex[:8]}")
+    (tmp_path / "empty").mkdir()
+    empty = read_results(tmp_path / "empty")
+    assert empty.num_rows == 0 and empty.schema == SCHEMA
+    (tmp_path / "future").mkdir()
+    (tmp_path / "future" / "_schema.json").write_text(json.dumps({"schema_version": 2, "fields": []}))
+    with pytest.raises(InputError, match="schema version 2"):
+        read_results(tmp_path / "future")
+    with pytest.raises(InputError, match="schema version 2"):
+        write_rows(tmp_path / "future", make_rows()[:1])
+
+
+def test_select_best(location: str) -> None:
+    write_rows(location, make_rows())
+    best = select_best(read_results(location))
+    assert best.schema == SCHEMA
+    picked = {(r["sweep"], r["zeta"]): (r["trial_id"], r["eps"], r["p"]) for r in best.to_pylist()}
+    assert picked == {
+        ("grid-a", 0.02): ("t1", 0.002, "2"),  # highest R_f
+        ("grid-a", 0.04): ("t2", 0.001, "inf"),  # R_f tie -> smaller eps
+        ("grid-b", 0.04): ("t5", 0.004, "inf"),  # targeted: highest R_s, not highest R_f
+    }
+    assert best["sweep"].to_pylist() == ["grid-a", "grid-a", "grid-b"]
+    assert best["zeta"].to_pylist() == [0.02, 0.04, 0.04]
+
+
+def test_select_best_keeps_groups_apart() -> None:
+    rows = make_rows()
+    # same sweep/zeta but another source kind and a non-targeted row in the targeted sweep: separate groups
+    rows.append(dict(rows[1], trial_id="t6", source_kind="random", source="random", fooling_rate=0.01))
+    rows.append(dict(rows[3], sweep="grid-b", trial_id="t7", fooling_rate=0.05))
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    ids = sorted(select_best(table)["trial_id"].to_pylist())
+    assert ids == ["t1", "t2", "t5", "t6", "t7"]
+    assert select_best(SCHEMA.empty_table()).num_rows == 0
+
+
+def test_summary_table(location: str) -> None:
+    write_rows(location, make_rows())
+    text = summary_table(read_results(location))
+    lines = text.splitlines()
+    header = lines[0].split()
+    assert header == ["sweep", "trial_id", "arch", "source_kind", "p", "zeta", "eps", "target", "fooling_rate",
+                      "success_rate", "random_fooling_rate", "images_per_second"]
+    assert set(lines[1]) <= {"-", " "}
+    body = lines[2:]
+    assert len(body) == len(TRIALS)
+    # sorted by sweep, zeta, p, eps
+    assert [line.split()[1] for line in body] == ["t0", "t1", "t3", "t2", "t4", "t5"]
+    t5 = body[-1].split()
+    assert t5 == ["grid-b", "t5", "small_cnn", "shards", "inf", "0.04", "0.004", "NORMAL", "0.2", "0.85", "0.0144", "54.1"]
+    assert body[0].split()[7:10] == ["-", "0.1", "-"]
+    # the header and the rule under it span the same width
+    assert len({len(line) for line in lines[:2]}) == 1
+    narrow = summary_table(read_results(location), columns=["trial_id", "fooling_rate"])
+    assert narrow.splitlines()[0].split() == ["trial_id", "fooling_rate"]
+    assert "(no results)" in summary_table(SCHEMA.empty_table())
+    with pytest.raises(InputError, match="'colour'"):
+        summary_table(read_results(location), columns=["colour"])
+
+
+def test_created_at_is_utc_ms(tmp_path: Path) -> None:
+    row = make_rows()[0]
+    from datetime import timedelta
+
+    row["created_at"] = datetime(2024, 5, 6, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    write_rows(tmp_path / "r", [row])
+    back = read_results(tmp_path / "r")["created_at"][0].as_py()
+    assert back == datetime(2024, 5, 6, 7, 30, 0, 123000, tzinfo=timezone.utc)

@@ -258,8 +258,6 @@ def cmd_shard(a: argparse.Namespace) -> int:
 
 def cmd_generate(a: argparse.Namespace) -> int:
     _local_ray_on_loopback(a.address)
-    import ray
-
     from .config import EngineConfig
     from .engine import run_engine
 
@@ -270,8 +268,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         cpus_per_worker=a.cpus_per_worker, cpus_per_reader=a.cpus_per_reader, prefetch=a.prefetch,
         checkpoint_every=a.checkpoint_every, eval_every=a.eval_every, progress_every=a.progress_every, examples=a.examples,
     )
-    if a.address and not ray.is_initialized():
-        ray.init(address=a.address)
+    _init_ray(a.address)
     m = run_engine(config, log=lambda line: print(line, flush=True))
     print(summary(m), flush=True)
     print(f"wrote {config.out}: uap.npy, metrics.json, checkpoint.pt, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
@@ -286,10 +283,21 @@ def _local_ray_on_loopback(address: str | None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def cmd_sweep(a: argparse.Namespace) -> int:
-    _local_ray_on_loopback(a.address)
+def _init_ray(address: str | None) -> None:
+    """Join --address, else the job's cluster (RAY_ADDRESS, set by `ray job submit`), else start a new local Ray.
+
+    A bare ``ray.init()`` would join whatever cluster `ray start` last started on this machine instead.
+    """
+    import os
+
     import ray
 
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", logging_level="ERROR")
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    _local_ray_on_loopback(a.address)
     from .results import read_results, select_best, summary_table
     from .sweep import SweepConfig, run_sweep
 
@@ -300,8 +308,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         workers=a.workers, batch_size=a.batch_size, device=a.device, amp=a.amp, cpus_per_trial=a.cpus_per_trial,
         cpus_per_worker=a.cpus_per_worker, cpus_per_reader=a.cpus_per_reader, max_concurrent=a.max_concurrent, seed=a.seed,
     )
-    if a.address and not ray.is_initialized():
-        ray.init(address=a.address)
+    _init_ray(a.address)
     grid = run_sweep(config)
     failed = [r for r in grid if r.error is not None]
     table = read_results(config.results, filters={"sweep": config.name})
@@ -361,6 +368,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     if a.engine:
         _local_ray_on_loopback(None)
+        _init_ray(None)
         from .bench import EngineBenchConfig, run_engine_bench
 
         figures = run_engine_bench(EngineBenchConfig(

@@ -43,7 +43,7 @@ Config (the UAP run's configuration, ``metrics["config"]`` and ``metrics["source
                                 ``random`` (no images: the random control only).
     ``source`` string           the source's location (shard dir, image folder, ``train``, ``random``).
     ``p`` string                the norm of the perturbation budget: ``"2"`` or ``"inf"``.
-    ``zeta`` float64            ζ, the budget as a ratio of the test images' mean Lp norm.
+    ``zeta`` float64            ζ, the budget as a ratio of the medical training images' mean Lp norm.
     ``eps`` float64             ε, the attack's step size.
     ``max_passes`` int32        the most passes over the source.
     ``delta`` float64           δ, the stop criterion on the fooling rate (0: run every pass).

@@ -28,22 +28,9 @@ from .core import (
 from .data.medical import MedicalSet, load_medical
 from .data.natural import SkipReport, load_image_folder
 from .errors import InputError
-from .evaluation import by_class, report
+from .evaluation import by_class, headline, report
 from .models import Classifier, for_inference, load_classifier
 from .plots import save_confusion_png, save_examples_png, save_uap_png
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Everything a run needs, loaded and checked before compute starts."""
-
-    model: Classifier
-    medical: MedicalSet
-    class_names: tuple[str, ...]
-    target: int | None
-    radius: float
-    source_images: Tensor | None
-    skipped: SkipReport
 
 
 @dataclass(frozen=True)
@@ -55,6 +42,14 @@ class Target:
     class_names: tuple[str, ...]
     target: int | None
     radius: float
+
+
+@dataclass(frozen=True)
+class Prepared(Target):
+    """Everything a run needs, loaded and checked before compute starts: the target and the UAP's source images."""
+
+    source_images: Tensor | None
+    skipped: SkipReport
 
 
 def load_target(model: str | Path | bytes, medical_path: str | Path, *, target: str | None, zeta: float, p: Norm,
@@ -183,8 +178,7 @@ def _write(out: Path, rho: Tensor, metrics: dict[str, Any], prep: Prepared, conf
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out / "metrics.json")
     what = "random control" if config.source == SOURCE_RANDOM else f"UAP from {Path(config.source).name}"
-    rate = f"R_f={metrics['fooling_rate']:.2f}" if prep.target is None else (
-        f"R_s({metrics['target']})={metrics['success_rate'][metrics['target']]:.2f}")
+    rate = headline(metrics)
     title = f"{what}, L{config.p} zeta={config.zeta:g}, {rate}"
     save_uap_png(rho, out / "uap.png", title=title)
     save_confusion_png(torch.tensor(metrics["confusion_matrix"]), prep.class_names, out / "confusion.png", title=title)

@@ -38,3 +38,9 @@ def report(clean: Tensor, adv: Tensor, adv_random: Tensor, truth: Tensor, class_
         **scores(clean, adv, class_names),
         "random": scores(clean, adv_random, class_names),
     }
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The number a plot title shows: R_f, or R_s of the target for a targeted UAP."""
+    target = metrics["target"]
+    return f"R_f={metrics['fooling_rate']:.2f}" if target is None else f"R_s({target})={metrics['success_rate'][target]:.2f}"

@@ -33,10 +33,13 @@ from torch import Tensor
 
 from ..audit import Target, load_target
 from ..config import EngineConfig
-from ..core import VALID_RANGE, Criterion, StepStats, Targeted, Untargeted, lp_norm, project_lp, random_sphere
+from ..core import (
+    VALID_RANGE, Criterion, StepStats, Targeted, Untargeted, fooling_rate, lp_norm, project_lp, random_sphere,
+    success_rate,
+)
 from ..data.shards import Manifest, read_manifest
 from ..errors import InputError
-from ..evaluation import report
+from ..evaluation import headline, report
 from ..store import Store
 from .readers import BatchMeta, Position, ShardReader
 from .workers import UAPWorker
@@ -136,6 +139,7 @@ class Engine:
         self.fingerprint = fingerprint(config, self.model_bytes, self.manifest)
         self.criterion = _criterion(self.target.target)
         self.clip = VALID_RANGE if config.clip else None
+        self._clean: Tensor | None = None
         self.store.makedirs()
 
     # -- set-up ---------------------------------------------------------------------------------------------------
@@ -298,23 +302,27 @@ class Engine:
         futures = [self.workers[i].predict.remote(chunk, rho_ref, self.clip) for i, chunk in enumerate(chunks)]
         return torch.cat(ray.get(futures))
 
-    def _labels(self, rho: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        test = self.target.medical.test_images
-        control = random_sphere(tuple(rho.shape), radius=self.target.radius, p=self.config.p,
-                                generator=torch.Generator().manual_seed(self.config.seed + 1))
-        return self._predict(test, None), self._predict(test, rho), self._predict(test, control)
+    def _clean_labels(self) -> Tensor:
+        """C(x) of the medical test images: computed once, they do not depend on ρ."""
+        if self._clean is None:
+            self._clean = self._predict(self.target.medical.test_images, None)
+        return self._clean
 
     def _rates(self, rho: Tensor) -> dict[str, float]:
-        clean, adv, _ = self._labels(rho)
+        """R_f (or R_s) of ρ on the test set, for the ``eval_every`` history."""
+        adv = self._predict(self.target.medical.test_images, rho)
         if self.target.target is None:
-            return {"fooling_rate": float((clean != adv).float().mean())}
-        return {"success_rate": float((adv == self.target.target).float().mean())}
+            return {"fooling_rate": fooling_rate(self._clean_labels(), adv)}
+        return {"success_rate": success_rate(adv, self.target.target)}
 
     def _finish(self, state: RunState, compute: float, idle: float) -> dict[str, Any]:
         from ..plots import save_confusion_png, save_examples_png, save_uap_png
 
         c, t = self.config, self.target
-        clean, adv, adv_random = self._labels(state.rho)
+        control = random_sphere(tuple(state.rho.shape), radius=t.radius, p=c.p,
+                                generator=torch.Generator().manual_seed(c.seed + 1))
+        test = t.medical.test_images
+        clean, adv, adv_random = self._clean_labels(), self._predict(test, state.rho), self._predict(test, control)
         metrics = report(clean, adv, adv_random, t.medical.test_labels, t.class_names, t.target)
         metrics.update(
             radius=t.radius,
@@ -332,8 +340,7 @@ class Engine:
         np.save(buf, state.rho.numpy().astype(np.float32))
         self.store.write_bytes("uap.npy", buf.getvalue())
         self.store.write_text("metrics.json", json.dumps(metrics, indent=2))
-        rate = (f"R_f={metrics['fooling_rate']:.2f}" if t.target is None
-                else f"R_s({metrics['target']})={metrics['success_rate'][metrics['target']]:.2f}")
+        rate = headline(metrics)
         title = f"UAP from {c.shards.rstrip('/').rsplit('/', 1)[-1]}, L{c.p} zeta={c.zeta:g}, {rate}"
         self._png("uap.png", lambda p: save_uap_png(state.rho, p, title=title))
         self._png("confusion.png", lambda p: save_confusion_png(torch.tensor(metrics["confusion_matrix"]), t.class_names, p, title=title))

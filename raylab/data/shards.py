@@ -672,11 +672,14 @@ def iter_samples(
     *,
     start: Cursor = Cursor(0, 0),
     report: ShardReport | None = None,
+    counts: Sequence[int | None] | None = None,
 ) -> Iterator[RawSample]:
     """Raw samples of the shards from ``start`` on; never raises for bad shard content.
 
-    ``manifest_or_urls`` is a :class:`Manifest`, a list of shard URLs, a
-    single ``.tar`` URL, or a manifest location. The first ``start.offset``
+    ``manifest_or_urls`` is a :class:`Manifest`, a list of shard URLs (with
+    ``counts``, the manifest's sample count of each, when known: a shard cut
+    at a tar block boundary reads as a clean, shorter tar and only its count
+    gives it away), a single ``.tar`` URL, or a manifest location. The first ``start.offset``
     samples of shard ``start.shard`` are skipped without decoding. A missing,
     truncated or corrupt shard is recorded in ``report.shards_failed`` (the
     samples before the damage are still yielded) and the next shard follows.
@@ -689,7 +692,9 @@ def iter_samples(
         counts: list[int | None] = [s.count for s in manifest_or_urls.shards]
     else:
         urls = [os.fspath(u) for u in manifest_or_urls]
-        counts = [None] * len(urls)
+        counts = [None] * len(urls) if counts is None else list(counts)
+        if len(counts) != len(urls):
+            raise InputError(f"counts: {len(counts)} value(s) for {len(urls)} shard URL(s)")
     if not isinstance(start, Cursor) or start.shard < 0 or start.offset < 0:
         raise InputError(f"start must be a Cursor with non-negative shard and offset, got {start!r}")
     report = ShardReport() if report is None else report

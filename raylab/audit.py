@@ -31,6 +31,7 @@ from .errors import InputError
 from .evaluation import by_class, headline, report
 from .models import Classifier, for_inference, load_classifier
 from .plots import save_confusion_png, save_examples_png, save_uap_png
+from .telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,20 @@ def prepare(config: UAPConfig) -> Prepared:
     return Prepared(model, medical, class_names, target, radius, source, skipped)
 
 
-def run_uap(config: UAPConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run one UAP end to end and write its outputs into ``config.out``; returns the metrics."""
+def run_tags(config: UAPConfig) -> dict[str, str]:
+    """The tags of this run's metrics (:mod:`raylab.telemetry`): output folder, source and model names."""
+    return {"run": Path(config.out).name, "source": Path(config.source).name, "model": Path(config.model).name}
+
+
+def run_uap(config: UAPConfig, *, progress: bool = True, telemetry: Telemetry | None = None) -> dict[str, Any]:
+    """Run one UAP end to end and write its outputs into ``config.out``; returns the metrics.
+
+    ``telemetry`` (tagged with :func:`run_tags`) receives the images, accepted steps, ||ρ|| and stream rate as
+    the UAP is built.
+    """
     prep = prepare(config)
+    telemetry = telemetry if telemetry is not None else Telemetry()
+    telemetry.skipped(images=prep.skipped.count)
     model = for_inference(prep.model, device=config.device, amp=config.amp)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +116,7 @@ def run_uap(config: UAPConfig, *, progress: bool = True) -> dict[str, Any]:
     if prep.source_images is None:
         rho = random_sphere(shape, radius=prep.radius, p=config.p, generator=torch.Generator().manual_seed(config.seed))
     else:
-        rho, stats = _generate(config, model, prep.source_images, criterion, prep.radius, progress)
+        rho, stats = _generate(config, model, prep.source_images, criterion, prep.radius, progress, telemetry)
     seconds = time.perf_counter() - started
     metrics = evaluate(config, prep, rho, criterion)
     metrics.update(
@@ -130,7 +142,8 @@ def run_uap(config: UAPConfig, *, progress: bool = True) -> dict[str, Any]:
 
 
 def _generate(
-    config: UAPConfig, model: Classifier, images: Tensor, criterion: Criterion, radius: float, progress: bool
+    config: UAPConfig, model: Classifier, images: Tensor, criterion: Criterion, radius: float, progress: bool,
+    telemetry: Telemetry,
 ) -> tuple[Tensor, StepStats]:
     """The UAP over the source in chunks, ρ carried from chunk to chunk (the paper streamed 100 × 1,000)."""
     attack = UAP(
@@ -143,11 +156,19 @@ def _generate(
     chunks = images.split(config.chunk_size)
     bar = tqdm(total=len(images) * config.max_passes, unit="img", disable=not progress, desc="UAP", smoothing=0.1)
 
+    last = time.perf_counter()
+
     def on_batch(s: StepStats, current: Tensor) -> None:
-        nonlocal total
-        total = total + s
+        nonlocal total, last
+        now, total = time.perf_counter(), total + s
+        norm = float(lp_norm(current[None], config.p))
         bar.update(s.images)
-        bar.set_postfix(accepted=total.accepted, norm=f"{float(lp_norm(current[None], config.p)):.3g}", refresh=False)
+        bar.set_postfix(accepted=total.accepted, norm=f"{norm:.3g}", refresh=False)
+        telemetry.step_time(worker=0, seconds=now - last)
+        telemetry.batch_done(worker=0, images=s.images, accepted=s.accepted)
+        telemetry.round_done(rho_norm=norm, p=str(config.p), stream_rate=1 - total.active / max(1, total.images),
+                             criterion="fooling" if isinstance(criterion, Untargeted) else "success", idle_ratio=None)
+        last = now
 
     try:
         for k, chunk in enumerate(chunks):

@@ -138,9 +138,12 @@ def uap_trial(config: dict[str, Any]) -> None:
                   device=s.device, amp=s.amp, examples=4)
     source = config["source"]
     if source in (SOURCE_TRAIN, SOURCE_RANDOM):
+        from .audit import run_tags
+        from .telemetry import Telemetry, ray_sink
+
         Path(out).mkdir(parents=True, exist_ok=True)
-        metrics = run_uap(UAPConfig(medical=Path(s.medical), source=source, out=Path(out), **{**common, "model": Path(config["model"])}),
-                          progress=False)
+        uap_config = UAPConfig(medical=Path(s.medical), source=source, out=Path(out), **{**common, "model": Path(config["model"])})
+        metrics = run_uap(uap_config, progress=False, telemetry=Telemetry(ray_sink(), **run_tags(uap_config)))
     else:
         metrics = run_engine(EngineConfig(medical=Path(s.medical), shards=source, out=out, workers=s.workers,
                                           cpus_per_worker=s.cpus_per_worker, cpus_per_reader=s.cpus_per_reader,
@@ -163,6 +166,30 @@ def param_space(s: SweepConfig) -> dict[str, Any]:
     return {"sweep": asdict(s), **{k: pick(v) for k, v in axes.items()}}
 
 
+def _outcomes(sweep: str) -> Any:
+    """A Tune callback (in the sweep's driver) counting finished and failed trials as ``raylab_trials``.
+
+    Tune pickles it with the experiment (cloudpickle), so a restored sweep keeps counting.
+    """
+    from ray import tune
+
+    from .telemetry import Telemetry, ray_sink
+
+    class TrialOutcomes(tune.Callback):
+        def _done(self, trial: Any, status: str) -> None:
+            c = trial.config
+            Telemetry(ray_sink(), run=trial.trial_id, source=Path(str(c.get("source", ""))).name,
+                      model=Path(str(c.get("model", ""))).name).trial_done(sweep=sweep, status=status)  # type: ignore[arg-type]
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._done(trial, "finished")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._done(trial, "failed")
+
+    return TrialOutcomes()
+
+
 def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
     """Run (or resume) the sweep with Ray Tune; returns Tune's ResultGrid."""
     import ray
@@ -182,6 +209,6 @@ def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
             tune_config=tune.TuneConfig(num_samples=s.num_samples if s.search == "random" else 1,
                                         max_concurrent_trials=s.max_concurrent or None),
             run_config=tune.RunConfig(name=s.name, storage_path=s.storage, verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=1)),
+                                      failure_config=tune.FailureConfig(max_failures=1), callbacks=[_outcomes(s.name)]),
         )
     return tuner.fit()

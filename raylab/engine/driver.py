@@ -41,6 +41,7 @@ from ..data.shards import Manifest, read_manifest
 from ..errors import InputError
 from ..evaluation import headline, report
 from ..store import Store
+from ..telemetry import Telemetry, ray_sink
 from .readers import BatchMeta, Position, ShardReader
 from .workers import UAPWorker
 
@@ -109,6 +110,15 @@ def fingerprint(config: EngineConfig, model_bytes: bytes, manifest: Manifest) ->
     return h.hexdigest()
 
 
+def _basename(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1] or location
+
+
+def run_tags(config: EngineConfig) -> dict[str, str]:
+    """The tags every metric of this run carries: the output folder's name (a sweep's trial id), source, model."""
+    return {"run": _basename(config.out), "source": _basename(config.shards), "model": _basename(config.model)}
+
+
 def _read_model(location: str) -> bytes:
     try:
         if "://" in location:
@@ -153,17 +163,19 @@ class Engine:
                      "(lower --cpus-per-worker/--cpus-per-reader or --workers on a fixed cluster)")
         # Held for the whole run: a restarted worker re-reads its creation arguments.
         self.model_ref = model_ref = ray.put(self.model_bytes)
+        tags = run_tags(c)
+        self.telemetry = Telemetry(ray_sink(), **tags)
         self.readers = [
             ShardReader.options(num_cpus=c.cpus_per_reader).remote(
                 [self.manifest.url(i) for i in range(w, len(self.manifest.shards), c.workers)],
-                passes=c.max_passes, channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size,
-                prefetch=c.prefetch)
+                counts=[s.count for s in self.manifest.shards[w::c.workers]], passes=c.max_passes, channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size,
+                prefetch=c.prefetch, index=w, tags=tags)
             for w in range(c.workers)
         ]
         self.workers = [
             UAPWorker.options(num_cpus=c.cpus_per_worker, num_gpus=c.num_gpus_per_worker).remote(
-                model_ref, device=c.device, amp=c.amp, threads=int(c.cpus_per_worker), name=c.model)
-            for _ in range(c.workers)
+                model_ref, device=c.device, amp=c.amp, threads=int(c.cpus_per_worker), name=c.model, index=w, tags=tags)
+            for w in range(c.workers)
         ]
 
     def _initial_state(self) -> RunState:
@@ -209,12 +221,16 @@ class Engine:
                 meta = batch_for[w][1]
                 self._count(state, meta.start.pass_, stats)
                 state.positions[w] = meta.end.to_list()
-                state.skipped += [list(s) for s in meta.skipped]
-                state.shards_failed += [list(s) for s in meta.shards_failed]
+                self._record_skips(state, meta)
+                self.telemetry.batch_done(worker=w, images=stats.images, accepted=stats.accepted)
             if round_stats.accepted:
                 state.rho = project_lp(state.rho + total, radius=self.target.radius, p=c.p)
             state.round += 1
             state.seconds = time.perf_counter() - started
+            self.telemetry.round_done(rho_norm=float(lp_norm(state.rho[None], c.p)), p=str(c.p),
+                                      stream_rate=1 - state.stats["active"] / max(1, state.stats["images"]),
+                                      criterion="fooling" if self.target.target is None else "success",
+                                      idle_ratio=idle / (idle + compute) if idle + compute > 0 else None)
             self._check_delta(state)
             if state.round % c.checkpoint_every == 0:
                 self.store.write_bytes(CHECKPOINT, state.to_bytes(self.fingerprint))
@@ -242,8 +258,7 @@ class Engine:
                     del pending[w]
                     break
                 if meta.size == 0:  # end of a pass: record its skips and move on
-                    state.skipped += [list(s) for s in meta.skipped]
-                    state.shards_failed += [list(s) for s in meta.shards_failed]
+                    self._record_skips(state, meta)
                     state.positions[w] = meta.end.to_list()
                     pending[w] = self.readers[w].read.remote(state.positions[w])
                     continue
@@ -262,6 +277,11 @@ class Engine:
                 future = self.workers[w].update.remote(images, rho_ref, eps=c.eps, criterion=self.criterion,
                                                        step_norm=c.step_norm, clip=self.clip)
         return ray.get(future)
+
+    def _record_skips(self, state: RunState, meta: BatchMeta) -> None:
+        state.skipped += [list(s) for s in meta.skipped]
+        state.shards_failed += [list(s) for s in meta.shards_failed]
+        self.telemetry.skipped(images=len(meta.skipped), shards=len(meta.shards_failed))
 
     @staticmethod
     def _count(state: RunState, pass_: int, stats: StepStats) -> None:

@@ -14,12 +14,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import ray
 import torch
 
-from ..data.shards import Cursor, ShardReport, batches, decode_stream, iter_samples
+from ..data.shards import Cursor, RawSample, ShardReport, batches, decode_stream, iter_samples
+from ..telemetry import Telemetry, ray_sink
 
 
 @dataclass(frozen=True, order=True)
@@ -49,18 +50,20 @@ class BatchMeta:
     shards_failed: list[tuple[str, str]]
     decode_seconds: float
     exhausted: bool = False
+    nbytes: int = 0
 
 
 class _Producer(threading.Thread):
     """Decodes batches from ``start`` into a bounded queue until the stream ends or it is told to stop."""
 
-    def __init__(self, urls: list[str], start: Position, passes: int, channels: int, size: int,
+    def __init__(self, urls: list[str], counts: list[int | None], start: Position, passes: int, channels: int, size: int,
                  batch_size: int, prefetch: int) -> None:
         super().__init__(daemon=True)
-        self.urls, self.start_at, self.passes = urls, start, passes
+        self.urls, self.counts, self.start_at, self.passes = urls, counts, start, passes
         self.channels, self.size, self.batch_size = channels, size, batch_size
         self.out: queue.Queue = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
+        self.nbytes = 0  # image bytes read so far; each batch's meta carries its share
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -71,20 +74,27 @@ class _Producer(threading.Thread):
                 continue
         return False
 
+    def _counted(self, samples: Iterator[RawSample]) -> Iterator[RawSample]:
+        for raw in samples:
+            self.nbytes += len(raw.data or b"")
+            yield raw
+
     def run(self) -> None:
         pos = self.start_at
         for pass_ in range(pos.pass_, self.passes):
             cursor = pos.cursor if pass_ == pos.pass_ else Cursor(0, 0)
             report = ShardReport()
             seen_images, seen_shards = 0, 0
-            stream = batches(decode_stream(iter_samples(self.urls, start=cursor, report=report),
+            stream = batches(decode_stream(self._counted(iter_samples(self.urls, start=cursor, report=report,
+                                                                        counts=self.counts)),
                                            channels=self.channels, size=self.size, report=report), self.batch_size)
-            t = time.perf_counter()
+            t, counted = time.perf_counter(), self.nbytes
             for batch in stream:
                 end = Position(pass_, batch.cursor_after)
                 meta = BatchMeta(start=pos, end=end, size=len(batch.keys), keys=list(batch.keys),
                                  skipped=report.images.skipped[seen_images:], shards_failed=report.shards_failed[seen_shards:],
-                                 decode_seconds=time.perf_counter() - t)
+                                 decode_seconds=time.perf_counter() - t, nbytes=self.nbytes - counted)
+                counted = self.nbytes
                 seen_images, seen_shards = report.images.count, len(report.shards_failed)
                 if not self._put((meta, batch.images)):
                     return
@@ -105,9 +115,11 @@ class _Producer(threading.Thread):
 class ShardReader:
     """A Ray actor that reads and decodes its shards (see the module docstring)."""
 
-    def __init__(self, urls: list[str], *, passes: int, channels: int, size: int, batch_size: int, prefetch: int) -> None:
+    def __init__(self, urls: list[str], *, counts: list[int | None] | None = None, passes: int, channels: int, size: int,
+                 batch_size: int, prefetch: int, index: int = 0, tags: dict[str, str] | None = None) -> None:
         torch.set_num_threads(1)
-        self.args = dict(urls=list(urls), passes=passes, channels=channels, size=size, batch_size=batch_size, prefetch=prefetch)
+        self.index, self.telemetry = index, Telemetry(ray_sink(), **(tags or {}))
+        self.args = dict(urls=list(urls), counts=list(counts) if counts is not None else [None] * len(urls), passes=passes, channels=channels, size=size, batch_size=batch_size, prefetch=prefetch)
         self.producer: _Producer | None = None
         self.head: Position | None = None
 
@@ -127,6 +139,9 @@ class ShardReader:
         assert self.producer is not None
         meta, images = self.producer.out.get()
         self.head = meta.end
+        if meta.size:
+            self.telemetry.decoded(reader=self.index, seconds=meta.decode_seconds, nbytes=meta.nbytes,
+                                   queue_depth=self.producer.out.qsize())
         return images, meta
 
     def queue_depth(self) -> int:

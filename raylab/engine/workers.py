@@ -17,14 +17,17 @@ from torch import Tensor
 from ..core import Criterion, StepStats, batch_update, predict_labels
 from ..core.fgsm import StepNorm
 from ..models import for_inference, load_classifier
+from ..telemetry import Telemetry, ray_sink
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)
 class UAPWorker:
     """Holds a classifier and applies the batched update rule (Section 2.2) to the batches it is given."""
 
-    def __init__(self, checkpoint: bytes, *, device: str, amp: bool, threads: int, name: str = "model") -> None:
+    def __init__(self, checkpoint: bytes, *, device: str, amp: bool, threads: int, name: str = "model", index: int = 0,
+                 tags: dict[str, str] | None = None) -> None:
         torch.set_num_threads(max(1, threads))
+        self.index, self.telemetry = index, Telemetry(ray_sink(), **(tags or {}))
         self.device = torch.device(device)
         self.model = for_inference(load_classifier(checkpoint, map_location=str(self.device), name=name),
                                    device=str(self.device), amp=amp)
@@ -42,6 +45,7 @@ class UAPWorker:
                            step_norm=step_norm, clip=clip, amp=self.amp)
         step = upd.step.cpu()
         self.last_end = time.perf_counter()
+        self.telemetry.step_time(worker=self.index, seconds=self.last_end - started)
         return step, upd.stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle}
 
     def predict(self, images: Tensor, rho: Tensor | None = None, clip: tuple[float, float] | None = None) -> Tensor:

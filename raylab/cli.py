@@ -2,7 +2,8 @@
 
 Subcommands: ``pretrain``, ``train``, ``uap`` (one machine), ``shard`` and
 ``generate`` (the distributed engine on Ray), ``sweep`` (Ray Tune) and
-``results`` (the Parquet results), ``demo``, ``bench``.
+``results`` (the Parquet results), ``dashboard`` (Grafana JSON, Prometheus config, PNG),
+``demo``, ``bench``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--source", required=True, help="UAP input images: a folder of natural images, 'train' (the medical training set) or 'random' (the control)")
     u.add_argument("--out", type=Path, required=True, help="output directory")
     _add_uap_options(u)
+    u.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics (raylab.telemetry) on this port while the run lasts (0 picks one)")
+    u.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default loopback only)")
+    u.add_argument("--metrics-linger", type=float, default=15.0,
+                   help="seconds to keep serving metrics after the run, so the last values get scraped")
 
     s = sub.add_parser("shard", help="write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz")
     s.add_argument("source", help="image folder (path or fsspec URL), a .txt list of image files, or a MedMNIST .npz")
@@ -140,6 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--pretrain-epochs", type=int, default=30)
     d.add_argument("--train-epochs", type=int, default=3)
+
+    o = sub.add_parser("dashboard", help="Grafana dashboard JSON, a Prometheus config for Ray, or the dashboard rendered to PNG")
+    osub = o.add_subparsers(dest="action", required=True)
+    ow = osub.add_parser("write", help="write dashboards/raylab.json (Grafana, importable as is)")
+    ow.add_argument("--out", type=Path, default=Path("dashboards"))
+    oc = osub.add_parser("prometheus-config", help="print a prometheus.yml that scrapes Ray's metrics agents (and --target)")
+    oc.add_argument("--sd-file", default=None, help="Ray's service-discovery file (default /tmp/ray/prom_metrics_service_discovery.json)")
+    oc.add_argument("--target", action="append", default=[], metavar="HOST:PORT", help="a `raylab uap --metrics-port` run (repeatable)")
+    oc.add_argument("--scrape-interval", default="10s")
+    orr = osub.add_parser("render", help="draw every dashboard panel from a Prometheus into one PNG")
+    orr.add_argument("--prometheus", default="http://127.0.0.1:9090")
+    orr.add_argument("--since", type=float, default=3600.0, help="seconds back from now (default 3600)")
+    orr.add_argument("--run", default=".*", help="a run name or regex (the dashboard's run variable)")
+    orr.add_argument("--out", type=Path, default=Path("dashboard.png"))
 
     b = sub.add_parser("bench", help="images/s of faithful and batched modes vs ART and vs the bare kernel")
     b.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -224,8 +244,24 @@ def _uap_config(a: argparse.Namespace):
 def cmd_uap(a: argparse.Namespace) -> int:
     from .audit import run_uap
 
+    from .telemetry import PrometheusSink, Telemetry
+
     config = _uap_config(a)
-    m = run_uap(config)
+    sink = None
+    if a.metrics_port is not None:
+        sink = PrometheusSink()
+        port = sink.serve(a.metrics_port, a.metrics_host)
+        print(f"serving metrics on http://{a.metrics_host}:{port}/metrics", flush=True)
+    try:
+        from .audit import run_tags
+
+        m = run_uap(config, telemetry=Telemetry(sink, **run_tags(config)))
+        if sink is not None and a.metrics_linger > 0:
+            print(f"run done; serving its final metrics for {a.metrics_linger:g} s more", flush=True)
+            time.sleep(a.metrics_linger)
+    finally:
+        if sink is not None:
+            sink.close()
     print(summary(m))
     print(f"wrote {config.out}/uap.npy, metrics.json, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
     return 0
@@ -384,6 +420,21 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return _print_figures(figures, a.out)
 
 
+def cmd_dashboard(a: argparse.Namespace) -> int:
+    from . import dashboards
+
+    if a.action == "write":
+        print(f"wrote {dashboards.write_dashboards(a.out)}")
+    elif a.action == "prometheus-config":
+        print(dashboards.prometheus_config(sd_file=a.sd_file or dashboards.RAY_SD_FILE, targets=a.target,
+                                           scrape_interval=a.scrape_interval), end="")
+    else:
+        counts = dashboards.render(a.prometheus, a.out, start=time.time() - a.since, run=a.run)
+        empty = [t for t, n in counts.items() if not n]
+        print(f"wrote {a.out}: {len(counts)} panels" + (f"; no data for: {', '.join(empty)}" if empty else ""))
+    return 0
+
+
 def _print_figures(figures: dict, out: Path | None) -> int:
     print(json.dumps(figures, indent=2))
     if out is not None:
@@ -393,7 +444,8 @@ def _print_figures(figures: dict, out: Path | None) -> int:
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard": cmd_shard, "generate": cmd_generate,
-            "sweep": cmd_sweep, "results": cmd_results, "demo": cmd_demo, "bench": cmd_bench}
+            "sweep": cmd_sweep, "results": cmd_results, "demo": cmd_demo, "bench": cmd_bench,
+            "dashboard": cmd_dashboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

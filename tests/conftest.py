@@ -21,6 +21,8 @@ _TOKEN = Path(tempfile.mkdtemp(prefix="raylab-test-auth-")) / "auth_token"
 _TOKEN.write_text(secrets.token_hex(32))
 _TOKEN.chmod(0o600)
 os.environ["RAY_AUTH_TOKEN_PATH"] = str(_TOKEN)
+# Ray's processes send their metrics to the node's agent every second (default 10 s), so a test run is seen by Prometheus.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 
 import numpy as np
 import pytest

@@ -2,7 +2,7 @@
 
 Subcommands: ``pretrain``, ``train``, ``uap`` (one machine), ``shard`` and
 ``generate`` (the distributed engine on Ray), ``sweep`` (Ray Tune) and
-``results`` (the Parquet results), ``dashboard`` (Grafana JSON, Prometheus config, PNG),
+``results`` (the Parquet results), ``reproduce`` (the paper's study and its report), ``dashboard`` (Grafana JSON, Prometheus config, PNG),
 ``demo``, ``bench``.
 """
 
@@ -40,6 +40,16 @@ def _add_uap_options(p: argparse.ArgumentParser, *, engine: bool = False) -> Non
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     g.add_argument("--amp", action="store_true", help="mixed-precision forwards (GPU)")
     g.add_argument("--examples", type=int, default=8, help="clean/adversarial examples in examples.png")
+
+
+def _json_resources(text: str) -> dict[str, float]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of resource amounts, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--cpus-per-worker", type=float, default=1.0)
     e.add_argument("--cpus-per-reader", type=float, default=1.0)
     e.add_argument("--prefetch", type=int, default=4, help="batches each reader decodes ahead (bounded: flat memory)")
+    e.add_argument("--resources", type=_json_resources, default={}, metavar="JSON",
+                   help='custom Ray resources each reader and worker needs, e.g. \'{"uap_pool": 1}\' to keep them on those nodes')
     e.add_argument("--checkpoint-every", type=int, default=20, help="rounds between checkpoints")
     e.add_argument("--eval-every", type=int, default=0, help="evaluate on the test set every N rounds (0: at the end only)")
     e.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
@@ -146,6 +158,22 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--pretrain-epochs", type=int, default=30)
     d.add_argument("--train-epochs", type=int, default=3)
+
+    rp = sub.add_parser("reproduce", help="the paper's whole study (models, eps/p selection, zeta sweep, targets, controls) and its report")
+    rp.add_argument("--preset", choices=["tiny", "cpu-small", "paper"], default="cpu-small")
+    rp.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="where pneumoniamnist.npz, imagenet-samples/ and flickr8k-samples/ are")
+    rp.add_argument("--medical", type=Path, action="append", default=None,
+                    help="a medical dataset (.npz or image folder with CSVs); repeat for several (default: the preset's)")
+    rp.add_argument("--natural-a", type=Path, default=None, help="natural image set A (default: <data-dir>/imagenet-samples)")
+    rp.add_argument("--natural-b", type=Path, default=None, help="natural image set B (default: <data-dir>/flickr8k-samples)")
+    rp.add_argument("--archs", default=None, help="comma-separated architectures (default: the preset's)")
+    rp.add_argument("--backbones", default=None, help="comma-separated ImageNet weight files (.pth), one per architecture")
+    rp.add_argument("--targets", default=None, help="comma-separated target classes (default: PNEUMONIA,NORMAL)")
+    rp.add_argument("--device", default=None)
+    rp.add_argument("--out", type=Path, default=None, help="default runs/reproduce/<preset>")
+    rp.add_argument("--report", type=Path, default=None, help="report folder (default <out>/report)")
+    rp.add_argument("--estimate", type=float, default=None, metavar="IMG_PER_S",
+                    help="only print the GPU-hours of the preset's UAP updates at this measured update rate")
 
     o = sub.add_parser("dashboard", help="Grafana dashboard JSON, a Prometheus config for Ray, or the dashboard rendered to PNG")
     osub = o.add_subparsers(dest="action", required=True)
@@ -301,7 +329,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         model=a.model, medical=a.data, shards=a.shards, out=a.out, p=a.p, zeta=a.zeta, eps=a.eps,
         max_passes=a.max_passes, delta=a.delta, target=a.target, batch_size=a.batch_size, workers=a.workers,
         step_norm=a.step_norm, clip=a.clip, seed=a.seed, device=a.device, amp=a.amp,
-        cpus_per_worker=a.cpus_per_worker, cpus_per_reader=a.cpus_per_reader, prefetch=a.prefetch,
+        cpus_per_worker=a.cpus_per_worker, cpus_per_reader=a.cpus_per_reader, prefetch=a.prefetch, resources=a.resources,
         checkpoint_every=a.checkpoint_every, eval_every=a.eval_every, progress_every=a.progress_every, examples=a.examples,
     )
     _init_ray(a.address)
@@ -420,6 +448,41 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return _print_figures(figures, a.out)
 
 
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from .reproduce import estimate_gpu_hours, preset, run_reproduce
+
+    out = a.out or Path("runs/reproduce") / a.preset
+    over: dict = {}
+    if a.natural_a:
+        over["natural_a"] = a.natural_a
+    if a.natural_b:
+        over["natural_b"] = a.natural_b
+    if a.archs:
+        over["archs"] = tuple(x.strip() for x in a.archs.split(",") if x.strip())
+    if a.backbones:
+        over["backbones"] = tuple(x.strip() for x in a.backbones.split(","))
+    if a.targets:
+        over["targets"] = tuple(x.strip() for x in a.targets.split(",") if x.strip())
+    if a.device:
+        over["device"] = a.device
+    medicals = a.medical or [None]
+    if a.estimate is not None:
+        c = preset(a.preset, data_dir=a.data_dir, out=out, **over, **({"medical": medicals[0]} if medicals[0] else {}))
+        e = estimate_gpu_hours(c, images_per_second=a.estimate, datasets=len(medicals) if a.medical else 3)
+        print(f"{a.preset}: {e['uaps']} UAPs, {e['update_images']:,} image updates; at {a.estimate:g} img/s per GPU "
+              f"about {e['gpu_hours']:.1f} GPU-hours of UAP updates (an estimate; training and evaluation not included)")
+        return 0
+    from .report import render_report
+
+    for medical in medicals:
+        dest = out if len(medicals) == 1 else out / Path(medical).stem
+        c = preset(a.preset, data_dir=a.data_dir, out=dest, **over, **({"medical": medical} if medical else {}))
+        study = run_reproduce(c)
+        path = render_report(dest, a.report if len(medicals) == 1 and a.report else dest / "report")
+        print(f"study done in {study['seconds'] / 60:.1f} min; report: {path}")
+    return 0
+
+
 def cmd_dashboard(a: argparse.Namespace) -> int:
     from . import dashboards
 
@@ -445,7 +508,7 @@ def _print_figures(figures: dict, out: Path | None) -> int:
 
 COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard": cmd_shard, "generate": cmd_generate,
             "sweep": cmd_sweep, "results": cmd_results, "demo": cmd_demo, "bench": cmd_bench,
-            "dashboard": cmd_dashboard}
+            "dashboard": cmd_dashboard, "reproduce": cmd_reproduce}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

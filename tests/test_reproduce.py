@@ -1,0 +1,105 @@
+"""`raylab reproduce` end to end on the tiny preset: real PneumoniaMNIST, real ImageNet and Flickr8k photos, a small model."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raylab.cli import main
+from raylab.reproduce import _jobs, Context, balanced_by_prediction, preset
+from raylab.results import read_results
+
+from .conftest import DATA
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reproduce") / "tiny"
+    assert main(["reproduce", "--preset", "tiny", "--data-dir", str(DATA), "--out", str(out)]) == 0
+    return out
+
+
+def _table(md: str, heading: str) -> list[list[str]]:
+    """The body rows of the first Markdown table after ``heading``."""
+    lines = md.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_every_uap_of_the_study_is_one_results_row(tiny) -> None:
+    config = preset("tiny", data_dir=DATA, out=tiny)
+    want = {f"{k}-{s}-z{z:g}-{t or 'u'}" for k, s, z, t in _jobs(Context(config, None, {}))}  # type: ignore[arg-type]
+    table = read_results(tiny / "results", filters={"sweep": "reproduce-tiny"})
+    assert sorted(table.column("trial_id").to_pylist()) == sorted(want)
+    rows = table.to_pylist()
+    assert {r["source_kind"] for r in rows} == {"train", "folder", "random"}
+    for r in rows:
+        assert 0 <= r["fooling_rate"] <= 1 and Path(r["uap_uri"]).exists()
+        rho = torch.from_numpy(np.load(r["uap_uri"]))
+        assert rho.shape == (1, 28, 28) and float(rho.norm()) <= r["uap_l2"] + 1e-4
+    study = json.loads((tiny / "study.json").read_text())
+    for sel in study["selected"].values():  # ε, p chosen by validation R_f, the best of the grid
+        assert max(sel["grid"], key=lambda g: g["val_fooling_rate"])["eps"] == sel["eps"]
+        assert {g["eps"] for g in sel["grid"]} == {0.01, 0.02}
+
+
+def test_the_report_has_the_papers_figures_and_tables_with_numbers(tiny) -> None:
+    md = (tiny / "report" / "report.md").read_text()
+    fig1 = _table(md, "## Figure 1")
+    assert [r[0] for r in fig1] == ["4", "8"] and all(re.fullmatch(r"\d+\.\d", c) for r in fig1 for c in r[1:])
+    table1 = _table(md, "## Table 1")
+    assert ["PNEUMONIA", "natural set A"] == table1[1][:2] and table1[1][-1] == "60.0 / 75.3 / 72.3"
+    assert {r[1] for r in table1} >= {"training images (medical)", "natural set A", "natural set B", "random control"}
+    table2 = _table(md, "## Table 2")
+    assert [r[0] for r in table2] == ["training images (medical)", "natural set A", "random control"] and table2[1][3] == "22.2"
+    comp = _table(md, "## Tables S1")
+    assert len(comp) == 2 * 3  # two models x (A, B, training images)
+    for r in comp:
+        assert abs(float(r[2]) + float(r[3]) - 100) < 0.2
+    balanced = _table(md, "label-balanced natural images")
+    assert balanced[0][0] == "small_cnn-transfer" and len(balanced[0]) == 5
+    assert "## Findings at this scale" in md and "beat random noise of the same norm" in md
+    for name in ("figure1", "figure2", "figure3", "figure4", "figure5", "figure6"):
+        assert f"({name}.png)" in md
+        img = np.asarray(Image.open(tiny / "report" / f"{name}.png").convert("L"), dtype=np.float32)
+        assert img.shape[0] > 150 and img.std() > 10, name  # a drawn figure, not a blank canvas
+
+
+def test_a_rerun_resumes_without_redoing_anything(tiny, capsys) -> None:
+    files = sorted((tiny / "results").rglob("*.parquet"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert main(["reproduce", "--preset", "tiny", "--data-dir", str(DATA), "--out", str(tiny)]) == 0
+    assert sorted((tiny / "results").rglob("*.parquet")) == files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert "pretraining" not in capsys.readouterr().out
+
+
+def test_balanced_source_equalizes_the_predicted_labels() -> None:
+    images = torch.arange(100).view(100, 1, 1, 1).to(torch.uint8)
+    predicted = torch.tensor([1] * 90 + [0] * 10)
+    out = balanced_by_prediction(images, predicted, num_classes=2, seed=0)
+    labels = predicted[out.view(-1).long()]
+    assert len(out) == 100 and int((labels == 0).sum()) == int((labels == 1).sum()) == 50
+
+
+def test_missing_pieces_and_the_paper_estimate(tmp_path, capsys) -> None:
+    assert main(["reproduce", "--preset", "paper", "--data-dir", str(DATA), "--natural-a", str(tmp_path / "imagenet"),
+                 "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "natural set A not found" in err and err.count("\n") == 1
+    assert main(["reproduce", "--preset", "paper", "--data-dir", str(DATA), "--estimate", "970"]) == 0
+    out = capsys.readouterr().out
+    hours = float(re.search(r"about ([\d.]+) GPU-hours", out).group(1))
+    updates = int(re.search(r"([\d,]+) image updates", out).group(1).replace(",", ""))
+    assert "216 UAPs" in out and updates > 10_000_000 and hours == round(updates / 970 / 3600, 1)

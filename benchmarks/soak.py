@@ -48,6 +48,23 @@ def _actor_pids() -> list[str]:
     return pids
 
 
+def _leaks(timeout: float = 30.0) -> dict[str, int]:
+    """What the run left behind, from Ray's state API: live engine actors and objects still in the cluster."""
+    from ray.util.state import list_actors, list_objects
+
+    address = ray.get_runtime_context().gcs_address  # this run's cluster, whatever else runs on the machine
+    deadline = time.time() + timeout
+    while True:  # ray.kill is asynchronous: give the actors a moment to go
+        actors = [a for a in list_actors(address=address, filters=[("state", "!=", "DEAD")], limit=10_000)
+                  if a.class_name in ("UAPWorker", "ShardReader")]
+        if not actors or time.time() > deadline:
+            break
+        time.sleep(1)
+    objects = list_objects(address=address, limit=10_000)
+    return {"engine_actors_alive_after": len(actors), "objects_in_cluster_after": len(objects),
+            "object_bytes_in_cluster_after": sum(int(o.object_size or 0) for o in objects)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -78,6 +95,7 @@ def main() -> None:
                        log=print)
     stop.set()
     thread.join()
+    leaks = _leaks()
     live = [s for s in samples if s["actors"] > 0]
     warm = live[len(live) // 10:]  # skip the first tenth: model loading, first batches
     fig = {
@@ -87,6 +105,7 @@ def main() -> None:
         "driver_rss_mib_first": warm[0]["driver"], "driver_rss_mib_last": warm[-1]["driver"], "samples": len(warm),
         # the actors' RSS at each tenth of the run after warm-up: flat, or growing?
         "actors_rss_mib_by_tenth": [round(warm[i * (len(warm) - 1) // 10]["actors"]) for i in range(11)],
+        **leaks,
     }
     print(json.dumps(fig, indent=2))
     if a.out:

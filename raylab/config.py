@@ -112,6 +112,7 @@ class EngineConfig(AttackConfig):
     cpus_per_worker: float = 1.0
     cpus_per_reader: float = 1.0
     prefetch: int = 4
+    resources: dict[str, float] = field(default_factory=dict)
     checkpoint_every: int = 20
     eval_every: int = 0
     progress_every: float = 10.0
@@ -121,6 +122,11 @@ class EngineConfig(AttackConfig):
         _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
         _check(self.cpus_per_worker > 0 and self.cpus_per_reader > 0, "cpus_per_worker and cpus_per_reader must be > 0")
         _check(self.prefetch >= 1, f"prefetch must be >= 1, got {self.prefetch}")
+        for name, amount in self.resources.items():
+            _check(isinstance(name, str) and name not in ("CPU", "GPU", "memory"),
+                   f"resources: {name!r} is not a custom resource name (CPU and GPU have their own options)")
+            _finite(f"resources[{name!r}]", amount)
+            _check(amount > 0, f"resources[{name!r}] must be > 0, got {amount}")
         _check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
         if "://" not in self.model:

@@ -56,10 +56,12 @@ class Store:
             raise OutputError(f"cannot create output location {self.location} ({e.strerror or e})") from None
 
     def exists(self, name: str) -> bool:
+        self.path(name)
         fs, root = self._fs()
         return fs.exists(f"{root}/{name}")
 
     def read_bytes(self, name: str) -> bytes:
+        self.path(name)
         fs, root = self._fs()
         with fs.open(f"{root}/{name}", "rb") as f:
             return f.read()
@@ -70,9 +72,9 @@ class Store:
         fs, root = self._fs()
         final = f"{root}/{name}"
         parent = final.rsplit("/", 1)[0]
-        fs.makedirs(parent, exist_ok=True)
         tmp = f"{parent}/.{final.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
         try:
+            fs.makedirs(parent, exist_ok=True)
             with fs.open(tmp, "wb") as f:
                 f.write(data)
             if self.local:

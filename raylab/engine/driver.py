@@ -38,7 +38,7 @@ from ..core import (
     success_rate,
 )
 from ..data.shards import Manifest, read_manifest
-from ..errors import InputError
+from ..errors import InputError, RaylabError
 from ..evaluation import headline, report
 from ..store import Store
 from ..telemetry import Telemetry, ray_sink
@@ -166,14 +166,14 @@ class Engine:
         tags = run_tags(c)
         self.telemetry = Telemetry(ray_sink(), **tags)
         self.readers = [
-            ShardReader.options(num_cpus=c.cpus_per_reader).remote(
+            ShardReader.options(num_cpus=c.cpus_per_reader, resources=dict(c.resources)).remote(
                 [self.manifest.url(i) for i in range(w, len(self.manifest.shards), c.workers)],
                 counts=[s.count for s in self.manifest.shards[w::c.workers]], passes=c.max_passes, channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size,
                 prefetch=c.prefetch, index=w, tags=tags)
             for w in range(c.workers)
         ]
         self.workers = [
-            UAPWorker.options(num_cpus=c.cpus_per_worker, num_gpus=c.num_gpus_per_worker).remote(
+            UAPWorker.options(num_cpus=c.cpus_per_worker, num_gpus=c.num_gpus_per_worker, resources=dict(c.resources)).remote(
                 model_ref, device=c.device, amp=c.amp, threads=int(c.cpus_per_worker), name=c.model, index=w, tags=tags)
             for w in range(c.workers)
         ]
@@ -199,7 +199,8 @@ class Engine:
         session = time.perf_counter()
         started, last_log = session - state.seconds, 0.0
         compute = idle = 0.0
-        pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}
+        # the next batch of each reader, decoding while the current round computes (kept on self for inspection)
+        self.pending = pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}
         images_at_start = state.stats["images"]
         while not state.stopped_by_delta:
             batch_for = self._next_batches(state, pending)
@@ -211,7 +212,7 @@ class Engine:
                        for w, (img, _) in batch_for.items()}
             for w, (_, meta) in batch_for.items():  # decode the next round while this one computes
                 pending[w] = self.readers[w].read.remote(meta.end.to_list())
-            results = {w: self._get_update(w, futures[w], batch_for[w][0], rho_ref) for w in sorted(futures)}
+            results = {w: self._get_update(w, futures[w], batch_for[w], rho_ref) for w in sorted(futures)}
             round_stats, total = StepStats(), torch.zeros_like(state.rho)
             for w in sorted(results):
                 step, stats, timing = results[w]
@@ -224,7 +225,11 @@ class Engine:
                 self._record_skips(state, meta)
                 self.telemetry.batch_done(worker=w, images=stats.images, accepted=stats.accepted)
             if round_stats.accepted:
-                state.rho = project_lp(state.rho + total, radius=self.target.radius, p=c.p)
+                rho = project_lp(state.rho + total, radius=self.target.radius, p=c.p)
+                if not torch.isfinite(rho).all():  # never checkpoint a broken rho: the last good one stays on disk
+                    raise RaylabError(f"round {state.round + 1}: rho became NaN/inf (non-finite gradients from the model?); "
+                                      f"the last good checkpoint is {self.store.path(CHECKPOINT)}")
+                state.rho = rho
             state.round += 1
             state.seconds = time.perf_counter() - started
             self.telemetry.round_done(rho_norm=float(lp_norm(state.rho[None], c.p)), p=str(c.p),
@@ -266,16 +271,24 @@ class Engine:
                 break
         return batch_for
 
-    def _get_update(self, w: int, future: Any, images: Any, rho_ref: Any) -> tuple[Tensor, StepStats, dict[str, float]]:
-        """The worker's result; Ray restarts a dead worker and retries the call, and so do we, a few times over."""
-        for attempt in range(3):
+    def _get_update(self, w: int, future: Any, batch: tuple[Any, BatchMeta], rho_ref: Any) -> tuple[Tensor, StepStats, dict[str, float]]:
+        """The worker's result, redone when its worker died (Ray restarts it) or its batch was lost with a node.
+
+        A lost batch is read again from its reader at the batch's start position (readers seek), so the redone
+        update is the same update.
+        """
+        images, meta = batch
+        c = self.config
+        for attempt in range(5):
             try:
                 return ray.get(future)
+            except ray.exceptions.ObjectLostError as e:
+                self.log(f"batch of worker {w} lost ({type(e).__name__}); reading it again (attempt {attempt + 2})")
+                images, _ = self.readers[w].read.remote(meta.start.to_list())
             except ray.exceptions.RayActorError as e:
                 self.log(f"worker {w} failed ({type(e).__name__}); redoing its batch (attempt {attempt + 2})")
-                c = self.config
-                future = self.workers[w].update.remote(images, rho_ref, eps=c.eps, criterion=self.criterion,
-                                                       step_norm=c.step_norm, clip=self.clip)
+            future = self.workers[w].update.remote(images, rho_ref, eps=c.eps, criterion=self.criterion,
+                                                   step_norm=c.step_norm, clip=self.clip)
         return ray.get(future)
 
     def _record_skips(self, state: RunState, meta: BatchMeta) -> None:

@@ -1,0 +1,117 @@
+"""Faults a shared cluster has, met on a real local Ray cluster: a lost node's actors, a results location that fills up,
+a driver without the cluster's token, and paths that try to leave the output location."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from raylab.config import EngineConfig
+from raylab.engine import Engine, RoundReport, run_engine
+from raylab.errors import InputError, OutputError
+from raylab.store import Store
+
+from .conftest import PNEUMONIA
+
+ZETA, EPS = 0.08, 0.02
+
+
+def _config(models, shards, out, **kw) -> EngineConfig:
+    base = dict(model=str(models["model"]), medical=PNEUMONIA, shards=str(shards), out=str(out), zeta=ZETA, eps=EPS,
+                workers=1, batch_size=4, max_passes=3, cpus_per_worker=0.5, cpus_per_reader=0.5, progress_every=0.0,
+                examples=0, checkpoint_every=1)
+    return EngineConfig(**{**base, **kw})
+
+
+def test_losing_every_actor_of_a_node_at_once_ends_with_the_same_rho(cluster, models, shards, tmp_path) -> None:
+    """What a lost node takes with it, on one node: every reader and worker process, SIGKILLed together mid-run.
+
+    Ray 2.60 refuses a second node on a loopback-only cluster (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes it a
+    single-node cluster) and tests may use no other address, so the node itself stays; its actors all die.
+    """
+    config = _config(models, shards, tmp_path / "lost", workers=2, batch_size=4)
+    reference = run_engine(_config(models, shards, tmp_path / "reference", workers=2, batch_size=4), log=lambda s: None)
+    lines: list[str] = []
+    engine = Engine(config, log=lines.append)
+    killed: list[int] = []
+
+    def on_round(r: RoundReport) -> None:
+        if r.round in (3, 9):
+            pids = ray.get([a.pid.remote() for a in engine.workers + engine.readers])
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            killed.extend(pids)
+
+    engine.on_round = on_round
+    try:
+        m = engine.run()
+        after = ray.get([a.pid.remote() for a in engine.workers + engine.readers])
+    finally:
+        for a in engine.workers + engine.readers:
+            ray.kill(a)
+    assert len(killed) == 8 and not set(after) & set(killed)  # all four actors were restarted, twice
+    assert m["stats"]["images"] == reference["stats"]["images"] == 3 * 48  # none lost, none counted twice
+    assert m["source"]["skipped"] == reference["source"]["skipped"]
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "lost" / "uap.npy")),
+                               torch.from_numpy(np.load(tmp_path / "reference" / "uap.npy")), rtol=0, atol=0)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a results location that fills up (needs mount rights, as root in CI)."""
+    d = tmp_path / "small"
+    d.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_a_full_results_location_fails_clearly_and_keeps_what_was_there(cluster, models, shards, small_disk) -> None:
+    out = small_disk / "run"
+    store = Store.at(out)
+    store.makedirs()
+    previous = store.write_text("metrics.json", '{"previous": true}')
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (1024 * 1024 - 4096))  # one page left: not enough for a checkpoint
+    config = _config(models, shards, out, max_passes=1)
+    with pytest.raises(OutputError, match=r"cannot write .*run/checkpoint.pt \(No space left on device\)"):
+        run_engine(config, log=lambda s: None)
+    assert Path(previous).read_text() == '{"previous": true}'  # never replaced by half a file
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]  # no temporary left behind
+    filler.unlink()  # space again: the same command now completes
+    m = run_engine(config, log=lambda s: None)
+    assert json.loads(Path(previous).read_text())["fooling_rate"] == m["fooling_rate"]
+
+
+def test_file_names_cannot_leave_the_output_location(tmp_path) -> None:
+    store = Store.at(tmp_path / "out")
+    for bad in ("../escape.json", "/etc/passwd", "a/../../b"):
+        with pytest.raises(InputError, match="must stay inside the output location"):
+            store.write_bytes(bad, b"x")
+        with pytest.raises(InputError, match="must stay inside the output location"):
+            store.exists(bad)
+    assert not (tmp_path / "escape.json").exists()
+
+
+def test_a_driver_without_the_token_cannot_connect(cluster, tmp_path) -> None:
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("0" * 64)
+    code = f"import ray; ray.init(address={cluster['address']!r}); print('CONNECTED')"
+    for token_env in ({"RAY_AUTH_TOKEN_PATH": str(wrong)}, {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}):
+        env = {**cluster["env"], **token_env}
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and "CONNECTED" not in r.stdout, r.stdout[-500:]
+        assert "token" in (r.stdout + r.stderr).lower()
+

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -428,7 +428,7 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
 
 def estimate_gpu_hours(config: ReproduceConfig, *, images_per_second: float, datasets: int = 3) -> dict[str, float]:
     """GPU-hours of the study's UAP updates at a measured update rate (training and evaluation not included)."""
-    ctx = Context(replace(config), medical=None, natural={})  # type: ignore[arg-type]
+    ctx = Context(config, medical=None, natural={})  # type: ignore[arg-type]
     jobs = _jobs(ctx)
     per_source = {"train": config.train_limit or 5000, "natural_a": config.natural_limit or 100_000,
                   "natural_b": config.natural_limit or 100_000, "natural_a_balanced": config.natural_limit or 100_000, "random": 0}

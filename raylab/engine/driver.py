@@ -168,8 +168,8 @@ class Engine:
         self.readers = [
             ShardReader.options(num_cpus=c.cpus_per_reader, resources=dict(c.resources)).remote(
                 [self.manifest.url(i) for i in range(w, len(self.manifest.shards), c.workers)],
-                counts=[s.count for s in self.manifest.shards[w::c.workers]], passes=c.max_passes, channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size,
-                prefetch=c.prefetch, index=w, tags=tags)
+                counts=[s.count for s in self.manifest.shards[w::c.workers]], passes=c.max_passes,
+                channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size, prefetch=c.prefetch, index=w, tags=tags)
             for w in range(c.workers)
         ]
         self.workers = [
@@ -199,8 +199,7 @@ class Engine:
         session = time.perf_counter()
         started, last_log = session - state.seconds, 0.0
         compute = idle = 0.0
-        # the next batch of each reader, decoding while the current round computes (kept on self for inspection)
-        self.pending = pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}
+        pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}
         images_at_start = state.stats["images"]
         while not state.stopped_by_delta:
             batch_for = self._next_batches(state, pending)

@@ -115,3 +115,44 @@ def test_a_driver_without_the_token_cannot_connect(cluster, tmp_path) -> None:
         assert r.returncode != 0 and "CONNECTED" not in r.stdout, r.stdout[-500:]
         assert "token" in (r.stdout + r.stderr).lower()
 
+
+
+def test_a_stream_larger_than_the_object_store_flows_through(cluster, tmp_path) -> None:
+    """A second, separate Ray head with the smallest object store Ray allows (75 MiB), and 20 passes over 1,000 photos
+    at 64 px: 82 MB of decoded batches, more than the store holds, stream through it (batches are freed as used)."""
+    import time
+
+    from raylab.data.shards import write_shards
+    from raylab.models import ModelSpec, build_model, save_classifier
+
+    from .conftest import IMAGENET, _free_port
+
+    shards = tmp_path / "shards"
+    write_shards(IMAGENET, shards, shard_size=250, size=64, channels=1)
+    model = tmp_path / "gray64.pt"
+    save_classifier(build_model(ModelSpec(arch="small_cnn", num_classes=2, in_channels=1, image_size=64)), model)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    gcs = _free_port()
+    ports = [f"--{k}={_free_port()}" for k in ("metrics-export-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                               "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
+    store_bytes = 75 * 1024 * 1024
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                             f"--object-store-memory={store_bytes}", "--include-dashboard=false", "--disable-usage-stats", *ports],
+                            env=cluster["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{gcs}"], env=cluster["env"], capture_output=True).returncode:
+            assert head.poll() is None and time.time() < deadline, "second ray head did not start"
+            time.sleep(1)
+        out = tmp_path / "run"
+        r = subprocess.run([sys.executable, "-m", "raylab", "generate", "--model", str(model), "--data", str(PNEUMONIA),
+                            "--shards", str(shards), "--out", str(out), "--workers", "2", "--batch-size", "64", "--i-max", "20",
+                            "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5", "--examples", "0", "--progress-every", "30",
+                            "--checkpoint-every", "100", "--address", f"127.0.0.1:{gcs}"],
+                           env=cluster["env"], capture_output=True, text=True, timeout=480)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["stats"]["images"] == 20 * 1000 and 20 * 1000 * 64 * 64 > store_bytes

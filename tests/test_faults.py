@@ -95,6 +95,15 @@ def test_a_full_results_location_fails_clearly_and_keeps_what_was_there(cluster,
     assert json.loads(Path(previous).read_text())["fooling_rate"] == m["fooling_rate"]
 
 
+def test_a_read_only_results_location_fails_clearly_and_keeps_what_was_there(cluster, models, shards, small_disk) -> None:
+    out = small_disk / "run"
+    previous = Store.at(out).write_text("metrics.json", '{"previous": true}')
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(OutputError, match=r"cannot write .*run/checkpoint.pt \(Read-only file system\)"):
+        run_engine(_config(models, shards, out, max_passes=1), log=lambda s: None)
+    assert Path(previous).read_text() == '{"previous": true}' and sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
 def test_file_names_cannot_leave_the_output_location(tmp_path) -> None:
     store = Store.at(tmp_path / "out")
     for bad in ("../escape.json", "/etc/passwd", "a/../../b"):

@@ -132,8 +132,15 @@ class Context:
     models: dict[str, Classifier] = field(default_factory=dict)
     model_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     selected: dict[str, dict[str, Any]] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    clean: dict[str, Tensor] = field(default_factory=dict)
     log: Callable[[str], None] = print
+
+
+def _clean_test_labels(ctx: Context, key: str) -> Tensor:
+    """C(x) of the medical test images for model ``key``: computed once, they do not depend on ρ."""
+    if key not in ctx.clean:
+        ctx.clean[key] = predict_labels(ctx.models[key], ctx.medical.test_images)
+    return ctx.clean[key]
 
 
 def _radius(ctx: Context, zeta: float, p: Norm) -> float:
@@ -198,7 +205,7 @@ def _evaluate(ctx: Context, key: str, rho: Tensor, *, zeta: float, p: Norm, targ
     model, m = ctx.models[key], ctx.medical
     names = m.class_names
     t = None if target is None else names.index(target)
-    clean = predict_labels(model, m.test_images)
+    clean = _clean_test_labels(ctx, key)
     adv = predict_labels(model, m.test_images, rho=rho)
     control = random_sphere(tuple(rho.shape), radius=_radius(ctx, zeta, p), p=p,
                             generator=torch.Generator().manual_seed(ctx.config.seed + 1))
@@ -222,16 +229,21 @@ def _row(ctx: Context, key: str, source: str, zeta: float, p_text: str, eps: flo
                        "max_passes": ctx.config.max_passes, "delta": 0.0, "batch_size": ctx.config.batch_size, "step_norm": "sign",
                        "clip": False, "seed": ctx.config.seed, "device": ctx.config.device, "amp": False},
             "seconds": seconds}
-    row = row_from_metrics(full, sweep=f"reproduce-{ctx.config.preset}", trial_id=f"{key}-{source}-z{zeta:g}-{target or 'u'}",
+    row = row_from_metrics(full, sweep=f"reproduce-{ctx.config.preset}", trial_id=trial_id(key, source, zeta, target),
                            run_id=uuid.uuid4().hex[:12], uap_uri=str(uap_dir / name), arch=info["arch"],
                            image_size=ctx.config.image_size)
     row["wall_seconds"] = seconds
     return row
 
 
-def parse_trial(trial_id: str) -> dict[str, Any]:
-    """``resnet18-transfer-natural_a-z0.04-u`` -> arch, regime, source, ζ and target (None for non-targeted)."""
-    arch, regime, source, zeta, target = trial_id.split("-", 4)
+def trial_id(key: str, source: str, zeta: float, target: str | None) -> str:
+    """The results row's id of one UAP of the study, e.g. ``resnet18-transfer-natural_a-z0.04-u``."""
+    return f"{key}-{source}-z{zeta:g}-{target or 'u'}"
+
+
+def parse_trial(trial: str) -> dict[str, Any]:
+    """The inverse of :func:`trial_id`: arch, regime, source, ζ and target (None for non-targeted)."""
+    arch, regime, source, zeta, target = trial.split("-", 4)
     return {"arch": arch, "regime": regime, "model": f"{arch}-{regime}", "source": source, "zeta": float(zeta[1:]),
             "target": None if target == "u" else target}
 
@@ -321,9 +333,8 @@ def _train_models(ctx: Context) -> None:
 # --------------------------------------------------------------------------- the study
 
 
-def _jobs(ctx: Context) -> list[tuple[str, str, float, str | None]]:
+def study_jobs(c: ReproduceConfig) -> list[tuple[str, str, float, str | None]]:
     """Every UAP the study needs: (model key, source, ζ, target)."""
-    c = ctx.config
     jobs: list[tuple[str, str, float, str | None]] = []
     first = f"{c.archs[0]}-transfer"
     for zeta in c.zetas:
@@ -348,14 +359,13 @@ def _cross_arch(ctx: Context, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     """R_f of the natural-set-A UAP made on architecture A, applied to architecture B (a gray-box attack)."""
     c = ctx.config
     out = []
-    by = {(r["trial_id"]): r for r in rows}
+    by = {r["trial_id"]: r for r in rows}
     for a in c.archs:
-        rho = torch.from_numpy(np.load(by[f"{a}-transfer-natural_a-z{c.paper_zeta:g}-u"]["uap_uri"]))
+        rho = torch.from_numpy(np.load(by[trial_id(f"{a}-transfer", "natural_a", c.paper_zeta, None)]["uap_uri"]))
         for b in c.archs:
-            model = ctx.models[f"{b}-transfer"]
-            t = ctx.medical.test_images
-            out.append({"made_on": a, "applied_to": b,
-                        "fooling_rate": fooling_rate(predict_labels(model, t), predict_labels(model, t, rho=rho))})
+            key = f"{b}-transfer"
+            adv = predict_labels(ctx.models[key], ctx.medical.test_images, rho=rho)
+            out.append({"made_on": a, "applied_to": b, "fooling_rate": fooling_rate(_clean_test_labels(ctx, key), adv)})
     return out
 
 
@@ -405,10 +415,9 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
     done = set()
     if (results / f"sweep={sweep}").exists():
         done = set(read_results(results, filters={"sweep": sweep}).column("trial_id").to_pylist())
-    jobs = _jobs(ctx)
+    jobs = study_jobs(c)
     for key, source, zeta, target in tqdm(jobs, desc="UAPs", unit="uap"):
-        trial = f"{key}-{source}-z{zeta:g}-{target or 'u'}"
-        if trial in done:
+        if trial_id(key, source, zeta, target) in done:
             continue
         write_rows(results, [run_one(ctx, key, source, zeta, target)])  # one file per UAP: a crash loses nothing
     rows = read_results(results, filters={"sweep": sweep}).to_pylist()
@@ -428,8 +437,7 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
 
 def estimate_gpu_hours(config: ReproduceConfig, *, images_per_second: float, datasets: int = 3) -> dict[str, float]:
     """GPU-hours of the study's UAP updates at a measured update rate (training and evaluation not included)."""
-    ctx = Context(config, medical=None, natural={})  # type: ignore[arg-type]
-    jobs = _jobs(ctx)
+    jobs = study_jobs(config)
     per_source = {"train": config.train_limit or 5000, "natural_a": config.natural_limit or 100_000,
                   "natural_b": config.natural_limit or 100_000, "natural_a_balanced": config.natural_limit or 100_000, "random": 0}
     images = sum(per_source[s] for _, s, _, _ in jobs) * config.max_passes * datasets

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from raylab.cli import main
-from raylab.reproduce import _jobs, Context, balanced_by_prediction, preset
+from raylab.reproduce import balanced_by_prediction, preset, study_jobs, trial_id
 from raylab.results import read_results
 
 from .conftest import DATA
@@ -39,7 +39,7 @@ def _table(md: str, heading: str) -> list[list[str]]:
 
 def test_every_uap_of_the_study_is_one_results_row(tiny) -> None:
     config = preset("tiny", data_dir=DATA, out=tiny)
-    want = {f"{k}-{s}-z{z:g}-{t or 'u'}" for k, s, z, t in _jobs(Context(config, None, {}))}  # type: ignore[arg-type]
+    want = {trial_id(*job) for job in study_jobs(config)}
     table = read_results(tiny / "results", filters={"sweep": "reproduce-tiny"})
     assert sorted(table.column("trial_id").to_pylist()) == sorted(want)
     rows = table.to_pylist()

@@ -17,3 +17,21 @@ class InputError(RaylabError, ValueError):
 
 class OutputError(RaylabError, OSError):
     """An output location that cannot be written (read-only, full, unreachable); names the location."""
+
+
+def one_line(e: BaseException | str, limit: int = 200, *, with_type: bool = False) -> str:
+    """An exception (or text) as one line of at most ``limit`` characters, for messages that name a file.
+
+    Whitespace runs collapse to one space; webdataset's `` @ <stream>`` suffix is dropped; ``with_type``
+    puts the exception's class name in front (``OSError: ...``).
+    """
+    if isinstance(e, str):
+        text = e
+    else:
+        first = e.args[0] if e.args else None
+        text = first if isinstance(first, str) else str(e)
+        text = text.split(" @ ")[0]  # webdataset appends " @ <stream>" to its messages
+    text = " ".join(text.split())
+    if isinstance(e, BaseException) and (with_type or not text):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

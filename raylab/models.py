@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchvision import models as tv
 
 from .core.pixels import to_unit_range
-from .errors import InputError
+from .errors import InputError, one_line
 
 Normalize = Literal["none", "imagenet"]
 
@@ -144,7 +144,7 @@ def _backbone_state(arch: str, weights: str | Path) -> tuple[dict[str, Tensor], 
             enum = tv.get_model_weights(arch).DEFAULT
             return enum.get_state_dict(progress=False), f"torchvision {enum}"
         except Exception as e:  # offline, or a mirror without the file
-            raise InputError(f"cannot fetch torchvision ImageNet weights for {arch} ({_one_line(e)}); pass a local .pth file") from None
+            raise InputError(f"cannot fetch torchvision ImageNet weights for {arch} ({one_line(e, 400)}); pass a local .pth file") from None
     obj = _read(Path(weights))
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         state = {k.removeprefix("backbone."): v for k, v in obj["state_dict"].items() if k.startswith("backbone.")}
@@ -199,7 +199,7 @@ def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name
         try:
             obj = torch.load(io.BytesIO(path), map_location=map_location, weights_only=True)
         except Exception as e:
-            raise InputError(f"{path_name}: cannot read weights ({type(e).__name__}: {_one_line(e)[:160]})") from None
+            raise InputError(f"{path_name}: cannot read weights ({type(e).__name__}: {one_line(e, 160)})") from None
         path = Path(path_name)
     else:
         path = Path(path)
@@ -212,7 +212,7 @@ def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name
     try:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
-        raise InputError(f"{path}: weights do not fit {s['arch']} ({_one_line(e)})") from None
+        raise InputError(f"{path}: weights do not fit {s['arch']} ({one_line(e, 400)})") from None
     return model.to(map_location).eval()
 
 
@@ -241,8 +241,4 @@ def _read(path: Path, map_location: str = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise InputError(f"{path}: cannot read weights ({type(e).__name__}: {_one_line(e)[:160]})") from None
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
+        raise InputError(f"{path}: cannot read weights ({type(e).__name__}: {one_line(e, 160)})") from None

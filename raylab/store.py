@@ -1,16 +1,22 @@
 """An output location: a local directory or an fsspec URL (``s3://``, ``gs://``, ``memory://``).
 
-Every write is atomic: bytes go to a hidden temporary name first and are then
-renamed into place, so a crash leaves the previous file or none, never half of
-one. Reads of missing files raise :class:`FileNotFoundError`.
+Every file raylab writes goes through here, and every write is atomic: bytes
+go to a hidden temporary name first (``.<name>.<hex>.tmp``) and are renamed
+into place once complete, so a crash leaves the previous file or none, never
+half of one. A location that cannot be written (read-only, full, unreachable)
+raises :class:`raylab.errors.OutputError` with one line naming the file. Reads
+of missing files raise :class:`FileNotFoundError`.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import fsspec
 
@@ -34,15 +40,29 @@ class Store:
             loc = str(Path(loc).resolve())
         return Store(loc)
 
+    @staticmethod
+    def beside(path: str | Path) -> tuple["Store", str]:
+        """The store of a file's folder and the file's name: ``Store.beside("runs/m.pt")`` -> (runs, "m.pt")."""
+        text = str(path).rstrip("/")
+        if is_url(text):
+            parent, _, name = text.rpartition("/")
+            return Store.at(parent), name
+        p = Path(text)
+        return Store.at(p.parent), p.name
+
     @property
     def local(self) -> bool:
         return not is_url(self.location)
 
     def path(self, name: str) -> str:
         """The full path or URL of ``name``; names may not climb out of the location."""
-        if name.startswith("/") or ".." in Path(name).parts:
+        if not name or name.startswith("/") or ".." in Path(name).parts:
             raise InputError(f"{name!r}: a file name must stay inside the output location {self.location}")
         return f"{self.location}/{name}"
+
+    def child(self, name: str) -> "Store":
+        """The store of a sub-folder."""
+        return Store(self.path(name))
 
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, root = fsspec.core.url_to_fs(self.location)
@@ -66,28 +86,43 @@ class Store:
         with fs.open(f"{root}/{name}", "rb") as f:
             return f.read()
 
-    def write_bytes(self, name: str, data: bytes) -> str:
-        """Atomically write ``data`` as ``name``; returns its full path or URL."""
+    def read_text(self, name: str) -> str:
+        return self.read_bytes(name).decode("utf-8")
+
+    @contextmanager
+    def open_atomic(self, name: str) -> Iterator[IO[bytes]]:
+        """A binary file to write ``name`` through, renamed into place when the block ends without an error.
+
+        On an error the temporary file is removed and the previous ``name`` (if any) is left as it was; an
+        ``OSError`` becomes an :class:`OutputError` naming the file.
+        """
         target = self.path(name)
         fs, root = self._fs()
         final = f"{root}/{name}"
-        parent = final.rsplit("/", 1)[0]
-        tmp = f"{parent}/.{final.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
+        parent, _, leaf = final.rpartition("/")
+        tmp = f"{parent}/.{leaf}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             fs.makedirs(parent, exist_ok=True)
             with fs.open(tmp, "wb") as f:
-                f.write(data)
+                yield f
             if self.local:
                 os.replace(tmp, final)
             else:
                 fs.mv(tmp, final)
-        except OSError as e:
+        except BaseException as e:
             try:
                 fs.rm(tmp)
-            except OSError:
+            except (OSError, FileNotFoundError):
                 pass
-            raise OutputError(f"cannot write {target} ({e.strerror or e})") from None
-        return target
+            if isinstance(e, OSError) and not isinstance(e, OutputError):
+                raise OutputError(f"cannot write {target} ({e.strerror or e})") from None
+            raise
+
+    def write_bytes(self, name: str, data: bytes) -> str:
+        """Atomically write ``data`` as ``name``; returns its full path or URL."""
+        with self.open_atomic(name) as f:
+            f.write(data)
+        return self.path(name)
 
     def write_text(self, name: str, text: str) -> str:
         return self.write_bytes(name, text.encode())

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 #: File suffixes read as images (compared case-insensitively).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -42,11 +42,6 @@ class SkipReport:
     def add(self, name: str, reason: str) -> None:
         """Record that ``name`` was skipped because of ``reason``."""
         self.skipped.append((name, reason))
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _sixteen_to_eight(im: Image.Image) -> Image.Image:
@@ -111,9 +106,9 @@ def decode_image(
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{name}: exceeds the pixel limit (decompression bomb?): {_one_line(e)}") from e
+        raise InputError(f"{name}: exceeds the pixel limit (decompression bomb?): {one_line(e)}") from e
     except Exception as e:  # PIL raises many types on bad bytes; all mean "cannot decode"
-        raise InputError(f"{name}: cannot decode image ({type(e).__name__}: {_one_line(e)})") from e
+        raise InputError(f"{name}: cannot decode image ({type(e).__name__}: {one_line(e)})") from e
     tensor = torch.from_numpy(arr)
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
 
@@ -171,7 +166,7 @@ def _iterate(
             report.add(key, str(e).removeprefix(f"{key}: "))
             continue
         except OSError as e:
-            report.add(key, f"cannot read file ({_one_line(e)})")
+            report.add(key, f"cannot read file ({one_line(e)})")
             continue
         yield key, image
 

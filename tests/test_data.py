@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from raylab.data.medical import MedicalSet, load_csv_folder, load_medical, load_medmnist
+from raylab.data.medical import (MedicalSet, load_csv_folder, load_medical, load_medmnist, medmnist_class_names,
+                                 medmnist_info)
 from raylab.data.natural import SkipReport, decode_image, list_images, load_image_folder
 from raylab.errors import InputError
 
@@ -122,6 +124,105 @@ def test_rgb_npz_loads_with_three_channels(tmp_path: Path) -> None:
     assert d.test_labels.dtype == torch.int64 and d.test_labels.tolist() == labels[:10].tolist()
     assert d.val_images.shape == (0, 3, 28, 28) and d.val_labels.shape == (0,)
     assert d.resized(40).val_images.shape == (0, 3, 40, 40)
+
+
+# --- MedMNIST class names from medmnist/info.py's INFO (raylab/data/medmnist_info.json) ---------
+
+_INFO_JSON = Path(__file__).resolve().parents[1] / "raylab" / "data" / "medmnist_info.json"
+_MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist", "breastmnist",
+                "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
+
+
+def _copy_as(tmp_path: Path, name: str, relabel=None) -> tuple[Path, dict[str, np.ndarray]]:
+    """The real PneumoniaMNIST arrays (all splits) saved as ``name``, labels passed through ``relabel``."""
+    with np.load(PNEUMONIA) as z:
+        arrays = {k: z[k] for k in z.files}
+    if relabel is not None:
+        for k in ("train_labels", "val_labels", "test_labels"):
+            arrays[k] = relabel(arrays[k])
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path, arrays
+
+
+def test_medmnist_table_is_complete_and_well_formed() -> None:
+    doc = json.loads(_INFO_JSON.read_text(encoding="utf-8"))
+    src = doc["source"]
+    assert src["package"] == "medmnist" and src["version"] and src["package_license"] == "Apache-2.0"
+    assert "info.py" in src["copied_from"] and "INFO" in src["copied_from"]
+    table = doc["datasets"]
+    assert sorted(table) == sorted(_MEDMNIST_2D)
+    for name, entry in table.items():
+        n = len(entry["label"])
+        assert n >= 2 and sorted(entry["label"]) == sorted(str(i) for i in range(n)), name
+        assert all(isinstance(v, str) and v for v in entry["label"].values()), name
+        assert entry["n_channels"] in (1, 3), name
+        assert set(entry["n_samples"]) == {"train", "val", "test"} and min(entry["n_samples"].values()) > 0, name
+        assert entry["python_class"].lower() == name and entry["task"], name
+    # the file this table ships with is the real PneumoniaMNIST: its split sizes are the table's
+    with np.load(PNEUMONIA) as z:
+        assert {s: len(z[f"{s}_labels"]) for s in ("train", "val", "test")} == table["pneumoniamnist"]["n_samples"]
+
+
+def test_breastmnist_gets_infos_names(tmp_path: Path) -> None:
+    path, arrays = _copy_as(tmp_path, "breastmnist.npz")
+    d = load_medmnist(path)
+    assert d.class_names == ("malignant", "normal, benign") and d.num_classes == 2
+    assert d.name == "breastmnist" and torch.equal(d.train_labels, torch.from_numpy(arrays["train_labels"]).long().view(-1))
+    assert load_medical(path).class_names == d.class_names
+    assert medmnist_info("BreastMNIST")["label"] == {"0": "malignant", "1": "normal, benign"}
+
+
+def test_medmnist_plus_name_gets_dermamnists_seven_names(tmp_path: Path) -> None:
+    def relabel(y: np.ndarray) -> np.ndarray:
+        y = y.copy()
+        y[::5] = np.arange(len(y[::5])).reshape(y[::5].shape) % 7
+        return y
+
+    path, arrays = _copy_as(tmp_path, "dermamnist_28.npz", relabel)
+    assert set(np.unique(arrays["train_labels"])) == set(range(7))
+    d = load_medmnist(path)
+    assert d.class_names == (
+        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
+        "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions",
+    )
+    assert torch.bincount(d.train_labels, minlength=7).tolist() == np.bincount(arrays["train_labels"].ravel()).tolist()
+    for other in ("DermaMNIST_224.npz", "dermamnist_64.npz", "dermamnist"):
+        assert medmnist_class_names(other) == d.class_names
+    assert medmnist_info(Path("somewhere") / "dermamnist_128.npz")["python_class"] == "DermaMNIST"
+
+
+def test_labels_beyond_the_tables_classes_are_refused(tmp_path: Path) -> None:
+    path, _ = _copy_as(tmp_path, "octmnist.npz", lambda y: np.where(np.arange(len(y)).reshape(y.shape) == 3, 4, y))
+    with pytest.raises(InputError) as e:
+        load_medmnist(path)
+    _assert_one_line(e, "octmnist.npz", "OCTMNIST", "label 4", "4 classes")
+
+
+def test_pneumoniamnist_keeps_its_upper_case_names(tmp_path: Path) -> None:
+    path, _ = _copy_as(tmp_path, "pneumoniamnist.npz")
+    assert load_medmnist(path).class_names == ("NORMAL", "PNEUMONIA")
+    assert medmnist_class_names("pneumoniamnist_224.npz") == ("NORMAL", "PNEUMONIA")
+    assert medmnist_info("pneumoniamnist")["label"] == {"0": "normal", "1": "pneumonia"}  # INFO's own spelling
+
+
+def test_unknown_stem_keeps_numbered_names(tmp_path: Path) -> None:
+    path, _ = _copy_as(tmp_path, "chest_xrays_28.npz")
+    assert load_medmnist(path).class_names == ("class0", "class1")
+    assert medmnist_info(path) is None and medmnist_info("dermamnist_extra") is None
+    assert medmnist_info("organmnist3d") is None  # 3D sets are not in the table
+
+
+def test_multi_label_chestmnist_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path, _ = _copy_as(tmp_path, "chestmnist.npz", lambda y: rng.integers(0, 2, size=(len(y), 14)).astype(np.uint8))
+    with pytest.raises(InputError) as e:
+        load_medmnist(path)
+    _assert_one_line(e, "chestmnist.npz", "multi-label", "single-label classification only")
+    single, _ = _copy_as(tmp_path, "ChestMNIST_64.npz")
+    with pytest.raises(InputError) as e:
+        load_medmnist(single)
+    _assert_one_line(e, "ChestMNIST_64.npz", "multi-label", "single-label classification only")
 
 
 def _csv_folder(tmp_path: Path, *, header: bool, names: bool) -> tuple[Path, np.ndarray, np.ndarray]:

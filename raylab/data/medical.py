@@ -3,14 +3,24 @@
 A medical set must be complete: any missing or unreadable file, bad key,
 bad label or shape mismatch is an :class:`InputError` naming the file.
 Images are kept as uint8 N x C x H x W, labels as int64 N.
+
+A MedMNIST ``.npz`` named like one of MedMNIST's 2D datasets (``dermamnist.npz``,
+or MedMNIST+ ``dermamnist_224.npz``) gets its class names from MedMNIST's own
+metadata, ``medmnist_info.json`` (copied from the ``medmnist`` package's INFO).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
+import functools
+import json
+import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +33,11 @@ _SPLITS = ("train", "val", "test")
 _HEADER_WORDS = frozenset({"file", "filename", "file_name", "path", "filepath", "image", "image_path", "img",
                            "name", "label", "labels", "class", "target", "y"})
 _RESIZE_CHUNK = 512
+_MEDMNIST_INFO = "medmnist_info.json"
+_PLUS_SIZE = re.compile(r"_\d+$")  # MedMNIST+ file names: dermamnist_64, dermamnist_128, dermamnist_224
+# Kept for compatibility: raylab and its users have always called PneumoniaMNIST's classes NORMAL and PNEUMONIA
+# (targets, results, reports); MedMNIST's INFO spells them "normal" and "pneumonia".
+_COMPAT_NAMES = {"pneumoniamnist": ("NORMAL", "PNEUMONIA")}
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,16 +92,69 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
+@functools.cache
+def _medmnist_table() -> dict[str, dict[str, Any]]:
+    text = resources.files(__package__).joinpath(_MEDMNIST_INFO).read_text(encoding="utf-8")
+    return json.loads(text)["datasets"]
+
+
+def _medmnist_key(name: str | Path) -> str | None:
+    stem = Path(name).stem if isinstance(name, Path) or str(name).lower().endswith(".npz") else str(name)
+    key = _PLUS_SIZE.sub("", stem.strip().lower())
+    return key if key in _medmnist_table() else None
+
+
+def medmnist_info(name: str | Path) -> dict[str, Any] | None:
+    """MedMNIST's INFO entry for a 2D dataset, or None if ``name`` is not one.
+
+    ``name`` is a dataset name (``"dermamnist"``, ``"DermaMNIST"``) or a file (``Path("x/dermamnist_224.npz")``,
+    ``"dermamnist_64.npz"``); case is ignored and a MedMNIST+ size suffix ``_<digits>`` is stripped. The entry
+    (a copy) has ``python_class``, ``description``, ``task``, ``label`` (``{"0": name, ...}``), ``n_channels``,
+    ``n_samples`` (per split) and ``license`` (the dataset's), as in the ``medmnist`` package.
+    """
+    key = _medmnist_key(name)
+    return None if key is None else copy.deepcopy(_medmnist_table()[key])
+
+
+def medmnist_class_names(name: str | Path) -> tuple[str, ...] | None:
+    """A MedMNIST 2D dataset's class names in label-index order, or None if ``name`` is not one.
+
+    Names are INFO's, except PneumoniaMNIST's, kept as raylab has always had them: ``("NORMAL", "PNEUMONIA")``.
+    """
+    key = _medmnist_key(name)
+    if key is None:
+        return None
+    if key in _COMPAT_NAMES:
+        return _COMPAT_NAMES[key]
+    label = _medmnist_table()[key]["label"]
+    return tuple(label[str(i)] for i in range(len(label)))
+
+
+def _is_multi_label(info: dict[str, Any] | None) -> bool:
+    return info is not None and "multi-label" in info["task"]
+
+
 def _default_names(path: Path, labels: list[torch.Tensor]) -> tuple[str, ...]:
-    if "pneumoniamnist" in path.stem.lower():
-        return ("NORMAL", "PNEUMONIA")
+    names = medmnist_class_names(path)
+    if names is not None:
+        return names
+    if "pneumoniamnist" in path.stem.lower():  # as before the table: e.g. pneumoniamnist_small.npz
+        return _COMPAT_NAMES["pneumoniamnist"]
     top = max((int(y.max()) for y in labels if len(y)), default=0)
     return tuple(f"class{i}" for i in range(top + 1))
 
 
-def _check_labels(where: Path, labels: dict[str, torch.Tensor], class_names: tuple[str, ...]) -> None:
+def _check_labels(
+    where: Path, labels: dict[str, torch.Tensor], class_names: tuple[str, ...], dataset: str | None = None
+) -> None:
+    """Every label indexes ``class_names``; ``dataset`` names where the names came from (a MedMNIST dataset)."""
     for split, y in labels.items():
         if len(y) and int(y.max()) >= len(class_names):
+            if dataset is not None:
+                raise InputError(
+                    f"{where}: {split} label {int(y.max())} out of range for {dataset}'s {len(class_names)} classes "
+                    f"{list(class_names)} (MedMNIST's classes, chosen by the file name); rename the file if it is not {dataset}"
+                )
             raise InputError(
                 f"{where}: {split} label {int(y.max())} out of range for {len(class_names)} classes {list(class_names)}"
             )
@@ -114,8 +182,15 @@ def _npz_images(path: Path, key: str, arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.uint8))
 
 
-def _npz_labels(path: Path, key: str, arr: np.ndarray, count: int) -> torch.Tensor:
+def _multi_label_refusal(path: Path, info: dict[str, Any]) -> str:
+    return (f"{path}: {info['python_class']} is a {info['task']} task ({len(info['label'])} labels per image); "
+            f"raylab handles single-label classification only")
+
+
+def _npz_labels(path: Path, key: str, arr: np.ndarray, count: int, info: dict[str, Any] | None = None) -> torch.Tensor:
     if not (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1)):
+        if _is_multi_label(info):
+            raise InputError(f"{_multi_label_refusal(path, info)}; {key} has shape {arr.shape}")
         raise InputError(f"{path}: {key} has shape {arr.shape}; expected N or N x 1 (single-label)")
     integral = np.issubdtype(arr.dtype, np.integer) or (
         np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.isfinite(arr) & (arr == np.round(arr))))
@@ -146,8 +221,14 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_medmnist(path: str | Path, class_names: tuple[str, ...] | None = None, size: int | None = None) -> MedicalSet:
-    """Load a MedMNIST .npz (train/test required, val optional) as a :class:`MedicalSet`."""
+    """Load a MedMNIST .npz (train/test required, val optional) as a :class:`MedicalSet`.
+
+    Without ``class_names``, a file named like a MedMNIST 2D dataset (see :func:`medmnist_info`) gets that
+    dataset's names (:func:`medmnist_class_names`), any other file ``class0..classN-1``. A multi-label MedMNIST
+    dataset (ChestMNIST) is refused: raylab handles single-label classification only.
+    """
     path = Path(path)
+    info = medmnist_info(path)
     arrays = _read_npz(path)
     images: dict[str, torch.Tensor] = {}
     labels: dict[str, torch.Tensor] = {}
@@ -160,7 +241,7 @@ def load_medmnist(path: str | Path, class_names: tuple[str, ...] | None = None, 
             if key not in arrays:
                 raise InputError(f"{path}: missing key {key!r} (present: {', '.join(sorted(arrays)) or 'none'})")
         images[split] = _npz_images(path, xk, arrays[xk])
-        labels[split] = _npz_labels(path, yk, arrays[yk], len(images[split]))
+        labels[split] = _npz_labels(path, yk, arrays[yk], len(images[split]), info)
     for split in ("train", "test"):
         if not len(images[split]):
             raise InputError(f"{path}: the {split} split is empty")
@@ -168,8 +249,10 @@ def load_medmnist(path: str | Path, class_names: tuple[str, ...] | None = None, 
     if "val" not in images:
         images["val"] = images["train"].new_empty((0, *images["train"].shape[1:]))
         labels["val"] = torch.empty(0, dtype=torch.int64)
+    if class_names is None and _is_multi_label(info):
+        raise InputError(_multi_label_refusal(path, info))
     names = tuple(class_names) if class_names is not None else _default_names(path, list(labels.values()))
-    _check_labels(path, labels, names)
+    _check_labels(path, labels, names, info["python_class"] if info is not None and class_names is None else None)
     data = MedicalSet(path.stem, names, images["train"], labels["train"], images["val"], labels["val"],
                       images["test"], labels["test"])
     return data if size is None else data.resized(size)

@@ -7,9 +7,11 @@ import io
 import json
 import random
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -33,7 +35,7 @@ from raylab.data.shards import (
     verify_manifest,
     write_shards,
 )
-from raylab.errors import InputError
+from raylab.errors import InputError, OutputError
 
 from .conftest import IMAGENET, PNEUMONIA
 
@@ -218,6 +220,67 @@ def test_fsspec_memory_output() -> None:
         assert [r.name for r in samples] == [f.name for f in files]
     finally:
         fsspec.filesystem("memory").rm(location.removeprefix("memory://").split("/")[0], recursive=True)
+
+
+def _can_write(folder: Path) -> bool:
+    try:
+        (folder / ".probe").touch()
+    except OSError:
+        return False
+    (folder / ".probe").unlink()
+    return True
+
+
+@pytest.fixture
+def read_only_dirs(tmp_path: Path) -> Iterator[Path]:
+    """``empty/`` and ``written/`` (a shard set) that cannot be written: chmod 0o555, or where that does not stop
+    writes (root) a tmpfs remounted read-only; skipped when neither can be had."""
+    base = tmp_path / "ro"
+    base.mkdir()
+    dirs = (base / "empty", base / "written")
+
+    def fill() -> None:
+        dirs[0].mkdir()
+        write_shards(list_images(IMAGENET)[:3], dirs[1], shard_size=2)
+
+    fill()
+    for d in dirs:
+        d.chmod(0o555)
+    mounted = False
+    try:
+        if _can_write(dirs[0]):  # root: permissions do not apply
+            for d in dirs:
+                d.chmod(0o755)
+                shutil.rmtree(d)
+            if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+                                                                str(base)], capture_output=True).returncode != 0:
+                pytest.skip("chmod does not stop writes here and a tmpfs cannot be mounted")
+            mounted = True
+            fill()
+            subprocess.run(["mount", "-o", "remount,ro", str(base)], check=True)
+            if _can_write(dirs[0]):
+                pytest.skip("cannot make a read-only folder here")
+        yield base
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(base)], check=False)
+        for d in dirs:
+            if d.exists():
+                d.chmod(0o755)
+
+
+def test_a_read_only_output_location_fails_with_one_line_naming_the_file(read_only_dirs: Path) -> None:
+    files = list_images(IMAGENET)[:3]
+    empty, written = read_only_dirs / "empty", read_only_dirs / "written"
+    with pytest.raises(OutputError, match=r"^cannot write /\S*/ro/empty/shard-000000\.tar \(.+\)$") as e:
+        write_shards(files, empty, shard_size=2)
+    assert "\n" not in str(e.value)
+    assert list(empty.iterdir()) == []  # no temporary file, no manifest
+    before = {p.name: p.read_bytes() for p in written.iterdir()}
+    with pytest.raises(OutputError, match=r"^cannot remove the old manifest /\S*/ro/written/manifest\.json \(.+\)$"):
+        write_shards(files, written, shard_size=2)
+    assert {p.name: p.read_bytes() for p in written.iterdir()} == before  # the old shard set is left whole
+    assert read_manifest(written).total == 3
 
 
 # --------------------------------------------------------------------------- resuming

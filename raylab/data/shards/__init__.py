@@ -1,0 +1,57 @@
+"""Natural images as webdataset tar shards, written once and streamed to Ray workers.
+
+Writing (:func:`write_shards`, in :mod:`.writer`) turns an image folder, a
+list of image files or a MedMNIST ``.npz`` split into ``shard-000000.tar``,
+``shard-000001.tar``, ... plus a ``manifest.json`` (written last) that lists
+every shard with its sample count, byte size and sha256. The output may be a
+local directory or any fsspec URL (``memory://``, ``file://``, ``s3://``, ...);
+every file goes through :class:`raylab.store.Store`, so each is written
+atomically and an unwritable location raises :class:`raylab.errors.OutputError`.
+
+Each sample holds ``<key>.jpg`` or ``<key>.png`` (the image), ``<key>.name.txt``
+(the original file name) and, for ``.npz`` sources, ``<key>.cls`` (the label).
+Keys are ``f"{i:08d}"``, global over the written items.
+
+The manifest (:class:`Manifest`, :func:`read_manifest`, :func:`verify_manifest`)
+lives in :mod:`.manifest`.
+
+Reading (:mod:`.reader`) is a stream that never raises for bad shard content:
+:func:`iter_samples` yields raw samples and records missing, truncated or
+corrupt shards in a :class:`ShardReport`; :func:`decode_stream` decodes them
+(undecodable images are skipped and recorded as ``"<shard>:<key>"``);
+:func:`batches` stacks them. Every sample and batch carries the
+:class:`Cursor` after it, so a reader can resume exactly where it stopped.
+"""
+
+from .manifest import FORMAT, MANIFEST_NAME, Manifest, ShardInfo, read_manifest, verify_manifest
+from .reader import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTS,
+    Batch,
+    Cursor,
+    RawSample,
+    ShardReport,
+    batches,
+    decode_stream,
+    iter_samples,
+)
+from .writer import write_shards
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "FORMAT",
+    "IMAGE_EXTS",
+    "MANIFEST_NAME",
+    "Batch",
+    "Cursor",
+    "Manifest",
+    "RawSample",
+    "ShardInfo",
+    "ShardReport",
+    "batches",
+    "decode_stream",
+    "iter_samples",
+    "read_manifest",
+    "verify_manifest",
+    "write_shards",
+]

@@ -35,7 +35,10 @@ class Store:
 
     @staticmethod
     def at(location: str | Path) -> "Store":
-        loc = str(location).rstrip("/")
+        text = str(location)
+        loc = text.rstrip("/")
+        if loc.endswith(":"):  # a bare ``scheme://`` keeps its slashes
+            loc = text
         if not is_url(loc):
             loc = str(Path(loc).resolve())
         return Store(loc)
@@ -58,7 +61,7 @@ class Store:
         """The full path or URL of ``name``; names may not climb out of the location."""
         if not name or name.startswith("/") or ".." in Path(name).parts:
             raise InputError(f"{name!r}: a file name must stay inside the output location {self.location}")
-        return f"{self.location}/{name}"
+        return f"{self.location}{name}" if self.location.endswith("/") else f"{self.location}/{name}"
 
     def child(self, name: str) -> "Store":
         """The store of a sub-folder."""
@@ -79,6 +82,18 @@ class Store:
         self.path(name)
         fs, root = self._fs()
         return fs.exists(f"{root}/{name}")
+
+    def remove(self, name: str) -> bool:
+        """Remove ``name`` if it exists; returns whether it did. OutputError naming it when it cannot be removed."""
+        target = self.path(name)
+        fs, root = self._fs()
+        try:
+            if not fs.exists(f"{root}/{name}"):
+                return False
+            fs.rm(f"{root}/{name}")
+        except OSError as e:
+            raise OutputError(f"cannot remove {target} ({e.strerror or e})") from None
+        return True
 
     def read_bytes(self, name: str) -> bytes:
         self.path(name)

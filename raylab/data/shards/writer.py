@@ -19,7 +19,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from ...errors import InputError, OutputError, one_line
+from ...errors import InputError, one_line
 from ...store import Store
 from ..medical import load_medmnist
 from ..natural import IMAGE_SUFFIXES, decode_image, list_images
@@ -169,17 +169,6 @@ def _write_shard(store: Store, name: str, records: Iterable[dict[str, Any]]) -> 
     return ShardInfo(name, count, hasher.bytes, hasher.sha.hexdigest())
 
 
-def _remove_manifest(store: Store) -> None:
-    """Remove the manifest in ``store``, if any, so an old one never stands beside half-rewritten shards."""
-    target = store.path(MANIFEST_NAME)
-    fs, path = fsspec.core.url_to_fs(target)
-    try:
-        if fs.exists(path):
-            fs.rm(path)
-    except OSError as e:
-        raise OutputError(f"cannot remove the old manifest {target} ({e.strerror or e})") from None
-
-
 def _records(
     items: Iterable[_Item],
     skipped: list[tuple[str, str]],
@@ -261,7 +250,7 @@ def write_shards(
     location = os.fspath(out)
     store = Store.at(location)
     store.makedirs()
-    _remove_manifest(store)
+    store.remove(MANIFEST_NAME)  # an old manifest never stands beside half-rewritten shards
 
     shards: list[ShardInfo] = []
     skipped: list[tuple[str, str]] = []

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import DEFAULT_DATA, option
 from .core import UAP, to_model_space, zeta_radius
 from .core.fgsm import autocast
 from .data.medical import load_medmnist
@@ -27,19 +28,21 @@ from .data.natural import load_image_folder
 from .models import ModelSpec, build_model, for_inference
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BenchConfig:
-    data_dir: Path
-    arch: str = "resnet18"
-    image_size: int = 64
-    channels: int = 1
-    images: int = 200
-    batch_size: int = 128
+    """``raylab bench``: what to measure on, side by side in one run."""
+
+    data_dir: Path = option(DEFAULT_DATA, "where pneumoniamnist.npz and imagenet-samples/ are")
+    arch: str = option("resnet18", "architecture (randomly initialized: speed does not depend on the weights)")
+    image_size: int = option(64, "input size in pixels")
+    channels: int = option(1, "1 (gray, as the paper's chest X-ray models) or 3", choices=(1, 3))
+    images: int = option(200, "natural images per measurement")
+    batch_size: int = option(128, "images per update (per worker with --engine)")
     eps: float = 0.002
     zeta: float = 0.04
-    device: str = "cpu"
-    amp: bool = False
-    with_art: bool = True
+    device: str = option("cpu", "cpu or cuda")
+    amp: bool = option(False, "mixed precision (bf16 autocast on CPU, fp16 on CUDA) with channels-last")
+    with_art: bool = option(True, "also run ART's UniversalPerturbation (--no-art where it is not installed)", flag="--art")
     seed: int = 0
 
 
@@ -133,22 +136,13 @@ def _art(cfg: BenchConfig, model: torch.nn.Module, images: torch.Tensor, radius:
     }
 
 
-@dataclass(frozen=True)
-class EngineBenchConfig:
-    """``raylab bench --engine``: the engine end to end vs its bare kernel, decode rates, 1 vs 2 workers."""
+@dataclass(frozen=True, kw_only=True)
+class EngineBenchConfig(BenchConfig):
+    """``raylab bench --engine``: the engine end to end vs its bare kernel, decode rates, W workers vs one."""
 
-    data_dir: Path
-    arch: str = "resnet18"
-    image_size: int = 64
-    channels: int = 1
-    images: int = 512
-    batch_size: int = 64
-    workers: tuple[int, ...] = (1, 2)
-    device: str = "cpu"
-    amp: bool = False
+    workers: tuple[int, ...] = option((1, 2), "with --engine: the worker counts to compare")
     cpus_per_worker: float = 1.0
     cpus_per_reader: float = 1.0
-    seed: int = 0
 
 
 def decode_rate(urls: list[str], *, channels: int, size: int) -> float:

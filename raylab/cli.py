@@ -1,55 +1,34 @@
-"""``raylab``: the command line. Parses argv, validates into typed configs once, and calls the layers below.
+"""``raylab``: the command line. Parses argv into the typed configs (their options are derived from the configs'
+own declarations, :mod:`raylab.options`), and calls the layers below.
 
 Subcommands: ``pretrain``, ``train``, ``uap`` (one machine), ``shard`` and
 ``generate`` (the distributed engine on Ray), ``sweep`` (Ray Tune) and
-``results`` (the Parquet results), ``reproduce`` (the paper's study and its report), ``dashboard`` (Grafana JSON, Prometheus config, PNG),
-``demo``, ``bench``.
+``results`` (the Parquet results), ``reproduce`` (the paper's study and its report), ``dashboard`` (Grafana JSON,
+Prometheus config, PNG), ``demo``, ``bench``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
+from .bench import BenchConfig, EngineBenchConfig
+from .config import DEFAULT_DATA, DEFAULT_MEDICAL, EngineConfig, UAPConfig
 from .errors import RaylabError
-
-DEFAULT_DATA = Path("../shared/data")
-
-
-def _add_uap_options(p: argparse.ArgumentParser, *, engine: bool = False) -> None:
-    g = p.add_argument_group("UAP (paper, Section 2.2)")
-    g.add_argument("--p", default="2", help="norm of the UAP: 2 or inf (default 2)")
-    g.add_argument("--zeta", type=float, default=0.04, help="budget as a ratio of the mean Lp norm of the medical training images (default 0.04 = 4%%)")
-    g.add_argument("--eps", type=float, default=0.0005, help="FGSM step size epsilon (default 0.0005, the paper's chest X-ray value)")
-    g.add_argument("--i-max", dest="max_passes", type=int, default=1, help="passes over the input images (default 1, as in the paper)")
-    g.add_argument("--delta", type=float, default=0.0, help="stop once the score on the inputs reaches 1-delta (default 0: the authors' runs)")
-    g.add_argument("--target", default=None, help="target class name or index for a targeted UAP (default: non-targeted)")
-    if not engine:
-        g.add_argument("--mode", choices=["faithful", "batched"], default="batched", help="faithful: per image, ART's semantics; batched: B images per update (default)")
-    g.add_argument("--batch-size", type=int, default=32, help="images per update" + (" per worker" if engine else ""))
-    g.add_argument("--step-norm", choices=["sign", "l2"], default="sign", help="FGSM step: sign (the authors') or l2-normalized gradient")
-    g.add_argument("--clip", action="store_true", help="clip x+rho to the valid pixel range (the authors did not)")
-    if not engine:
-        g.add_argument("--chunk-size", type=int, default=1000, help="images per chunk; rho is carried from chunk to chunk")
-        g.add_argument("--limit", type=int, default=None, help="use a seeded random sample of this many source images")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    g.add_argument("--amp", action="store_true", help="mixed-precision forwards (GPU)")
-    g.add_argument("--examples", type=int, default=8, help="clean/adversarial examples in examples.png")
+from .options import add_options, build
+from .sweep import SweepConfig
+from .train import PretrainConfig, TrainConfig
 
 
-def _json_resources(text: str) -> dict[str, float]:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object of resource amounts, got {text!r}")
-    return value
+def _model_options(p: argparse.ArgumentParser, *, out_help: str) -> None:
+    p.add_argument("--arch", default="resnet18", help="architecture (inception_v3, resnet50, vgg16, resnet18, small_cnn)")
+    p.add_argument("--image-size", type=int, default=64, help="input size in pixels (default 64)")
+    p.add_argument("--out", type=Path, required=True, help=out_help)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,34 +36,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="natural-image pretraining of a backbone (exemplar training on a photo folder)")
-    p.add_argument("--images", type=Path, default=DEFAULT_DATA / "imagenet-samples")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
+    p.add_argument("--images", type=Path, default=DEFAULT_DATA / "imagenet-samples", help="a folder of natural photos")
+    _model_options(p, out_help="checkpoint path (.pt)")
+    add_options(p, PretrainConfig)
 
     t = sub.add_parser("train", help="fine-tune (transfer learning) or train from scratch on a medical dataset")
-    t.add_argument("--data", type=Path, default=DEFAULT_DATA / "pneumoniamnist.npz", help="MedMNIST .npz or a folder with train_pre.csv/test_pre.csv")
-    t.add_argument("--arch", default="resnet18")
-    t.add_argument("--image-size", type=int, default=64)
-    t.add_argument("--backbone", default=None, help="natural-image weights: a checkpoint from `raylab pretrain`, a torchvision .pth, or 'imagenet' (online only); omit for random initialization")
-    t.add_argument("--normalize", choices=["none", "imagenet"], default=None, help="input normalization (default: imagenet for torchvision weights, else none)")
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=0.05)
-    t.add_argument("--no-balance", action="store_true", help="plain instead of class-balanced sampling")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt); metrics go beside it as .json")
+    t.add_argument("--data", type=Path, default=DEFAULT_MEDICAL, help="MedMNIST .npz or a folder with train_pre.csv/test_pre.csv")
+    t.add_argument("--backbone", default=None, help="natural-image weights: a checkpoint from `raylab pretrain`, a torchvision "
+                                                    ".pth, or 'imagenet' (online only); omit for random initialization")
+    t.add_argument("--normalize", choices=["none", "imagenet"], default=None,
+                   help="input normalization (default: imagenet for torchvision weights, else none)")
+    _model_options(t, out_help="checkpoint path (.pt); metrics go beside it as .json")
+    add_options(t, TrainConfig)
 
     u = sub.add_parser("uap", help="generate a UAP and evaluate it on the medical test set (single machine)")
-    u.add_argument("--model", type=Path, required=True, help="classifier checkpoint from `raylab train`")
-    u.add_argument("--data", type=Path, default=DEFAULT_DATA / "pneumoniamnist.npz", help="the medical dataset the model classifies")
-    u.add_argument("--source", required=True, help="UAP input images: a folder of natural images, 'train' (the medical training set) or 'random' (the control)")
-    u.add_argument("--out", type=Path, required=True, help="output directory")
-    _add_uap_options(u)
+    add_options(u, UAPConfig)
     u.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics (raylab.telemetry) on this port while the run lasts (0 picks one)")
     u.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default loopback only)")
@@ -104,46 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="train", help="split of a .npz source (default train)")
 
     g = sub.add_parser("generate", help="distributed UAP on Ray: shards -> reader actors -> worker actors -> one rho (resumable)")
-    g.add_argument("--model", required=True, help="classifier checkpoint (path or fsspec URL)")
-    g.add_argument("--data", type=Path, default=DEFAULT_DATA / "pneumoniamnist.npz", help="the medical dataset the model classifies")
-    g.add_argument("--shards", required=True, help="shard location written by `raylab shard` (path or URL)")
-    g.add_argument("--out", required=True, help="output location (path or URL); rerun with the same one to resume")
-    _add_uap_options(g, engine=True)
-    e = g.add_argument_group("engine")
-    e.add_argument("--workers", type=int, default=1, help="worker actors (one per GPU, or per CPU slot)")
-    e.add_argument("--cpus-per-worker", type=float, default=1.0)
-    e.add_argument("--cpus-per-reader", type=float, default=1.0)
-    e.add_argument("--prefetch", type=int, default=4, help="batches each reader decodes ahead (bounded: flat memory)")
-    e.add_argument("--resources", type=_json_resources, default={}, metavar="JSON",
-                   help='custom Ray resources each reader and worker needs, e.g. \'{"uap_pool": 1}\' to keep them on those nodes')
-    e.add_argument("--checkpoint-every", type=int, default=20, help="rounds between checkpoints")
-    e.add_argument("--eval-every", type=int, default=0, help="evaluate on the test set every N rounds (0: at the end only)")
-    e.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
-    e.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    add_options(g, EngineConfig)
+    g.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
     w = sub.add_parser("sweep", help="a Ray Tune grid (or random search) of UAPs over eps, p, zeta, source, target, model, i_max")
-    w.add_argument("--name", required=True, help="sweep name (a partition of the results; rerun the same name to resume)")
-    w.add_argument("--model", dest="models", nargs="+", required=True, help="classifier checkpoint(s)")
-    w.add_argument("--data", default=str(DEFAULT_DATA / "pneumoniamnist.npz"), help="the medical dataset the models classify")
-    w.add_argument("--source", dest="sources", nargs="+", required=True, help="shard location(s), 'train' and/or 'random'")
-    w.add_argument("--eps", nargs="+", type=float, default=[0.0005])
-    w.add_argument("--p", nargs="+", default=["2"])
-    w.add_argument("--zeta", nargs="+", type=float, default=[0.04])
-    w.add_argument("--target", dest="targets", nargs="+", default=["none"], help="target class names/indices; 'none' = non-targeted")
-    w.add_argument("--i-max", dest="max_passes", nargs="+", type=int, default=[1])
-    w.add_argument("--search", choices=["grid", "random"], default="grid")
-    w.add_argument("--num-samples", type=int, default=1, help="random search: trials to sample")
-    w.add_argument("--results", default="runs/results", help="Parquet results location (path or fsspec URL)")
-    w.add_argument("--out", default="runs/sweeps", help="UAP artifacts and Tune's state (path or URL)")
-    w.add_argument("--workers", type=int, default=1, help="engine workers per trial")
-    w.add_argument("--batch-size", type=int, default=32)
-    w.add_argument("--device", default="cpu")
-    w.add_argument("--amp", action="store_true")
-    w.add_argument("--cpus-per-trial", type=float, default=0.25)
-    w.add_argument("--cpus-per-worker", type=float, default=1.0)
-    w.add_argument("--cpus-per-reader", type=float, default=1.0)
-    w.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as many as fit)")
-    w.add_argument("--seed", type=int, default=0)
+    add_options(w, SweepConfig)
     w.add_argument("--select", choices=["best"], default=None, help="best: the paper's rule, the eps and p with the highest R_f (R_s) per zeta")
     w.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
@@ -168,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--natural-b", type=Path, default=None, help="natural image set B (default: <data-dir>/flickr8k-samples)")
     rp.add_argument("--archs", default=None, help="comma-separated architectures (default: the preset's)")
     rp.add_argument("--backbones", default=None, help="comma-separated ImageNet weight files (.pth), one per architecture")
-    rp.add_argument("--targets", default=None, help="comma-separated target classes (default: PNEUMONIA,NORMAL)")
+    rp.add_argument("--targets", default=None, help="comma-separated target classes, names or indices (default: PNEUMONIA,NORMAL)")
     rp.add_argument("--device", default=None)
     rp.add_argument("--out", type=Path, default=None, help="default runs/reproduce/<preset>")
     rp.add_argument("--report", type=Path, default=None, help="report folder (default <out>/report)")
@@ -190,17 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     orr.add_argument("--out", type=Path, default=Path("dashboard.png"))
 
     b = sub.add_parser("bench", help="images/s of faithful and batched modes vs ART and vs the bare kernel")
-    b.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    b.add_argument("--arch", default="resnet18")
-    b.add_argument("--image-size", type=int, default=64)
-    b.add_argument("--channels", type=int, default=1)
-    b.add_argument("--images", type=int, default=200, help="natural images per measurement")
-    b.add_argument("--batch-size", type=int, default=128)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--amp", action="store_true")
-    b.add_argument("--skip-art", action="store_true", help="do not run ART (e.g. on a GPU machine without it)")
+    add_options(b, EngineBenchConfig)
     b.add_argument("--engine", action="store_true", help="benchmark the Ray engine end to end instead (shards, readers, workers)")
-    b.add_argument("--workers", default="1,2", help="with --engine: worker counts to compare (default 1,2)")
     b.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     return parser
 
@@ -212,14 +134,14 @@ def _print_epoch(m: dict) -> None:
 def cmd_pretrain(a: argparse.Namespace) -> int:
     from .data.natural import load_image_folder
     from .models import ModelSpec, save_classifier
-    from .train import TrainConfig, pretrain_natural
+    from .train import pretrain_natural
 
-    config = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, balanced=False).validate()
-    images, keys, skipped = load_image_folder(a.images, channels=3, size=a.image_size)
+    config = build(PretrainConfig, a)
+    images, _, skipped = load_image_folder(a.images, channels=3, size=a.image_size)
     if skipped.count:
         print(f"skipped {skipped.count} unreadable image(s): " + "; ".join(f"{n} ({w})" for n, w in skipped.skipped[:5]))
     spec = ModelSpec(arch=a.arch, num_classes=len(images), in_channels=3, image_size=a.image_size).validate()
-    print(f"pretraining {a.arch} at {a.image_size}px on {len(images)} natural images from {a.images} ({a.epochs} epochs)")
+    print(f"pretraining {a.arch} at {a.image_size}px on {len(images)} natural images from {a.images} ({config.epochs} epochs)")
     started = time.perf_counter()
     model = pretrain_natural(images, spec=spec, config=config, on_epoch=_print_epoch)
     save_classifier(model, a.out, extra={"pretrain_images": str(a.images), "seconds": time.perf_counter() - started})
@@ -230,9 +152,10 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from .data.medical import load_medical
     from .models import ModelSpec, save_classifier
-    from .train import TrainConfig, finetune
+    from .store import Store
+    from .train import finetune
 
-    config = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, balanced=not a.no_balance).validate()
+    config = build(TrainConfig, a)
     data = load_medical(a.data)
     backbone = None if a.backbone in (None, "", "none") else a.backbone
     normalize = a.normalize or _default_normalize(backbone)
@@ -240,10 +163,11 @@ def cmd_train(a: argparse.Namespace) -> int:
                      normalize=normalize, class_names=data.class_names).validate()
     data = data.resized(a.image_size)
     regime = f"transfer learning from {backbone}" if backbone else "random initialization"
-    print(f"training {a.arch} ({data.channels}-channel, {a.image_size}px) on {a.data} by {regime}, {a.epochs} epochs")
+    print(f"training {a.arch} ({data.channels}-channel, {a.image_size}px) on {a.data} by {regime}, {config.epochs} epochs")
     model, metrics = finetune(data, spec=spec, config=config, backbone_weights=backbone, on_epoch=_print_epoch)
     save_classifier(model, a.out, extra=metrics)
-    a.out.with_suffix(".json").write_text(json.dumps({**metrics, "data": str(a.data), "backbone": backbone}, indent=2))
+    store, name = Store.beside(a.out.with_suffix(".json"))
+    store.write_text(name, json.dumps({**metrics, "data": str(a.data), "backbone": backbone}, indent=2))
     print(f"test accuracy {metrics['test_accuracy']:.3f}; wrote {a.out}")
     return 0
 
@@ -258,56 +182,27 @@ def _default_normalize(backbone: str | None) -> str:
     return spec.normalize if spec is not None else "imagenet"
 
 
-def _uap_config(a: argparse.Namespace):
-    from .config import UAPConfig
-
-    return UAPConfig(
-        model=a.model, medical=a.data, source=a.source, out=a.out, p=a.p, zeta=a.zeta, eps=a.eps,
-        max_passes=a.max_passes, delta=a.delta, target=a.target, mode=a.mode, batch_size=a.batch_size,
-        step_norm=a.step_norm, clip=a.clip, chunk_size=a.chunk_size, limit=a.limit, seed=a.seed,
-        device=a.device, amp=a.amp, examples=a.examples,
-    )
-
-
 def cmd_uap(a: argparse.Namespace) -> int:
     from .audit import run_uap
+    from .telemetry import PrometheusSink, Telemetry, run_tags
 
-    from .telemetry import PrometheusSink, Telemetry
-
-    config = _uap_config(a)
+    config = build(UAPConfig, a)
     sink = None
     if a.metrics_port is not None:
         sink = PrometheusSink()
         port = sink.serve(a.metrics_port, a.metrics_host)
         print(f"serving metrics on http://{a.metrics_host}:{port}/metrics", flush=True)
     try:
-        from .audit import run_tags
-
-        m = run_uap(config, telemetry=Telemetry(sink, **run_tags(config)))
+        record = run_uap(config, telemetry=Telemetry(sink, **run_tags(out=config.out, source=config.source, model=config.model)))
         if sink is not None and a.metrics_linger > 0:
             print(f"run done; serving its final metrics for {a.metrics_linger:g} s more", flush=True)
             time.sleep(a.metrics_linger)
     finally:
         if sink is not None:
             sink.close()
-    print(summary(m))
+    print(record.summary())
     print(f"wrote {config.out}/uap.npy, metrics.json, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
     return 0
-
-
-def summary(m: dict) -> str:
-    """One paragraph a person reads after a run."""
-    src = m["source"]
-    lines = [f"source: {src['location']} ({src['images']} images, {src['skipped']} skipped)"
-             + (f", {m['images_per_second']:.0f} img/s" if m.get("images_per_second") else "")]
-    if m["target"] is None:
-        lines.append(f"fooling rate R_f = {m['fooling_rate']:.3f}   random control R_f = {m['random']['fooling_rate']:.3f}"
-                     f"   (||rho||_2 = {m['uap_norms']['l2']:.3g}, clean accuracy {m['clean_accuracy']:.3f}, {m['test_images']} test images)")
-    else:
-        t = m["target"]
-        lines.append(f"success rate R_s({t}) = {m['success_rate'][t]:.3f}   random control R_s = {m['random']['success_rate'][t]:.3f}"
-                     f"   baseline (clean) = {m['clean_label_composition'][t]:.3f}")
-    return "\n".join(lines)
 
 
 def cmd_shard(a: argparse.Namespace) -> int:
@@ -322,27 +217,18 @@ def cmd_shard(a: argparse.Namespace) -> int:
 
 def cmd_generate(a: argparse.Namespace) -> int:
     _local_ray_on_loopback(a.address)
-    from .config import EngineConfig
     from .engine import run_engine
 
-    config = EngineConfig(
-        model=a.model, medical=a.data, shards=a.shards, out=a.out, p=a.p, zeta=a.zeta, eps=a.eps,
-        max_passes=a.max_passes, delta=a.delta, target=a.target, batch_size=a.batch_size, workers=a.workers,
-        step_norm=a.step_norm, clip=a.clip, seed=a.seed, device=a.device, amp=a.amp,
-        cpus_per_worker=a.cpus_per_worker, cpus_per_reader=a.cpus_per_reader, prefetch=a.prefetch, resources=a.resources,
-        checkpoint_every=a.checkpoint_every, eval_every=a.eval_every, progress_every=a.progress_every, examples=a.examples,
-    )
+    config = build(EngineConfig, a)
     _init_ray(a.address)
-    m = run_engine(config, log=lambda line: print(line, flush=True))
-    print(summary(m), flush=True)
+    record = run_engine(config, log=lambda line: print(line, flush=True))
+    print(record.summary(), flush=True)
     print(f"wrote {config.out}: uap.npy, metrics.json, checkpoint.pt, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
     return 0
 
 
 def _local_ray_on_loopback(address: str | None) -> None:
     """A local Ray started by this process keeps every address on 127.0.0.1 (Ray reads this at import)."""
-    import os
-
     if not address and "RAY_ADDRESS" not in os.environ:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -352,8 +238,6 @@ def _init_ray(address: str | None) -> None:
 
     A bare ``ray.init()`` would join whatever cluster `ray start` last started on this machine instead.
     """
-    import os
-
     import ray
 
     if not ray.is_initialized():
@@ -363,24 +247,21 @@ def _init_ray(address: str | None) -> None:
 def cmd_sweep(a: argparse.Namespace) -> int:
     _local_ray_on_loopback(a.address)
     from .results import read_results, select_best, summary_table
-    from .sweep import SweepConfig, run_sweep
+    from .sweep import outcome, run_sweep
 
-    config = SweepConfig(
-        name=a.name, medical=a.data, models=tuple(a.models), sources=tuple(a.sources), eps=tuple(a.eps), p=tuple(a.p),
-        zeta=tuple(a.zeta), targets=tuple(None if t.lower() == "none" else t for t in a.targets),
-        max_passes=tuple(a.max_passes), results=a.results, out=a.out, search=a.search, num_samples=a.num_samples,
-        workers=a.workers, batch_size=a.batch_size, device=a.device, amp=a.amp, cpus_per_trial=a.cpus_per_trial,
-        cpus_per_worker=a.cpus_per_worker, cpus_per_reader=a.cpus_per_reader, max_concurrent=a.max_concurrent, seed=a.seed,
-    )
+    config = build(SweepConfig, a)
     _init_ray(a.address)
     grid = run_sweep(config)
-    failed = [r for r in grid if r.error is not None]
+    outcomes = [outcome(r) for r in grid]
     table = read_results(config.results, filters={"sweep": config.name})
     print(summary_table(select_best(table) if a.select == "best" else table))
-    print(f"{len(grid)} trial(s), {len(failed)} failed; results in {config.results} (sweep={config.name})")
-    for r in failed:
-        print(f"failed: {r.path}: {' '.join(str(r.error).split())[:300]}")
-    return 1 if failed else 0
+    print(f"{len(grid)} trial(s), {outcomes.count('failed')} failed"
+          + (f", {outcomes.count('stopped')} stopped early" if "stopped" in outcomes else "")
+          + f"; results in {config.results} (sweep={config.name})")
+    for r, o in zip(grid, outcomes):
+        if o == "failed":
+            print(f"failed: {r.path}: {' '.join(str(r.error).split())[:300]}")
+    return 1 if "failed" in outcomes else 0
 
 
 def cmd_results(a: argparse.Namespace) -> int:
@@ -433,19 +314,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.engine:
         _local_ray_on_loopback(None)
         _init_ray(None)
-        from .bench import EngineBenchConfig, run_engine_bench
+        from .bench import run_engine_bench
 
-        figures = run_engine_bench(EngineBenchConfig(
-            data_dir=a.data_dir, arch=a.arch, image_size=a.image_size, channels=a.channels, images=a.images,
-            batch_size=a.batch_size, workers=tuple(int(w) for w in a.workers.split(",")), device=a.device, amp=a.amp))
-        return _print_figures(figures, a.out)
-    from .bench import BenchConfig, run_bench
+        return _print_figures(run_engine_bench(build(EngineBenchConfig, a)), a.out)
+    from .bench import run_bench
 
-    figures = run_bench(BenchConfig(
-        data_dir=a.data_dir, arch=a.arch, image_size=a.image_size, channels=a.channels, images=a.images,
-        batch_size=a.batch_size, device=a.device, amp=a.amp, with_art=not a.skip_art,
-    ))
-    return _print_figures(figures, a.out)
+    return _print_figures(run_bench(build(BenchConfig, a)), a.out)
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
@@ -499,10 +373,12 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
 
 
 def _print_figures(figures: dict, out: Path | None) -> int:
+    from .store import Store
+
     print(json.dumps(figures, indent=2))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(figures, indent=2))
+        store, name = Store.beside(out)
+        store.write_text(name, json.dumps(figures, indent=2))
     return 0
 
 

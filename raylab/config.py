@@ -1,15 +1,20 @@
 """Typed run configuration, validated once at the edge (the CLI or a job) and passed down.
 
-Every check raises :class:`raylab.errors.InputError` with one line that names
-the bad value, before any compute starts.
+Each field that the command line offers is declared once, here, with
+:func:`option` (its default, its help text, and its flag when that differs
+from ``--field-name``); :mod:`raylab.options` derives the argparse options
+from these declarations, so a default lives in one place. Every check raises
+:class:`raylab.errors.InputError` with one line that names the bad value,
+before any compute starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .core.fgsm import STEP_NORMS, StepNorm
 from .core.norms import Norm, parse_norm
@@ -19,79 +24,124 @@ from .errors import InputError
 #: A UAP source: a natural-image folder, the medical training set, or the random control.
 SOURCE_TRAIN = "train"
 SOURCE_RANDOM = "random"
+#: Where the shared real data lives beside this repository (the CLI's defaults).
+DEFAULT_DATA = Path("../shared/data")
+DEFAULT_MEDICAL = DEFAULT_DATA / "pneumoniamnist.npz"
 
 
-def _check(ok: bool, message: str) -> None:
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+           parse: Callable[[str], Any] | None = None, choices: tuple[Any, ...] | None = None,
+           factory: Callable[[], Any] | None = None) -> Any:
+    """A config field that is also a command-line option (see :mod:`raylab.options`).
+
+    ``flag`` overrides the derived ``--field-name``; ``parse`` converts one command-line word (default: from the
+    field's type); ``choices`` restricts the words.
+    """
+    metadata = {"help": help, "flag": flag, "parse": parse, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The declared default of ``cls.name`` (so another config can reuse it rather than repeat it)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def check(ok: bool, message: str) -> None:
+    """The one validation style: ``check(x > 0, f"x must be > 0, got {x}")`` raises a one-line InputError."""
     if not ok:
         raise InputError(message)
 
 
-def _finite(name: str, value: float) -> None:
-    _check(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
+def finite(name: str, value: Any) -> None:
+    check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+          f"{name} must be a finite number, got {value!r}")
+
+
+def norm(p: Any) -> Norm:
+    try:
+        return parse_norm(p)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def _target(text: str) -> str | None:
+    return None if text.strip().lower() in ("", "none") else text
 
 
 @dataclass(frozen=True, kw_only=True)
 class AttackConfig:
     """The UAP parameters every run shares (Section 2.2): norm, budget ζ, step ε, passes, δ, target, batching."""
 
-    p: Norm = 2
-    zeta: float = 0.04
-    eps: float = 0.0005
-    max_passes: int = 1
-    delta: float = 0.0
-    target: str | None = None
-    batch_size: int = 32
-    step_norm: StepNorm = "sign"
-    clip: bool = False
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = False
-    examples: int = 8
+    p: Norm = option(2, "norm of the UAP: 2 or inf", parse=str)
+    zeta: float = option(0.04, "budget as a ratio of the mean Lp norm of the medical training images (0.04 = 4%%)")
+    eps: float = option(0.0005, "FGSM step size epsilon (0.0005 is the paper's chest X-ray value)")
+    max_passes: int = option(1, "i_max: passes over the input images (the paper made 1)", flag="--i-max")
+    delta: float = option(0.0, "stop once the score on the inputs reaches 1-delta (0: the authors' runs)")
+    target: str | None = option(None, "target class name or index for a targeted UAP (default: non-targeted)", parse=_target)
+    batch_size: int = option(32, "images per update (per worker in the engine)")
+    step_norm: StepNorm = option("sign", "FGSM step: sign (the authors') or l2-normalized gradient", choices=STEP_NORMS)
+    clip: bool = option(False, "clip x+rho to the valid pixel range (the authors did not)")
+    seed: int = option(0, "seed of the image order and of the random control")
+    device: str = option("cpu", "cpu or cuda[:N]")
+    amp: bool = option(False, "mixed-precision forward passes (bf16 on CPU, fp16 on CUDA)")
+    examples: int = option(8, "clean/adversarial test images drawn in examples.png")
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "p", parse_norm(self.p))
-        except ValueError as e:
-            raise InputError(str(e)) from None
+        object.__setattr__(self, "p", norm(self.p))
         for name in ("zeta", "eps", "delta"):
-            _finite(name, getattr(self, name))
-        _check(self.zeta > 0, f"zeta must be > 0 (a ratio, e.g. 0.04 for 4%), got {self.zeta}")
-        _check(self.zeta <= 1, f"zeta is a ratio of the mean image norm and must be <= 1, got {self.zeta}")
-        _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
-        _check(0 <= self.delta < 1, f"delta must be in [0, 1), got {self.delta}")
-        _check(self.max_passes >= 1, f"max_passes (i_max) must be >= 1, got {self.max_passes}")
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.step_norm in STEP_NORMS, f"step_norm must be one of {STEP_NORMS}, got {self.step_norm!r}")
-        _check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-        _check(self.examples >= 0, f"examples must be >= 0, got {self.examples}")
+            finite(name, getattr(self, name))
+        check(self.zeta > 0, f"zeta must be > 0 (a ratio, e.g. 0.04 for 4%), got {self.zeta}")
+        check(self.zeta <= 1, f"zeta is a ratio of the mean image norm and must be <= 1, got {self.zeta}")
+        check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        check(0 <= self.delta < 1, f"delta must be in [0, 1), got {self.delta}")
+        check(self.max_passes >= 1, f"max_passes (i_max) must be >= 1, got {self.max_passes}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.step_norm in STEP_NORMS, f"step_norm must be one of {STEP_NORMS}, got {self.step_norm!r}")
+        check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check(self.examples >= 0, f"examples must be >= 0, got {self.examples}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    def attack_only(self) -> "AttackConfig":
+        """Just the UAP parameters (for records), whatever subclass this is."""
+        return AttackConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AttackConfig)})
 
 
 @dataclass(frozen=True, kw_only=True)
 class UAPConfig(AttackConfig):
-    """One UAP run (``raylab uap``): what to attack, with which images, and how."""
+    """One UAP run on one machine (``raylab uap``): what to attack, with which images, and how."""
 
-    model: Path
-    medical: Path
-    source: str
-    out: Path
-    mode: Mode = "batched"
-    chunk_size: int = 1000
-    limit: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    model: Path = option(help="classifier checkpoint from `raylab train`")
+    medical: Path = option(DEFAULT_MEDICAL, "the medical dataset the model classifies (.npz or CSV folder)", flag="--data")
+    source: str = option(help="UAP input images: a folder of natural images, 'train' (the medical training set) or 'random' (the control)")
+    out: Path = option(help="output directory")
+    mode: Mode = option("batched", "faithful: per image, ART's semantics; batched: B images per update", choices=("faithful", "batched"))
+    chunk_size: int = option(1000, "images per chunk; rho is carried from chunk to chunk (the paper streamed 100 x 1,000)")
+    limit: int | None = option(None, "use a seeded random sample of this many source images")
+    balance: bool = option(False, "resample the source so every label the model predicts for it is equally frequent "
+                                  "(the control the paper's Discussion proposes)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.mode in ("faithful", "batched"), f"mode must be 'faithful' or 'batched', got {self.mode!r}")
-        _check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
-        _check(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
-        _check(self.model.is_file(), f"model weights not found: {self.model}")
-        _check(self.medical.exists(), f"medical dataset not found: {self.medical}")
+        object.__setattr__(self, "model", Path(self.model))
+        object.__setattr__(self, "medical", Path(self.medical))
+        object.__setattr__(self, "out", Path(self.out))
+        check(self.mode in ("faithful", "batched"), f"mode must be 'faithful' or 'batched', got {self.mode!r}")
+        check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
+        check(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
+        check(self.model.is_file(), f"model weights not found: {self.model}")
+        check(self.medical.exists(), f"medical dataset not found: {self.medical}")
         if self.source not in (SOURCE_TRAIN, SOURCE_RANDOM):
-            _check(Path(self.source).is_dir(), f"UAP source must be a folder of images, 'train' or 'random', got {self.source!r}")
+            check(Path(self.source).is_dir(), f"UAP source must be a folder of images, 'train' or 'random', got {self.source!r}")
+        check(not (self.balance and self.source == SOURCE_RANDOM), "balance needs source images; the random control has none")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return 1 if self.mode == "faithful" else self.batch_size
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,46 +154,41 @@ class EngineConfig(AttackConfig):
     :mod:`raylab.core.uap` with batch ``workers x batch_size``).
     """
 
-    model: str
-    medical: Path
-    shards: str
-    out: str
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    cpus_per_reader: float = 1.0
-    prefetch: int = 4
-    resources: dict[str, float] = field(default_factory=dict)
-    checkpoint_every: int = 20
-    eval_every: int = 0
-    progress_every: float = 10.0
+    model: str = option(help="classifier checkpoint (path or fsspec URL)")
+    medical: Path = option(DEFAULT_MEDICAL, "the medical dataset the model classifies (.npz or CSV folder)", flag="--data")
+    shards: str = option(help="shard location written by `raylab shard` (path or URL)")
+    out: str = option(help="output location (path or URL); rerun with the same one to resume")
+    workers: int = option(1, "worker actors (one per GPU, or per CPU slot)")
+    cpus_per_worker: float = option(1.0, "CPUs each worker actor asks Ray for")
+    cpus_per_reader: float = option(1.0, "CPUs each reader actor asks Ray for")
+    prefetch: int = option(4, "batches each reader decodes ahead (bounded: flat memory)")
+    resources: dict[str, float] = option(help="custom Ray resources each reader and worker needs, as JSON, "
+                                              "e.g. '{\"uap_pool\": 1}' to keep them on those nodes", factory=dict)
+    checkpoint_every: int = option(20, "rounds between checkpoints")
+    eval_every: int = option(0, "evaluate on the test set every N rounds (0: at the end only)")
+    progress_every: float = option(10.0, "seconds between progress lines")
+    max_batch_attempts: int = option(3, "tries of one batch before the run fails naming it (a batch whose update "
+                                        "kills its worker every time)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
-        _check(self.cpus_per_worker > 0 and self.cpus_per_reader > 0, "cpus_per_worker and cpus_per_reader must be > 0")
-        _check(self.prefetch >= 1, f"prefetch must be >= 1, got {self.prefetch}")
+        object.__setattr__(self, "medical", Path(self.medical))
+        check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
+        check(self.cpus_per_worker > 0 and self.cpus_per_reader > 0, "cpus_per_worker and cpus_per_reader must be > 0")
+        check(self.prefetch >= 1, f"prefetch must be >= 1, got {self.prefetch}")
+        check(isinstance(self.resources, dict), f"resources must be a JSON object of amounts, got {self.resources!r}")
         for name, amount in self.resources.items():
-            _check(isinstance(name, str) and name not in ("CPU", "GPU", "memory"),
-                   f"resources: {name!r} is not a custom resource name (CPU and GPU have their own options)")
-            _finite(f"resources[{name!r}]", amount)
-            _check(amount > 0, f"resources[{name!r}] must be > 0, got {amount}")
-        _check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        _check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+            check(isinstance(name, str) and name not in ("CPU", "GPU", "memory"),
+                  f"resources: {name!r} is not a custom resource name (CPU and GPU have their own options)")
+            finite(f"resources[{name!r}]", amount)
+            check(amount > 0, f"resources[{name!r}] must be > 0, got {amount}")
+        check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        check(self.max_batch_attempts >= 1, f"max_batch_attempts must be >= 1, got {self.max_batch_attempts}")
         if "://" not in self.model:
-            _check(Path(self.model).is_file(), f"model weights not found: {self.model}")
-        _check(self.medical.exists(), f"medical dataset not found: {self.medical}")
+            check(Path(self.model).is_file(), f"model weights not found: {self.model}")
+        check(self.medical.exists(), f"medical dataset not found: {self.medical}")
 
     @property
     def num_gpus_per_worker(self) -> float:
         return 1.0 if self.device.startswith("cuda") else 0.0
-
-
-def resolve_target(target: str | None, class_names: tuple[str, ...]) -> int | None:
-    """A target class given by name or index -> its index; None for a non-targeted UAP."""
-    if target is None:
-        return None
-    if target in class_names:
-        return class_names.index(target)
-    if target.lstrip("-").isdigit() and 0 <= int(target) < len(class_names):
-        return int(target)
-    raise InputError(f"target class {target!r} does not exist; classes are {', '.join(class_names)} (or 0..{len(class_names) - 1})")

@@ -138,10 +138,9 @@ def grafana_dashboard(panels: Sequence[Panel] = PANELS, *, title: str = TITLE, u
 
 def write_dashboards(folder: str | Path) -> Path:
     """Write ``raylab.json`` into ``folder`` (the file committed under ``dashboards/``)."""
-    path = Path(folder) / "raylab.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(grafana_dashboard(), indent=2) + "\n")
-    return path
+    from .store import Store
+
+    return Path(Store.at(folder).write_text("raylab.json", json.dumps(grafana_dashboard(), indent=2) + "\n"))
 
 
 # --------------------------------------------------------------------------- Prometheus
@@ -235,7 +234,9 @@ def render(prometheus_url: str, out: str | Path, *, start: float, end: float | N
         ax.set_xlabel("seconds since start", fontsize=8)
     fig.suptitle(f"{TITLE} (rendered from {prometheus_url}, run={run})", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    from .plots import png_bytes
+    from .store import Store
+
+    store, name = Store.beside(out)
+    store.write_bytes(name, png_bytes(fig, dpi=90))
     return counts

@@ -1,46 +1,107 @@
-"""The evaluation record of a UAP on a medical test set (Section 2.3), from predicted labels.
+"""A UAP evaluated on the medical test set beside the random control (Section 2.2-2.3): one function, one value.
 
-Where the labels come from (one process, or Ray workers) is the caller's
-business; this module only turns them into the paper's numbers.
+:func:`evaluate` is the only place that builds the random control (a random
+vector on the Lp sphere of the same radius, seeded ``seed + 1``) and turns
+predicted labels into the paper's numbers. Where the labels come from is the
+caller's business: ``predict`` runs in this process (``raylab uap``, the
+reproduction) or on the engine's Ray workers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
+import torch
 from torch import Tensor
 
-from .core import confusion_matrix, fooling_rate, label_composition, success_rate
+from .core import Norm, confusion_matrix, fooling_rate, label_composition, random_sphere, success_rate
+
+#: Labels of ``images`` under ``images + rho`` (``rho=None``: the clean labels).
+Predict = Callable[[Tensor, Tensor | None], Tensor]
+#: The random control is drawn with the run's seed plus this, so a ``source=random`` UAP (drawn with the seed
+#: itself) and its control are two different vectors.
+CONTROL_SEED_OFFSET = 1
 
 
 def by_class(values: Tensor, names: tuple[str, ...]) -> dict[str, float]:
     return {name: float(v) for name, v in zip(names, values)}
 
 
-def scores(clean: Tensor, adv: Tensor, class_names: tuple[str, ...]) -> dict[str, Any]:
-    """R_f, R_s for every class, and the row-normalized confusion matrix (clean x adversarial)."""
-    return {
-        "fooling_rate": fooling_rate(clean, adv),
-        "success_rate": {name: success_rate(adv, i) for i, name in enumerate(class_names)},
-        "confusion_matrix": confusion_matrix(clean, adv, num_classes=len(class_names)).tolist(),
-    }
+def random_uap(shape: tuple[int, ...], *, radius: float, p: Norm, seed: int) -> Tensor:
+    """The random "UAP" of the control source: uniform on the Lp sphere of ``radius`` (Section 2.2)."""
+    return random_sphere(shape, radius=radius, p=p, generator=torch.Generator().manual_seed(seed))
 
 
-def report(clean: Tensor, adv: Tensor, adv_random: Tensor, truth: Tensor, class_names: tuple[str, ...],
-           target: int | None) -> dict[str, Any]:
-    """The metrics of a UAP beside the random control at the same radius."""
-    return {
-        "target": None if target is None else class_names[target],
-        "class_names": list(class_names),
-        "test_images": len(clean),
-        "clean_accuracy": float((clean == truth).float().mean()),
-        "clean_label_composition": by_class(label_composition(clean, num_classes=len(class_names)), class_names),
-        **scores(clean, adv, class_names),
-        "random": scores(clean, adv_random, class_names),
-    }
+def random_control(shape: tuple[int, ...], *, radius: float, p: Norm, seed: int) -> Tensor:
+    """The random control every UAP is compared with: :func:`random_uap` with ``seed + 1``."""
+    return random_uap(shape, radius=radius, p=p, seed=seed + CONTROL_SEED_OFFSET)
 
 
-def headline(metrics: dict[str, Any]) -> str:
-    """The number a plot title shows: R_f, or R_s of the target for a targeted UAP."""
-    target = metrics["target"]
-    return f"R_f={metrics['fooling_rate']:.2f}" if target is None else f"R_s({target})={metrics['success_rate'][target]:.2f}"
+@dataclass(frozen=True)
+class Rates:
+    """R_f, R_s of every class and the row-normalized confusion matrix (clean x adversarial) of one perturbation."""
+
+    fooling_rate: float
+    success_rate: dict[str, float]
+    confusion_matrix: list[list[float]]
+
+    @staticmethod
+    def of(clean: Tensor, adv: Tensor, class_names: tuple[str, ...]) -> "Rates":
+        return Rates(fooling_rate(clean, adv), {name: success_rate(adv, i) for i, name in enumerate(class_names)},
+                     confusion_matrix(clean, adv, num_classes=len(class_names)).tolist())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fooling_rate": self.fooling_rate, "success_rate": dict(self.success_rate),
+                "confusion_matrix": self.confusion_matrix}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a UAP does to the medical test set, beside the random control at the same radius."""
+
+    class_names: tuple[str, ...]
+    target: str | None
+    test_images: int
+    clean_accuracy: float
+    clean_label_composition: dict[str, float]
+    uap: Rates
+    random: Rates
+    #: Clean and adversarial labels of the test images (for the examples figure; not serialized).
+    clean: Tensor
+    adversarial: Tensor
+
+    @property
+    def headline(self) -> float:
+        """The number an audit reports: R_f, or R_s of the target for a targeted UAP."""
+        return self.uap.fooling_rate if self.target is None else self.uap.success_rate[self.target]
+
+    @property
+    def random_headline(self) -> float:
+        return self.random.fooling_rate if self.target is None else self.random.success_rate[self.target]
+
+    def headline_text(self) -> str:
+        return f"R_f={self.headline:.2f}" if self.target is None else f"R_s({self.target})={self.headline:.2f}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics.json fields (documented in the README under "One record")."""
+        return {"target": self.target, "class_names": list(self.class_names), "test_images": self.test_images,
+                "clean_accuracy": self.clean_accuracy, "clean_label_composition": dict(self.clean_label_composition),
+                **self.uap.to_dict(), "random": self.random.to_dict()}
+
+
+def evaluate(predict: Predict, rho: Tensor, *, test_images: Tensor, test_labels: Tensor, class_names: tuple[str, ...],
+             target: int | None, radius: float, p: Norm, seed: int, clean: Tensor | None = None) -> Evaluation:
+    """R_f, R_s and confusion matrices of ``rho`` and of the random control on the test set.
+
+    ``clean`` (C(x) of the test images) may be passed in: it does not depend on ρ, so callers that evaluate many
+    UAPs on one model compute it once.
+    """
+    clean = predict(test_images, None) if clean is None else clean
+    control = random_control(tuple(rho.shape), radius=radius, p=p, seed=seed)
+    adv, adv_random = predict(test_images, rho), predict(test_images, control)
+    return Evaluation(
+        class_names=tuple(class_names), target=None if target is None else class_names[target], test_images=len(clean),
+        clean_accuracy=float((clean == test_labels).float().mean()),
+        clean_label_composition=by_class(label_composition(clean, num_classes=len(class_names)), class_names),
+        uap=Rates.of(clean, adv, class_names), random=Rates.of(clean, adv_random, class_names), clean=clean, adversarial=adv)

@@ -14,7 +14,6 @@ that is not a plain state dict is refused, never unpickled.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -175,9 +174,9 @@ def _load_backbone(model: Classifier, state: dict[str, Tensor], name: str) -> No
 
 
 def save_classifier(model: Classifier, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write weights and spec atomically (a crash leaves the old file or none, never half of one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write weights and spec through :class:`~raylab.store.Store` (atomic: a crash leaves the old file or none)."""
+    from .store import Store
+
     spec = asdict(model.spec)
     spec["class_names"] = list(model.spec.class_names)
     payload = {
@@ -186,10 +185,11 @@ def save_classifier(model: Classifier, path: str | Path, *, extra: dict[str, Any
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": {k: v for k, v in (extra or {}).items() if isinstance(v, (str, int, float, bool, type(None)))},
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    store, name = Store.beside(path)
+    store.write_bytes(name, buf.getvalue())
+    return Path(path)
 
 
 def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name: str | None = None) -> Classifier:

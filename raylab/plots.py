@@ -4,7 +4,7 @@ confusion matrix (Figure 5)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import matplotlib
 
@@ -29,20 +29,25 @@ def scaled_uap(rho: Tensor) -> Tensor:
     return (rho - lo) / (hi - lo) if hi > lo else torch.zeros_like(rho)
 
 
-def save_uap_png(rho: Tensor, path: Path, *, title: str = "") -> None:
+def png_bytes(fig: "plt.Figure", *, dpi: int = 120) -> bytes:
+    """A figure as PNG bytes (and closed): callers write them through :class:`raylab.store.Store`."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def uap_png(rho: Tensor, *, title: str = "") -> bytes:
     fig, ax = plt.subplots(figsize=(3.2, 3.4))
     ax.imshow(_hwc(scaled_uap(rho)), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return png_bytes(fig)
 
 
-def save_examples_png(
-    images: Tensor, rho: Tensor, clean_pred: Tensor, adv_pred: Tensor, class_names: tuple[str, ...], path: Path
-) -> None:
+def examples_png(images: Tensor, rho: Tensor, clean_pred: Tensor, adv_pred: Tensor, class_names: tuple[str, ...]) -> bytes:
     """Clean images (top row) and x+ρ (bottom row), each titled with its predicted label (Figure 2)."""
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n + 0.4, 3.6), squeeze=False)
@@ -58,11 +63,10 @@ def save_examples_png(
     axes[0][0].text(-0.15, 0.5, "clean", transform=axes[0][0].transAxes, rotation=90, va="center", ha="right")
     axes[1][0].text(-0.15, 0.5, "+ UAP", transform=axes[1][0].transAxes, rotation=90, va="center", ha="right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return png_bytes(fig)
 
 
-def save_confusion_png(matrix: Tensor, class_names: tuple[str, ...], path: Path, *, title: str = "") -> None:
+def confusion_png(matrix: Tensor, class_names: tuple[str, ...], *, title: str = "") -> bytes:
     """Row-normalized confusion matrix: rows = clean prediction, columns = prediction under the UAP (Figure 5)."""
     m = matrix.detach().cpu().numpy()
     k = len(class_names)
@@ -78,5 +82,4 @@ def save_confusion_png(matrix: Tensor, class_names: tuple[str, ...], path: Path,
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return png_bytes(fig)

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .plots import png_bytes
 from .reproduce import parse_trial
+from .store import Store
 
 LABELS = {"train": "training images (medical)", "natural_a": "natural set A", "natural_b": "natural set B",
           "natural_a_balanced": "natural set A, label-balanced", "random": "random control"}
@@ -39,7 +41,7 @@ def _pct(x: float | None) -> str:
 def _load(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from .results import read_results
 
-    study = json.loads((out / "study.json").read_text())
+    study = json.loads(Store.at(out).read_text("study.json"))
     rows = read_results(out / "results", filters={"sweep": f"reproduce-{study['config']['preset']}"}).to_pylist()
     for r in rows:
         r.update(parse_trial(r["trial_id"]))
@@ -55,7 +57,7 @@ def _one(rows: list[dict[str, Any]], **kw: Any) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def _fig1(rows: list[dict[str, Any]], model: str, path: Path) -> None:
+def _fig1(rows: list[dict[str, Any]], model: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -72,11 +74,10 @@ def _fig1(rows: list[dict[str, Any]], model: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return png_bytes(fig, dpi=100)
 
 
-def _fig3(rows: list[dict[str, Any]], archs: list[str], zeta: float, path: Path) -> None:
+def _fig3(rows: list[dict[str, Any]], archs: list[str], zeta: float) -> bytes:
     import matplotlib.pyplot as plt
 
     sources = ["train", "natural_a", "natural_b", "natural_a_balanced"]
@@ -95,11 +96,10 @@ def _fig3(rows: list[dict[str, Any]], archs: list[str], zeta: float, path: Path)
     ax.set_title(f"Figure 3: R_f by architecture at ζ = {100 * zeta:g} % (dashed: random)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return png_bytes(fig, dpi=100)
 
 
-def _uap_grid(items: list[tuple[str, str]], path: Path, title: str) -> None:
+def _uap_grid(items: list[tuple[str, str]], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     from .plots import scaled_uap
@@ -113,11 +113,10 @@ def _uap_grid(items: list[tuple[str, str]], path: Path, title: str) -> None:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return png_bytes(fig, dpi=100)
 
 
-def _fig5(rows: list[dict[str, Any]], model: str, zeta: float, class_names: list[str], path: Path) -> None:
+def _fig5(rows: list[dict[str, Any]], model: str, zeta: float, class_names: list[str]) -> bytes:
     import matplotlib.pyplot as plt
 
     sources = ["train", "natural_a", "natural_b"]
@@ -139,15 +138,14 @@ def _fig5(rows: list[dict[str, Any]], model: str, zeta: float, class_names: list
         ax.set_title(LABELS[s], fontsize=8)
     fig.suptitle(f"Figure 5: row-normalized confusion matrices, {model}, ζ = {100 * zeta:g} %", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return png_bytes(fig, dpi=100)
 
 
-def _fig2(study: dict[str, Any], row: dict[str, Any], path: Path) -> None:
+def _fig2(study: dict[str, Any], row: dict[str, Any]) -> bytes:
     from .core import predict_labels
     from .data.medical import load_medical
     from .models import load_classifier
-    from .plots import save_examples_png
+    from .plots import examples_png
 
     c = study["config"]
     model = load_classifier(study["models"][row["model"]]["path"])
@@ -158,14 +156,14 @@ def _fig2(study: dict[str, Any], row: dict[str, Any], path: Path) -> None:
     fooled = (correct & (clean != adv)).nonzero().flatten()[:4]
     kept = (correct & (clean == adv)).nonzero().flatten()[: 6 - len(fooled)]
     order = torch.cat([fooled, kept])
-    save_examples_png(m.test_images[order], rho, clean[order], adv[order], tuple(study["class_names"]), path)
+    return examples_png(m.test_images[order], rho, clean[order], adv[order], tuple(study["class_names"]))
 
 
 def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
     """Write ``report.md`` and its PNGs into ``dest`` (default ``<out>/report``); returns the Markdown's path."""
     out = Path(out)
     dest = Path(dest) if dest is not None else out / "report"
-    dest.mkdir(parents=True, exist_ok=True)
+    figures = Store.at(dest)
     study, rows = _load(out)
     c = study["config"]
     archs, pz, sz = list(c["archs"]), c["paper_zeta"], c["scratch_zeta"]
@@ -209,7 +207,7 @@ def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
         vals = {(g["p"], g["eps"]): g["val_fooling_rate"] for g in sel["grid"]}
         lines.append(f"| {key} | " + " | ".join(_pct(vals.get(k)) for k in grid_keys) + " |")
 
-    _fig1(rows, first, dest / "figure1.png")
+    figures.write_bytes("figure1.png", _fig1(rows, first))
     lines += ["", "## Figure 1: R_f against ζ", "", f"Paper (Fig. 1c): {PAPER_FIG1}.", "", "![Figure 1](figure1.png)", "",
               "| ζ (%) | " + " | ".join(LABELS[s] for s in ("train", "natural_a", "natural_b", "random")) + " |",
               "| --- | --- | --- | --- | --- |"]
@@ -217,7 +215,7 @@ def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
         vals = [(_one(rows, model=first, source=s, zeta=z, target=None) or {}).get("fooling_rate") for s in ("train", "natural_a", "natural_b", "random")]
         lines.append(f"| {100 * z:g} | " + " | ".join(_pct(v) for v in vals) + " |")
 
-    _fig3(rows, archs, pz, dest / "figure3.png")
+    figures.write_bytes("figure3.png", _fig3(rows, archs, pz))
     lines += ["", f"## Figure 3: R_f by architecture at ζ = {100 * pz:g} %", "",
               "Paper (Fig. 3c): ≈ 50 % for natural images, independent of the architecture.", "", "![Figure 3](figure3.png)", "",
               "| architecture | " + " | ".join(LABELS[s] for s in ("train", "natural_a", "natural_b", "natural_a_balanced", "random")) + " |",
@@ -230,23 +228,23 @@ def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
 
     ex = _one(rows, model=first, source="natural_a", zeta=pz, target=None)
     if ex is not None:
-        _fig2(study, ex, dest / "figure2.png")
+        figures.write_bytes("figure2.png", _fig2(study, ex))
         lines += [f"## Figure 2: clean and adversarial test images (natural set A UAP, {first}, ζ = {100 * pz:g} %)", "",
                   "Predicted labels above each image; fooled examples first.", "", "![Figure 2](figure2.png)", ""]
 
     items = [(LABELS[s], r["uap_uri"]) for s in ("train", "natural_a", "natural_b")
              if (r := _one(rows, model=first, source=s, zeta=pz, target=None))]
     if items:
-        _uap_grid(items, dest / "figure4.png", f"Figure 4: non-targeted UAPs ({first}, ζ = {100 * pz:g} %), scaled to 0..1")
+        figures.write_bytes("figure4.png", _uap_grid(items, f"Figure 4: non-targeted UAPs ({first}, ζ = {100 * pz:g} %), scaled to 0..1"))
         lines += ["## Figure 4: the non-targeted UAPs, scaled to 0..1", "", "![Figure 4](figure4.png)", ""]
-    _fig5(rows, first, pz, names, dest / "figure5.png")
+    figures.write_bytes("figure5.png", _fig5(rows, first, pz, names))
     lines += ["## Figure 5: confusion matrices", "",
               "Paper (Fig. 5c): natural-image UAPs send most test images to NORMAL; training-image UAPs misclassify almost all.", "",
               "![Figure 5](figure5.png)", ""]
     titems = [(f"{t} / {LABELS[s]}", r["uap_uri"]) for t in c["targets"] for s in ("train", "natural_a", "natural_b")
               if (r := _one(rows, model=first, source=s, zeta=pz, target=t))]
     if titems:
-        _uap_grid(titems, dest / "figure6.png", f"Figure 6: targeted UAPs ({first}, ζ = {100 * pz:g} %), scaled to 0..1")
+        figures.write_bytes("figure6.png", _uap_grid(titems, f"Figure 6: targeted UAPs ({first}, ζ = {100 * pz:g} %), scaled to 0..1"))
         lines += ["## Figure 6: the targeted UAPs, scaled to 0..1", "", "![Figure 6](figure6.png)", ""]
 
     lines += [f"## Table 1: targeted success rates R_s (%) at ζ = {100 * pz:g} %", "",
@@ -295,9 +293,7 @@ def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
             vals = {x["applied_to"]: x["fooling_rate"] for x in study["cross_arch"] if x["made_on"] == a}
             lines.append(f"| {a} | " + " | ".join(_pct(vals.get(b)) for b in archs) + " |")
     lines += ["", "## Findings at this scale", ""] + [f"- {f}" for f in findings(study, rows)]
-    path = dest / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return Path(figures.write_text("report.md", "\n".join(lines) + "\n"))
 
 
 def findings(study: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:

@@ -33,7 +33,7 @@ Ids
     ``created_at`` timestamp[ms, tz=UTC]
         When the row was built.
 
-Config (the UAP run's configuration, ``metrics["config"]`` and ``metrics["source"]``)
+Config (the run's configuration; every row is :meth:`raylab.record.RunRecord.row` of one run's record)
     ``model`` string            path or URL of the audited classifier's weights.
     ``arch`` string             its architecture name (e.g. ``resnet50``, ``small_cnn``).
     ``image_size`` int32        the model's input side in pixels.
@@ -48,7 +48,7 @@ Config (the UAP run's configuration, ``metrics["config"]`` and ``metrics["source
     ``max_passes`` int32        the most passes over the source.
     ``delta`` float64           δ, the stop criterion on the fooling rate (0: run every pass).
     ``target`` string, nullable the target class name of a targeted UAP; null: non-targeted.
-    ``batch_size`` int32        images per attack batch.
+    ``batch_size`` int32        images per update (per worker in the engine; 1 in faithful mode).
     ``workers`` int32           attack workers (1 for a single-process run).
     ``step_norm`` string        how a step is normalised (e.g. ``sign``).
     ``clip`` bool               whether adversarial images were clipped to the pixel range.
@@ -64,15 +64,16 @@ Metrics (on the medical test set)
     ``clean_accuracy`` float64                accuracy without perturbation.
     ``test_images`` int64                     number of test images evaluated.
     ``accepted`` int64                        attack steps accepted while building the UAP.
-    ``images_processed`` int64                source images the attack looked at (all passes).
-    ``images_skipped`` int64                  source images that could not be read.
+    ``images_processed`` int64                image visits of the attack over every pass (1,000 images x 2 passes = 2,000).
+    ``images_skipped`` int64                  distinct source images that could not be decoded (each once).
     ``confusion_matrix`` list<list<float64>>  row-normalised confusion matrix, rows = clean
                                               label, columns = label under the UAP, in the
                                               order of ``class_names``.
     ``class_names`` list<string>              the classifier's class names.
 
 Timing and artifacts
-    ``wall_seconds`` float64                  seconds spent building the UAP.
+    ``wall_seconds`` float64                  seconds spent building the UAP (loading and evaluation
+                                              excluded), the same in every writer.
     ``images_per_second`` float64, nullable   source images per second; null when none were processed.
     ``uap_uri`` string                        where the UAP (``uap.npy``) was written.
     ``uap_l2`` float64                        ||ρ||_2 of the UAP.
@@ -89,7 +90,6 @@ import json
 import math
 import re
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -107,7 +107,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "SCHEMA",
     "SUMMARY_COLUMNS",
-    "row_from_metrics",
     "write_rows",
     "read_results",
     "summary_table",
@@ -182,20 +181,7 @@ _ID = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9_.:@+-]{0,199}")
 _INT_RANGE = {32: (-(2**31), 2**31 - 1), 64: (-(2**63), 2**63 - 1)}
 
 
-# -- building rows ------------------------------------------------------------------------------------------------
-
-def _installed(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return ""
-
-
-def _default_versions() -> dict[str, str]:
-    from . import __version__
-
-    return {"raylab": __version__, "torch": _installed("torch"), "ray": _installed("ray")}
-
+# -- rows ---------------------------------------------------------------------------------------------------------
 
 def _norm_p(p: object) -> str:
     key = str(p).strip().lower().removeprefix("l")
@@ -204,107 +190,6 @@ def _norm_p(p: object) -> str:
     if key in ("inf", "infinity") or (isinstance(p, float) and math.isinf(p)):
         return "inf"
     raise InputError(f"p must be 2 or inf, got {p!r}")
-
-
-_MISSING = object()
-
-
-def _get(metrics: dict[str, Any], dotted: str, default: Any = _MISSING) -> Any:
-    node: Any = metrics
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is not _MISSING:
-                return default
-            raise InputError(f"metrics: missing {dotted!r}")
-        node = node[part]
-    return node
-
-
-def row_from_metrics(
-    metrics: dict[str, Any],
-    *,
-    sweep: str,
-    trial_id: str,
-    run_id: str,
-    uap_uri: str,
-    arch: str,
-    image_size: int,
-    versions: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """One results row (a dict with exactly the :data:`SCHEMA` columns) from a run's ``metrics.json`` dict.
-
-    ``versions`` overrides the installed versions, by package (``{"torch": "2.3.0"}``;
-    ``"torch_version"`` works too). A missing metrics key raises :class:`InputError`
-    naming it, e.g. ``metrics: missing 'config.zeta'``. The row is validated.
-    """
-    if not isinstance(metrics, dict):
-        raise InputError(f"metrics must be a dict, got {type(metrics).__name__}")
-    vers = _default_versions()
-    for k, v in (versions or {}).items():
-        key = k.removesuffix("_version")
-        if key not in vers:
-            raise InputError(f"versions: unknown package {k!r} (expected raylab, torch or ray)")
-        vers[key] = v
-    target = _get(metrics, "target", None)  # the class name (config.target may be an index)
-    source = _get(metrics, "source")
-    source_location = source.get("location") if isinstance(source, dict) else None
-    if source_location is None:
-        source_location = _get(metrics, "config.source", None) or _get(metrics, "config.shards")
-
-    def target_rate(path: str) -> float | None:
-        if target is None:
-            return None
-        rates = _get(metrics, path)
-        if not isinstance(rates, dict) or target not in rates:
-            raise InputError(f"metrics: {path!r} has no value for target class {target!r}")
-        return rates[target]
-
-    row = {
-        "schema_version": SCHEMA_VERSION,
-        "sweep": sweep,
-        "trial_id": trial_id,
-        "run_id": run_id,
-        "created_at": datetime.now(timezone.utc),
-        "model": str(_get(metrics, "config.model")),
-        "arch": arch,
-        "image_size": image_size,
-        "medical": str(_get(metrics, "config.medical")),
-        "source_kind": _get(metrics, "source.kind"),
-        "source": str(source_location),
-        "p": _norm_p(_get(metrics, "config.p")),
-        "zeta": _get(metrics, "config.zeta"),
-        "eps": _get(metrics, "config.eps"),
-        "max_passes": _get(metrics, "config.max_passes"),
-        "delta": _get(metrics, "config.delta"),
-        "target": target,
-        "batch_size": _get(metrics, "config.batch_size"),
-        "workers": _get(metrics, "config.workers", 1),
-        "step_norm": _get(metrics, "config.step_norm"),
-        "clip": _get(metrics, "config.clip"),
-        "seed": _get(metrics, "config.seed"),
-        "device": _get(metrics, "config.device"),
-        "amp": _get(metrics, "config.amp"),
-        "fooling_rate": _get(metrics, "fooling_rate"),
-        "success_rate": target_rate("success_rate"),
-        "random_fooling_rate": _get(metrics, "random.fooling_rate"),
-        "random_success_rate": target_rate("random.success_rate"),
-        "clean_accuracy": _get(metrics, "clean_accuracy"),
-        "test_images": _get(metrics, "test_images"),
-        "accepted": _get(metrics, "stats.accepted"),
-        "images_processed": _get(metrics, "stats.images"),
-        "images_skipped": _get(metrics, "source.skipped"),
-        "confusion_matrix": _get(metrics, "confusion_matrix"),
-        "class_names": _get(metrics, "class_names"),
-        "wall_seconds": _get(metrics, "seconds"),
-        "images_per_second": _get(metrics, "images_per_second", None),
-        "uap_uri": uap_uri,
-        "uap_l2": _get(metrics, "uap_norms.l2"),
-        "uap_linf": _get(metrics, "uap_norms.linf"),
-        "raylab_version": vers["raylab"],
-        "torch_version": vers["torch"],
-        "ray_version": vers["ray"],
-    }
-    return _validate_row(row)
 
 
 # -- validation ---------------------------------------------------------------------------------------------------
@@ -594,11 +479,12 @@ def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
     return "\n".join(out)
 
 
-BEST_GROUP = ("sweep", "arch", "source_kind", "source", "target", "zeta")
+#: Rows compete for "best" only within one sweep, medical set, model, source, target, ζ and i_max.
+BEST_GROUP = ("sweep", "medical", "model", "arch", "source_kind", "source", "target", "zeta", "max_passes")
 
 
 def select_best(table: pa.Table) -> pa.Table:
-    """The paper's selection: per (sweep, arch, source_kind, source, target, zeta), the row with the best score.
+    """The paper's selection: per :data:`BEST_GROUP` (ε and p compete, the model never), the row with the best score.
 
     The score is ``fooling_rate`` for a non-targeted row and ``success_rate`` when
     ``target`` is set (a null score ranks last). Ties go to the smaller ``eps``, then

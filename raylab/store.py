@@ -141,3 +141,26 @@ class Store:
 
     def write_text(self, name: str, text: str) -> str:
         return self.write_bytes(name, text.encode())
+
+
+def guard_resume(store: Store, name: str, identity: dict[str, object], *, what: str, hint: str) -> None:
+    """Record what a resumable run is (``identity``) at its first start, and refuse a later start that differs.
+
+    A long run (a sweep, the reproduction) resumes from what its output location holds; resuming it with other
+    settings would mix two runs' results under one name. The refusal is one line naming the first fields that
+    differ, e.g. ``sweep 'grid' was started with eps=[0.01, 0.02], now eps=[0.03]; ...``.
+    """
+    import json
+
+    current = json.loads(json.dumps(identity, default=str))
+    if store.exists(name):
+        try:
+            before = json.loads(store.read_text(name))
+        except ValueError:
+            raise InputError(f"{store.path(name)}: not readable JSON; remove it to start over") from None
+        changed = [k for k in sorted(set(before) | set(current)) if before.get(k) != current.get(k)]
+        if changed:
+            diffs = ", ".join(f"{k}={before.get(k)!r} then, {current.get(k)!r} now" for k in changed[:3])
+            raise InputError(f"{what} was started with other settings ({diffs}{' ...' if len(changed) > 3 else ''}); {hint}")
+        return
+    store.write_text(name, json.dumps(current, indent=2, sort_keys=True) + "\n")

@@ -1,30 +1,38 @@
 """``raylab sweep``: Ray Tune grids over ε, p, ζ, UAP source, target, model and i_max.
 
 The paper picked ε and p per dataset by grid search and swept ζ (2-16 %) for
-every image source and architecture (Section 2.2). One trial is one UAP: the
-engine (:mod:`raylab.engine`) for a shard source, the single-machine audit
-for the medical training set or the random control. Each trial writes its row
-into the results dataset (:mod:`raylab.results`) and reports R_f / R_s, the
-random control, images/s and wall time to Tune. Trials declare their
-resources (the trial, its workers and readers) as a placement group, so Tune
-and the autoscaler can place them. An interrupted sweep resumes with Tune's
-restore; finished trials are not redone and rewritten rows replace their own
-file, so no row is duplicated.
+every image source and architecture (Section 2.2). One trial is one UAP, a
+plain function (:func:`uap_trial`): the engine (:mod:`raylab.engine`) for a
+shard source, the single-machine audit for the medical training set or the
+random control. The sweep's fixed settings reach the trials through
+``tune.with_parameters``; only the axes are Tune's search space. Each trial
+declares its own resources (a placement group: the trial, plus a bundle per
+engine worker and per reader for a shard source only), reports the running
+rate over its natural-image stream every few rounds and its test-set rate at
+the end (Tune's ``metric="score"``, ``mode="max"``), and writes its row into
+the results dataset (:mod:`raylab.results`). ``early_stop`` stops trials whose
+running rate trails the others' of the same ζ, source, target, model and i_max
+(:class:`GroupedASHA`). An interrupted sweep resumes with Tune's restore;
+finished trials are not redone, rewritten rows replace their own file, and a
+rerun with other settings under the same name is refused.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import SOURCE_RANDOM, SOURCE_TRAIN, _check, _finite
-from .core.norms import parse_norm
-from .errors import InputError
+from .config import DEFAULT_MEDICAL, SOURCE_RANDOM, SOURCE_TRAIN, AttackConfig, EngineConfig, check, default_of, finite, norm, option
+from .record import ResultsKey, RunRecord
 
 SEARCHES = ("grid", "random")
+#: Tune's objective: the running rate on the stream while a trial runs, R_f (R_s) on the test set at its end.
+METRIC, MODE = "score", "max"
+#: The axes early stopping compares trials within: ε and p compete, the rest never.
+GROUP_AXES = ("model", "source", "zeta", "target", "max_passes")
+#: The fixed settings a resumed sweep may change (they decide where trials run, not what they compute).
+RESUMABLE_CHANGES = frozenset({"max_concurrent", "cpus_per_trial", "cpus_per_worker", "cpus_per_reader"})
 
 
 def _absolute(location: str) -> str:
@@ -32,62 +40,72 @@ def _absolute(location: str) -> str:
     return location if "://" in location or location in (SOURCE_TRAIN, SOURCE_RANDOM) else str(Path(location).resolve())
 
 
-@dataclass(frozen=True)
-class SweepConfig:
-    """A grid (or random search) of UAP runs and where their results go."""
+def _target(text: str) -> str | None:
+    return None if text.strip().lower() in ("", "none") else text
 
-    name: str
-    medical: str
-    models: tuple[str, ...]
-    sources: tuple[str, ...]
-    eps: tuple[float, ...] = (0.0005,)
-    p: tuple[str, ...] = ("2",)
-    zeta: tuple[float, ...] = (0.04,)
-    targets: tuple[str | None, ...] = (None,)
-    max_passes: tuple[int, ...] = (1,)
-    results: str = "runs/results"
-    out: str = "runs/sweeps"
-    search: str = "grid"
-    num_samples: int = 1
-    workers: int = 1
-    batch_size: int = 32
-    device: str = "cpu"
-    amp: bool = False
-    cpus_per_trial: float = 0.25
-    cpus_per_worker: float = 1.0
-    cpus_per_reader: float = 1.0
-    max_concurrent: int = 0
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """A grid (or random search) of UAP runs, its fixed settings, and where the results go."""
+
+    name: str = option(help="sweep name (a partition of the results; rerun the same name to resume)")
+    medical: str = option(str(DEFAULT_MEDICAL), "the medical dataset the models classify", flag="--data")
+    models: tuple[str, ...] = option(help="classifier checkpoint(s)", flag="--model")
+    sources: tuple[str, ...] = option(help="shard location(s), 'train' and/or 'random'", flag="--source")
+    eps: tuple[float, ...] = option((default_of(AttackConfig, "eps"),), "FGSM step sizes epsilon")
+    p: tuple[str, ...] = option(("2",), "norms: 2 and/or inf")
+    zeta: tuple[float, ...] = option((default_of(AttackConfig, "zeta"),), "budgets zeta (ratios of the mean image norm)")
+    targets: tuple[str | None, ...] = option((None,), "target class names/indices; 'none' = non-targeted",
+                                             flag="--target", parse=_target)
+    max_passes: tuple[int, ...] = option((default_of(AttackConfig, "max_passes"),), "passes i_max", flag="--i-max")
+    results: str = option("runs/results", "Parquet results location (path or fsspec URL)")
+    out: str = option("runs/sweeps", "UAP artifacts and Tune's state (path or URL)")
+    search: str = option("grid", "grid: every combination; random: num_samples draws", choices=SEARCHES)
+    num_samples: int = option(1, "random search: trials to sample")
+    workers: int = option(default_of(EngineConfig, "workers"), "engine workers per trial")
+    batch_size: int = option(default_of(AttackConfig, "batch_size"), "images per update (per worker)")
+    device: str = option(default_of(AttackConfig, "device"), "cpu or cuda")
+    amp: bool = option(False, "mixed-precision forward passes")
+    cpus_per_trial: float = option(0.25, "CPUs of the trial's own process (its driver)")
+    cpus_per_worker: float = option(default_of(EngineConfig, "cpus_per_worker"), "CPUs each engine worker asks for")
+    cpus_per_reader: float = option(default_of(EngineConfig, "cpus_per_reader"), "CPUs each engine reader asks for")
+    max_concurrent: int = option(0, "trials at once (0: as many as fit)")
+    seed: int = option(default_of(AttackConfig, "seed"), "seed of every trial")
+    report_every: int = option(5, "engine rounds between a trial's reports to Tune (its running stream rate)")
+    early_stop: bool = option(False, "stop trials whose running rate trails the others' of the same zeta, source, "
+                                     "target, model and i_max (ASHA)")
+    early_stop_grace: int = option(256, "natural images every trial sees before early stopping may stop it")
+    early_stop_reduction: float = option(2.0, "ASHA's reduction factor: at each rung all but the top 1/factor stop")
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), f"sweep name must be a plain name, got {self.name!r}")
+        check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+              f"sweep name must be a plain name, got {self.name!r}")
         for axis in ("models", "sources", "eps", "p", "zeta", "targets", "max_passes"):
-            _check(len(getattr(self, axis)) > 0, f"{axis}: give at least one value")
+            check(len(getattr(self, axis)) > 0, f"{axis}: give at least one value")
         for e in self.eps:
-            _finite("eps", e)
-            _check(e > 0, f"eps must be > 0, got {e}")
+            finite("eps", e)
+            check(e > 0, f"eps must be > 0, got {e}")
         for z in self.zeta:
-            _finite("zeta", z)
-            _check(0 < z <= 1, f"zeta must be in (0, 1] (a ratio, e.g. 0.04 for 4%), got {z}")
+            finite("zeta", z)
+            check(0 < z <= 1, f"zeta must be in (0, 1] (a ratio, e.g. 0.04 for 4%), got {z}")
         for p in self.p:
-            try:
-                parse_norm(p)
-            except ValueError as e:
-                raise InputError(str(e)) from None
+            norm(p)
         for m in self.max_passes:
-            _check(m >= 1, f"max_passes (i_max) must be >= 1, got {m}")
-        _check(self.search in SEARCHES, f"search must be one of {SEARCHES}, got {self.search!r}")
-        _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
-        _check(self.workers >= 1 and self.batch_size >= 1, "workers and batch_size must be >= 1")
-        _check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda', got {self.device!r}")
+            check(m >= 1, f"max_passes (i_max) must be >= 1, got {m}")
+        check(self.search in SEARCHES, f"search must be one of {SEARCHES}, got {self.search!r}")
+        check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        check(self.workers >= 1 and self.batch_size >= 1, "workers and batch_size must be >= 1")
+        check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        check(self.report_every >= 1, f"report_every must be >= 1, got {self.report_every}")
+        check(self.early_stop_grace >= 1, f"early_stop_grace must be >= 1, got {self.early_stop_grace}")
+        check(self.early_stop_reduction > 1, f"early_stop_reduction must be > 1, got {self.early_stop_reduction}")
         for m in self.models:
-            _check("://" in m or Path(m).is_file(), f"model weights not found: {m}")
-        _check(Path(self.medical).exists(), f"medical dataset not found: {self.medical}")
+            check("://" in m or Path(m).is_file(), f"model weights not found: {m}")
+        check(Path(self.medical).exists(), f"medical dataset not found: {self.medical}")
         for s in self.sources:
             if s not in (SOURCE_TRAIN, SOURCE_RANDOM) and "://" not in s:
-                _check((Path(s) / "manifest.json").is_file(),
-                       f"UAP source {s!r}: not 'train', 'random' or a shard location with a manifest.json (raylab shard)")
+                check((Path(s) / "manifest.json").is_file(),
+                      f"UAP source {s!r}: not 'train', 'random' or a shard location with a manifest.json (raylab shard)")
         object.__setattr__(self, "models", tuple(_absolute(m) for m in self.models))
         object.__setattr__(self, "sources", tuple(_absolute(s) for s in self.sources))
         object.__setattr__(self, "medical", _absolute(self.medical))
@@ -99,90 +117,154 @@ class SweepConfig:
         """Where Tune keeps the experiment state that ``restore`` resumes from."""
         return f"{self.out}/tune"
 
-    def bundles(self, source: str | None = None) -> list[dict[str, float]]:
-        """The trial's placement group: the trial itself, then one bundle per worker and per reader."""
-        gpu = 1.0 if self.device.startswith("cuda") else 0.0
-        return ([{"CPU": self.cpus_per_trial}]
-                + [{"CPU": self.cpus_per_worker, **({"GPU": gpu} if gpu else {})}] * self.workers
-                + [{"CPU": self.cpus_per_reader}] * self.workers)
+    def bundles(self, source: str) -> list[dict[str, float]]:
+        """A trial's placement group: the trial itself, then (for a shard source) one bundle per worker and reader."""
+        trial = [{"CPU": self.cpus_per_trial}]
+        if source in (SOURCE_TRAIN, SOURCE_RANDOM):
+            return trial  # the single-machine audit runs inside the trial
+        gpu = {"GPU": 1.0} if self.device.startswith("cuda") else {}
+        return trial + [{"CPU": self.cpus_per_worker, **gpu}] * self.workers + [{"CPU": self.cpus_per_reader}] * self.workers
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed sweep must share with the sweep it resumes."""
+        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
 
 
-def _trial_result(metrics: dict[str, Any]) -> dict[str, Any]:
-    target = metrics.get("target")
-    return {
-        "fooling_rate": metrics["fooling_rate"],
-        "success_rate": metrics["success_rate"][target] if target else None,
-        "random_fooling_rate": metrics["random"]["fooling_rate"],
-        "random_success_rate": metrics["random"]["success_rate"][target] if target else None,
-        "images_per_second": metrics.get("images_per_second"),
-        "wall_seconds": metrics.get("wall_seconds"),
-    }
+def final_report(record: RunRecord) -> dict[str, Any]:
+    """A trial's last report to Tune: its test-set score (R_f, or R_s of the target), the controls, its speed."""
+    e = record.evaluation
+    return {METRIC: e.headline, "fooling_rate": e.uap.fooling_rate, "random_fooling_rate": e.random.fooling_rate,
+            "success_rate": e.headline if e.target else None, "random_success_rate": e.random_headline if e.target else None,
+            "images": record.build.images, "images_per_second": record.build.images_per_second,
+            "wall_seconds": record.build.seconds}
 
 
-def uap_trial(config: dict[str, Any]) -> None:
+class StreamReporter:
+    """The engine's ``on_round`` hook in a trial: every ``every`` rounds, the running rate over the stream since the
+    last report (the share of natural images already fooled, or at the target, when visited) goes to Tune."""
+
+    def __init__(self, every: int, report: Callable[[dict[str, Any]], None]) -> None:
+        self.every, self.report = every, report
+        self.last = {"images": 0, "active": 0}
+
+    def __call__(self, r: Any) -> None:  # r: raylab.engine.RoundReport
+        if r.round % self.every:
+            return
+        images, active = r.totals["images"] - self.last["images"], r.totals["active"] - self.last["active"]
+        self.last = {"images": r.totals["images"], "active": r.totals["active"]}
+        window = 1 - active / images if images else 0.0
+        self.report({METRIC: window, "stream_rate": 1 - r.totals["active"] / max(1, r.totals["images"]),
+                     "stream_images": r.totals["images"], "images": r.totals["images"], "round": r.round})
+
+
+def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
     """One Tune trial: one UAP with the config's ε, p, ζ, source, target, model and i_max; one results row."""
     from ray import tune
 
     from .audit import run_uap
-    from .config import EngineConfig, UAPConfig
+    from .config import UAPConfig
     from .engine import run_engine
-    from .models import checkpoint_spec
-    from .results import row_from_metrics, write_rows
+    from .telemetry import Telemetry, ray_sink, run_tags
 
-    s = SweepConfig(**config["sweep"])
+    s = sweep
     trial_id = tune.get_context().get_trial_id()
     out = f"{s.out}/{s.name}/{trial_id}"
-    started = time.perf_counter()
-    common = dict(model=config["model"], p=config["p"], zeta=config["zeta"], eps=config["eps"],
-                  max_passes=config["max_passes"], target=config["target"], batch_size=s.batch_size, seed=s.seed,
-                  device=s.device, amp=s.amp, examples=4)
+    attack = dict(p=config["p"], zeta=config["zeta"], eps=config["eps"], max_passes=config["max_passes"],
+                  target=config["target"], batch_size=s.batch_size, seed=s.seed, device=s.device, amp=s.amp, examples=4)
+    results = ResultsKey(s.results, s.name, trial_id)
     source = config["source"]
     if source in (SOURCE_TRAIN, SOURCE_RANDOM):
-        from .audit import run_tags
-        from .telemetry import Telemetry, ray_sink
-
-        Path(out).mkdir(parents=True, exist_ok=True)
-        uap_config = UAPConfig(medical=Path(s.medical), source=source, out=Path(out), **{**common, "model": Path(config["model"])})
-        metrics = run_uap(uap_config, progress=False, telemetry=Telemetry(ray_sink(), **run_tags(uap_config)))
+        uap = UAPConfig(model=Path(config["model"]), medical=Path(s.medical), source=source, out=Path(out), **attack)
+        record = run_uap(uap, progress=False, results=results,
+                         telemetry=Telemetry(ray_sink(), **run_tags(out=out, source=source, model=config["model"])))
     else:
-        metrics = run_engine(EngineConfig(medical=Path(s.medical), shards=source, out=out, workers=s.workers,
-                                          cpus_per_worker=s.cpus_per_worker, cpus_per_reader=s.cpus_per_reader,
-                                          progress_every=60.0, **common), log=lambda line: print(line, flush=True))
-    metrics["wall_seconds"] = time.perf_counter() - started
-    spec = checkpoint_spec(config["model"])
-    row = row_from_metrics(metrics, sweep=s.name, trial_id=trial_id, run_id=uuid.uuid4().hex[:12], uap_uri=f"{out}/uap.npy",
-                           arch=spec.arch if spec else "", image_size=spec.image_size if spec and spec.image_size else 0)
-    row["wall_seconds"] = metrics["wall_seconds"]
-    write_rows(s.results, [row])
-    tune.report(_trial_result(metrics))
+        engine = EngineConfig(model=config["model"], medical=Path(s.medical), shards=source, out=out, workers=s.workers,
+                              cpus_per_worker=s.cpus_per_worker, cpus_per_reader=s.cpus_per_reader, progress_every=60.0,
+                              **attack)
+        record = run_engine(engine, on_round=StreamReporter(s.report_every, tune.report), results=results,
+                            log=lambda line: print(line, flush=True))
+    tune.report(final_report(record))
 
 
 def param_space(s: SweepConfig) -> dict[str, Any]:
+    """Tune's search space: the axes only (the fixed settings go in through ``tune.with_parameters``)."""
     from ray import tune
 
     axes = {"model": list(s.models), "source": list(s.sources), "eps": list(s.eps), "p": list(s.p), "zeta": list(s.zeta),
             "target": list(s.targets), "max_passes": list(s.max_passes)}
     pick = tune.grid_search if s.search == "grid" else tune.choice
-    return {"sweep": asdict(s), **{k: pick(v) for k, v in axes.items()}}
+    return {k: pick(v) for k, v in axes.items()}
+
+
+def grouped_asha(s: SweepConfig) -> Any:
+    """ASHA (asynchronous successive halving), one bracket per group of :data:`GROUP_AXES`.
+
+    Plain ASHA would compare every trial with every other, and stop the trials of a small ζ only because a larger
+    budget fools more images; the paper picks ε and p per ζ (and per source, target and model), so do the rungs.
+    Time is the natural images a trial has processed (``stream_images``); trials without a stream (the training
+    images, the random control) are never stopped.
+    """
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    class GroupedASHA(FIFOScheduler):
+        def __init__(self) -> None:
+            super().__init__()
+            self._metric: str | None = METRIC
+            self._mode: str | None = MODE
+            self.groups: dict[tuple[str, ...], AsyncHyperBandScheduler] = {}
+            self.of: dict[str, AsyncHyperBandScheduler] = {}
+
+        def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+            self._metric, self._mode = metric or self._metric, mode or self._mode
+            return True
+
+        def _scheduler(self, trial: Any) -> AsyncHyperBandScheduler:
+            key = tuple(str(trial.config.get(k)) for k in GROUP_AXES)
+            if key not in self.groups:
+                self.groups[key] = AsyncHyperBandScheduler(
+                    time_attr="stream_images", metric=self._metric, mode=self._mode, max_t=2**40,
+                    grace_period=s.early_stop_grace, reduction_factor=s.early_stop_reduction)
+            return self.groups[key]
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            self.of[trial.trial_id] = self._scheduler(trial)
+            self.of[trial.trial_id].on_trial_add(tune_controller, trial)
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            return self.of[trial.trial_id].on_trial_result(tune_controller, trial, result)
+
+        def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+            sched = self.of.pop(trial.trial_id, None)
+            if sched is not None and "stream_images" in result:
+                sched.on_trial_complete(tune_controller, trial, result)
+
+        def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+            self.of.pop(trial.trial_id, None)
+
+        def debug_string(self) -> str:
+            stopped = sum(g._num_stopped for g in self.groups.values())
+            return f"GroupedASHA: {len(self.groups)} group(s), {stopped} trial(s) stopped early"
+
+    return GroupedASHA()
 
 
 def _outcomes(sweep: str) -> Any:
-    """A Tune callback (in the sweep's driver) counting finished and failed trials as ``raylab_trials``.
+    """A Tune callback (in the sweep's driver) counting finished, stopped and failed trials as ``raylab_trials``.
 
     Tune pickles it with the experiment (cloudpickle), so a restored sweep keeps counting.
     """
     from ray import tune
 
-    from .telemetry import Telemetry, ray_sink
+    from .telemetry import Telemetry, ray_sink, run_tags
 
     class TrialOutcomes(tune.Callback):
         def _done(self, trial: Any, status: str) -> None:
             c = trial.config
-            Telemetry(ray_sink(), run=trial.trial_id, source=Path(str(c.get("source", ""))).name,
-                      model=Path(str(c.get("model", ""))).name).trial_done(sweep=sweep, status=status)  # type: ignore[arg-type]
+            Telemetry(ray_sink(), **run_tags(out=trial.trial_id, source=c.get("source", ""), model=c.get("model", ""))
+                      ).trial_done(sweep=sweep, status=status)  # type: ignore[arg-type]
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._done(trial, "finished")
+            self._done(trial, "finished" if "fooling_rate" in (trial.last_result or {}) else "stopped")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._done(trial, "failed")
@@ -195,9 +277,14 @@ def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
     import ray
     from ray import tune
 
+    from .store import Store, guard_resume
+
     if not ray.is_initialized():
         ray.init()
-    trainable = tune.with_resources(uap_trial, tune.PlacementGroupFactory(s.bundles()))
+    guard_resume(Store.at(s.storage).child(s.name), "raylab-sweep.json", s.identity(), what=f"sweep {s.name!r}",
+                 hint="use a new --name, or the settings it was started with")
+    trainable = tune.with_resources(tune.with_parameters(uap_trial, sweep=s),
+                                    resources=lambda config: tune.PlacementGroupFactory(s.bundles(config["source"])))
     path = f"{s.storage}/{s.name}"
     if tune.Tuner.can_restore(path):
         log(f"resuming sweep {s.name} from {path}")
@@ -206,9 +293,18 @@ def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(s),
-            tune_config=tune.TuneConfig(num_samples=s.num_samples if s.search == "random" else 1,
-                                        max_concurrent_trials=s.max_concurrent or None),
+            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=s.num_samples if s.search == "random" else 1,
+                                        max_concurrent_trials=s.max_concurrent or None,
+                                        scheduler=grouped_asha(s) if s.early_stop else None),
             run_config=tune.RunConfig(name=s.name, storage_path=s.storage, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=1), callbacks=[_outcomes(s.name)]),
         )
     return tuner.fit()
+
+
+def outcome(result: Any) -> str:
+    """``finished``, ``stopped`` (early) or ``failed``, of one of Tune's trial results."""
+    if result.error is not None:
+        return "failed"
+    return "finished" if "fooling_rate" in (result.metrics or {}) else "stopped"
+

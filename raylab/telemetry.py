@@ -169,6 +169,17 @@ def ray_sink() -> Sink:
     return RaySink() if ray.is_initialized() else NullSink()
 
 
+def _basename(location: str | object) -> str:
+    text = str(location).rstrip("/")
+    return text.rsplit("/", 1)[-1] or text
+
+
+def run_tags(*, out: object, source: object, model: object) -> dict[str, str]:
+    """The tags every metric of a run carries: the output folder's name (a sweep's trial id), the source's and the
+    model's file names."""
+    return {"run": _basename(out), "source": _basename(source), "model": _basename(model)}
+
+
 class Telemetry:
     """What raylab records, in the paper's words; tags of the run are fixed at construction."""
 
@@ -214,5 +225,5 @@ class Telemetry:
     def step_time(self, *, worker: int | str, seconds: float) -> None:
         self._record("raylab_step_seconds", seconds, worker=worker)
 
-    def trial_done(self, *, sweep: str, status: Literal["finished", "failed"]) -> None:
+    def trial_done(self, *, sweep: str, status: Literal["finished", "stopped", "failed"]) -> None:
         self._record("raylab_trials", 1, sweep=sweep, status=status)

@@ -24,38 +24,44 @@ from torch import Tensor
 from .core.metrics import predict_labels
 from .core.pixels import to_model_space
 from .data.medical import MedicalSet
+from .config import check, option
 from .errors import InputError
 from .models import Classifier, ModelSpec, build_model
 
 OnEpoch = Callable[[dict[str, Any]], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """SGD with momentum and a cosine schedule; class-balanced sampling and augmentation by default."""
+    """Fine-tuning (``raylab train``): SGD with momentum and a one-cycle schedule; class-balanced sampling and
+    augmentation by default (Section 2.1)."""
 
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.05
+    epochs: int = option(3, "training epochs")
+    batch_size: int = option(64, "images per SGD step")
+    lr: float = option(0.05, "peak learning rate of the one-cycle schedule")
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    balanced: bool = True
+    balanced: bool = option(True, "class-balanced sampling (--no-balance: plain)", flag="--balance")
     augment: bool = True
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = option(0, "seed of the initialization, the sampling and the augmentation")
+    device: str = option("cpu", "cpu or cuda[:N]")
 
-    def validate(self) -> "TrainConfig":
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-        return self
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
+        check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(TrainConfig):
+    """Exemplar pretraining on natural photos (``raylab pretrain``): longer, larger batches, no class balancing."""
+
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(128, "images per SGD step")
+    lr: float = option(0.1, "peak learning rate of the one-cycle schedule")
+    balanced: bool = False
 
 
 def augment(x: Tensor, g: torch.Generator, *, scale: tuple[float, float], shift: float, flip: bool,

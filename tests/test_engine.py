@@ -55,7 +55,7 @@ def _config(models, shards, out, **kw) -> EngineConfig:
 
 
 def test_one_worker_batch_one_equals_faithful_mode(cluster, models, shards, tmp_path) -> None:
-    m = run_engine(_config(models, shards, tmp_path / "w1", workers=1, batch_size=1), log=lambda s: None)
+    m = run_engine(_config(models, shards, tmp_path / "w1", workers=1, batch_size=1), log=lambda s: None).metrics()
     rho = torch.from_numpy(np.load(tmp_path / "w1" / "uap.npy"))
     manifest = read_manifest(shards)
     ref = _core_in_order(load_classifier(models["model"]), _stream(manifest.urls), batch_size=1)
@@ -65,7 +65,7 @@ def test_one_worker_batch_one_equals_faithful_mode(cluster, models, shards, tmp_
 
 def test_targeted_linf_engine_equals_the_core(cluster, models, shards, tmp_path) -> None:
     m = run_engine(_config(models, shards, tmp_path / "t", workers=1, batch_size=4, p="inf", zeta=0.03, target="NORMAL",
-                           max_passes=2), log=lambda s: None)
+                           max_passes=2), log=lambda s: None).metrics()
     rho = torch.from_numpy(np.load(tmp_path / "t" / "uap.npy"))
     stream = _stream(read_manifest(shards).urls)
     # two passes over the same stream order: the core's pass order differs per pass, so run it pass by pass
@@ -86,7 +86,7 @@ def test_targeted_linf_engine_equals_the_core(cluster, models, shards, tmp_path)
 def two_worker_run(cluster, models, shards, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("w2")
     lines: list[str] = []
-    metrics = run_engine(_config(models, shards, out, workers=2, batch_size=4, eval_every=3), log=lines.append)
+    metrics = run_engine(_config(models, shards, out, workers=2, batch_size=4, eval_every=3), log=lines.append).metrics()
     return {"out": out, "metrics": metrics, "rho": torch.from_numpy(np.load(out / "uap.npy")), "log": lines}
 
 
@@ -125,7 +125,7 @@ def test_a_killed_worker_is_restarted_and_its_batch_redone(cluster, models, shar
 
     engine.on_round = on_round
     try:
-        m = engine.run()
+        m = engine.run().metrics()
         new_pid = ray.get(engine.workers[0].pid.remote())
     finally:
         for a in engine.workers + engine.readers:

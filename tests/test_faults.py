@@ -40,7 +40,7 @@ def test_losing_every_actor_of_a_node_at_once_ends_with_the_same_rho(cluster, mo
     single-node cluster) and tests may use no other address, so the node itself stays; its actors all die.
     """
     config = _config(models, shards, tmp_path / "lost", workers=2, batch_size=4)
-    reference = run_engine(_config(models, shards, tmp_path / "reference", workers=2, batch_size=4), log=lambda s: None)
+    reference = run_engine(_config(models, shards, tmp_path / "reference", workers=2, batch_size=4), log=lambda s: None).metrics()
     lines: list[str] = []
     engine = Engine(config, log=lines.append)
     killed: list[int] = []
@@ -54,7 +54,7 @@ def test_losing_every_actor_of_a_node_at_once_ends_with_the_same_rho(cluster, mo
 
     engine.on_round = on_round
     try:
-        m = engine.run()
+        m = engine.run().metrics()
         after = ray.get([a.pid.remote() for a in engine.workers + engine.readers])
     finally:
         for a in engine.workers + engine.readers:
@@ -91,7 +91,7 @@ def test_a_full_results_location_fails_clearly_and_keeps_what_was_there(cluster,
     assert Path(previous).read_text() == '{"previous": true}'  # never replaced by half a file
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]  # no temporary left behind
     filler.unlink()  # space again: the same command now completes
-    m = run_engine(config, log=lambda s: None)
+    m = run_engine(config, log=lambda s: None).metrics()
     assert json.loads(Path(previous).read_text())["fooling_rate"] == m["fooling_rate"]
 
 

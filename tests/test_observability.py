@@ -25,12 +25,12 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from raylab import dashboards
-from raylab.audit import run_tags, run_uap
+from raylab.audit import run_uap
 from raylab.cli import main
 from raylab.config import EngineConfig, UAPConfig
 from raylab.engine import run_engine
 from raylab.errors import InputError
-from raylab.telemetry import METRICS, PrometheusSink, Telemetry
+from raylab.telemetry import METRICS, PrometheusSink, Telemetry, run_tags
 
 from .conftest import PNEUMONIA, ROOT, _free_port
 
@@ -68,7 +68,8 @@ def test_a_single_process_run_serves_its_metrics_with_prometheus_client(models, 
     try:
         config = UAPConfig(model=models["model"], medical=PNEUMONIA, source=str(natural_dir), out=tmp_path / "uap",
                            zeta=0.08, eps=0.02, batch_size=8, max_passes=2, examples=0)
-        m = run_uap(config, progress=False, telemetry=Telemetry(sink, **run_tags(config)))
+        tags = run_tags(out=config.out, source=config.source, model=config.model)
+        m = run_uap(config, progress=False, telemetry=Telemetry(sink, **tags)).metrics()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
     finally:
@@ -168,7 +169,7 @@ def observed(cluster, prometheus, models, shards, tmp_path_factory):
     config = EngineConfig(model=str(models["model"]), medical=PNEUMONIA, shards=str(_damaged_shards(shards, d / "shards")),
                           out=str(d / "obs-run"), zeta=0.08, eps=0.02, workers=2, batch_size=4, max_passes=6,
                           cpus_per_worker=0.5, cpus_per_reader=0.5, progress_every=0.0, examples=0)
-    metrics = run_engine(config, log=lambda line: None)
+    metrics = run_engine(config, log=lambda line: None).metrics()
     assert main(["sweep", "--name", "obs", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random",
                  "--eps", "0.01", "--zeta", "0.08", "--results", str(d / "results"), "--out", str(d / "sweeps"),
                  "--cpus-per-trial", "0.25", "--address", cluster["address"]]) == 0

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from raylab.cli import main
-from raylab.reproduce import balanced_by_prediction, preset, study_jobs, trial_id
+from raylab.audit import balanced_by_prediction
+from raylab.reproduce import preset, study_jobs, trial_id
 from raylab.results import read_results
 
 from .conftest import DATA

@@ -1,8 +1,8 @@
-"""The results layer: rows from real-shaped metrics.json dicts, a hive-partitioned Parquet dataset, its views."""
+"""The results layer: rows of real-shaped run records, a hive-partitioned Parquet dataset, its views."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import uuid
 from datetime import datetime, timezone
@@ -14,48 +14,35 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import raylab
+from raylab.config import AttackConfig
 from raylab.errors import InputError
-from raylab.results import (
-    SCHEMA, SCHEMA_VERSION, read_results, row_from_metrics, select_best, summary_table, write_rows,
-)
+from raylab.evaluation import Evaluation, Rates
+from raylab.record import Build, RunRecord, Source
+from raylab.results import SCHEMA, SCHEMA_VERSION, read_results, select_best, summary_table, write_rows
 
-# The shape `raylab uap` / the engine writes as metrics.json (values from a real engine run on PneumoniaMNIST).
-BASE_METRICS: dict[str, Any] = {
-    "target": None,
-    "class_names": ["NORMAL", "PNEUMONIA"],
-    "test_images": 624,
-    "clean_accuracy": 0.9166666865348816,
-    "clean_label_composition": {"NORMAL": 0.3782051282051282, "PNEUMONIA": 0.6217948717948718},
-    "fooling_rate": 0.022435897961258888,
-    "success_rate": {"NORMAL": 0.35576921701431274, "PNEUMONIA": 0.6442307829856873},
-    "confusion_matrix": [[0.940677966101695, 0.059322033898305086], [0.0, 1.0]],
-    "random": {
-        "fooling_rate": 0.014423076994717121,
-        "success_rate": {"NORMAL": 0.39262819290161133, "PNEUMONIA": 0.6073718070983887},
-        "confusion_matrix": [[1.0, 0.0], [0.023195876288659795, 0.9768041237113402]],
-    },
-    "radius": 3.0128293480635735,
-    "uap_norms": {"l2": 1.3849472999572754, "linf": 0.06000000610947609},
-    "source": {"kind": "shards", "location": "runs/shards", "images": 1000, "skipped": 0,
-               "skipped_files": [], "shards_failed": []},
-    "stats": {"images": 3000, "active": 2937, "accepted": 38},
-    "rounds": 48,
-    "per_pass": {"0": {"images": 1000, "active": 995, "accepted": 18, "checked": 1}},
-    "history": [],
-    "stopped_by_delta": False,
-    "seconds": 55.42703410000013,
-    "images_per_second": 54.12521251971505,
-    "worker_idle_fraction": 0.06515055665719095,
-    "config": {
-        "model": "runs/demo/model.pt", "medical": "../shared/data/pneumoniamnist.npz", "shards": "runs/shards",
-        "out": "runs/engine", "p": 2, "zeta": 0.04, "eps": 0.002, "max_passes": 3, "delta": 0.0, "target": None,
-        "batch_size": 32, "workers": 2, "step_norm": "sign", "clip": False, "seed": 0, "device": "cpu",
-        "amp": False, "cpus_per_worker": 0.5, "cpus_per_reader": 0.5, "prefetch": 4, "checkpoint_every": 20,
-        "eval_every": 0, "progress_every": 10.0, "examples": 8,
-    },
-}
+def record_for(p: Any, zeta: float, eps: float, target: str | None, fooling: float, success: float | None,
+               *, model: str = "runs/demo/model.pt", max_passes: int = 3) -> RunRecord:
+    """A record as the engine makes it (values from a real engine run on PneumoniaMNIST), with the given rates."""
+    names = ("NORMAL", "PNEUMONIA")
+    uap = Rates(fooling, {"NORMAL": success, "PNEUMONIA": 1 - success} if target else
+                {"NORMAL": 0.35576921701431274, "PNEUMONIA": 0.6442307829856873}, [[1 - fooling, fooling], [zeta, 1 - zeta]])
+    random = Rates(0.014423076994717121, {"NORMAL": success / 4, "PNEUMONIA": 1 - success / 4} if target else
+                   {"NORMAL": 0.39262819290161133, "PNEUMONIA": 0.6073718070983887}, [[1.0, 0.0], [0.0232, 0.9768]])
+    labels = torch.zeros(624, dtype=torch.long)
+    evaluation = Evaluation(class_names=names, target=target, test_images=624, clean_accuracy=0.9166666865348816,
+                            clean_label_composition={"NORMAL": 0.378, "PNEUMONIA": 0.622}, uap=uap, random=random,
+                            clean=labels, adversarial=labels)
+    attack = AttackConfig(p=p, zeta=zeta, eps=eps, max_passes=max_passes, target=target, batch_size=32)
+    return RunRecord(attack=attack, config=attack.to_dict(), model=model, arch="small_cnn", image_size=28,
+                     medical="../shared/data/pneumoniamnist.npz", radius=3.0128293480635735,
+                     source=Source(kind="shards", location="runs/shards", images=1000, used=1000),
+                     build=Build(images=3000, active=2937, accepted=38, passes=3, seconds=55.42703410000013, workers=2,
+                                 batch_size=32, engine={"rounds": 48}),
+                     evaluation=evaluation, rho_l2=1.3849472999572754, rho_linf=0.06000000610947609)
+
 
 # (sweep, trial, p, zeta, eps, target, fooling_rate, success_rate of the target)
 TRIALS = [
@@ -68,25 +55,12 @@ TRIALS = [
 ]
 
 
-def metrics_for(p: Any, zeta: float, eps: float, target: str | None, fooling: float, success: float | None) -> dict[str, Any]:
-    m = copy.deepcopy(BASE_METRICS)
-    m["target"] = target
-    m["fooling_rate"] = fooling
-    m["config"].update(p=p, zeta=zeta, eps=eps, target=target)
-    if target is not None:
-        m["success_rate"] = {"NORMAL": success, "PNEUMONIA": 1 - success}
-        m["random"]["success_rate"] = {"NORMAL": success / 4, "PNEUMONIA": 1 - success / 4}
-    m["confusion_matrix"] = [[1 - fooling, fooling], [zeta, 1 - zeta]]
-    return m
-
-
 def make_rows() -> list[dict[str, Any]]:
     rows = []
     for sweep, trial, p, zeta, eps, target, fooling, success in TRIALS:
-        m = metrics_for(p, zeta, eps, target, fooling, success)
-        rows.append(row_from_metrics(m, sweep=sweep, trial_id=trial, run_id=f"run-{trial}",
-                                     uap_uri=f"s3://bucket/{sweep}/{trial}/uap.npy", arch="small_cnn", image_size=28,
-                                     versions={"torch": "2.14.1", "ray": "2.60.0"}))
+        record = dataclasses.replace(record_for(p, zeta, eps, target, fooling, success),
+                                     uap_uri=f"s3://bucket/{sweep}/{trial}/uap.npy")
+        rows.append(record.row(sweep=sweep, trial_id=trial, run_id=f"run-{trial}"))
     return rows
 
 
@@ -106,37 +80,28 @@ def by_trial(table: pa.Table) -> dict[str, dict[str, Any]]:
     return {r["trial_id"]: r for r in table.to_pylist()}
 
 
-def test_row_from_metrics_maps_every_field() -> None:
-    m = metrics_for("inf", 0.04, 0.004, "NORMAL", 0.2, 0.85)
-    m["source"]["skipped"] = 3
-    del m["config"]["workers"]  # a single-process `raylab uap` run has no workers
-    row = row_from_metrics(m, sweep="s", trial_id="t", run_id="r", uap_uri="memory://x/uap.npy", arch="resnet50",
-                           image_size=224)
+def test_a_records_row_and_metrics_are_two_views_of_one_record() -> None:
+    record = dataclasses.replace(record_for("inf", 0.04, 0.004, "NORMAL", 0.2, 0.85), uap_uri="memory://x/uap.npy")
+    record = dataclasses.replace(record, source=dataclasses.replace(record.source, skipped=("a.jpg: truncated", "b.jpg: x")))
+    row = record.row(sweep="s", trial_id="t", run_id="r")
+    m = record.metrics()
     assert list(row) == SCHEMA.names
     assert row["schema_version"] == SCHEMA_VERSION == 1
-    assert row["p"] == "inf" and row["target"] == "NORMAL" and row["workers"] == 1
-    assert row["success_rate"] == 0.85 and row["random_success_rate"] == pytest.approx(0.85 / 4)
-    assert row["source_kind"] == "shards" and row["source"] == "runs/shards"
-    assert row["images_processed"] == 3000 and row["accepted"] == 38 and row["images_skipped"] == 3
+    assert row["p"] == "inf" and row["target"] == "NORMAL" == m["target"] and row["workers"] == 2
+    assert row["success_rate"] == 0.85 == m["success_rate"]["NORMAL"]
+    assert row["random_success_rate"] == pytest.approx(0.85 / 4) and m["random"]["success_rate"]["NORMAL"] == row["random_success_rate"]
+    assert row["source_kind"] == "shards" == m["source"]["kind"] and row["source"] == "runs/shards" == m["source"]["location"]
+    assert row["images_processed"] == 3000 == m["stats"]["images"] and row["accepted"] == 38 == m["stats"]["accepted"]
+    assert row["images_skipped"] == 2 == m["source"]["skipped"]
     assert row["uap_l2"] == m["uap_norms"]["l2"] and row["uap_linf"] == m["uap_norms"]["linf"]
-    assert row["wall_seconds"] == m["seconds"] and row["images_per_second"] == m["images_per_second"]
+    assert row["wall_seconds"] == m["seconds"] and row["images_per_second"] == m["images_per_second"] == pytest.approx(3000 / 55.427, rel=1e-4)
+    assert row["fooling_rate"] == m["fooling_rate"] and row["confusion_matrix"] == m["confusion_matrix"]
+    assert row["zeta"] == m["config"]["zeta"] and row["eps"] == m["config"]["eps"] and m["rounds"] == 48
     assert row["raylab_version"] == raylab.__version__ and isinstance(row["torch_version"], str)
     assert row["created_at"].tzinfo is not None
-
-    untargeted = row_from_metrics(copy.deepcopy(BASE_METRICS), sweep="s", trial_id="t", run_id="r", uap_uri="u",
-                                  arch="a", image_size=28)
+    untargeted = record_for(2, 0.04, 0.002, None, 0.1, None).row(sweep="s", trial_id="t")
     assert untargeted["p"] == "2" and untargeted["target"] is None
     assert untargeted["success_rate"] is None and untargeted["random_success_rate"] is None
-
-    folder = copy.deepcopy(BASE_METRICS)  # the single-process shape: config has "source", no "shards"
-    folder["source"] = {"kind": "folder", "location": "../shared/data/imagenet-samples", "images": 1000, "skipped": 0}
-    assert row_from_metrics(folder, sweep="s", trial_id="t", run_id="r", uap_uri="u", arch="a",
-                            image_size=28)["source_kind"] == "folder"
-
-    bad = copy.deepcopy(BASE_METRICS)
-    del bad["config"]["zeta"]
-    with pytest.raises(InputError, match=r"config\.zeta"):
-        row_from_metrics(bad, sweep="s", trial_id="t", run_id="r", uap_uri="u", arch="a", image_size=28)
 
 
 def test_write_read_round_trip(location: str) -> None:
@@ -299,6 +264,17 @@ def test_select_best_keeps_groups_apart() -> None:
     ids = sorted(select_best(table)["trial_id"].to_pylist())
     assert ids == ["t1", "t2", "t5", "t6", "t7"]
     assert select_best(SCHEMA.empty_table()).num_rows == 0
+
+
+def test_select_best_never_ranks_two_models_or_two_i_max_against_each_other() -> None:
+    """Two checkpoints of one architecture (and two i_max of one model) are separate groups: each gets its best."""
+    rows = [dataclasses.replace(record_for(2, 0.04, eps, None, rate, None, model=model, max_passes=passes)).row(
+        sweep="s", trial_id=trial) for trial, model, passes, eps, rate in [
+        ("a1", "runs/a.pt", 1, 0.001, 0.30), ("a2", "runs/a.pt", 1, 0.002, 0.40),
+        ("b1", "runs/b.pt", 1, 0.001, 0.10), ("b2", "runs/b.pt", 1, 0.002, 0.05),
+        ("a3", "runs/a.pt", 3, 0.001, 0.20)]]
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    assert sorted(select_best(table)["trial_id"].to_pylist()) == ["a2", "a3", "b1"]
 
 
 def test_summary_table(location: str) -> None:

@@ -2,87 +2,50 @@
 
 Each round (Section 2.2's rule, batched as in :func:`raylab.core.batch_update`):
 every worker w takes the next batch of its reader's stream, computes the sum of
-its accepted FGSM steps against the current ρ, and the driver sets
-``ρ <- Proj(ρ + Σ_w step_w)`` (summed in worker order, so runs are
-deterministic on CPU) and broadcasts the new ρ through the object store.
-With 1 worker and B=1 this is the faithful per-image algorithm; with W
-workers of batch B it is batched mode with batch W×B over the order
-"round by round, worker by worker".
+its accepted FGSM steps against the current ρ, and the driver commits
+``ρ <- Proj(ρ + Σ_w step_w)`` (:func:`raylab.engine.state.commit_round`,
+summed in worker order, so runs are deterministic on CPU) and broadcasts the
+new ρ through the object store. With 1 worker and B=1 this is the faithful
+per-image algorithm; with W workers of batch B it is batched mode with batch
+W×B over the order "round by round, worker by worker".
 
 Fault tolerance: batches live in the object store, owned by the driver, so a
-worker that dies is restarted by Ray and its update retried on the same batch
-and ρ; readers seek to the position they are asked for. Every
-``checkpoint_every`` rounds ρ, the reader positions and the counters are
-written atomically to the output location; a rerun with the same output
-location resumes from there and ends with the same ρ.
+worker that dies is restarted by Ray and the driver redoes its update on the
+same batch and ρ (at most ``max_batch_attempts`` times: a batch that kills
+its worker every time fails the run with one line naming it); readers seek to
+the position they are asked for. Every ``checkpoint_every`` rounds ρ, the
+reader positions and the counters are written atomically to the output
+location; a rerun with the same output location resumes from there and ends
+with the same ρ. The finished run is evaluated on the workers and written as
+one :class:`~raylab.record.RunRecord` (:func:`raylab.record.write_run`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import ray
 import torch
 from torch import Tensor
 
-from ..audit import Target, load_target
 from ..config import EngineConfig
-from ..core import (
-    VALID_RANGE, Criterion, StepStats, Targeted, Untargeted, fooling_rate, lp_norm, project_lp, random_sphere,
-    success_rate,
-)
-from ..data.shards import Manifest, read_manifest
+from ..core import VALID_RANGE, StepStats, lp_norm
+from ..data.shards import read_manifest
 from ..errors import InputError, RaylabError
-from ..evaluation import headline, report
+from ..evaluation import evaluate
+from ..record import Build, Figures, ResultsKey, RunRecord, Source, write_run
 from ..store import Store
-from ..telemetry import Telemetry, ray_sink
-from .readers import BatchMeta, Position, ShardReader
+from ..target import Target, load_target, medical_digest
+from ..telemetry import Telemetry, ray_sink, run_tags
+from .readers import BatchMeta, ShardReader
+from .state import CHECKPOINT, RunState, WorkerResult, commit_round, distinct, end_of_pass, fingerprint, record_marker
 from .workers import UAPWorker
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = "raylab.engine-checkpoint/1"
 
-
-@dataclass
-class RunState:
-    """Everything needed to resume: ρ, the round, each reader's position, and the counters."""
-
-    rho: Tensor
-    round: int = 0
-    positions: list[list[int]] = field(default_factory=list)
-    done: list[bool] = field(default_factory=list)
-    stats: dict[str, int] = field(default_factory=lambda: {"images": 0, "active": 0, "accepted": 0})
-    per_pass: dict[str, dict[str, int]] = field(default_factory=dict)
-    skipped: list[list[str]] = field(default_factory=list)
-    shards_failed: list[list[str]] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    stopped_by_delta: bool = False
-
-    def to_bytes(self, fingerprint: str) -> bytes:
-        meta = {k: v for k, v in self.__dict__.items() if k != "rho"}
-        buf = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "rho": self.rho,
-                    "state": json.dumps(meta)}, buf)
-        return buf.getvalue()
-
-    @staticmethod
-    def from_bytes(data: bytes, fingerprint: str, where: str) -> "RunState":
-        try:
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise InputError(f"{where}: cannot read checkpoint ({type(e).__name__})") from None
-        if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-            raise InputError(f"{where}: not a raylab engine checkpoint")
-        if obj["fingerprint"] != fingerprint:
-            raise InputError(f"{where}: checkpoint of a different run (model, shards or UAP parameters differ); use a new output location")
-        return RunState(rho=obj["rho"], **json.loads(obj["state"]))
+#: Seconds to wait for Ray to restart a worker that died (a new process that loads the model again).
+RESTART_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -95,28 +58,6 @@ class RoundReport:
     totals: dict[str, int]
     seconds: float
     worker_pids: dict[int, int] = field(default_factory=dict)
-
-
-def _criterion(target: int | None) -> Criterion:
-    return Untargeted() if target is None else Targeted(target)
-
-
-def fingerprint(config: EngineConfig, model_bytes: bytes, manifest: Manifest) -> str:
-    """What determines ρ: a resumed run must match it exactly."""
-    keys = ("p", "zeta", "eps", "max_passes", "delta", "target", "batch_size", "workers", "step_norm", "clip", "seed", "amp")
-    h = hashlib.sha256(model_bytes)
-    h.update(json.dumps({k: getattr(config, k) for k in keys}, sort_keys=True, default=str).encode())
-    h.update(json.dumps([(s.name, s.count, s.sha256) for s in manifest.shards]).encode())
-    return h.hexdigest()
-
-
-def _basename(location: str) -> str:
-    return location.rstrip("/").rsplit("/", 1)[-1] or location
-
-
-def run_tags(config: EngineConfig) -> dict[str, str]:
-    """The tags every metric of this run carries: the output folder's name (a sweep's trial id), source, model."""
-    return {"run": _basename(config.out), "source": _basename(config.shards), "model": _basename(config.model)}
 
 
 def _read_model(location: str) -> bytes:
@@ -132,12 +73,18 @@ def _read_model(location: str) -> bytes:
         raise InputError(f"cannot read model weights {location} ({e.strerror or e})") from None
 
 
+def _cause(e: ray.exceptions.RayTaskError) -> str:
+    """The one line of an error raised inside an actor (not Ray's traceback around it)."""
+    cause = getattr(e, "cause", None)
+    return str(cause) if cause is not None else str(e).strip().splitlines()[-1]
+
+
 class Engine:
-    """One distributed UAP run; ``Engine(config).run()`` returns the metrics (see :func:`run_engine`)."""
+    """One distributed UAP run; ``Engine(config).run()`` returns its record (see :func:`run_engine`)."""
 
     def __init__(self, config: EngineConfig, *, on_round: Callable[[RoundReport], None] | None = None,
-                 log: Callable[[str], None] = print) -> None:
-        self.config, self.on_round, self.log = config, on_round, log
+                 log: Callable[[str], None] = print, results: ResultsKey | None = None) -> None:
+        self.config, self.on_round, self.log, self.results = config, on_round, log, results
         self.store = Store.at(config.out)
         self.model_bytes = _read_model(config.model)
         self.target: Target = load_target(self.model_bytes, config.medical, target=config.target, zeta=config.zeta,
@@ -146,10 +93,14 @@ class Engine:
         if len(self.manifest.shards) < config.workers:
             raise InputError(f"{config.shards}: {len(self.manifest.shards)} shard(s) for {config.workers} workers; "
                              "write smaller shards (raylab shard --shard-size) or use fewer workers")
-        self.fingerprint = fingerprint(config, self.model_bytes, self.manifest)
-        self.criterion = _criterion(self.target.target)
+        self.fingerprint = fingerprint(config.to_dict(), self.model_bytes,
+                                       [(s.name, s.count, s.sha256) for s in self.manifest.shards],
+                                       medical_digest(self.target.medical))
         self.clip = VALID_RANGE if config.clip else None
-        self._clean: Tensor | None = None
+        #: The shard names each reader owns (worker w reads shards w, w+W, ...), to name a batch in messages.
+        self.reader_shards = [[s.name for s in self.manifest.shards[w::config.workers]] for w in range(config.workers)]
+        self.workers: list[Any] = []
+        self.readers: list[Any] = []
         self.store.makedirs()
 
     # -- set-up ---------------------------------------------------------------------------------------------------
@@ -163,7 +114,7 @@ class Engine:
                      "(lower --cpus-per-worker/--cpus-per-reader or --workers on a fixed cluster)")
         # Held for the whole run: a restarted worker re-reads its creation arguments.
         self.model_ref = model_ref = ray.put(self.model_bytes)
-        tags = run_tags(c)
+        tags = run_tags(out=c.out, source=c.shards, model=c.model)
         self.telemetry = Telemetry(ray_sink(), **tags)
         self.readers = [
             ShardReader.options(num_cpus=c.cpus_per_reader, resources=dict(c.resources)).remote(
@@ -183,12 +134,13 @@ class Engine:
             state = RunState.from_bytes(self.store.read_bytes(CHECKPOINT), self.fingerprint, self.store.path(CHECKPOINT))
             self.log(f"resuming from {self.store.path(CHECKPOINT)} at round {state.round} ({state.stats['images']} images done)")
             return state
-        shape = (self.target.model.spec.in_channels, self.target.model.spec.image_size, self.target.model.spec.image_size)
-        return RunState(rho=torch.zeros(shape), positions=[Position().to_list() for _ in range(self.config.workers)],
-                        done=[False] * self.config.workers)
+        return RunState.start(self.target.image_shape, self.config.workers)
+
+    def _checkpoint(self, state: RunState) -> None:
+        self.store.write_bytes(CHECKPOINT, state.to_bytes(self.fingerprint))
 
     # -- the loop -------------------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunRecord:
         c = self.config
         self._start_actors()
         state = self._initial_state()
@@ -198,133 +150,134 @@ class Engine:
         ray.get([a.pid.remote() for a in self.readers + self.workers])  # actors up (models loaded) before the clock starts
         session = time.perf_counter()
         started, last_log = session - state.seconds, 0.0
-        compute = idle = 0.0
+        self.compute = self.idle = 0.0
         pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}
         images_at_start = state.stats["images"]
+        criterion = self.target.criterion
         while not state.stopped_by_delta:
-            batch_for = self._next_batches(state, pending)
+            state, batch_for = self._next_batches(state, pending)
             if not batch_for:
                 break
             rho_ref = ray.put(state.rho)
-            futures = {w: self.workers[w].update.remote(img, rho_ref, eps=c.eps, criterion=self.criterion,
+            futures = {w: self.workers[w].update.remote(img, rho_ref, eps=c.eps, criterion=criterion,
                                                         step_norm=c.step_norm, clip=self.clip)
                        for w, (img, _) in batch_for.items()}
             for w, (_, meta) in batch_for.items():  # decode the next round while this one computes
                 pending[w] = self.readers[w].read.remote(meta.end.to_list())
-            results = {w: self._get_update(w, futures[w], batch_for[w], rho_ref) for w in sorted(futures)}
-            round_stats, total = StepStats(), torch.zeros_like(state.rho)
-            for w in sorted(results):
-                step, stats, timing = results[w]
-                total += step
-                round_stats = round_stats + stats
-                compute, idle = compute + timing["compute_seconds"], idle + timing["idle_seconds"]
-                meta = batch_for[w][1]
-                self._count(state, meta.start.pass_, stats)
-                state.positions[w] = meta.end.to_list()
-                self._record_skips(state, meta)
-                self.telemetry.batch_done(worker=w, images=stats.images, accepted=stats.accepted)
-            if round_stats.accepted:
-                rho = project_lp(state.rho + total, radius=self.target.radius, p=c.p)
-                if not torch.isfinite(rho).all():  # never checkpoint a broken rho: the last good one stays on disk
-                    raise RaylabError(f"round {state.round + 1}: rho became NaN/inf (non-finite gradients from the model?); "
-                                      f"the last good checkpoint is {self.store.path(CHECKPOINT)}")
-                state.rho = rho
-            state.round += 1
+            results = []
+            for w in sorted(futures):
+                step, stats, timing = self._get_update(w, futures[w], batch_for[w], rho_ref)
+                results.append(WorkerResult(w, step, stats, batch_for[w][1]))
+                self.compute, self.idle = self.compute + timing["compute_seconds"], self.idle + timing["idle_seconds"]
+            state = commit_round(state, results, radius=self.target.radius, p=c.p)
             state.seconds = time.perf_counter() - started
-            self.telemetry.round_done(rho_norm=float(lp_norm(state.rho[None], c.p)), p=str(c.p),
-                                      stream_rate=1 - state.stats["active"] / max(1, state.stats["images"]),
-                                      criterion="fooling" if self.target.target is None else "success",
-                                      idle_ratio=idle / (idle + compute) if idle + compute > 0 else None)
-            self._check_delta(state)
+            self._count(results)
+            state, stop_line = end_of_pass(state, max_passes=c.max_passes, delta=c.delta)
+            if stop_line:
+                self.log(stop_line)
             if state.round % c.checkpoint_every == 0:
-                self.store.write_bytes(CHECKPOINT, state.to_bytes(self.fingerprint))
+                self._checkpoint(state)
             if c.eval_every and state.round % c.eval_every == 0:
                 state.history.append({"round": state.round, "images": state.stats["images"], **self._rates(state.rho)})
             if self.on_round is not None:
+                round_stats = sum((r.stats for r in results), StepStats())
                 self.on_round(RoundReport(state.round, round_stats, state.rho, dict(state.stats), state.seconds))
             if state.seconds - last_log >= c.progress_every:
                 last_log = state.seconds
-                self.log(self._progress(state, images_at_start, session, compute, idle))
+                self.log(self._progress(state, images_at_start, session))
         state.seconds = time.perf_counter() - started
-        self.store.write_bytes(CHECKPOINT, state.to_bytes(self.fingerprint))
-        self.log(self._progress(state, images_at_start, session, compute, idle))
-        return self._finish(state, compute, idle)
+        self._checkpoint(state)
+        self.log(self._progress(state, images_at_start, session))
+        return self._finish(state)
 
-    def _next_batches(self, state: RunState, pending: dict[int, Any]) -> dict[int, tuple[Any, BatchMeta]]:
+    def _count(self, results: list[WorkerResult]) -> None:
+        """Telemetry of a committed round (counted only once the commit succeeded)."""
+        for r in results:
+            self.telemetry.batch_done(worker=r.worker, images=r.stats.images, accepted=r.stats.accepted)
+            self.telemetry.skipped(images=len(r.meta.skipped), shards=len(r.meta.shards_failed))
+
+    def _round_telemetry(self, state: RunState) -> None:
+        c = self.config
+        self.telemetry.round_done(rho_norm=float(lp_norm(state.rho[None], c.p)), p=str(c.p), stream_rate=state.stream_rate,
+                                  criterion="fooling" if self.target.target is None else "success",
+                                  idle_ratio=self.idle / (self.idle + self.compute) if self.idle + self.compute > 0 else None)
+
+    def _get_meta(self, w: int, meta_ref: Any) -> BatchMeta:
+        try:
+            return ray.get(meta_ref)
+        except ray.exceptions.RayTaskError as e:  # the reader failed (not a bad shard: those are reported, not raised)
+            raise RaylabError(_cause(e)) from None
+
+    def _next_batches(self, state: RunState, pending: dict[int, Any]) -> tuple[RunState, dict[int, tuple[Any, BatchMeta]]]:
         """The batch each live reader has next; pass ends and skip records are consumed on the way."""
         batch_for = {}
         for w in sorted(pending):
             while True:
                 img_ref, meta_ref = pending[w]
-                meta: BatchMeta = ray.get(meta_ref)
+                meta = self._get_meta(w, meta_ref)
                 if meta.exhausted:
                     state.done[w] = True
                     del pending[w]
                     break
                 if meta.size == 0:  # end of a pass: record its skips and move on
-                    self._record_skips(state, meta)
-                    state.positions[w] = meta.end.to_list()
+                    state = record_marker(state, w, meta)
+                    self.telemetry.skipped(images=len(meta.skipped), shards=len(meta.shards_failed))
                     pending[w] = self.readers[w].read.remote(state.positions[w])
                     continue
                 batch_for[w] = (img_ref, meta)
                 break
-        return batch_for
+        return state, batch_for
+
+    def batch_name(self, w: int, meta: BatchMeta) -> str:
+        """``<shard>:<first key>`` of a batch (and its size), for messages."""
+        shards = self.reader_shards[w]
+        shard = shards[meta.start.cursor.shard] if meta.start.cursor.shard < len(shards) else f"shard #{meta.start.cursor.shard}"
+        return f"{shard}:{meta.keys[0] if meta.keys else '?'} (a batch of {meta.size} read by reader {w})"
 
     def _get_update(self, w: int, future: Any, batch: tuple[Any, BatchMeta], rho_ref: Any) -> tuple[Tensor, StepStats, dict[str, float]]:
         """The worker's result, redone when its worker died (Ray restarts it) or its batch was lost with a node.
 
         A lost batch is read again from its reader at the batch's start position (readers seek), so the redone
-        update is the same update.
+        update is the same update. After ``max_batch_attempts`` failed tries the run stops, naming the batch.
         """
         images, meta = batch
         c = self.config
-        for attempt in range(5):
+        for attempt in range(1, c.max_batch_attempts + 1):
             try:
                 return ray.get(future)
             except ray.exceptions.ObjectLostError as e:
-                self.log(f"batch of worker {w} lost ({type(e).__name__}); reading it again (attempt {attempt + 2})")
+                self.log(f"batch of worker {w} lost ({type(e).__name__}); reading it again (attempt {attempt + 1})")
                 images, _ = self.readers[w].read.remote(meta.start.to_list())
+                last = e
             except ray.exceptions.RayActorError as e:
-                self.log(f"worker {w} failed ({type(e).__name__}); redoing its batch (attempt {attempt + 2})")
-            future = self.workers[w].update.remote(images, rho_ref, eps=c.eps, criterion=self.criterion,
-                                                   step_norm=c.step_norm, clip=self.clip)
-        return ray.get(future)
+                self.log(f"worker {w} failed ({type(e).__name__}) on {self.batch_name(w, meta)}; redoing it (attempt {attempt + 1})")
+                last = e
+                self._await_restart(w)
+            except ray.exceptions.RayTaskError as e:
+                raise RaylabError(f"worker {w} failed on {self.batch_name(w, meta)}: {_cause(e)}") from None
+            if attempt < c.max_batch_attempts:
+                future = self.workers[w].update.remote(images, rho_ref, eps=c.eps, criterion=self.target.criterion,
+                                                       step_norm=c.step_norm, clip=self.clip)
+        raise RaylabError(f"{self.batch_name(w, meta)} failed {c.max_batch_attempts} times ({type(last).__name__}: its update "
+                          f"kills the worker?); stopping, the last checkpoint is {self.store.path(CHECKPOINT)}")
 
-    def _record_skips(self, state: RunState, meta: BatchMeta) -> None:
-        state.skipped += [list(s) for s in meta.skipped]
-        state.shards_failed += [list(s) for s in meta.shards_failed]
-        self.telemetry.skipped(images=len(meta.skipped), shards=len(meta.shards_failed))
+    def _await_restart(self, w: int) -> None:
+        """Wait until Ray has restarted worker ``w`` (its model loaded) before its batch is sent again."""
+        try:
+            ray.get(self.workers[w].pid.remote(), timeout=RESTART_TIMEOUT)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+            raise RaylabError(f"worker {w} did not come back within {RESTART_TIMEOUT:g} s after it died ({type(e).__name__}); "
+                              f"the last checkpoint is {self.store.path(CHECKPOINT)}") from None
 
-    @staticmethod
-    def _count(state: RunState, pass_: int, stats: StepStats) -> None:
-        for bucket in (state.stats, state.per_pass.setdefault(str(pass_), {"images": 0, "active": 0, "accepted": 0})):
-            bucket["images"] += stats.images
-            bucket["active"] += stats.active
-            bucket["accepted"] += stats.accepted
-
-    def _check_delta(self, state: RunState) -> None:
-        """After a pass is complete on every reader: stop once the stream score reached 1 - δ, or nothing was active."""
-        live = [Position.from_list(p).pass_ for p, d in zip(state.positions, state.done) if not d]
-        finished_pass = (min(live) if live else self.config.max_passes) - 1
-        counts = state.per_pass.get(str(finished_pass))
-        if counts is None or counts.get("checked"):
-            return
-        counts["checked"] = 1
-        score = 1 - counts["active"] / max(1, counts["images"])
-        if (self.config.delta > 0 and score >= 1 - self.config.delta) or counts["active"] == 0:
-            state.stopped_by_delta = finished_pass + 1 < self.config.max_passes
-            if state.stopped_by_delta:
-                self.log(f"stream score {score:.3f} after pass {finished_pass + 1} reached 1 - delta; stopping")
-
-    def _progress(self, state: RunState, images_at_start: int, session: float, compute: float, idle: float) -> str:
+    def _progress(self, state: RunState, images_at_start: int, session: float) -> str:
         """The live line: images/s of this session, accepted updates, ||ρ||, the running rate on the stream."""
+        self._round_telemetry(state)
         c, s = self.config, state.stats
         rate = (s["images"] - images_at_start) / max(1e-9, time.perf_counter() - session)
-        stream = 1 - s["active"] / max(1, s["images"])
-        idle_frac = idle / max(1e-9, idle + compute)
+        idle_frac = self.idle / max(1e-9, self.idle + self.compute)
         return (f"round {state.round} | {s['images']} images | {rate:.0f} img/s | accepted {s['accepted']} | "
-                f"||rho||_{c.p} {float(lp_norm(state.rho[None], c.p)):.4g} | stream rate {stream:.3f} | "
-                f"skipped {len(state.skipped)} | worker idle {idle_frac:.0%}")
+                f"||rho||_{c.p} {float(lp_norm(state.rho[None], c.p)):.4g} | stream rate {state.stream_rate:.3f} | "
+                f"skipped {len(distinct(state.skipped))} | worker idle {idle_frac:.0%}")
 
     # -- evaluation and outputs -----------------------------------------------------------------------------------
     def _predict(self, images: Tensor, rho: Tensor | None) -> Tensor:
@@ -336,70 +289,52 @@ class Engine:
 
     def _clean_labels(self) -> Tensor:
         """C(x) of the medical test images: computed once, they do not depend on ρ."""
-        if self._clean is None:
+        if not hasattr(self, "_clean"):
             self._clean = self._predict(self.target.medical.test_images, None)
         return self._clean
 
+    def _evaluate(self, rho: Tensor):  # -> Evaluation
+        t, c = self.target, self.config
+        return evaluate(self._predict, rho, test_images=t.medical.test_images, test_labels=t.medical.test_labels,
+                        class_names=t.class_names, target=t.target, radius=t.radius, p=c.p, seed=c.seed,
+                        clean=self._clean_labels())
+
     def _rates(self, rho: Tensor) -> dict[str, float]:
         """R_f (or R_s) of ρ on the test set, for the ``eval_every`` history."""
-        adv = self._predict(self.target.medical.test_images, rho)
-        if self.target.target is None:
-            return {"fooling_rate": fooling_rate(self._clean_labels(), adv)}
-        return {"success_rate": success_rate(adv, self.target.target)}
+        e = self._evaluate(rho)
+        return {"fooling_rate": e.uap.fooling_rate} if e.target is None else {"success_rate": e.headline}
 
-    def _finish(self, state: RunState, compute: float, idle: float) -> dict[str, Any]:
-        from ..plots import save_confusion_png, save_examples_png, save_uap_png
-
+    def _finish(self, state: RunState) -> RunRecord:
         c, t = self.config, self.target
-        control = random_sphere(tuple(state.rho.shape), radius=t.radius, p=c.p,
-                                generator=torch.Generator().manual_seed(c.seed + 1))
-        test = t.medical.test_images
-        clean, adv, adv_random = self._clean_labels(), self._predict(test, state.rho), self._predict(test, control)
-        metrics = report(clean, adv, adv_random, t.medical.test_labels, t.class_names, t.target)
-        metrics.update(
-            radius=t.radius,
-            uap_norms={"l2": float(lp_norm(state.rho[None], 2)), "linf": float(lp_norm(state.rho[None], "inf"))},
-            source={"kind": "shards", "location": c.shards, "images": self.manifest.total,
-                    "skipped": len(state.skipped), "skipped_files": [f"{n}: {why}" for n, why in state.skipped[:100]],
-                    "shards_failed": [f"{n}: {why}" for n, why in state.shards_failed]},
-            stats=dict(state.stats), rounds=state.round, per_pass=state.per_pass, history=state.history,
-            stopped_by_delta=state.stopped_by_delta, seconds=state.seconds,
-            images_per_second=state.stats["images"] / state.seconds if state.seconds > 0 else None,
-            worker_idle_fraction=idle / max(1e-9, idle + compute),
-            config=c.to_dict(),
-        )
-        buf = io.BytesIO()
-        np.save(buf, state.rho.numpy().astype(np.float32))
-        self.store.write_bytes("uap.npy", buf.getvalue())
-        self.store.write_text("metrics.json", json.dumps(metrics, indent=2))
-        rate = headline(metrics)
-        title = f"UAP from {c.shards.rstrip('/').rsplit('/', 1)[-1]}, L{c.p} zeta={c.zeta:g}, {rate}"
-        self._png("uap.png", lambda p: save_uap_png(state.rho, p, title=title))
-        self._png("confusion.png", lambda p: save_confusion_png(torch.tensor(metrics["confusion_matrix"]), t.class_names, p, title=title))
-        if c.examples:
-            order = torch.cat([(clean != adv).nonzero().flatten(), (clean == adv).nonzero().flatten()])[: c.examples]
-            self._png("examples.png", lambda p: save_examples_png(t.medical.test_images[order], state.rho, clean[order],
-                                                                  adv[order], t.class_names, p))
-        return metrics
-
-    def _png(self, name: str, draw: Callable[[Any], None]) -> None:
-        import tempfile
-        from pathlib import Path
-
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / name
-            draw(path)
-            self.store.write_bytes(name, path.read_bytes())
+        spec = t.model.spec
+        source = Source(kind="shards", location=c.shards, images=self.manifest.total,
+                        used=state.per_pass.get("0", {}).get("images", 0), skipped=distinct(state.skipped),
+                        shards_failed=distinct(state.shards_failed))
+        engine = {"rounds": state.round, "per_pass": state.per_pass, "history": state.history,
+                  "stopped_by_delta": state.stopped_by_delta,
+                  "worker_idle_fraction": self.idle / max(1e-9, self.idle + self.compute)}
+        evaluation = self._evaluate(state.rho)
+        record = RunRecord(
+            attack=c.attack_only(), config=c.to_dict(), model=c.model, arch=spec.arch, image_size=spec.image_size or 0,
+            medical=str(c.medical), radius=t.radius, source=source,
+            build=Build(images=state.stats["images"], active=state.stats["active"], accepted=state.stats["accepted"],
+                        passes=len(state.per_pass), seconds=state.seconds, workers=c.workers, batch_size=c.batch_size,
+                        engine=engine),
+            evaluation=evaluation, **RunRecord.norms(state.rho))
+        title = (f"UAP from {c.shards.rstrip('/').rsplit('/', 1)[-1]}, L{c.p} zeta={c.zeta:g}, "
+                 f"{evaluation.headline_text()}")
+        figures = Figures(examples=c.examples, test_images=t.medical.test_images, title=title)
+        return write_run(record, state.rho, self.store, figures=figures, results=self.results)
 
 
 def run_engine(config: EngineConfig, *, on_round: Callable[[RoundReport], None] | None = None,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run one distributed UAP (Ray must be initialized, or a local Ray is started) and return its metrics."""
-    engine = Engine(config, on_round=on_round, log=log)  # all input checks happen here, before any actor starts
+               log: Callable[[str], None] = print, results: ResultsKey | None = None) -> RunRecord:
+    """Run one distributed UAP (Ray must be initialized, or a local Ray is started) and return its record."""
+    engine = Engine(config, on_round=on_round, log=log, results=results)  # every input check happens here, before any actor
     if not ray.is_initialized():
         ray.init()
     try:
         return engine.run()
     finally:
-        for actor in getattr(engine, "workers", []) + getattr(engine, "readers", []):
+        for actor in engine.workers + engine.readers:
             ray.kill(actor)

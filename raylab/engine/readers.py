@@ -20,7 +20,11 @@ import ray
 import torch
 
 from ..data.shards import Cursor, RawSample, ShardReport, batches, decode_stream, iter_samples
+from ..errors import RaylabError, one_line
 from ..telemetry import Telemetry, ray_sink
+
+#: Seconds ``read`` waits for its decode thread between checks that the thread is still alive.
+_POLL = 1.0
 
 
 @dataclass(frozen=True, order=True)
@@ -36,6 +40,14 @@ class Position:
     @staticmethod
     def from_list(v: list[int]) -> "Position":
         return Position(v[0], Cursor(v[1], v[2]))
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """What a decode thread that died hands to ``read``: where it was, and why."""
+
+    where: str
+    message: str
 
 
 @dataclass
@@ -64,6 +76,7 @@ class _Producer(threading.Thread):
         self.out: queue.Queue = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
         self.nbytes = 0  # image bytes read so far; each batch's meta carries its share
+        self.where = "before its first shard"  # the shard and key last read, for a failure's message
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -77,9 +90,17 @@ class _Producer(threading.Thread):
     def _counted(self, samples: Iterator[RawSample]) -> Iterator[RawSample]:
         for raw in samples:
             self.nbytes += len(raw.data or b"")
+            self.where = f"{raw.shard}:{raw.key}"
             yield raw
 
     def run(self) -> None:
+        """Decode until the end; an unexpected error is handed to ``read`` (bad shards and images never get here)."""
+        try:
+            self._run()
+        except BaseException as e:  # noqa: BLE001 - whatever kills the thread must reach the driver, not hang it
+            self._put((_Failure(self.where, one_line(e, with_type=True)), None))
+
+    def _run(self) -> None:
         pos = self.start_at
         for pass_ in range(pos.pass_, self.passes):
             cursor = pos.cursor if pass_ == pos.pass_ else Cursor(0, 0)
@@ -137,12 +158,25 @@ class ShardReader:
         if self.head != pos or self.producer is None:
             self._seek(pos)
         assert self.producer is not None
-        meta, images = self.producer.out.get()
+        meta, images = self._next(self.producer)
         self.head = meta.end
         if meta.size:
             self.telemetry.decoded(reader=self.index, seconds=meta.decode_seconds, nbytes=meta.nbytes,
                                    queue_depth=self.producer.out.qsize())
         return images, meta
+
+    def _next(self, producer: _Producer) -> tuple[BatchMeta, torch.Tensor | None]:
+        """The producer's next item; a failure or a thread that died raises one line naming the shard."""
+        while True:
+            try:
+                meta, images = producer.out.get(timeout=_POLL)
+                break
+            except queue.Empty:
+                if not producer.is_alive() and producer.out.empty():
+                    raise RaylabError(f"reader {self.index}: its decode thread stopped at {producer.where}") from None
+        if isinstance(meta, _Failure):
+            raise RaylabError(f"reader {self.index}: decoding failed at {meta.where} ({meta.message})")
+        return meta, images
 
     def queue_depth(self) -> int:
         return 0 if self.producer is None else self.producer.out.qsize()

@@ -1,8 +1,11 @@
 """Worker actors: one model replica each (one per GPU, or per CPU slot), computing batched UAP updates.
 
 A worker is stateless between calls apart from its model, so a worker that
-dies is restarted by Ray and its call is retried with the same batch and the
-same ρ (``max_task_retries``): the redone update is the same update.
+dies is restarted by Ray (``max_restarts``) and the driver redoes its call
+with the same batch and the same ρ: the redone update is the same update.
+The driver, not Ray, retries calls (``max_task_retries=0``), so a batch whose
+update kills its worker every time is tried a bounded number of times and
+then named in the run's error, instead of being retried for ever.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ..models import for_inference, load_classifier
 from ..telemetry import Telemetry, ray_sink
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1)
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class UAPWorker:
     """Holds a classifier and applies the batched update rule (Section 2.2) to the batches it is given."""
 
@@ -52,5 +55,7 @@ class UAPWorker:
         """Labels of ``images`` (under ``images + rho`` when given): the distributed evaluation."""
         return predict_labels(self.model, images, rho=rho, clip=clip, amp=self.amp).cpu()
 
+    @ray.method(max_task_retries=-1)
     def pid(self) -> int:
+        """This worker's process id; retried by Ray while the actor restarts, so it also waits for a restart."""
         return os.getpid()

@@ -1,0 +1,261 @@
+"""One record of a finished UAP run, and the one writer of its files and its results row.
+
+Every way of making a UAP — ``raylab uap`` (:mod:`raylab.audit`), the Ray
+engine (:mod:`raylab.engine`), a sweep trial (:mod:`raylab.sweep`) and the
+paper's reproduction (:mod:`raylab.reproduce`) — ends in a :class:`RunRecord`
+built from the same pieces (the run's configuration, its source, how the UAP
+was built, ρ's norms and the :class:`~raylab.evaluation.Evaluation`) and in
+:func:`write_run`, which writes ``uap.npy``, ``metrics.json`` and the figures
+through :class:`~raylab.store.Store` and, when asked, the run's Parquet row
+(:mod:`raylab.results`). ``metrics.json`` (:meth:`RunRecord.metrics`) and the
+row (:meth:`RunRecord.row`) are two views of the same record; the README's
+"One record, two views" section documents both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import AttackConfig
+from .core import lp_norm
+from .evaluation import Evaluation
+from .results import SCHEMA_VERSION, SOURCE_KINDS, write_rows
+from .store import Store
+
+
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    """Where the UAP's input images came from, and how much of it reached the attack."""
+
+    kind: str
+    location: str
+    #: Images the source holds: decoded from a folder, or listed by a shard manifest.
+    images: int
+    #: Distinct images that reached the attack (one pass).
+    used: int
+    #: ``"name: why"`` of each image that could not be decoded (each image once, however many passes).
+    skipped: tuple[str, ...] = ()
+    #: ``"shard: why"`` of each shard that was missing, truncated or disagreed with its manifest.
+    shards_failed: tuple[str, ...] = ()
+    #: The share of each label the model predicts for the source images (Tables S1-S3), when known.
+    label_composition: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"source kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+
+    @property
+    def lost(self) -> int:
+        """Images the source listed that never reached the attack and were not counted as skipped (failed shards)."""
+        return max(0, self.images - self.used - len(self.skipped)) if self.kind == "shards" else 0
+
+    def summary(self) -> str:
+        """``source: <location> (1000 images, 950 used, 0 skipped; 50 lost in 1 failed shard: ...)``."""
+        parts = [f"{self.images} images"]
+        if self.used != self.images:
+            parts.append(f"{self.used} used")
+        parts.append(f"{len(self.skipped)} skipped")
+        text = ", ".join(parts)
+        if self.shards_failed:
+            text += (f"; {self.lost} lost in {len(self.shards_failed)} failed shard(s): "
+                     + "; ".join(self.shards_failed[:3]) + (" ..." if len(self.shards_failed) > 3 else ""))
+        return f"source: {self.location} ({text})"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "location": self.location, "images": self.images,
+                             "images_used": self.used, "images_lost": self.lost, "skipped": len(self.skipped),
+                             "skipped_files": list(self.skipped[:100]), "shards_failed": list(self.shards_failed)}
+        if self.label_composition is not None:
+            d["label_composition"] = dict(self.label_composition)
+        return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class Build:
+    """How the UAP was built: image visits over every pass, active and accepted ones, and the time it took."""
+
+    images: int = 0
+    active: int = 0
+    accepted: int = 0
+    passes: int = 0
+    #: Seconds spent building the UAP (loading and evaluation excluded), in every writer.
+    seconds: float = 0.0
+    workers: int = 1
+    #: Images per update: B (per worker in the engine), 1 in faithful mode.
+    batch_size: int = 1
+    #: The engine's own counts: rounds, per-pass counts, the eval history, the δ stop, worker idle fraction.
+    engine: dict[str, Any] | None = None
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 and self.images else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """A finished UAP run: what was attacked, with what, how, and what it did to the test set."""
+
+    attack: AttackConfig
+    #: The run's whole validated configuration (``UAPConfig.to_dict()`` or ``EngineConfig.to_dict()``).
+    config: dict[str, Any]
+    model: str
+    arch: str
+    image_size: int
+    medical: str
+    radius: float
+    source: Source
+    build: Build
+    evaluation: Evaluation
+    rho_l2: float
+    rho_linf: float
+    #: Where ``uap.npy`` was written (set by :func:`write_run`).
+    uap_uri: str = ""
+
+    @staticmethod
+    def norms(rho: Tensor) -> dict[str, float]:
+        return {"rho_l2": float(lp_norm(rho[None], 2)), "rho_linf": float(lp_norm(rho[None], "inf"))}
+
+    @property
+    def headline(self) -> float:
+        return self.evaluation.headline
+
+    # -- view 1: metrics.json ------------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        """The ``metrics.json`` view (the fields every earlier raylab wrote, plus ``model`` and the source's counts)."""
+        b = self.build
+        out = {
+            **self.evaluation.to_dict(),
+            "radius": self.radius,
+            "uap_norms": {"l2": self.rho_l2, "linf": self.rho_linf},
+            "model": {"location": self.model, "arch": self.arch, "image_size": self.image_size},
+            "source": self.source.to_dict(),
+            "stats": {"images": b.images, "active": b.active, "accepted": b.accepted, "passes": b.passes},
+            "seconds": b.seconds,
+            "images_per_second": b.images_per_second,
+            "config": dict(self.config),
+        }
+        if b.engine is not None:
+            out.update(b.engine)
+        return out
+
+    # -- view 2: the Parquet row ---------------------------------------------------------------------------------
+    def row(self, *, sweep: str, trial_id: str, run_id: str | None = None) -> dict[str, Any]:
+        """The results row (:data:`raylab.results.SCHEMA`, validated when written)."""
+        a, e, target = self.attack, self.evaluation, self.evaluation.target
+        return {
+            "schema_version": SCHEMA_VERSION, "sweep": sweep, "trial_id": trial_id,
+            "run_id": run_id or uuid.uuid4().hex[:12], "created_at": datetime.now(timezone.utc),
+            "model": self.model, "arch": self.arch, "image_size": self.image_size, "medical": self.medical,
+            "source_kind": self.source.kind, "source": self.source.location,
+            "p": str(a.p), "zeta": a.zeta, "eps": a.eps, "max_passes": a.max_passes, "delta": a.delta, "target": target,
+            "batch_size": self.build.batch_size, "workers": self.build.workers, "step_norm": a.step_norm, "clip": a.clip,
+            "seed": a.seed, "device": a.device, "amp": a.amp,
+            "fooling_rate": e.uap.fooling_rate,
+            "success_rate": None if target is None else e.uap.success_rate[target],
+            "random_fooling_rate": e.random.fooling_rate,
+            "random_success_rate": None if target is None else e.random.success_rate[target],
+            "clean_accuracy": e.clean_accuracy, "test_images": e.test_images,
+            "accepted": self.build.accepted, "images_processed": self.build.images,
+            "images_skipped": len(self.source.skipped),
+            "confusion_matrix": e.uap.confusion_matrix, "class_names": list(e.class_names),
+            "wall_seconds": self.build.seconds, "images_per_second": self.build.images_per_second,
+            "uap_uri": self.uap_uri, "uap_l2": self.rho_l2, "uap_linf": self.rho_linf,
+            **versions(),
+        }
+
+    # -- view 3: what a person reads -----------------------------------------------------------------------------
+    def summary(self) -> str:
+        """The lines printed after a run: the source (with failed shards and lost images) and the headline rates."""
+        e, b = self.evaluation, self.build
+        rate = f", {b.images_per_second:.0f} img/s" if b.images_per_second else ""
+        lines = [self.source.summary() + rate]
+        if e.target is None:
+            lines.append(f"fooling rate R_f = {e.uap.fooling_rate:.3f}   random control R_f = {e.random.fooling_rate:.3f}"
+                         f"   (||rho||_2 = {self.rho_l2:.3g}, clean accuracy {e.clean_accuracy:.3f}, {e.test_images} test images)")
+        else:
+            t = e.target
+            lines.append(f"success rate R_s({t}) = {e.uap.success_rate[t]:.3f}   random control R_s = {e.random.success_rate[t]:.3f}"
+                         f"   baseline (clean) = {e.clean_label_composition[t]:.3f}")
+        return "\n".join(lines)
+
+
+def _installed(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def versions() -> dict[str, str]:
+    """The ``*_version`` columns: raylab, torch and ray as installed."""
+    from . import __version__
+
+    return {"raylab_version": __version__, "torch_version": _installed("torch"), "ray_version": _installed("ray")}
+
+
+@dataclass(frozen=True)
+class ResultsKey:
+    """Where a run's Parquet row goes: a results location, its sweep and the row's trial id."""
+
+    location: str
+    sweep: str
+    trial_id: str
+    run_id: str | None = None
+
+
+def npy_bytes(rho: Tensor) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, rho.detach().cpu().numpy().astype(np.float32))
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Which figures :func:`write_run` draws: the UAP, the confusion matrix and ``examples`` clean/adversarial pairs."""
+
+    uap: bool = True
+    confusion: bool = True
+    examples: int = 8
+    title: str = ""
+    test_images: Tensor | None = field(default=None, repr=False)
+
+
+def write_run(record: RunRecord, rho: Tensor, store: Store, *, figures: Figures | None = Figures(),
+              results: ResultsKey | None = None) -> RunRecord:
+    """Write ``uap.npy``, ``metrics.json`` and the figures of a run into ``store``, and its row into ``results``.
+
+    Every file goes through :class:`~raylab.store.Store` (atomic, one-line :class:`~raylab.errors.OutputError`).
+    Returns the record with ``uap_uri`` set.
+    """
+    from . import plots
+
+    store.makedirs()
+    record = dataclasses.replace(record, uap_uri=store.write_bytes("uap.npy", npy_bytes(rho)))
+    store.write_text("metrics.json", json.dumps(record.metrics(), indent=2))
+    if figures is not None:
+        e = record.evaluation
+        title = figures.title or f"L{record.attack.p} zeta={record.attack.zeta:g}, {e.headline_text()}"
+        if figures.uap:
+            store.write_bytes("uap.png", plots.uap_png(rho, title=title))
+        if figures.confusion:
+            store.write_bytes("confusion.png", plots.confusion_png(torch.tensor(e.uap.confusion_matrix), e.class_names,
+                                                                   title=title))
+        if figures.examples and figures.test_images is not None:
+            order = torch.cat([(e.clean != e.adversarial).nonzero().flatten(),
+                               (e.clean == e.adversarial).nonzero().flatten()])[: figures.examples]
+            store.write_bytes("examples.png", plots.examples_png(figures.test_images[order], rho, e.clean[order],
+                                                                 e.adversarial[order], e.class_names))
+    if results is not None:
+        write_rows(results.location, [record.row(sweep=results.sweep, trial_id=results.trial_id, run_id=results.run_id)])
+    return record

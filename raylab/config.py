@@ -115,7 +115,7 @@ class AttackConfig:
 class UAPConfig(AttackConfig):
     """One UAP run on one machine (``raylab uap``): what to attack, with which images, and how."""
 
-    model: Path = option(help="classifier checkpoint from `raylab train`")
+    model: str = option(help="classifier checkpoint from `raylab train` (path or fsspec URL)")
     medical: Path = option(DEFAULT_MEDICAL, "the medical dataset the model classifies (.npz or CSV folder)", flag="--data")
     source: str = option(help="UAP input images: a folder of natural images, 'train' (the medical training set) or 'random' (the control)")
     out: Path = option(help="output directory")
@@ -127,13 +127,13 @@ class UAPConfig(AttackConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "model", Path(self.model))
+        object.__setattr__(self, "model", str(self.model))
         object.__setattr__(self, "medical", Path(self.medical))
         object.__setattr__(self, "out", Path(self.out))
         check(self.mode in ("faithful", "batched"), f"mode must be 'faithful' or 'batched', got {self.mode!r}")
         check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
         check(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
-        check(self.model.is_file(), f"model weights not found: {self.model}")
+        check("://" in self.model or Path(self.model).is_file(), f"model weights not found: {self.model}")
         check(self.medical.exists(), f"medical dataset not found: {self.medical}")
         if self.source not in (SOURCE_TRAIN, SOURCE_RANDOM):
             check(Path(self.source).is_dir(), f"UAP source must be a folder of images, 'train' or 'random', got {self.source!r}")

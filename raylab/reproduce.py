@@ -114,7 +114,7 @@ def preset(name: str, *, data_dir: Path, out: Path, **overrides: Any) -> Reprodu
     presets: dict[str, dict[str, Any]] = {
         "tiny": dict(archs=("small_cnn",), image_size=28, pretrain_images=100, pretrain_epochs=2, train_epochs=1,
                      natural_limit=60, train_limit=200, zetas=(0.04, 0.08), eps_grid=(0.01, 0.02), p_grid=("2",),
-                     select_images=60, max_passes=1, targets=("PNEUMONIA",), cross_arch=False),
+                     select_images=60, max_passes=2, targets=("PNEUMONIA",), cross_arch=False),
         "cpu-small": dict(),
         "paper": dict(archs=("inception_v3", "resnet50", "vgg16"), image_size=299, pretrain_epochs=0, train_epochs=10,
                       natural_limit=100_000, train_limit=0, eps_grid=(0.0005, 0.0013, 0.0026, 0.005), p_grid=("2", "inf"),

@@ -174,7 +174,7 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
     results = ResultsKey(s.results, s.name, trial_id)
     source = config["source"]
     if source in (SOURCE_TRAIN, SOURCE_RANDOM):
-        uap = UAPConfig(model=Path(config["model"]), medical=Path(s.medical), source=source, out=Path(out), **attack)
+        uap = UAPConfig(model=config["model"], medical=Path(s.medical), source=source, out=Path(out), **attack)
         record = run_uap(uap, progress=False, results=results,
                          telemetry=Telemetry(ray_sink(), **run_tags(out=out, source=source, model=config["model"])))
     else:

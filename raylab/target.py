@@ -35,7 +35,8 @@ def resolve_target(target: str | int | None, class_names: tuple[str, ...]) -> in
         return folded.index(text.casefold())
     if text.isdigit() and 0 <= int(text) < len(class_names):
         return int(text)
-    raise InputError(f"target class {text!r} does not exist; classes are {', '.join(class_names)} (or 0..{len(class_names) - 1})")
+    sep = " | " if any("," in n for n in class_names) else ", "  # MedMNIST has names like "normal, benign"
+    raise InputError(f"target class {text!r} does not exist; classes are {sep.join(class_names)} (or 0..{len(class_names) - 1})")
 
 
 def medical_digest(medical: MedicalSet) -> str:
@@ -65,8 +66,6 @@ class Target:
     zeta: float
     #: ζ as a radius in model space: ``zeta * mean ||x_train||_p / 128`` (Section 2.2).
     radius: float
-    #: Where the model came from (a path or URL), for records and tags.
-    model_location: str
 
     @property
     def criterion(self) -> Criterion:
@@ -99,17 +98,34 @@ def fit(model: Classifier, medical: MedicalSet, *, where: str | Path, name: str)
     return medical.resized(spec.image_size)
 
 
+def read_model(location: str | Path) -> bytes:
+    """A checkpoint's bytes from a local path or an fsspec URL (``s3://``, ``file://``); InputError naming it."""
+    text = str(location)
+    try:
+        if "://" in text:
+            import fsspec
+
+            with fsspec.open(text, "rb") as f:
+                return f.read()
+        with open(text, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(f"cannot read model weights {text} ({e.strerror or e})") from None
+
+
 def load_target(model: str | Path | bytes, medical_path: str | Path, *, target: str | int | None, zeta: float, p: Norm,
                 device: str = "cpu", model_name: str | None = None) -> Target:
     """Load the model and the medical set and check that they fit; InputError naming the first bad one.
 
-    ``model`` is a checkpoint path or its bytes (the engine reads URLs itself); ``model_name`` names it in messages.
+    ``model`` is a checkpoint path, an fsspec URL or a checkpoint's bytes; ``model_name`` names it in messages.
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asked for, but no CUDA GPU is visible")
     name = model_name or str(model)
+    if not isinstance(model, bytes) and "://" in str(model):
+        model = read_model(model)
     classifier = load_classifier(model, map_location=device, name=name)
     medical = fit(classifier, load_medical(medical_path), where=medical_path, name=name)
     class_names = classifier.spec.class_names or medical.class_names
     return Target(classifier, medical, class_names, resolve_target(target, class_names), p, zeta,
-                  zeta_radius(medical.train_images, zeta=zeta, p=p), name)
+                  zeta_radius(medical.train_images, zeta=zeta, p=p))

@@ -65,6 +65,13 @@ def test_targeted_uap_and_random_control(models: dict[str, Path], natural_dir: P
     assert m["stats"]["images"] == 0
 
 
+def test_a_target_class_is_taken_by_name_in_any_case_or_by_index(models: dict[str, Path], tmp_path: Path) -> None:
+    for given, name in (("1", "PNEUMONIA"), ("normal", "NORMAL")):
+        assert main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random",
+                     "--target", given, "--out", str(tmp_path / given), "--examples", "0"]) == 0
+        assert json.loads((tmp_path / given / "metrics.json").read_text())["target"] == name
+
+
 def test_uap_from_the_medical_training_set(models: dict[str, Path], tmp_path: Path) -> None:
     rc = main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "train", "--limit", "64",
                "--mode", "faithful", "--eps", "0.01", "--out", str(tmp_path / "m")])

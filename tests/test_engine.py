@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,12 +20,13 @@ import pytest
 import ray
 import torch
 
+from raylab.cli import main
 from raylab.config import EngineConfig
 from raylab.core import UAP, Targeted, Untargeted, zeta_radius
 from raylab.data.medical import load_medmnist
 from raylab.data.shards import ShardReport, decode_stream, iter_samples, read_manifest
 from raylab.engine import Engine, RoundReport, run_engine
-from raylab.errors import InputError
+from raylab.errors import InputError, RaylabError
 from raylab.models import load_classifier
 
 from .conftest import PNEUMONIA, ROOT
@@ -193,3 +195,85 @@ def test_the_jobs_api_refuses_a_request_without_the_token(cluster) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{cluster['dashboard']}/api/jobs/", timeout=30)
     assert e.value.code == 401
+
+
+def _other_medical_set(tmp_path) -> "Path":
+    """PneumoniaMNIST with half of its training images: another dataset, another zeta radius."""
+    with np.load(PNEUMONIA) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["train_images"], arrays["train_labels"] = arrays["train_images"][::2], arrays["train_labels"][::2]
+    path = tmp_path / "pneumoniamnist_half.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_checkpoint_is_not_resumed_against_another_medical_dataset(cluster, models, shards, tmp_path, capsys) -> None:
+    """The radius comes from the medical training images: a finished run rerun with other data is refused, one line."""
+    out = tmp_path / "run"
+    args = ["generate", "--model", str(models["model"]), "--shards", str(shards), "--out", str(out), "--zeta", str(ZETA),
+            "--eps", str(EPS), "--batch-size", "16", "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5",
+            "--examples", "0", "--address", cluster["address"]]
+    assert main([*args, "--data", str(PNEUMONIA)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main([*args, "--data", str(_other_medical_set(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint of a different run" in err and "medical data" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing was touched
+
+
+def test_a_reader_whose_decode_thread_dies_fails_the_read_with_one_line(cluster, tmp_path) -> None:
+    """Images of different sizes without a resize break batching inside the reader's thread: read() must raise
+    (naming the shard and key), not wait for ever."""
+    from raylab.data.shards import write_shards
+    from raylab.engine.readers import Position, ShardReader
+
+    m = write_shards(sorted((ROOT.parent / "shared" / "data" / "imagenet-samples").iterdir())[:6], tmp_path / "raw", shard_size=6)
+    reader = ShardReader.options(num_cpus=0.25).remote(m.urls, counts=[6], passes=1, channels=1, size=None, batch_size=3,
+                                                       prefetch=2)
+    try:
+        _, meta = reader.read.remote(Position().to_list())
+        with pytest.raises(RaylabError, match=r"reader 0: decoding failed at shard-000000\.tar:0000000\d \(InputError: .*differs"):
+            ray.get(meta, timeout=60)
+    finally:
+        ray.kill(reader)
+
+
+def test_a_batch_that_kills_its_worker_every_time_fails_the_run_naming_it(cluster, models, shards, tmp_path, monkeypatch) -> None:
+    """Bounded retries: the third time the same batch kills its worker, the run stops with one line naming the batch,
+    and the checkpoint of the last good round stays."""
+    from raylab.engine import driver
+    from raylab.engine.workers import Worker
+
+    stream = _stream(read_manifest(shards).urls[0::2])  # what reader 0 of 2 streams
+    poison = int(stream[4:8].sum())  # its second batch of 4
+
+    class PoisonWorker(Worker):
+        def update(self, images, rho, **kw):
+            if int(images.sum()) == poison:
+                os._exit(1)  # like a segfaulting kernel on one input
+            return super().update(images, rho, **kw)
+
+    monkeypatch.setattr(driver, "UAPWorker", ray.remote(max_restarts=-1, max_task_retries=0)(PoisonWorker))
+    config = _config(models, shards, tmp_path / "poison", workers=2, batch_size=4, checkpoint_every=1)
+    with pytest.raises(RaylabError, match=r"^shard-000000\.tar:00000004 \(a batch of 4 read by reader 0\) failed 3 times"):
+        run_engine(config, log=lambda s: None)
+    state = torch.load(tmp_path / "poison" / "checkpoint.pt", weights_only=True)
+    assert json.loads(state["state"])["round"] == 1 and not (tmp_path / "poison" / "uap.npy").exists()
+
+
+def test_the_summary_names_failed_shards_and_lost_images(cluster, models, shards, tmp_path, capsys) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shards, damaged)
+    tar = damaged / "shard-000002.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # the tail of one shard of 12 is gone
+    out = tmp_path / "run"
+    assert main(["generate", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--shards", str(damaged),
+                 "--out", str(out), "--zeta", str(ZETA), "--eps", str(EPS), "--batch-size", "8", "--i-max", "2",
+                 "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5", "--examples", "0", "--address", cluster["address"]]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    used, lost = m["source"]["images_used"], m["source"]["images_lost"]
+    assert 36 <= used < 48 and used + lost == 48 and m["stats"]["images"] == 2 * used
+    assert len(m["source"]["shards_failed"]) == 1  # once, though both passes met it
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("source: "))
+    assert f"(48 images, {used} used, 0 skipped; {lost} lost in 1 failed shard(s): shard-000002.tar: " in line

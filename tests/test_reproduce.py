@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,15 @@ from .conftest import DATA
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
+def tiny(tmp_path_factory, natural_dir) -> Path:
+    """The tiny study, with natural set A = 40 ImageNet photos and one corrupt JPEG."""
     out = tmp_path_factory.mktemp("reproduce") / "tiny"
-    assert main(["reproduce", "--preset", "tiny", "--data-dir", str(DATA), "--out", str(out)]) == 0
+    assert main(["reproduce", "--preset", "tiny", "--data-dir", str(DATA), "--natural-a", str(natural_dir), "--out", str(out)]) == 0
     return out
+
+
+def _rerun(out: Path, natural_dir: Path, *extra: str) -> int:
+    return main(["reproduce", "--preset", "tiny", "--data-dir", str(DATA), "--natural-a", str(natural_dir), "--out", str(out), *extra])
 
 
 def _table(md: str, heading: str) -> list[list[str]]:
@@ -77,10 +83,46 @@ def test_the_report_has_the_papers_figures_and_tables_with_numbers(tiny) -> None
         assert img.shape[0] > 150 and img.std() > 10, name  # a drawn figure, not a blank canvas
 
 
-def test_a_rerun_resumes_without_redoing_anything(tiny, capsys) -> None:
+def test_rows_count_every_pass_and_every_skipped_image(tiny) -> None:
+    """images_processed counts image visits over both passes, images_skipped the corrupt photo, wall_seconds the
+    UAP's own time as in metrics.json (the same definition in every writer)."""
+    rows = {r["trial_id"]: r for r in read_results(tiny / "results", filters={"sweep": "reproduce-tiny"}).to_pylist()}
+    natural = rows["small_cnn-transfer-natural_a-z0.04-u"]
+    assert natural["max_passes"] == 2 and natural["images_skipped"] == 1 and natural["images_processed"] == 2 * 40
+    assert rows["small_cnn-transfer-train-z0.04-u"]["images_processed"] == 2 * 200
+    assert rows["small_cnn-transfer-natural_b-z0.04-u"]["images_skipped"] == 0
+    assert rows["small_cnn-transfer-random-z0.04-u"]["images_processed"] == 0
+    for trial, r in rows.items():
+        m = json.loads((tiny / "uaps" / trial / "metrics.json").read_text())
+        assert r["wall_seconds"] == m["seconds"] and r["images_processed"] == m["stats"]["images"], trial
+        assert r["images_skipped"] == m["source"]["skipped"] and Path(r["uap_uri"]) == tiny / "uaps" / trial / "uap.npy"
+
+
+def test_a_model_whose_report_was_lost_is_trained_again(tiny, natural_dir, tmp_path, capsys) -> None:
+    """A crash between a model's weights and its report must not break every later resume."""
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny, out)
+    (out / "models" / "small_cnn-transfer.json").unlink()
+    assert _rerun(out, natural_dir) == 0
+    assert "training small_cnn-transfer" in capsys.readouterr().out
+    assert json.loads((out / "models" / "small_cnn-transfer.json").read_text())["test_accuracy"] > 0.5
+
+
+def test_a_rerun_with_other_settings_is_refused_and_targets_take_indices(tiny, natural_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny, out)
+    assert _rerun(out, natural_dir, "--targets", "NORMAL") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was started with other settings (targets=" in err and "new --out" in err
+    assert _rerun(out, natural_dir, "--targets", "1") == 0  # index 1 is PNEUMONIA, the class it was started with
+    assert _rerun(out, natural_dir, "--targets", "7") == 2
+    assert "target class '7' does not exist" in capsys.readouterr().err
+
+
+def test_a_rerun_resumes_without_redoing_anything(tiny, natural_dir, capsys) -> None:
     files = sorted((tiny / "results").rglob("*.parquet"))
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert main(["reproduce", "--preset", "tiny", "--data-dir", str(DATA), "--out", str(tiny)]) == 0
+    assert _rerun(tiny, natural_dir) == 0
     assert sorted((tiny / "results").rglob("*.parquet")) == files
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert "pretraining" not in capsys.readouterr().out

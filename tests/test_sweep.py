@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -14,20 +15,23 @@ import pytest
 from raylab.cli import main
 from raylab.errors import InputError
 from raylab.results import SCHEMA, read_results
-from raylab.sweep import SweepConfig
+from raylab.sweep import SweepConfig, outcome, run_sweep
 
 from .conftest import PNEUMONIA, ROOT
 
 
-def _args(models, shards, tmp_path: Path, cluster, name: str) -> list[str]:
-    return ["--name", name, "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(shards), "random",
+def _args(models, shards, tmp_path: Path, cluster, name: str, model: str | None = None) -> list[str]:
+    return ["--name", name, "--model", model or str(models["model"]), "--data", str(PNEUMONIA), "--source", str(shards), "random",
             "--eps", "0.01", "0.02", "--zeta", "0.08", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "sweeps"),
             "--cpus-per-trial", "0.25", "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5", "--batch-size", "8",
             "--max-concurrent", "2", "--address", cluster["address"]]
 
 
 def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_path, capsys) -> None:
-    rc = main(["sweep", *_args(models, shards, tmp_path, cluster, "grid"), "--select", "best"])
+    """Also: a model given as a URL keeps its architecture and input size in the rows, and every row's
+    wall_seconds is its UAP's own time, as in the trial's metrics.json."""
+    url = "file://" + str(models["model"])
+    rc = main(["sweep", *_args(models, shards, tmp_path, cluster, "grid", model=url), "--select", "best"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "4 trial(s), 0 failed" in out and "fooling_rate" in out
@@ -42,6 +46,9 @@ def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_pat
         assert len(r["confusion_matrix"]) == 2 and all(abs(sum(row) - 1) < 1e-6 or sum(row) == 0 for row in r["confusion_matrix"])
         assert Path(r["uap_uri"]).exists() and r["uap_l2"] > 0
         assert r["torch_version"] and r["ray_version"] and r["raylab_version"] == "0.1.0"
+        assert r["model"] == url
+        m = json.loads((tmp_path / "sweeps" / "grid" / r["trial_id"] / "metrics.json").read_text())
+        assert r["wall_seconds"] == m["seconds"] and r["fooling_rate"] == m["fooling_rate"]
     shard_rows = [r for r in rows if r["source_kind"] == "shards"]
     assert all(r["images_processed"] == 48 and r["images_per_second"] > 0 for r in shard_rows)
     # the CLI reads it back, filtered
@@ -69,6 +76,56 @@ def test_an_interrupted_sweep_resumes_without_duplicate_rows(cluster, models, sh
     table = read_results(tmp_path / "results", filters={"sweep": "resume"})
     assert table.num_rows == 4 and len(set(table["trial_id"].to_pylist())) == 4
     assert isinstance(table, pa.Table)
+
+
+def test_a_resumed_sweep_with_other_settings_is_refused(cluster, models, tmp_path, capsys) -> None:
+    args = ["sweep", "--name", "changed", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random",
+            "--results", str(tmp_path / "results"), "--out", str(tmp_path / "sweeps"), "--address", cluster["address"]]
+    assert main([*args, "--eps", "0.01"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--eps", "0.03"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sweep 'changed' was started with other settings (eps=[0.01] then, [0.03] now)" in err
+    assert read_results(tmp_path / "results", filters={"sweep": "changed"})["eps"].to_pylist() == [0.01]
+    assert main([*args, "--eps", "0.01", "--max-concurrent", "1"]) == 0  # where trials run may change
+
+
+def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_path) -> None:
+    """The training-image and random trials run inside the trial: workers the cluster cannot give do not block them."""
+    s = SweepConfig(name="light", medical=str(PNEUMONIA), models=(str(models["model"]),), sources=("random", "train"),
+                    eps=(0.01,), zeta=(0.08,), results=str(tmp_path / "results"), out=str(tmp_path / "sweeps"),
+                    workers=2, cpus_per_worker=64.0)
+    assert s.bundles("random") == [{"CPU": 0.25}] and len(s.bundles("/some/shards")) == 5
+    grid = run_sweep(s, log=lambda line: None)
+    assert [outcome(r) for r in grid] == ["finished", "finished"]
+    assert read_results(tmp_path / "results", filters={"sweep": "light"}).num_rows == 2
+
+
+def test_tune_ranks_trials_and_sees_them_progress(cluster, models, shards, tmp_path) -> None:
+    s = SweepConfig(name="ranked", medical=str(PNEUMONIA), models=(str(models["model"]),), sources=(str(shards),),
+                    eps=(0.005, 0.02), zeta=(0.08,), results=str(tmp_path / "results"), out=str(tmp_path / "sweeps"),
+                    batch_size=4, cpus_per_worker=0.5, cpus_per_reader=0.5, max_concurrent=1, report_every=2)
+    grid = run_sweep(s, log=lambda line: None)
+    rows = read_results(tmp_path / "results", filters={"sweep": "ranked"}).to_pylist()
+    best = grid.get_best_result()  # the Tuner's own metric and mode
+    assert best.metrics["score"] == max(r["fooling_rate"] for r in rows) == best.metrics["fooling_rate"]
+    for r in grid:
+        progress = r.metrics_dataframe
+        assert len(progress) == 12 // 2 + 1  # a report every 2 of the 12 rounds, then the final one
+        assert list(progress["stream_images"].dropna()) == [8.0 * k for k in range(1, 7)]
+
+
+def test_early_stopping_stops_the_trailing_trial_of_its_group(cluster, models, shards, tmp_path, capsys) -> None:
+    """ASHA within one zeta: the trial whose step is too small to fool anything is stopped and writes no row."""
+    rc = main(["sweep", "--name", "asha", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(shards),
+               "--eps", "0.05", "0.00001", "--p", "inf", "--zeta", "0.08", "--batch-size", "4", "--report-every", "3",
+               "--early-stop", "--early-stop-grace", "12", "--max-concurrent", "1", "--cpus-per-worker", "0.5",
+               "--cpus-per-reader", "0.5", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "sweeps"),
+               "--address", cluster["address"]])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 trial(s), 0 failed, 1 stopped early" in out
+    assert read_results(tmp_path / "results", filters={"sweep": "asha"})["eps"].to_pylist() == [0.05]
 
 
 def test_bad_sweep_input_is_refused(models, shards, tmp_path) -> None:

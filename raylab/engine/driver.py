@@ -37,7 +37,7 @@ from ..errors import InputError, RaylabError
 from ..evaluation import evaluate
 from ..record import Build, Figures, ResultsKey, RunRecord, Source, write_run
 from ..store import Store
-from ..target import Target, load_target, medical_digest
+from ..target import Target, load_target, medical_digest, read_model
 from ..telemetry import Telemetry, ray_sink, run_tags
 from .readers import BatchMeta, ShardReader
 from .state import CHECKPOINT, RunState, WorkerResult, commit_round, distinct, end_of_pass, fingerprint, record_marker
@@ -60,19 +60,6 @@ class RoundReport:
     worker_pids: dict[int, int] = field(default_factory=dict)
 
 
-def _read_model(location: str) -> bytes:
-    try:
-        if "://" in location:
-            import fsspec
-
-            with fsspec.open(location, "rb") as f:
-                return f.read()
-        with open(location, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise InputError(f"cannot read model weights {location} ({e.strerror or e})") from None
-
-
 def _cause(e: ray.exceptions.RayTaskError) -> str:
     """The one line of an error raised inside an actor (not Ray's traceback around it)."""
     cause = getattr(e, "cause", None)
@@ -86,7 +73,7 @@ class Engine:
                  log: Callable[[str], None] = print, results: ResultsKey | None = None) -> None:
         self.config, self.on_round, self.log, self.results = config, on_round, log, results
         self.store = Store.at(config.out)
-        self.model_bytes = _read_model(config.model)
+        self.model_bytes = read_model(config.model)
         self.target: Target = load_target(self.model_bytes, config.medical, target=config.target, zeta=config.zeta,
                                           p=config.p, model_name=config.model)
         self.manifest = read_manifest(config.shards)
@@ -101,6 +88,7 @@ class Engine:
         self.reader_shards = [[s.name for s in self.manifest.shards[w::config.workers]] for w in range(config.workers)]
         self.workers: list[Any] = []
         self.readers: list[Any] = []
+        self.resume = self._read_checkpoint()  # a checkpoint of another run is refused here, before any actor starts
         self.store.makedirs()
 
     # -- set-up ---------------------------------------------------------------------------------------------------
@@ -129,11 +117,17 @@ class Engine:
             for w in range(c.workers)
         ]
 
+    def _read_checkpoint(self) -> RunState | None:
+        """The state to resume from, if the output location holds this run's checkpoint; InputError for another run's."""
+        if not self.store.exists(CHECKPOINT):
+            return None
+        return RunState.from_bytes(self.store.read_bytes(CHECKPOINT), self.fingerprint, self.store.path(CHECKPOINT))
+
     def _initial_state(self) -> RunState:
-        if self.store.exists(CHECKPOINT):
-            state = RunState.from_bytes(self.store.read_bytes(CHECKPOINT), self.fingerprint, self.store.path(CHECKPOINT))
-            self.log(f"resuming from {self.store.path(CHECKPOINT)} at round {state.round} ({state.stats['images']} images done)")
-            return state
+        if self.resume is not None:
+            s = self.resume
+            self.log(f"resuming from {self.store.path(CHECKPOINT)} at round {s.round} ({s.stats['images']} images done)")
+            return s
         return RunState.start(self.target.image_shape, self.config.workers)
 
     def _checkpoint(self, state: RunState) -> None:

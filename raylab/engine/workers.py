@@ -23,9 +23,11 @@ from ..models import for_inference, load_classifier
 from ..telemetry import Telemetry, ray_sink
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0)
-class UAPWorker:
-    """Holds a classifier and applies the batched update rule (Section 2.2) to the batches it is given."""
+class Worker:
+    """Holds a classifier and applies the batched update rule (Section 2.2) to the batches it is given.
+
+    :data:`UAPWorker` is this class as a Ray actor.
+    """
 
     def __init__(self, checkpoint: bytes, *, device: str, amp: bool, threads: int, name: str = "model", index: int = 0,
                  tags: dict[str, str] | None = None) -> None:
@@ -59,3 +61,7 @@ class UAPWorker:
     def pid(self) -> int:
         """This worker's process id; retried by Ray while the actor restarts, so it also waits for a restart."""
         return os.getpid()
+
+
+#: The worker actor: restarted by Ray whenever its process dies; its calls are retried by the driver, not by Ray.
+UAPWorker = ray.remote(max_restarts=-1, max_task_retries=0)(Worker)

@@ -1,0 +1,74 @@
+"""The engine's round commit and δ stop as pure functions: no Ray, real tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raylab.core import StepStats, project_lp
+from raylab.engine.readers import BatchMeta, Position
+from raylab.engine.state import RunState, WorkerResult, commit_round, distinct, end_of_pass, record_marker
+from raylab.data.shards import Cursor
+from raylab.errors import RaylabError
+
+
+def _meta(pass_: int, start: int, size: int, *, skipped=(), failed=()) -> BatchMeta:
+    return BatchMeta(start=Position(pass_, Cursor(0, start)), end=Position(pass_, Cursor(0, start + size)), size=size,
+                     keys=[f"{i:08d}" for i in range(start, start + size)], skipped=list(skipped),
+                     shards_failed=list(failed), decode_seconds=0.0)
+
+
+def test_a_round_sums_in_worker_order_projects_once_and_then_counts() -> None:
+    state = RunState.start((1, 4, 4), workers=2)
+    g = torch.Generator().manual_seed(0)
+    steps = [torch.randn(1, 4, 4, generator=g) for _ in range(2)]
+    results = [WorkerResult(1, steps[1], StepStats(4, 3, 1), _meta(0, 0, 4, skipped=[("s:1", "corrupt")])),
+               WorkerResult(0, steps[0], StepStats(4, 4, 2), _meta(0, 0, 4))]
+    new = commit_round(state, results, radius=0.5, p=2)
+    torch.testing.assert_close(new.rho, project_lp(steps[0] + steps[1], radius=0.5, p=2), rtol=0, atol=0)
+    assert float(new.rho.norm()) == pytest.approx(0.5)
+    assert new.round == 1 and new.stats == {"images": 8, "active": 7, "accepted": 3}
+    assert new.per_pass == {"0": {"images": 8, "active": 7, "accepted": 3}}
+    assert new.positions == [[0, 0, 4], [0, 0, 4]] and new.skipped == [["s:1", "corrupt"]]
+    # the old state is untouched (pure)
+    assert state.round == 0 and state.stats["images"] == 0 and float(state.rho.abs().sum()) == 0
+    assert state.positions == [[0, 0, 0], [0, 0, 0]] and state.skipped == []
+
+
+def test_no_accepted_step_leaves_rho_as_it_was() -> None:
+    state = RunState.start((1, 2, 2), workers=1).copy(rho=torch.full((1, 2, 2), 0.1))
+    new = commit_round(state, [WorkerResult(0, torch.ones(1, 2, 2), StepStats(4, 4, 0), _meta(0, 0, 4))], radius=1.0, p="inf")
+    assert torch.equal(new.rho, state.rho) and new.stats["images"] == 4
+
+
+def test_a_non_finite_rho_stops_the_round_before_anything_is_counted() -> None:
+    state = RunState.start((1, 2, 2), workers=2)
+    bad = torch.tensor([[[float("nan"), 0.0], [0.0, 0.0]]])
+    results = [WorkerResult(0, bad, StepStats(4, 4, 1), _meta(0, 0, 4)),
+               WorkerResult(1, torch.zeros(1, 2, 2), StepStats(4, 4, 0), _meta(0, 0, 4))]
+    with pytest.raises(RaylabError, match="round 1: rho became NaN/inf"):
+        commit_round(state, results, radius=1.0, p=2)
+    assert state.round == 0 and state.stats == {"images": 0, "active": 0, "accepted": 0} and state.per_pass == {}
+
+
+def test_pass_end_markers_and_the_delta_stop() -> None:
+    state = RunState.start((1, 2, 2), workers=1)
+    state = commit_round(state, [WorkerResult(0, torch.zeros(1, 2, 2), StepStats(4, 0, 0), _meta(0, 0, 4))], radius=1.0, p=2)
+    marker = BatchMeta(start=Position(0, Cursor(0, 4)), end=Position(1, Cursor(0, 0)), size=0, keys=[],
+                       skipped=[("s:9", "truncated")], shards_failed=[("s", "ends early")], decode_seconds=0.0)
+    state = record_marker(state, 0, marker)
+    assert state.positions == [[1, 0, 0]] and state.shards_failed == [["s", "ends early"]]
+    stopped, line = end_of_pass(state, max_passes=3, delta=0.1)  # every visited image already fooled: stop
+    assert stopped.stopped_by_delta and "after pass 1" in line and not state.stopped_by_delta
+    again, line = end_of_pass(stopped, max_passes=3, delta=0.1)  # a pass is checked once
+    assert line is None
+    assert distinct([["a", "x"], ["b", "y"], ["a", "x"]]) == ("a: x", "b: y")
+
+
+def test_a_checkpoint_round_trips_and_refuses_another_run() -> None:
+    state = commit_round(RunState.start((1, 2, 2), workers=1),
+                         [WorkerResult(0, torch.ones(1, 2, 2), StepStats(4, 4, 2), _meta(0, 0, 4))], radius=1.0, p=2)
+    back = RunState.from_bytes(state.to_bytes("abc"), "abc", "ckpt")
+    assert back.round == 1 and back.stats == state.stats and torch.equal(back.rho, state.rho)
+    with pytest.raises(Exception, match="checkpoint of a different run"):
+        RunState.from_bytes(state.to_bytes("abc"), "xyz", "ckpt")

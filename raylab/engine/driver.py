@@ -166,6 +166,7 @@ class Engine:
             state = commit_round(state, results, radius=self.target.radius, p=c.p)
             state.seconds = time.perf_counter() - started
             self._count(results)
+            self._round_telemetry(state)
             state, stop_line = end_of_pass(state, max_passes=c.max_passes, delta=c.delta)
             if stop_line:
                 self.log(stop_line)
@@ -265,7 +266,6 @@ class Engine:
 
     def _progress(self, state: RunState, images_at_start: int, session: float) -> str:
         """The live line: images/s of this session, accepted updates, ||ρ||, the running rate on the stream."""
-        self._round_telemetry(state)
         c, s = self.config, state.stats
         rate = (s["images"] - images_at_start) / max(1e-9, time.perf_counter() - session)
         idle_frac = self.idle / max(1e-9, self.idle + self.compute)

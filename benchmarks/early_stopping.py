@@ -55,7 +55,7 @@ def main() -> int:
         root = Path(tmp)
         m = write_shards(a.images, root / "shards", shard_size=250, size=spec.image_size, channels=spec.in_channels)
         figures["stream_images"] = m.total
-        ray.init(num_cpus=os.cpu_count(), logging_level="ERROR")
+        ray.init(address="local", num_cpus=os.cpu_count(), logging_level="ERROR")
         cpus = float(os.cpu_count() or 2)
         for label, early in (("plain", False), ("early_stop", True)):
             s = SweepConfig(name=label, medical=a.data, models=(a.model,), sources=(str(root / "shards"),), eps=tuple(a.eps),

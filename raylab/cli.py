@@ -296,7 +296,6 @@ def _parse_value(v: str):
 def cmd_demo(a: argparse.Namespace) -> int:
     """The Quick start: every step is skipped when its output already exists, so a rerun resumes."""
     out: Path = a.out
-    out.mkdir(parents=True, exist_ok=True)
     backbone, model = out / "backbone.pt", out / "model.pt"
     common = ["--image-size", "64", "--arch", "resnet18"]
     if not backbone.exists() and (rc := main(["pretrain", "--images", str(a.data_dir / "imagenet-samples"),

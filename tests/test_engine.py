@@ -243,18 +243,18 @@ def test_a_batch_that_kills_its_worker_every_time_fails_the_run_naming_it(cluste
     """Bounded retries: the third time the same batch kills its worker, the run stops with one line naming the batch,
     and the checkpoint of the last good round stays."""
     from raylab.engine import driver
-    from raylab.engine.workers import Worker
+    from raylab.engine.workers import UAPWorker
 
     stream = _stream(read_manifest(shards).urls[0::2])  # what reader 0 of 2 streams
     poison = int(stream[4:8].sum())  # its second batch of 4
 
-    class PoisonWorker(Worker):
+    class PoisonWorker(UAPWorker):
         def update(self, images, rho, **kw):
             if int(images.sum()) == poison:
                 os._exit(1)  # like a segfaulting kernel on one input
             return super().update(images, rho, **kw)
 
-    monkeypatch.setattr(driver, "UAPWorker", ray.remote(max_restarts=-1, max_task_retries=0)(PoisonWorker))
+    monkeypatch.setattr(driver, "WorkerActor", ray.remote(max_restarts=-1, max_task_retries=0)(PoisonWorker))
     config = _config(models, shards, tmp_path / "poison", workers=2, batch_size=4, checkpoint_every=1)
     with pytest.raises(RaylabError, match=r"^shard-000000\.tar:00000004 \(a batch of 4 read by reader 0\) failed 3 times"):
         run_engine(config, log=lambda s: None)

@@ -34,14 +34,14 @@ from ..config import EngineConfig
 from ..core import VALID_RANGE, StepStats, lp_norm
 from ..data.shards import read_manifest
 from ..errors import InputError, RaylabError
-from ..evaluation import evaluate
+from ..evaluation import Evaluation, evaluate
 from ..record import Build, Figures, ResultsKey, RunRecord, Source, write_run
 from ..store import Store
 from ..target import Target, load_target, medical_digest, read_model
 from ..telemetry import Telemetry, ray_sink, run_tags
 from .readers import BatchMeta, ShardReader
 from .state import CHECKPOINT, RunState, WorkerResult, commit_round, distinct, end_of_pass, fingerprint, record_marker
-from .workers import UAPWorker
+from .workers import WorkerActor
 
 
 #: Seconds to wait for Ray to restart a worker that died (a new process that loads the model again).
@@ -88,6 +88,8 @@ class Engine:
         self.reader_shards = [[s.name for s in self.manifest.shards[w::config.workers]] for w in range(config.workers)]
         self.workers: list[Any] = []
         self.readers: list[Any] = []
+        self._clean: Tensor | None = None
+        self.compute = self.idle = 0.0  # worker seconds computing and waiting, this session
         self.resume = self._read_checkpoint()  # a checkpoint of another run is refused here, before any actor starts
         self.store.makedirs()
 
@@ -112,7 +114,7 @@ class Engine:
             for w in range(c.workers)
         ]
         self.workers = [
-            UAPWorker.options(num_cpus=c.cpus_per_worker, num_gpus=c.num_gpus_per_worker, resources=dict(c.resources)).remote(
+            WorkerActor.options(num_cpus=c.cpus_per_worker, num_gpus=c.num_gpus_per_worker, resources=dict(c.resources)).remote(
                 model_ref, device=c.device, amp=c.amp, threads=int(c.cpus_per_worker), name=c.model, index=w, tags=tags)
             for w in range(c.workers)
         ]
@@ -283,11 +285,11 @@ class Engine:
 
     def _clean_labels(self) -> Tensor:
         """C(x) of the medical test images: computed once, they do not depend on ρ."""
-        if not hasattr(self, "_clean"):
+        if self._clean is None:
             self._clean = self._predict(self.target.medical.test_images, None)
         return self._clean
 
-    def _evaluate(self, rho: Tensor):  # -> Evaluation
+    def _evaluate(self, rho: Tensor) -> Evaluation:
         t, c = self.target, self.config
         return evaluate(self._predict, rho, test_images=t.medical.test_images, test_labels=t.medical.test_labels,
                         class_names=t.class_names, target=t.target, radius=t.radius, p=c.p, seed=c.seed,

@@ -23,10 +23,10 @@ from ..models import for_inference, load_classifier
 from ..telemetry import Telemetry, ray_sink
 
 
-class Worker:
+class UAPWorker:
     """Holds a classifier and applies the batched update rule (Section 2.2) to the batches it is given.
 
-    :data:`UAPWorker` is this class as a Ray actor.
+    :data:`WorkerActor` is this class as a Ray actor.
     """
 
     def __init__(self, checkpoint: bytes, *, device: str, amp: bool, threads: int, name: str = "model", index: int = 0,
@@ -64,4 +64,4 @@ class Worker:
 
 
 #: The worker actor: restarted by Ray whenever its process dies; its calls are retried by the driver, not by Ray.
-UAPWorker = ray.remote(max_restarts=-1, max_task_retries=0)(Worker)
+WorkerActor = ray.remote(max_restarts=-1, max_task_retries=0)(UAPWorker)

@@ -92,7 +92,7 @@ def main() -> None:
         m = run_engine(EngineConfig(model=a.model, medical=Path(a.data), shards=a.shards, out=out, workers=a.workers,
                                     batch_size=a.batch_size, max_passes=a.passes, zeta=0.04, eps=0.002, examples=0,
                                     cpus_per_worker=0.5, cpus_per_reader=0.5, checkpoint_every=50, progress_every=30),
-                       log=print)
+                       log=print).metrics()
     stop.set()
     thread.join()
     leaks = _leaks()

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig
-from .core import UAP, VALID_RANGE, Criterion, StepStats, label_composition, lp_norm, predict_labels
+from .core import SGDUAP, UAP, VALID_RANGE, Criterion, StepStats, label_composition, lp_norm, predict_labels
 from .data.natural import load_image_folder
 from .evaluation import by_class, evaluate, random_uap
 from .models import for_inference
@@ -86,19 +86,33 @@ def with_balance(config: UAPConfig, target: Target, images: Tensor, source: Sour
                                          images=source.images, used=len(balanced), skipped=source.skipped))
 
 
+def attack_for(config: UAPConfig, radius: float) -> UAP | SGDUAP:
+    """The core attack of ``config.method``: the paper's :class:`UAP` or the stochastic-gradient :class:`SGDUAP`."""
+    clip = VALID_RANGE if config.clip else None
+    assert config.max_passes is not None
+    if config.method == "sgd":
+        return SGDUAP(radius=radius, p=config.p, lr=config.lr, max_passes=config.max_passes, batch_size=config.batch_size,
+                      loss_clamp=config.loss_clamp, schedule=config.schedule, clip=clip, amp=config.amp)
+    return UAP(radius=radius, p=config.p, eps=config.eps, max_passes=config.max_passes, delta=config.delta,
+               mode=config.mode, batch_size=config.batch_size, step_norm=config.step_norm, clip=clip, amp=config.amp)
+
+
 def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterion: Criterion, radius: float, *,
              progress: bool = False, telemetry: Telemetry | None = None) -> tuple[Tensor, StepStats, int]:
-    """The UAP over ``images`` in chunks, ρ carried from chunk to chunk (the paper streamed 100 x 1,000).
+    """The UAP over ``images``, ρ carried from chunk to chunk (the paper streamed 100 x 1,000).
 
-    Returns ρ, the counts over every pass and chunk, and the most passes any chunk made.
+    The paper's method runs chunk by chunk (each chunk its i_max passes); the stochastic-gradient method makes its
+    epochs over all the images, one schedule for the whole run. Returns ρ, the counts over every pass and chunk,
+    and the most passes any chunk made.
     """
-    attack = UAP(radius=radius, p=config.p, eps=config.eps, max_passes=config.max_passes, delta=config.delta,
-                 mode=config.mode, batch_size=config.batch_size, step_norm=config.step_norm,
-                 clip=VALID_RANGE if config.clip else None, amp=config.amp)
+    attack = attack_for(config, radius)
+    chunk_size = len(images) if isinstance(attack, SGDUAP) else config.chunk_size
     telemetry = telemetry or Telemetry()
     rho: Tensor | None = None
     total, passes = StepStats(), 0
-    bar = tqdm(total=len(images) * config.max_passes, unit="img", disable=not progress, desc="UAP", smoothing=0.1)
+    assert config.max_passes is not None
+    bar = tqdm(total=len(images) * config.max_passes, unit="img", disable=not progress, desc=f"UAP ({config.method})",
+               smoothing=0.1)
     last = time.perf_counter()
     kind = "fooling" if criterion.sign > 0 else "success"
 
@@ -115,7 +129,7 @@ def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterio
         last = now
 
     try:
-        for k, chunk in enumerate(images.split(config.chunk_size)):
+        for k, chunk in enumerate(images.split(chunk_size)):
             result = attack(model, chunk, criterion=criterion, rho=rho, seed=config.seed + k, on_batch=on_batch)
             rho, passes = result.rho, max(passes, result.passes)
     finally:

@@ -1,9 +1,11 @@
 """``raylab bench``: images/s of the UAP modes, measured side by side in one run.
 
-Three ratios (issue #3's goals): faithful mode ÷ ART's ``UniversalPerturbation``
+Ratios measured in one run: faithful mode ÷ ART's ``UniversalPerturbation``
 (same model, images, order; ρ compared too), batched mode ÷ the bare cost of
 its kernel (clean forward + forward/backward + acceptance forward at batch B,
-no pipeline), and batched mode ÷ ART.
+no pipeline), batched mode ÷ ART, and the stochastic-gradient method (one
+epoch) beside them: ÷ its own bare kernel (clean forward + forward/backward),
+÷ batched mode and ÷ ART.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DEFAULT_DATA, option
-from .core import UAP, to_model_space, zeta_radius
+from .core import SGDUAP, UAP, to_model_space, zeta_radius
 from .core.fgsm import autocast
 from .data.medical import load_medmnist
 from .data.natural import load_image_folder
@@ -76,6 +78,27 @@ def bare_kernel(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int, amp
     return seconds
 
 
+def bare_sgd_kernel(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int, amp: bool = False) -> float:
+    """Seconds of the stochastic-gradient method's kernel over ``x``: clean forward, then one forward/backward to
+    the perturbation per batch (no acceptance forward), nothing else."""
+    device = next(model.parameters()).device
+
+    def run() -> None:
+        rho = torch.zeros(x.shape[1:], device=device)
+        for chunk in x.split(batch_size):
+            xb = to_model_space(chunk.to(device))
+            with torch.no_grad(), autocast(device, amp):
+                y = model(xb).argmax(1)
+            r = rho.clone().requires_grad_(True)
+            with autocast(device, amp):
+                loss = F.cross_entropy(model(xb + r).float(), y, reduction="none").clamp(max=10).sum()
+            (g,) = torch.autograd.grad(loss, r)
+            rho = rho + 0.001 * g.sign()
+
+    _, seconds = _timed(run)
+    return seconds
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     medical = load_medmnist(cfg.data_dir / "pneumoniamnist.npz").resized(cfg.image_size)
@@ -99,22 +122,27 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     bare_kernel(fast, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)
     faithful = UAP(radius=radius, p=2, eps=cfg.eps, mode="faithful")
     batched = UAP(radius=radius, p=2, eps=cfg.eps, mode="batched", batch_size=cfg.batch_size, amp=cfg.amp)
+    sgd = SGDUAP(radius=radius, p=2, max_passes=1, batch_size=cfg.batch_size, amp=cfg.amp)
     res_f, t_f = _timed(lambda: faithful(model, images, seed=cfg.seed))
     res_b, t_b = _timed(lambda: batched(fast, images, seed=cfg.seed))
+    _, t_sgd = _timed(lambda: sgd(fast, images, seed=cfg.seed))
     t_bare = bare_kernel(fast, images, batch_size=cfg.batch_size, amp=cfg.amp)
+    t_sgd_bare = bare_sgd_kernel(fast, images, batch_size=cfg.batch_size, amp=cfg.amp)
     figures.update(
         faithful_images_per_s=n / t_f, faithful_accepted=res_f.stats.accepted,
         batched_images_per_s=n / t_b, batched_accepted=res_b.stats.accepted,
         bare_kernel_images_per_s=n / t_bare,
         batched_over_bare_kernel=t_bare / t_b,
+        sgd_images_per_s=n / t_sgd, sgd_bare_kernel_images_per_s=n / t_sgd_bare,
+        sgd_over_bare_kernel=t_sgd_bare / t_sgd, sgd_over_batched=t_b / t_sgd,
     )
     if cfg.with_art:
-        figures.update(_art(cfg, model, images, radius, res_f.rho, n / t_f, n / t_b))
+        figures.update(_art(cfg, model, images, radius, res_f.rho, n / t_f, n / t_b, n / t_sgd))
     return figures
 
 
 def _art(cfg: BenchConfig, model: torch.nn.Module, images: torch.Tensor, radius: float, rho: torch.Tensor,
-         faithful_ips: float, batched_ips: float) -> dict[str, Any]:
+         faithful_ips: float, batched_ips: float, sgd_ips: float) -> dict[str, Any]:
     try:
         from art.attacks.evasion import UniversalPerturbation
         from art.estimators.classification import PyTorchClassifier
@@ -132,6 +160,7 @@ def _art(cfg: BenchConfig, model: torch.nn.Module, images: torch.Tensor, radius:
         "art_images_per_s": art_ips,
         "faithful_over_art": faithful_ips / art_ips,
         "batched_over_art": batched_ips / art_ips,
+        "sgd_over_art": sgd_ips / art_ips,
         "faithful_rho_max_abs_diff_vs_art": float(np.abs(rho.numpy() - attack.noise[0]).max()),
     }
 
@@ -190,22 +219,27 @@ def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
         bare_kernel(m, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)  # warm-up
         t_bare = bare_kernel(m, images, batch_size=cfg.batch_size, amp=cfg.amp)
         figures["bare_kernel_images_per_s"] = len(images) / t_bare
+        bare_sgd_kernel(m, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)
+        figures["sgd_bare_kernel_images_per_s"] = len(images) / bare_sgd_kernel(m, images, batch_size=cfg.batch_size, amp=cfg.amp)
         model_path = save_classifier(model.cpu().to(memory_format=torch.contiguous_format), root / "model.pt")
         if not ray.is_initialized():
             ray.init(logging_level="ERROR")
         cpus = ray.cluster_resources().get("CPU", 1)
-        for w in cfg.workers:
-            share = min(cfg.cpus_per_worker, cpus / (2 * w))  # W workers and W readers must fit on this machine
-            ec = EngineConfig(model=str(model_path), medical=cfg.data_dir / "pneumoniamnist.npz", shards=str(root / "small"),
-                              out=str(root / f"run-w{w}"), zeta=0.04, eps=0.002, batch_size=cfg.batch_size, workers=w,
-                              device=cfg.device, amp=cfg.amp, cpus_per_worker=share,
-                              cpus_per_reader=min(cfg.cpus_per_reader, share), progress_every=1e9, examples=0,
-                              checkpoint_every=10_000)
-            log(f"engine with {w} worker(s)...")
-            metrics = run_engine(ec, log=lambda s: None)
-            figures[f"engine_{w}w_images_per_s"] = metrics["images_per_second"]
-            figures[f"engine_{w}w_worker_idle_fraction"] = metrics["worker_idle_fraction"]
-        figures["engine_1w_over_bare_kernel"] = figures["engine_1w_images_per_s"] / figures["bare_kernel_images_per_s"]
-        if 2 in cfg.workers and 1 in cfg.workers:
-            figures["engine_2w_over_1w"] = figures["engine_2w_images_per_s"] / figures["engine_1w_images_per_s"]
+        for method, prefix in (("paper", "engine"), ("sgd", "engine_sgd")):
+            for w in cfg.workers:
+                share = min(cfg.cpus_per_worker, cpus / (2 * w))  # W workers and W readers must fit on this machine
+                ec = EngineConfig(model=str(model_path), medical=cfg.data_dir / "pneumoniamnist.npz", shards=str(root / "small"),
+                                  out=str(root / f"{method}-w{w}"), method=method, max_passes=1, zeta=0.04, eps=0.002,
+                                  batch_size=cfg.batch_size, workers=w, device=cfg.device, amp=cfg.amp, cpus_per_worker=share,
+                                  cpus_per_reader=min(cfg.cpus_per_reader, share), progress_every=1e9, examples=0,
+                                  checkpoint_every=10_000)
+                log(f"{method} engine with {w} worker(s)...")
+                build = run_engine(ec, log=lambda s: None).build
+                figures[f"{prefix}_{w}w_images_per_s"] = build.images_per_second
+                figures[f"{prefix}_{w}w_worker_idle_fraction"] = (build.engine or {})["worker_idle_fraction"]
+            bare = figures["bare_kernel_images_per_s" if method == "paper" else "sgd_bare_kernel_images_per_s"]
+            if 1 in cfg.workers:
+                figures[f"{prefix}_1w_over_bare_kernel"] = figures[f"{prefix}_1w_images_per_s"] / bare
+            if 2 in cfg.workers and 1 in cfg.workers:
+                figures[f"{prefix}_2w_over_1w"] = figures[f"{prefix}_2w_images_per_s"] / figures[f"{prefix}_1w_images_per_s"]
     return figures

@@ -18,12 +18,17 @@ from typing import Any, Callable
 
 from .core.fgsm import STEP_NORMS, StepNorm
 from .core.norms import Norm, parse_norm
+from .core.sgd import SCHEDULES, Schedule
 from .core.uap import Mode
 from .errors import InputError
 
 #: A UAP source: a natural-image folder, the medical training set, or the random control.
 SOURCE_TRAIN = "train"
 SOURCE_RANDOM = "random"
+#: The UAP methods: the paper's (iterative FGSM steps accepted per image) and stochastic gradient ascent on ρ.
+METHODS = ("paper", "sgd")
+#: Passes over the source when none are given: the paper made 1; the stochastic-gradient method needs epochs.
+DEFAULT_PASSES = {"paper": 1, "sgd": 10}
 #: Where the shared real data lives beside this repository (the CLI's defaults).
 DEFAULT_DATA = Path("../shared/data")
 DEFAULT_MEDICAL = DEFAULT_DATA / "pneumoniamnist.npz"
@@ -73,12 +78,19 @@ def _target(text: str) -> str | None:
 
 @dataclass(frozen=True, kw_only=True)
 class AttackConfig:
-    """The UAP parameters every run shares (Section 2.2): norm, budget ζ, step ε, passes, δ, target, batching."""
+    """The UAP parameters every run shares (Section 2.2): method, norm, budget ζ, steps, passes, δ, target, batching."""
 
+    method: str = option("paper", "paper: the paper's iterative FGSM UAP (ART's UniversalPerturbation); sgd: stochastic "
+                                  "gradient ascent on rho (Shafahi et al. 2020), the stronger attack", choices=METHODS)
     p: Norm = option(2, "norm of the UAP: 2 or inf", parse=str)
     zeta: float = option(0.04, "budget as a ratio of the mean Lp norm of the medical training images (0.04 = 4%%)")
-    eps: float = option(0.0005, "FGSM step size epsilon (0.0005 is the paper's chest X-ray value)")
-    max_passes: int = option(1, "i_max: passes over the input images (the paper made 1)", flag="--i-max")
+    eps: float = option(0.0005, "paper: FGSM step size epsilon (0.0005 is the paper's chest X-ray value)")
+    max_passes: int | None = option(None, "i_max: passes over the input images (default: 1 for the paper's method, "
+                                          "as in the paper; 10 epochs for sgd)", flag="--i-max")
+    lr: float = option(0.2, "sgd: the first step, as a fraction of the radius")
+    loss_clamp: float = option(10.0, "sgd: beta, the cap of each image's cross-entropy in the non-targeted loss")
+    schedule: Schedule = option("linear", "sgd: the step decays linearly to 0 over the run, or stays constant",
+                                choices=SCHEDULES)
     delta: float = option(0.0, "stop once the score on the inputs reaches 1-delta (0: the authors' runs)")
     target: str | None = option(None, "target class name or index for a targeted UAP (default: non-targeted)", parse=_target)
     batch_size: int = option(32, "images per update (per worker in the engine)")
@@ -91,11 +103,17 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "p", norm(self.p))
-        for name in ("zeta", "eps", "delta"):
+        check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        if self.max_passes is None:
+            object.__setattr__(self, "max_passes", DEFAULT_PASSES[self.method])
+        for name in ("zeta", "eps", "delta", "lr", "loss_clamp"):
             finite(name, getattr(self, name))
         check(self.zeta > 0, f"zeta must be > 0 (a ratio, e.g. 0.04 for 4%), got {self.zeta}")
         check(self.zeta <= 1, f"zeta is a ratio of the mean image norm and must be <= 1, got {self.zeta}")
         check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.loss_clamp > 0, f"loss_clamp must be > 0, got {self.loss_clamp}")
+        check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         check(0 <= self.delta < 1, f"delta must be in [0, 1), got {self.delta}")
         check(self.max_passes >= 1, f"max_passes (i_max) must be >= 1, got {self.max_passes}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -141,7 +159,7 @@ class UAPConfig(AttackConfig):
 
     @property
     def effective_batch_size(self) -> int:
-        return 1 if self.mode == "faithful" else self.batch_size
+        return 1 if self.mode == "faithful" and self.method == "paper" else self.batch_size
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -80,6 +80,12 @@ class ReproduceConfig:
     backbones: tuple[str, ...] = ()
     device: str = "cpu"
     seed: int = 0
+    #: The stochastic-gradient UAPs beside the paper's method (Figures 1, 3 and Table 1), one per seed: mean ± sd.
+    sgd_sources: tuple[str, ...] = ("train", "natural_a")
+    sgd_zetas: tuple[float, ...] = (0.04, 0.08)
+    sgd_seeds: tuple[int, ...] = (0, 1, 2)
+    sgd_epochs: int = 5
+    sgd_lr: float = 0.2
 
     def __post_init__(self) -> None:
         missing = [f"{what} not found: {p}" for what, p in (("medical dataset", self.medical), ("natural set A", self.natural_a),
@@ -97,6 +103,9 @@ class ReproduceConfig:
             norm(p)
         check(not self.backbones or len(self.backbones) == len(self.archs),
               f"{len(self.backbones)} backbone weights for {len(self.archs)} architectures")
+        check(set(self.sgd_sources) <= set(SOURCES) - {"random"},
+              f"sgd_sources must be among train, natural_a, natural_b, got {self.sgd_sources}")
+        check(self.sgd_epochs >= 1 and self.sgd_lr > 0, "sgd_epochs must be >= 1 and sgd_lr > 0")
         if self.pretrain_epochs == 0 and not self.backbones:
             object.__setattr__(self, "backbones", ("imagenet",) * len(self.archs))
 
@@ -114,11 +123,13 @@ def preset(name: str, *, data_dir: Path, out: Path, **overrides: Any) -> Reprodu
     presets: dict[str, dict[str, Any]] = {
         "tiny": dict(archs=("small_cnn",), image_size=28, pretrain_images=100, pretrain_epochs=2, train_epochs=1,
                      natural_limit=60, train_limit=200, zetas=(0.04, 0.08), eps_grid=(0.01, 0.02), p_grid=("2",),
-                     select_images=60, max_passes=2, targets=("PNEUMONIA",), cross_arch=False),
+                     select_images=60, max_passes=2, targets=("PNEUMONIA",), cross_arch=False, sgd_zetas=(0.04, 0.08),
+                     sgd_seeds=(0, 1), sgd_epochs=10),
         "cpu-small": dict(),
         "paper": dict(archs=("inception_v3", "resnet50", "vgg16"), image_size=299, pretrain_epochs=0, train_epochs=10,
                       natural_limit=100_000, train_limit=0, eps_grid=(0.0005, 0.0013, 0.0026, 0.005), p_grid=("2", "inf"),
-                      select_images=10_000, max_passes=1, batch_size=256, device="cuda"),
+                      select_images=10_000, max_passes=1, batch_size=256, device="cuda", sgd_sources=("train", "natural_a", "natural_b"),
+                      sgd_zetas=(0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.16), sgd_epochs=1),
     }
     if name not in presets:
         raise InputError(f"unknown preset {name!r}; choose from {', '.join(presets)}")
@@ -149,34 +160,44 @@ class Context:
         return self.clean[key]
 
 
-def trial_id(key: str, source: str, zeta: float, target: str | None) -> str:
-    """The results row's id of one UAP of the study, e.g. ``resnet18-transfer-natural_a-z0.04-u``."""
-    return f"{key}-{source}-z{zeta:g}-{target or 'u'}"
+#: One UAP of the study: (model key, source, ζ, target, method, seed).
+Job = tuple[str, str, float, str | None, str, int]
+
+
+def trial_id(key: str, source: str, zeta: float, target: str | None, method: str = "paper", seed: int = 0) -> str:
+    """The results row's id of one UAP of the study: ``resnet18-transfer-natural_a-z0.04-u`` for the paper's
+    method, ``...-u@sgd1`` for the stochastic-gradient one with seed 1."""
+    base = f"{key}-{source}-z{zeta:g}-{target or 'u'}"
+    return base if method == "paper" else f"{base}@sgd{seed}"
 
 
 def parse_trial(trial: str) -> dict[str, Any]:
-    """The inverse of :func:`trial_id`: arch, regime, source, ζ and target (None for non-targeted)."""
-    arch, regime, source, zeta, target = trial.split("-", 4)
+    """The inverse of :func:`trial_id`: arch, regime, source, ζ, target (None for non-targeted), method and seed."""
+    base, _, run = trial.partition("@")
+    arch, regime, source, zeta, target = base.split("-", 4)
     return {"arch": arch, "regime": regime, "model": f"{arch}-{regime}", "source": source, "zeta": float(zeta[1:]),
-            "target": None if target == "u" else target}
+            "target": None if target == "u" else target, "method": "sgd" if run else "paper",
+            "seed": int(run[3:]) if run else None}
 
 
 def uap_config(ctx: Context, key: str, source: str, *, zeta: float, p: str, eps: float, target: str | None,
-               out: Path) -> UAPConfig:
-    """The ``raylab uap`` configuration of one UAP of the study."""
+               out: Path, method: str = "paper", seed: int | None = None) -> UAPConfig:
+    """The ``raylab uap`` configuration of one UAP of the study (the stochastic-gradient one with ``method="sgd"``)."""
     c = ctx.config
     location = {"train": SOURCE_TRAIN, "random": SOURCE_RANDOM, "natural_a": str(c.natural_a),
                 "natural_a_balanced": str(c.natural_a), "natural_b": str(c.natural_b)}[source]
     limit = (c.train_limit or None) if source == "train" else c.natural_limit
+    sgd = dict(method="sgd", lr=c.sgd_lr, max_passes=c.sgd_epochs) if method == "sgd" else dict(max_passes=c.max_passes)
     return UAPConfig(model=ctx.model_info[key]["path"], medical=c.medical, source=location, out=out, p=p, zeta=zeta,
-                     eps=eps, max_passes=c.max_passes, target=target, batch_size=c.batch_size, seed=c.seed,
-                     device=c.device, examples=0, limit=limit, balance=source == "natural_a_balanced")
+                     eps=eps, target=target, batch_size=c.batch_size, seed=c.seed if seed is None else seed,
+                     device=c.device, examples=0, limit=limit, balance=source == "natural_a_balanced", **sgd)
 
 
 def source_images(ctx: Context, key: str, source: str, config: UAPConfig) -> SourceImages:
     """The source of one UAP, loaded once per source (and per model for the label-balanced one, which depends on
     the model's predictions)."""
     cache = (source, key if config.balance else "")
+    config = dataclasses.replace(config, seed=ctx.config.seed)  # the images are the study's, whatever the UAP's seed
     if cache not in ctx.sources:
         if config.balance:
             base = source_images(ctx, key, "natural_a", uap_config(ctx, key, "natural_a", zeta=config.zeta, p=str(config.p),
@@ -188,8 +209,11 @@ def source_images(ctx: Context, key: str, source: str, config: UAPConfig) -> Sou
     return ctx.sources[cache]
 
 
-def select_eps_p(ctx: Context, key: str, kind: str) -> dict[str, Any]:
-    """Section 2.2's grid search over ε and p at the paper's ζ, scored on the medical validation split."""
+def select_eps_p(ctx: Context, key: str, kind: str, method: str = "paper") -> dict[str, Any]:
+    """Section 2.2's grid search over ε and p at the paper's ζ, scored on the medical validation split.
+
+    For the stochastic-gradient method the grid is p alone (its step is ``sgd_lr`` of the radius).
+    """
     c, target = ctx.config, ctx.targets[key]
     source = "natural_a" if kind == "natural" else "train"
     probe = uap_config(ctx, key, source, zeta=c.paper_zeta, p="2", eps=c.eps_grid[0], target=None, out=c.out)
@@ -202,21 +226,29 @@ def select_eps_p(ctx: Context, key: str, kind: str) -> dict[str, Any]:
     grid = []
     for p_text in c.p_grid:
         budget = target.with_budget(zeta=c.paper_zeta, p=norm(p_text), target=None)
-        for eps in c.eps_grid:
-            config = uap_config(ctx, key, source, zeta=c.paper_zeta, p=p_text, eps=eps, target=None, out=c.out)
+        for eps in c.eps_grid if method == "paper" else c.eps_grid[:1]:
+            config = uap_config(ctx, key, source, zeta=c.paper_zeta, p=p_text, eps=eps, target=None, out=c.out, method=method)
             rho, _, _ = generate(config, target.model, sub, Untargeted(), budget.radius)
             grid.append({"p": p_text, "eps": eps, "val_fooling_rate": fooling_rate(clean, predict_labels(target.model, val, rho=rho))})
     best = max(grid, key=lambda r: r["val_fooling_rate"])
-    ctx.log(f"  {key} {kind}: eps={best['eps']:g} p={best['p']} (validation R_f {best['val_fooling_rate']:.3f})")
+    step = f"eps={best['eps']:g}" if method == "paper" else f"lr={c.sgd_lr:g}"
+    ctx.log(f"  {key} {kind} ({method}): {step} p={best['p']} (validation R_f {best['val_fooling_rate']:.3f})")
     return {"p": best["p"], "eps": best["eps"], "grid": grid}
 
 
-def run_one(ctx: Context, key: str, source: str, zeta: float, target: str | None) -> None:
+def selection_key(key: str, source: str, method: str) -> str:
+    """Which ε, p selection a UAP uses: per model, source kind (training or natural images) and method."""
+    kind = "train" if source == "train" else "natural"
+    return f"{key}/{kind}" if method == "paper" else f"{key}/{kind}/sgd"
+
+
+def run_one(ctx: Context, key: str, source: str, zeta: float, target: str | None, method: str = "paper",
+            seed: int = 0) -> None:
     """One UAP (or random control) of the study on model ``key``: one ``raylab uap`` run and one results row."""
-    sel = ctx.selected[f"{key}/{'train' if source == 'train' else 'natural'}"]
-    trial = trial_id(key, source, zeta, target)
+    sel = ctx.selected[selection_key(key, source, method)]
+    trial = trial_id(key, source, zeta, target, method, seed)
     config = uap_config(ctx, key, source, zeta=zeta, p=sel["p"], eps=sel["eps"], target=target,
-                        out=ctx.config.out / "uaps" / trial)
+                        out=ctx.config.out / "uaps" / trial, method=method, seed=seed if method == "sgd" else None)
     budget = ctx.targets[key].with_budget(zeta=zeta, p=config.p, target=target)
     run_uap(config, target=budget, source=source_images(ctx, key, source, config), clean=ctx.clean_test_labels(key),
             progress=False, figures=False, results=ResultsKey(str(ctx.config.out / "results"), ctx.config.sweep, trial))
@@ -267,8 +299,18 @@ def _train_models(ctx: Context) -> None:
 # --------------------------------------------------------------------------- the study
 
 
-def study_jobs(c: ReproduceConfig) -> list[tuple[str, str, float, str | None]]:
-    """Every UAP the study needs: (model key, source, ζ, target)."""
+def study_jobs(c: ReproduceConfig) -> list[Job]:
+    """Every UAP the study needs: (model key, source, ζ, target, method, seed)."""
+    jobs = [(*job, "paper", c.seed) for job in _paper_jobs(c)]
+    first = f"{c.archs[0]}-transfer"
+    sgd: list[tuple[str, str, float, str | None]] = [(first, s, z, None) for z in c.sgd_zetas for s in c.sgd_sources]  # Figure 1
+    sgd += [(f"{a}-transfer", s, c.paper_zeta, None) for a in c.archs for s in c.sgd_sources]  # Figure 3
+    sgd += [(f"{a}-transfer", s, c.paper_zeta, t) for a in c.archs for t in c.targets for s in c.sgd_sources]  # Table 1
+    jobs += [(*job, "sgd", seed) for job in dict.fromkeys(sgd) for seed in c.sgd_seeds]
+    return jobs
+
+
+def _paper_jobs(c: ReproduceConfig) -> list[tuple[str, str, float, str | None]]:
     jobs: list[tuple[str, str, float, str | None]] = []
     first = f"{c.archs[0]}-transfer"
     for zeta in c.zetas:
@@ -347,18 +389,21 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
         log(f"{s}: {src.source.used} images from {loc} ({'gray' if medical.channels == 1 else 'RGB'}, {c.image_size}px"
             + (f", {len(src.source.skipped)} unreadable skipped)" if src.source.skipped else ")"))
     ctx.selected = json.loads(store.read_text("selected.json")) if store.exists("selected.json") else {}
+    jobs = study_jobs(c)
     for key in ctx.targets:
-        for kind in ("natural", "train"):
-            if f"{key}/{kind}" not in ctx.selected:
-                ctx.selected[f"{key}/{kind}"] = select_eps_p(ctx, key, kind)
-                store.write_text("selected.json", json.dumps(ctx.selected, indent=2))
+        for kind, source in (("natural", "natural_a"), ("train", "train")):
+            for method in ("paper", "sgd"):
+                name = selection_key(key, source, method)
+                if name not in ctx.selected and any(j[0] == key and selection_key(j[0], j[1], j[4]) == name for j in jobs):
+                    ctx.selected[name] = select_eps_p(ctx, key, kind, method)
+                    store.write_text("selected.json", json.dumps(ctx.selected, indent=2))
     results = c.out / "results"
     done = set()
     if (results / f"sweep={c.sweep}").exists():
         done = set(read_results(results, filters={"sweep": c.sweep}).column("trial_id").to_pylist())
-    for key, source, zeta, target in tqdm(study_jobs(c), desc="UAPs", unit="uap"):
-        if trial_id(key, source, zeta, target) not in done:
-            run_one(ctx, key, source, zeta, target)  # one row per UAP, written as it finishes: a crash loses nothing
+    for job in tqdm(jobs, desc="UAPs", unit="uap"):
+        if trial_id(*job) not in done:
+            run_one(ctx, *job)  # one row per UAP, written as it finishes: a crash loses nothing
     rows = read_results(results, filters={"sweep": c.sweep}).to_pylist()
     study = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
@@ -379,8 +424,10 @@ def estimate_gpu_hours(config: ReproduceConfig, *, images_per_second: float, dat
     jobs = study_jobs(config)
     per_source = {"train": config.train_limit or 5000, "natural_a": config.natural_limit or 100_000,
                   "natural_b": config.natural_limit or 100_000, "natural_a_balanced": config.natural_limit or 100_000, "random": 0}
-    images = sum(per_source[s] for _, s, _, _ in jobs) * config.max_passes * datasets
+    passes = {"paper": config.max_passes, "sgd": config.sgd_epochs}
+    images = sum(per_source[s] * passes[m] for _, s, _, _, m, _ in jobs) * datasets
     grid = len(config.eps_grid) * len(config.p_grid) * config.select_images * config.max_passes
     grid *= (len(config.archs) + int(config.scratch)) * 2 * datasets
     total = images + grid
-    return {"uaps": len(jobs) * datasets, "update_images": total, "gpu_hours": total / images_per_second / 3600}
+    sgd = sum(1 for j in jobs if j[4] == "sgd") * datasets
+    return {"uaps": len(jobs) * datasets, "sgd_uaps": sgd, "update_images": total, "gpu_hours": total / images_per_second / 3600}

@@ -3,7 +3,7 @@
 Layout of a results location (a local directory or an fsspec URL such as
 ``memory://r`` or ``s3://bucket/results``)::
 
-    <location>/_schema.json                          {"schema_version": 1, "fields": [{"name", "type", "nullable"}, ...]}
+    <location>/_schema.json                          {"schema_version": 2, "fields": [{"name", "type", "nullable"}, ...]}
     <location>/sweep=<sweep>/trial-<trial_id>.parquet   one file, one row per trial
 
 Every file is written atomically (a hidden ``.<name>.<hex>.tmp`` name, then a
@@ -15,7 +15,7 @@ lists the files itself (no partition discovery), so the column appears once.
 Readers that do use hive partitioning (``pyarrow.dataset.dataset(loc,
 partitioning="hive")``) also get one ``sweep`` column, the same value.
 
-Schema version 1 (:data:`SCHEMA`), one field at a time. "Not null" unless marked
+Schema version 2 (:data:`SCHEMA`; version 1 had no ``method`` and ``lr`` and a non-null ``eps``), one field at a time. "Not null" unless marked
 nullable.
 
 Ids
@@ -42,10 +42,12 @@ Config (the run's configuration; every row is :meth:`raylab.record.RunRecord.row
                                 ``folder``, ``train`` (the medical training set) or
                                 ``random`` (no images: the random control only).
     ``source`` string           the source's location (shard dir, image folder, ``train``, ``random``).
+    ``method`` string           ``paper`` (the paper's iterative FGSM UAP) or ``sgd`` (stochastic gradient ascent on ρ).
     ``p`` string                the norm of the perturbation budget: ``"2"`` or ``"inf"``.
     ``zeta`` float64            ζ, the budget as a ratio of the medical training images' mean Lp norm.
-    ``eps`` float64             ε, the attack's step size.
-    ``max_passes`` int32        the most passes over the source.
+    ``eps`` float64, nullable   ε, the paper's FGSM step size; null for ``sgd``.
+    ``lr`` float64, nullable    ``sgd``'s first step as a fraction of the radius; null for ``paper``.
+    ``max_passes`` int32        the most passes over the source (epochs for ``sgd``).
     ``delta`` float64           δ, the stop criterion on the fooling rate (0: run every pass).
     ``target`` string, nullable the target class name of a targeted UAP; null: non-targeted.
     ``batch_size`` int32        images per update (per worker in the engine; 1 in faithful mode).
@@ -113,9 +115,9 @@ __all__ = [
     "select_best",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_NULLABLE = {"target", "success_rate", "random_success_rate", "images_per_second"}
+_NULLABLE = {"target", "success_rate", "random_success_rate", "images_per_second", "eps", "lr"}
 
 
 def _f(name: str, type_: pa.DataType) -> pa.Field:
@@ -136,9 +138,11 @@ SCHEMA: pa.Schema = pa.schema([
     _f("medical", pa.string()),
     _f("source_kind", pa.string()),
     _f("source", pa.string()),
+    _f("method", pa.string()),
     _f("p", pa.string()),
     _f("zeta", pa.float64()),
     _f("eps", pa.float64()),
+    _f("lr", pa.float64()),
     _f("max_passes", pa.int32()),
     _f("delta", pa.float64()),
     _f("target", pa.string()),
@@ -174,7 +178,8 @@ SCHEMA: pa.Schema = pa.schema([
 ])
 
 SOURCE_KINDS = ("shards", "folder", "train", "random")
-SUMMARY_COLUMNS = ("sweep", "trial_id", "arch", "source_kind", "p", "zeta", "eps", "target",
+METHODS = ("paper", "sgd")
+SUMMARY_COLUMNS = ("sweep", "trial_id", "arch", "source_kind", "method", "p", "zeta", "eps", "lr", "target",
                    "fooling_rate", "success_rate", "random_fooling_rate", "images_per_second")
 SCHEMA_FILE = "_schema.json"
 _ID = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9_.:@+-]{0,199}")
@@ -278,6 +283,8 @@ def _validate_row(row: Any) -> dict[str, Any]:
     _check_id("trial_id", out["trial_id"], where)
     if out["p"] not in ("2", "inf"):
         raise InputError(f"{where}: column 'p' must be \"2\" or \"inf\", got {out['p']!r}")
+    if out["method"] not in METHODS:
+        raise InputError(f"{where}: column 'method' must be one of {', '.join(METHODS)}, got {out['method']!r}")
     if out["source_kind"] not in SOURCE_KINDS:
         raise InputError(f"{where}: column 'source_kind' must be one of {', '.join(SOURCE_KINDS)}, got {out['source_kind']!r}")
     return out
@@ -479,8 +486,8 @@ def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
     return "\n".join(out)
 
 
-#: Rows compete for "best" only within one sweep, medical set, model, source, target, ζ and i_max.
-BEST_GROUP = ("sweep", "medical", "model", "arch", "source_kind", "source", "target", "zeta", "max_passes")
+#: Rows compete for "best" only within one sweep, medical set, model, source, method, target, ζ and i_max.
+BEST_GROUP = ("sweep", "medical", "model", "arch", "source_kind", "source", "method", "target", "zeta", "max_passes")
 
 
 def select_best(table: pa.Table) -> pa.Table:

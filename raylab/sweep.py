@@ -1,4 +1,4 @@
-"""``raylab sweep``: Ray Tune grids over ε, p, ζ, UAP source, target, model and i_max.
+"""``raylab sweep``: Ray Tune grids over the UAP method, ε (lr), p, ζ, UAP source, target, model and i_max.
 
 The paper picked ε and p per dataset by grid search and swept ζ (2-16 %) for
 every image source and architecture (Section 2.2). One trial is one UAP, a
@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import DEFAULT_MEDICAL, SOURCE_RANDOM, SOURCE_TRAIN, AttackConfig, EngineConfig, check, default_of, finite, norm, option
+from .config import (
+    DEFAULT_MEDICAL, METHODS, SOURCE_RANDOM, SOURCE_TRAIN, AttackConfig, EngineConfig, check, default_of, finite, norm, option,
+)
 from .record import ResultsKey, RunRecord
 
 SEARCHES = ("grid", "random")
@@ -52,12 +54,16 @@ class SweepConfig:
     medical: str = option(str(DEFAULT_MEDICAL), "the medical dataset the models classify", flag="--data")
     models: tuple[str, ...] = option(help="classifier checkpoint(s)", flag="--model")
     sources: tuple[str, ...] = option(help="shard location(s), 'train' and/or 'random'", flag="--source")
-    eps: tuple[float, ...] = option((default_of(AttackConfig, "eps"),), "FGSM step sizes epsilon")
+    methods: tuple[str, ...] = option(("paper",), "UAP methods: paper (the paper's FGSM UAP) and/or sgd (stochastic "
+                                                   "gradient ascent, stronger)", flag="--method", choices=METHODS)
+    eps: tuple[float, ...] = option((default_of(AttackConfig, "eps"),), "paper: FGSM step sizes epsilon")
+    lr: tuple[float, ...] = option((default_of(AttackConfig, "lr"),), "sgd: first steps, as fractions of the radius")
     p: tuple[str, ...] = option(("2",), "norms: 2 and/or inf")
     zeta: tuple[float, ...] = option((default_of(AttackConfig, "zeta"),), "budgets zeta (ratios of the mean image norm)")
     targets: tuple[str | None, ...] = option((None,), "target class names/indices; 'none' = non-targeted",
                                              flag="--target", parse=_target)
-    max_passes: tuple[int, ...] = option((default_of(AttackConfig, "max_passes"),), "passes i_max", flag="--i-max")
+    max_passes: tuple[int | None, ...] = option((None,), "passes i_max (default: 1 for paper, 10 epochs for sgd)",
+                                                flag="--i-max", parse=int)
     results: str = option("runs/results", "Parquet results location (path or fsspec URL)")
     out: str = option("runs/sweeps", "UAP artifacts and Tune's state (path or URL)")
     search: str = option("grid", "grid: every combination; random: num_samples draws", choices=SEARCHES)
@@ -80,18 +86,21 @@ class SweepConfig:
     def __post_init__(self) -> None:
         check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
               f"sweep name must be a plain name, got {self.name!r}")
-        for axis in ("models", "sources", "eps", "p", "zeta", "targets", "max_passes"):
+        for axis in ("models", "sources", "methods", "eps", "lr", "p", "zeta", "targets", "max_passes"):
             check(len(getattr(self, axis)) > 0, f"{axis}: give at least one value")
-        for e in self.eps:
-            finite("eps", e)
-            check(e > 0, f"eps must be > 0, got {e}")
+        for m in self.methods:
+            check(m in METHODS, f"method must be one of {METHODS}, got {m!r}")
+        for name in ("eps", "lr"):
+            for v in getattr(self, name):
+                finite(name, v)
+                check(v > 0, f"{name} must be > 0, got {v}")
         for z in self.zeta:
             finite("zeta", z)
             check(0 < z <= 1, f"zeta must be in (0, 1] (a ratio, e.g. 0.04 for 4%), got {z}")
         for p in self.p:
             norm(p)
         for m in self.max_passes:
-            check(m >= 1, f"max_passes (i_max) must be >= 1, got {m}")
+            check(m is None or m >= 1, f"max_passes (i_max) must be >= 1, got {m}")
         check(self.search in SEARCHES, f"search must be one of {SEARCHES}, got {self.search!r}")
         check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
         check(self.workers >= 1 and self.batch_size >= 1, "workers and batch_size must be >= 1")
@@ -169,7 +178,7 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
     s = sweep
     trial_id = tune.get_context().get_trial_id()
     out = f"{s.out}/{s.name}/{trial_id}"
-    attack = dict(p=config["p"], zeta=config["zeta"], eps=config["eps"], max_passes=config["max_passes"],
+    attack = dict(**config["attack"], p=config["p"], zeta=config["zeta"], max_passes=config["max_passes"],
                   target=config["target"], batch_size=s.batch_size, seed=s.seed, device=s.device, amp=s.amp, examples=4)
     results = ResultsKey(s.results, s.name, trial_id)
     source = config["source"]
@@ -187,10 +196,16 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
 
 
 def param_space(s: SweepConfig) -> dict[str, Any]:
-    """Tune's search space: the axes only (the fixed settings go in through ``tune.with_parameters``)."""
+    """Tune's search space: the axes only (the fixed settings go in through ``tune.with_parameters``).
+
+    ``attack`` is the method with its own step: ``{"method": "paper", "eps": ε}`` for each ε and
+    ``{"method": "sgd", "lr": lr}`` for each lr, so the grid holds no sgd trial per ε (sgd has no ε).
+    """
     from ray import tune
 
-    axes = {"model": list(s.models), "source": list(s.sources), "eps": list(s.eps), "p": list(s.p), "zeta": list(s.zeta),
+    attacks = [{"method": m, **({"eps": e} if m == "paper" else {"lr": e})}
+               for m in s.methods for e in (s.eps if m == "paper" else s.lr)]
+    axes = {"model": list(s.models), "source": list(s.sources), "attack": attacks, "p": list(s.p), "zeta": list(s.zeta),
             "target": list(s.targets), "max_passes": list(s.max_passes)}
     pick = tune.grid_search if s.search == "grid" else tune.choice
     return {k: pick(v) for k, v in axes.items()}

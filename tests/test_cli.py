@@ -65,6 +65,30 @@ def test_targeted_uap_and_random_control(models: dict[str, Path], natural_dir: P
     assert m["stats"]["images"] == 0
 
 
+def test_sgd_uap_from_natural_images_end_to_end(models: dict[str, Path], natural_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sgd"
+    assert main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(natural_dir),
+                 "--method", "sgd", "--zeta", "0.08", "--out", str(out)]) == 0
+    assert "fooling rate R_f" in capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["method"] == "sgd" and m["config"]["max_passes"] == 10  # sgd's default: 10 epochs
+    assert m["stats"]["images"] == m["stats"]["accepted"] == 10 * 40 and m["stats"]["passes"] == 10
+    radius = zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=0.08, p=2)
+    assert m["uap_norms"]["l2"] <= radius * (1 + 1e-5) and m["uap_norms"]["l2"] > 0.5 * radius
+    assert m["fooling_rate"] > m["random"]["fooling_rate"]
+
+
+def test_bench_measures_both_methods_beside_art(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--arch", "small_cnn", "--image-size", "28", "--images", "32", "--batch-size", "16",
+                 "--out", str(out)]) == 0
+    f = json.loads(out.read_text())
+    for key in ("faithful_images_per_s", "batched_images_per_s", "sgd_images_per_s", "art_images_per_s",
+                "sgd_bare_kernel_images_per_s", "sgd_over_batched", "sgd_over_art"):
+        assert f[key] > 0, key
+    assert f["faithful_rho_max_abs_diff_vs_art"] < 1e-5
+
+
 def test_a_target_class_is_taken_by_name_in_any_case_or_by_index(models: dict[str, Path], tmp_path: Path) -> None:
     for given, name in (("1", "PNEUMONIA"), ("normal", "NORMAL")):
         assert main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random",

@@ -277,3 +277,47 @@ def test_the_summary_names_failed_shards_and_lost_images(cluster, models, shards
     assert len(m["source"]["shards_failed"]) == 1  # once, though both passes met it
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("source: "))
     assert f"(48 images, {used} used, 0 skipped; {lost} lost in 1 failed shard(s): shard-000002.tar: " in line
+
+
+def _sgd_core_by_pass(model, images: torch.Tensor, *, batch_size: int, passes: int, p, zeta: float = ZETA):
+    """The core's SGD-UAP made to visit ``images`` in the given order on every pass, ρ and the schedule carried."""
+    from raylab.core import SGDUAP
+
+    perm = random.Random(0).sample(range(len(images)), len(images))
+    inverse = torch.empty(len(images), dtype=torch.long)
+    inverse[torch.tensor(perm)] = torch.arange(len(images))
+    attack = SGDUAP(radius=zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=zeta, p=p), p=p, max_passes=1,
+                    batch_size=batch_size)
+    steps = -(-len(images) // batch_size)
+    rho = None
+    for k in range(passes):
+        rho = attack(model, images[inverse], rho=rho, seed=0, first_step=k * steps, total_steps=passes * steps).rho
+    return rho
+
+
+def test_sgd_on_one_worker_equals_the_core_over_two_passes(cluster, models, shards, tmp_path) -> None:
+    m = run_engine(_config(models, shards, tmp_path / "s1", method="sgd", workers=1, batch_size=4, p="inf", max_passes=2),
+                   log=lambda s: None).metrics()
+    rho = torch.from_numpy(np.load(tmp_path / "s1" / "uap.npy"))
+    ref = _sgd_core_by_pass(load_classifier(models["model"]), _stream(read_manifest(shards).urls), batch_size=4, passes=2, p="inf")
+    assert m["config"]["method"] == "sgd" and m["stats"]["images"] == 96 == m["stats"]["accepted"] and m["rounds"] == 24
+    torch.testing.assert_close(rho, ref, rtol=0, atol=1e-6)
+
+
+def test_sgd_on_two_workers_equals_the_core_with_their_combined_batch(cluster, models, shards, tmp_path) -> None:
+    run_engine(_config(models, shards, tmp_path / "s2", method="sgd", workers=2, batch_size=4, max_passes=1), log=lambda s: None)
+    manifest = read_manifest(shards)
+    w0, w1 = _stream(manifest.urls[0::2]), _stream(manifest.urls[1::2])
+    order = torch.cat([torch.cat([a, b]) for a, b in zip(w0.split(4), w1.split(4))])
+    ref = _sgd_core_by_pass(load_classifier(models["model"]), order, batch_size=8, passes=1, p=2)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "s2" / "uap.npy")), ref, rtol=0, atol=1e-5)
+
+
+def test_bench_engine_measures_both_methods_against_their_kernels(cluster, tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--engine", "--arch", "small_cnn", "--image-size", "28", "--images", "64", "--batch-size", "16",
+                 "--workers", "1", "--out", str(out)]) == 0
+    f = json.loads(out.read_text())
+    for key in ("engine_1w_images_per_s", "engine_sgd_1w_images_per_s", "engine_1w_over_bare_kernel",
+                "engine_sgd_1w_over_bare_kernel", "decode_images_per_s_per_core_stored_resized"):
+        assert f[key] > 0, key

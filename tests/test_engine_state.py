@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raylab.core import StepStats, project_lp
+from raylab.core import StepStats, project_lp, sgd_step
 from raylab.engine.readers import BatchMeta, Position
-from raylab.engine.state import RunState, WorkerResult, commit_round, distinct, end_of_pass, record_marker
+from raylab.engine.state import PaperRule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, record_marker
 from raylab.data.shards import Cursor
 from raylab.errors import RaylabError
 
@@ -24,7 +24,7 @@ def test_a_round_sums_in_worker_order_projects_once_and_then_counts() -> None:
     steps = [torch.randn(1, 4, 4, generator=g) for _ in range(2)]
     results = [WorkerResult(1, steps[1], StepStats(4, 3, 1), _meta(0, 0, 4, skipped=[("s:1", "corrupt")])),
                WorkerResult(0, steps[0], StepStats(4, 4, 2), _meta(0, 0, 4))]
-    new = commit_round(state, results, radius=0.5, p=2)
+    new = commit_round(state, results, rule=PaperRule(0.5, 2))
     torch.testing.assert_close(new.rho, project_lp(steps[0] + steps[1], radius=0.5, p=2), rtol=0, atol=0)
     assert float(new.rho.norm()) == pytest.approx(0.5)
     assert new.round == 1 and new.stats == {"images": 8, "active": 7, "accepted": 3}
@@ -37,7 +37,7 @@ def test_a_round_sums_in_worker_order_projects_once_and_then_counts() -> None:
 
 def test_no_accepted_step_leaves_rho_as_it_was() -> None:
     state = RunState.start((1, 2, 2), workers=1).copy(rho=torch.full((1, 2, 2), 0.1))
-    new = commit_round(state, [WorkerResult(0, torch.ones(1, 2, 2), StepStats(4, 4, 0), _meta(0, 0, 4))], radius=1.0, p="inf")
+    new = commit_round(state, [WorkerResult(0, torch.ones(1, 2, 2), StepStats(4, 4, 0), _meta(0, 0, 4))], rule=PaperRule(1.0, "inf"))
     assert torch.equal(new.rho, state.rho) and new.stats["images"] == 4
 
 
@@ -47,13 +47,13 @@ def test_a_non_finite_rho_stops_the_round_before_anything_is_counted() -> None:
     results = [WorkerResult(0, bad, StepStats(4, 4, 1), _meta(0, 0, 4)),
                WorkerResult(1, torch.zeros(1, 2, 2), StepStats(4, 4, 0), _meta(0, 0, 4))]
     with pytest.raises(RaylabError, match="round 1: rho became NaN/inf"):
-        commit_round(state, results, radius=1.0, p=2)
+        commit_round(state, results, rule=PaperRule(1.0, 2))
     assert state.round == 0 and state.stats == {"images": 0, "active": 0, "accepted": 0} and state.per_pass == {}
 
 
 def test_pass_end_markers_and_the_delta_stop() -> None:
     state = RunState.start((1, 2, 2), workers=1)
-    state = commit_round(state, [WorkerResult(0, torch.zeros(1, 2, 2), StepStats(4, 0, 0), _meta(0, 0, 4))], radius=1.0, p=2)
+    state = commit_round(state, [WorkerResult(0, torch.zeros(1, 2, 2), StepStats(4, 0, 0), _meta(0, 0, 4))], rule=PaperRule(1.0, 2))
     marker = BatchMeta(start=Position(0, Cursor(0, 4)), end=Position(1, Cursor(0, 0)), size=0, keys=[],
                        skipped=[("s:9", "truncated")], shards_failed=[("s", "ends early")], decode_seconds=0.0)
     state = record_marker(state, 0, marker)
@@ -67,8 +67,26 @@ def test_pass_end_markers_and_the_delta_stop() -> None:
 
 def test_a_checkpoint_round_trips_and_refuses_another_run() -> None:
     state = commit_round(RunState.start((1, 2, 2), workers=1),
-                         [WorkerResult(0, torch.ones(1, 2, 2), StepStats(4, 4, 2), _meta(0, 0, 4))], radius=1.0, p=2)
+                         [WorkerResult(0, torch.ones(1, 2, 2), StepStats(4, 4, 2), _meta(0, 0, 4))], rule=PaperRule(1.0, 2))
     back = RunState.from_bytes(state.to_bytes("abc"), "abc", "ckpt")
     assert back.round == 1 and back.stats == state.stats and torch.equal(back.rho, state.rho)
     with pytest.raises(Exception, match="checkpoint of a different run"):
         RunState.from_bytes(state.to_bytes("abc"), "xyz", "ckpt")
+
+
+def test_an_sgd_round_takes_one_step_along_the_summed_gradient_with_the_scheduled_size() -> None:
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(1, 3, 3, generator=g) for _ in range(2)]
+    rule = SGDRule(radius=2.0, p=2, lr=0.25, schedule="linear", total_steps=4, sign=1.0)
+    state = RunState.start((1, 3, 3), workers=2)
+    for t in range(2):
+        results = [WorkerResult(w, grads[w] * (t + 1), StepStats(4, 4, 4), _meta(0, 4 * t, 4)) for w in (1, 0)]
+        expected = sgd_step(state.rho, grads[0] * (t + 1) + grads[1] * (t + 1), size=0.25 * 2.0 * (1 - t / 4), p=2,
+                            radius=2.0, sign=1.0)
+        state = commit_round(state, results, rule=rule)
+        torch.testing.assert_close(state.rho, expected, rtol=0, atol=0)
+    assert state.round == 2 and state.stats == {"images": 16, "active": 16, "accepted": 16}
+    targeted = SGDRule(radius=2.0, p="inf", lr=0.1, schedule="constant", total_steps=4, sign=-1.0)
+    down = commit_round(RunState.start((1, 3, 3), workers=1), [WorkerResult(0, grads[0], StepStats(4, 4, 4), _meta(0, 0, 4))],
+                        rule=targeted)
+    torch.testing.assert_close(down.rho, -0.2 * grads[0].sign(), rtol=0, atol=0)  # descends the target's loss

@@ -86,7 +86,8 @@ def test_a_records_row_and_metrics_are_two_views_of_one_record() -> None:
     row = record.row(sweep="s", trial_id="t", run_id="r")
     m = record.metrics()
     assert list(row) == SCHEMA.names
-    assert row["schema_version"] == SCHEMA_VERSION == 1
+    assert row["schema_version"] == SCHEMA_VERSION == 2
+    assert row["method"] == "paper" and row["lr"] is None and row["eps"] == 0.004
     assert row["p"] == "inf" and row["target"] == "NORMAL" == m["target"] and row["workers"] == 2
     assert row["success_rate"] == 0.85 == m["success_rate"]["NORMAL"]
     assert row["random_success_rate"] == pytest.approx(0.85 / 4) and m["random"]["success_rate"]["NORMAL"] == row["random_success_rate"]
@@ -131,7 +132,7 @@ def test_write_read_round_trip(location: str) -> None:
 
     fs, root = fsspec.core.url_to_fs(location if "://" in location else str(Path(location).resolve()))
     doc = json.loads(fs.cat(f"{root}/_schema.json"))
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert [f["name"] for f in doc["fields"]] == SCHEMA.names
     assert {f["name"]: f["type"] for f in doc["fields"]}["created_at"] == "timestamp[ms, tz=UTC]"
 
@@ -210,7 +211,9 @@ def test_bad_rows_raise_input_error_naming_the_column(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"'created_at'"):
         write_rows(loc, [dict(row, created_at=datetime(2024, 1, 1))])
     with pytest.raises(InputError, match=r"'schema_version'"):
-        write_rows(loc, [dict(row, schema_version=2)])
+        write_rows(loc, [dict(row, schema_version=1)])
+    with pytest.raises(InputError, match=r"'method' must be one of paper, sgd"):
+        write_rows(loc, [dict(row, method="pgd")])
     with pytest.raises(InputError, match=r"'p'"):
         write_rows(loc, [dict(row, p="3")])
     with pytest.raises(InputError, match=r"unknown column 'colour'"):
@@ -233,12 +236,13 @@ def test_read_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     empty = read_results(tmp_path / "empty")
     assert empty.num_rows == 0 and empty.schema == SCHEMA
-    (tmp_path / "future").mkdir()
-    (tmp_path / "future" / "_schema.json").write_text(json.dumps({"schema_version": 2, "fields": []}))
-    with pytest.raises(InputError, match="schema version 2"):
-        read_results(tmp_path / "future")
-    with pytest.raises(InputError, match="schema version 2"):
-        write_rows(tmp_path / "future", make_rows()[:1])
+    for name, version in (("future", 3), ("old", 1)):  # version 1 rows had no method, lr
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "_schema.json").write_text(json.dumps({"schema_version": version, "fields": []}))
+        with pytest.raises(InputError, match=f"holds results of schema version {version}; this raylab reads version 2"):
+            read_results(tmp_path / name)
+        with pytest.raises(InputError, match=f"schema version {version}"):
+            write_rows(tmp_path / name, make_rows()[:1])
 
 
 def test_select_best(location: str) -> None:
@@ -266,6 +270,16 @@ def test_select_best_keeps_groups_apart() -> None:
     assert select_best(SCHEMA.empty_table()).num_rows == 0
 
 
+def test_the_two_methods_are_two_groups_and_an_sgd_row_has_no_eps() -> None:
+    paper = record_for(2, 0.04, 0.002, None, 0.30, None).row(sweep="s", trial_id="a")
+    sgd_record = record_for(2, 0.04, 0.002, None, 0.50, None)
+    sgd_record = dataclasses.replace(sgd_record, attack=dataclasses.replace(sgd_record.attack, method="sgd", lr=0.2, max_passes=3))
+    sgd = sgd_record.row(sweep="s", trial_id="b")
+    assert sgd["method"] == "sgd" and sgd["eps"] is None and sgd["lr"] == 0.2
+    best = select_best(pa.Table.from_pylist([paper, sgd], schema=SCHEMA))
+    assert sorted(best["method"].to_pylist()) == ["paper", "sgd"]  # each method keeps its best, for comparison
+
+
 def test_select_best_never_ranks_two_models_or_two_i_max_against_each_other() -> None:
     """Two checkpoints of one architecture (and two i_max of one model) are separate groups: each gets its best."""
     rows = [dataclasses.replace(record_for(2, 0.04, eps, None, rate, None, model=model, max_passes=passes)).row(
@@ -282,16 +296,17 @@ def test_summary_table(location: str) -> None:
     text = summary_table(read_results(location))
     lines = text.splitlines()
     header = lines[0].split()
-    assert header == ["sweep", "trial_id", "arch", "source_kind", "p", "zeta", "eps", "target", "fooling_rate",
-                      "success_rate", "random_fooling_rate", "images_per_second"]
+    assert header == ["sweep", "trial_id", "arch", "source_kind", "method", "p", "zeta", "eps", "lr", "target",
+                      "fooling_rate", "success_rate", "random_fooling_rate", "images_per_second"]
     assert set(lines[1]) <= {"-", " "}
     body = lines[2:]
     assert len(body) == len(TRIALS)
     # sorted by sweep, zeta, p, eps
     assert [line.split()[1] for line in body] == ["t0", "t1", "t3", "t2", "t4", "t5"]
     t5 = body[-1].split()
-    assert t5 == ["grid-b", "t5", "small_cnn", "shards", "inf", "0.04", "0.004", "NORMAL", "0.2", "0.85", "0.0144", "54.1"]
-    assert body[0].split()[7:10] == ["-", "0.1", "-"]
+    assert t5 == ["grid-b", "t5", "small_cnn", "shards", "paper", "inf", "0.04", "0.004", "-", "NORMAL", "0.2", "0.85",
+                  "0.0144", "54.1"]
+    assert body[0].split()[9:12] == ["-", "0.1", "-"]
     # the header and the rule under it span the same width
     assert len({len(line) for line in lines[:2]}) == 1
     narrow = summary_table(read_results(location), columns=["trial_id", "fooling_rate"])

@@ -128,6 +128,23 @@ def test_early_stopping_stops_the_trailing_trial_of_its_group(cluster, models, s
     assert read_results(tmp_path / "results", filters={"sweep": "asha"})["eps"].to_pylist() == [0.05]
 
 
+def test_a_sweep_over_both_methods_writes_both_and_selects_the_best_of_each(cluster, models, shards, tmp_path, capsys) -> None:
+    rc = main(["sweep", "--name", "methods", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(shards),
+               "--method", "paper", "sgd", "--eps", "0.01", "0.02", "--lr", "0.2", "--zeta", "0.08", "--i-max", "2",
+               "--batch-size", "8", "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5", "--max-concurrent", "1",
+               "--results", str(tmp_path / "results"), "--out", str(tmp_path / "sweeps"), "--select", "best",
+               "--address", cluster["address"]])
+    assert rc == 0, capsys.readouterr().out
+    rows = read_results(tmp_path / "results", filters={"sweep": "methods"}).to_pylist()
+    assert sorted((r["method"], r["eps"], r["lr"]) for r in rows) == [("paper", 0.01, None), ("paper", 0.02, None),
+                                                                     ("sgd", None, 0.2)]  # no sgd trial per eps
+    assert all(r["images_processed"] == 2 * 48 for r in rows)
+    best = read_results(tmp_path / "results", filters={"sweep": "methods"})
+    from raylab.results import select_best
+
+    assert sorted(select_best(best)["method"].to_pylist()) == ["paper", "sgd"]
+
+
 def test_bad_sweep_input_is_refused(models, shards, tmp_path) -> None:
     base = dict(name="x", medical=str(PNEUMONIA), models=(str(models["model"]),), sources=(str(shards),))
     with pytest.raises(InputError, match="eps must be > 0"):

@@ -4,8 +4,9 @@ Read beside the paper (Minagi et al., J. Imaging 2022, Section 2.2-2.3):
 :mod:`.pixels` (the space a UAP lives in), :mod:`.norms` (ζ budget,
 projection, random control), :mod:`.fgsm` (the inner step),
 :mod:`.criteria` (non-targeted vs targeted), :mod:`.uap` (the iterative
-algorithm, faithful and batched) and :mod:`.metrics` (R_f, R_s, confusion
-matrices, label composition).
+algorithm, faithful and batched), :mod:`.sgd` (the stochastic-gradient UAP,
+the stronger attack beside the paper's) and :mod:`.metrics` (R_f, R_s,
+confusion matrices, label composition).
 """
 
 from .criteria import Criterion, Targeted, Untargeted
@@ -13,6 +14,7 @@ from .fgsm import StepNorm, direction, fgsm_step, input_gradient
 from .metrics import confusion_matrix, fooling_rate, label_composition, predict_labels, success_rate
 from .norms import NORMS, Norm, lp_norm, parse_norm, project_lp, random_sphere, zeta_radius
 from .pixels import VALID_RANGE, as_model_input, to_model_space, to_unit_range
+from .sgd import SGDUAP, batch_gradient, sgd_step, step_size
 from .uap import UAP, BatchUpdate, StepStats, UAPResult, batch_update
 
 __all__ = [
@@ -22,4 +24,5 @@ __all__ = [
     "NORMS", "Norm", "lp_norm", "parse_norm", "project_lp", "random_sphere", "zeta_radius",
     "VALID_RANGE", "as_model_input", "to_model_space", "to_unit_range",
     "UAP", "BatchUpdate", "StepStats", "UAPResult", "batch_update",
+    "SGDUAP", "batch_gradient", "sgd_step", "step_size",
 ]

@@ -22,6 +22,7 @@ one :class:`~raylab.record.RunRecord` (:func:`raylab.record.write_run`).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -40,7 +41,10 @@ from ..store import Store
 from ..target import Target, load_target, medical_digest, read_model
 from ..telemetry import Telemetry, ray_sink, run_tags
 from .readers import BatchMeta, ShardReader
-from .state import CHECKPOINT, RunState, WorkerResult, commit_round, distinct, end_of_pass, fingerprint, record_marker
+from .state import (
+    CHECKPOINT, PaperRule, Rule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, fingerprint,
+    record_marker,
+)
 from .workers import WorkerActor
 
 
@@ -84,6 +88,7 @@ class Engine:
                                        [(s.name, s.count, s.sha256) for s in self.manifest.shards],
                                        medical_digest(self.target.medical))
         self.clip = VALID_RANGE if config.clip else None
+        self.rule = self._rule()
         #: The shard names each reader owns (worker w reads shards w, w+W, ...), to name a batch in messages.
         self.reader_shards = [[s.name for s in self.manifest.shards[w::config.workers]] for w in range(config.workers)]
         self.workers: list[Any] = []
@@ -92,6 +97,21 @@ class Engine:
         self.compute = self.idle = 0.0  # worker seconds computing and waiting, this session
         self.resume = self._read_checkpoint()  # a checkpoint of another run is refused here, before any actor starts
         self.store.makedirs()
+
+    def _rule(self) -> Rule:
+        """How a round's summed parts become the next ρ: the paper's rule, or the stochastic-gradient step."""
+        c, t = self.config, self.target
+        if c.method != "sgd":
+            return PaperRule(t.radius, c.p)
+        assert c.max_passes is not None
+        per_worker = [sum(s.count for s in self.manifest.shards[w::c.workers]) for w in range(c.workers)]
+        rounds = c.max_passes * max(math.ceil(n / c.batch_size) for n in per_worker)  # T of the step schedule
+        return SGDRule(t.radius, c.p, c.lr, c.schedule, rounds, t.criterion.sign)
+
+    def _submit(self, w: int, images: Any, rho_ref: Any) -> Any:
+        c = self.config
+        return self.workers[w].update.remote(images, rho_ref, method=c.method, criterion=self.target.criterion,
+                                             clip=self.clip, eps=c.eps, step_norm=c.step_norm, loss_clamp=c.loss_clamp)
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def _start_actors(self) -> None:
@@ -140,24 +160,22 @@ class Engine:
         c = self.config
         self._start_actors()
         state = self._initial_state()
-        self.log(f"UAP on {c.workers} worker(s) x batch {c.batch_size}, {self.manifest.total} images in "
+        step = f"eps={c.eps:g}" if c.method == "paper" else f"lr={c.lr:g} x radius, {c.schedule}"
+        self.log(f"{c.method} UAP on {c.workers} worker(s) x batch {c.batch_size}, {self.manifest.total} images in "
                  f"{len(self.manifest.shards)} shards x {c.max_passes} pass(es), L{c.p} zeta={c.zeta:g} "
-                 f"(radius {self.target.radius:.4g}), eps={c.eps:g}")
+                 f"(radius {self.target.radius:.4g}), {step}")
         ray.get([a.pid.remote() for a in self.readers + self.workers])  # actors up (models loaded) before the clock starts
         session = time.perf_counter()
         started, last_log = session - state.seconds, 0.0
         self.compute = self.idle = 0.0
         pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}
         images_at_start = state.stats["images"]
-        criterion = self.target.criterion
         while not state.stopped_by_delta:
             state, batch_for = self._next_batches(state, pending)
             if not batch_for:
                 break
             rho_ref = ray.put(state.rho)
-            futures = {w: self.workers[w].update.remote(img, rho_ref, eps=c.eps, criterion=criterion,
-                                                        step_norm=c.step_norm, clip=self.clip)
-                       for w, (img, _) in batch_for.items()}
+            futures = {w: self._submit(w, img, rho_ref) for w, (img, _) in batch_for.items()}
             for w, (_, meta) in batch_for.items():  # decode the next round while this one computes
                 pending[w] = self.readers[w].read.remote(meta.end.to_list())
             results = []
@@ -165,7 +183,7 @@ class Engine:
                 step, stats, timing = self._get_update(w, futures[w], batch_for[w], rho_ref)
                 results.append(WorkerResult(w, step, stats, batch_for[w][1]))
                 self.compute, self.idle = self.compute + timing["compute_seconds"], self.idle + timing["idle_seconds"]
-            state = commit_round(state, results, radius=self.target.radius, p=c.p)
+            state = commit_round(state, results, rule=self.rule)
             state.seconds = time.perf_counter() - started
             self._count(results)
             self._round_telemetry(state)
@@ -253,8 +271,7 @@ class Engine:
             except ray.exceptions.RayTaskError as e:
                 raise RaylabError(f"worker {w} failed on {self.batch_name(w, meta)}: {_cause(e)}") from None
             if attempt < c.max_batch_attempts:
-                future = self.workers[w].update.remote(images, rho_ref, eps=c.eps, criterion=self.target.criterion,
-                                                       step_norm=c.step_norm, clip=self.clip)
+                future = self._submit(w, images, rho_ref)
         raise RaylabError(f"{self.batch_name(w, meta)} failed {c.max_batch_attempts} times ({type(last).__name__}: its update "
                           f"kills the worker?); stopping, the last checkpoint is {self.store.path(CHECKPOINT)}")
 

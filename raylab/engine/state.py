@@ -21,15 +21,16 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..core import Norm, StepStats, project_lp
+from ..core import Norm, StepStats, project_lp, sgd_step, step_size
+from ..core.sgd import Schedule
 from ..errors import InputError, RaylabError
 from .readers import BatchMeta, Position
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "raylab.engine-checkpoint/1"
 #: The UAP parameters that determine ρ; a resumed run must match them (and the model, shards and medical data).
-FINGERPRINT_KEYS = ("p", "zeta", "eps", "max_passes", "delta", "target", "batch_size", "workers", "step_norm", "clip",
-                    "seed", "amp")
+FINGERPRINT_KEYS = ("method", "p", "zeta", "eps", "max_passes", "delta", "target", "batch_size", "workers", "step_norm",
+                    "clip", "seed", "amp", "lr", "loss_clamp", "schedule")
 
 
 def _counts() -> dict[str, int]:
@@ -125,8 +126,40 @@ def record_marker(state: RunState, worker: int, meta: BatchMeta) -> RunState:
     return new
 
 
-def commit_round(state: RunState, results: Sequence[WorkerResult], *, radius: float, p: Norm) -> RunState:
-    """The next state after a round: ``ρ <- Proj(ρ + Σ_w step_w)`` (worker order), then the counters.
+@dataclass(frozen=True)
+class PaperRule:
+    """The paper's method (Section 2.2, batched): ``ρ <- Proj(ρ + Σ accepted steps)``; no step when none was accepted."""
+
+    radius: float
+    p: Norm
+
+    def apply(self, rho: Tensor, total: Tensor, accepted: int, t: int) -> Tensor:
+        return project_lp(rho + total, radius=self.radius, p=self.p) if accepted else rho
+
+
+@dataclass(frozen=True)
+class SGDRule:
+    """The stochastic-gradient method (:mod:`raylab.core.sgd`): one step along the round's summed gradient, its size
+    ``lr_t`` from the round's place ``t`` among the run's ``total_steps`` rounds."""
+
+    radius: float
+    p: Norm
+    lr: float
+    schedule: Schedule
+    total_steps: int
+    sign: float
+
+    def apply(self, rho: Tensor, total: Tensor, accepted: int, t: int) -> Tensor:
+        size = step_size(t, self.total_steps, lr=self.lr, radius=self.radius, schedule=self.schedule)
+        return sgd_step(rho, total, size=size, p=self.p, radius=self.radius, sign=self.sign)
+
+
+Rule = PaperRule | SGDRule
+
+
+def commit_round(state: RunState, results: Sequence[WorkerResult], *, rule: Rule) -> RunState:
+    """The next state after a round: the workers' parts summed in worker order, one step of ``rule``, then the
+    counters.
 
     Raises :class:`RaylabError` when ρ turns NaN/inf, before anything is counted: the caller's state (and the last
     checkpoint) stay as they were.
@@ -137,12 +170,10 @@ def commit_round(state: RunState, results: Sequence[WorkerResult], *, radius: fl
     for r in ordered:
         total += r.step
         accepted += r.stats.accepted
-    rho = state.rho
-    if accepted:
-        rho = project_lp(state.rho + total, radius=radius, p=p)
-        if not torch.isfinite(rho).all():
-            raise RaylabError(f"round {state.round + 1}: rho became NaN/inf (non-finite gradients from the model?); "
-                              "the last good checkpoint is kept")
+    rho = rule.apply(state.rho, total, accepted, state.round)
+    if not torch.isfinite(rho).all():
+        raise RaylabError(f"round {state.round + 1}: rho became NaN/inf (non-finite gradients from the model?); "
+                          "the last good checkpoint is kept")
     new = state.copy(rho=rho, round=state.round + 1)
     for r in ordered:
         _add(new.stats, r.stats)

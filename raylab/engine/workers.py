@@ -1,4 +1,5 @@
-"""Worker actors: one model replica each (one per GPU, or per CPU slot), computing batched UAP updates.
+"""Worker actors: one model replica each (one per GPU, or per CPU slot), computing one batch's part of a round:
+the paper's batched update or the stochastic-gradient method's summed gradient.
 
 A worker is stateless between calls apart from its model, so a worker that
 dies is restarted by Ray (``max_restarts``) and the driver redoes its call
@@ -17,7 +18,7 @@ import ray
 import torch
 from torch import Tensor
 
-from ..core import Criterion, StepStats, batch_update, predict_labels
+from ..core import Criterion, StepStats, Untargeted, batch_gradient, batch_update, predict_labels
 from ..core.fgsm import StepNorm
 from ..models import for_inference, load_classifier
 from ..telemetry import Telemetry, ray_sink
@@ -39,19 +40,31 @@ class UAPWorker:
         self.amp = amp
         self.last_end: float | None = None
 
-    def update(self, images: Tensor, rho: Tensor, *, eps: float, criterion: Criterion, step_norm: StepNorm,
-               clip: tuple[float, float] | None) -> tuple[Tensor, StepStats, dict[str, float]]:
-        """Clean labels, then :func:`raylab.core.batch_update` for ``images`` against ``rho``; returns the summed step."""
+    def update(self, images: Tensor, rho: Tensor, *, method: str, criterion: Criterion, clip: tuple[float, float] | None,
+               eps: float = 0.0, step_norm: StepNorm = "sign", loss_clamp: float = 10.0
+               ) -> tuple[Tensor, StepStats, dict[str, float]]:
+        """One batch against ``rho``: the sum of its accepted FGSM steps (``method="paper"``,
+        :func:`raylab.core.batch_update`) or the sum of its images' gradients of the loss (``"sgd"``,
+        :func:`raylab.core.batch_gradient`). Clean labels first, where the criterion needs them."""
         started = time.perf_counter()
         idle = 0.0 if self.last_end is None else started - self.last_end
         x = images.to(self.device, non_blocking=True)
-        clean = predict_labels(self.model, x, batch_size=len(x) or 1, amp=self.amp)
-        upd = batch_update(self.model, x, clean, rho.to(self.device), eps=eps, criterion=criterion,
-                           step_norm=step_norm, clip=clip, amp=self.amp)
-        step = upd.step.cpu()
+        if method == "sgd" and not isinstance(criterion, Untargeted):
+            clean = torch.zeros(len(x), dtype=torch.long, device=self.device)  # a targeted loss needs no clean labels
+        else:
+            clean = predict_labels(self.model, x, batch_size=len(x) or 1, amp=self.amp).to(self.device)
+        if method == "sgd":
+            total, stats = batch_gradient(self.model, x, clean, rho.to(self.device), criterion=criterion,
+                                          loss_clamp=loss_clamp, clip=clip, amp=self.amp)
+            stats = StepStats(stats.images, stats.active, stats.images)
+        else:
+            upd = batch_update(self.model, x, clean, rho.to(self.device), eps=eps, criterion=criterion,
+                               step_norm=step_norm, clip=clip, amp=self.amp)
+            total, stats = upd.step, upd.stats
+        step = total.cpu()
         self.last_end = time.perf_counter()
         self.telemetry.step_time(worker=self.index, seconds=self.last_end - started)
-        return step, upd.stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle}
+        return step, stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle}
 
     def predict(self, images: Tensor, rho: Tensor | None = None, clip: tuple[float, float] | None = None) -> Tensor:
         """Labels of ``images`` (under ``images + rho`` when given): the distributed evaluation."""

@@ -87,7 +87,8 @@ class AttackConfig:
     eps: float = option(0.0005, "paper: FGSM step size epsilon (0.0005 is the paper's chest X-ray value)")
     max_passes: int | None = option(None, "i_max: passes over the input images (default: 1 for the paper's method, "
                                           "as in the paper; 10 epochs for sgd)", flag="--i-max")
-    lr: float = option(0.2, "sgd: the first step, as a fraction of the radius")
+    lr: float = option(1.0, "sgd: the first step, as a fraction of the radius (decaying from a whole radius found the "
+                            "strong direction on every seed tried; 0.2 stalled on some, see the README)")
     loss_clamp: float = option(10.0, "sgd: beta, the cap of each image's cross-entropy in the non-targeted loss")
     schedule: Schedule = option("linear", "sgd: the step decays linearly to 0 over the run, or stays constant",
                                 choices=SCHEDULES)

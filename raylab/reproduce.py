@@ -85,7 +85,7 @@ class ReproduceConfig:
     sgd_zetas: tuple[float, ...] = (0.04, 0.08)
     sgd_seeds: tuple[int, ...] = (0, 1, 2)
     sgd_epochs: int = 5
-    sgd_lr: float = 0.2
+    sgd_lr: float = 1.0
 
     def __post_init__(self) -> None:
         missing = [f"{what} not found: {p}" for what, p in (("medical dataset", self.medical), ("natural set A", self.natural_a),

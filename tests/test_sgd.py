@@ -98,7 +98,7 @@ def test_rho_carries_across_chunks_of_a_stream_on_one_schedule(trained_cnn, natu
     clean = predict_labels(trained_cnn, b)
     for t, idx in enumerate(torch.tensor(random.Random(1).sample(range(30), 30)).split(10), start=3):
         grad, _ = batch_gradient(trained_cnn, b[idx], clean[idx], by_hand, criterion=Untargeted(), loss_clamp=10.0)
-        by_hand = sgd_step(by_hand, grad, size=step_size(t, 6, lr=0.2, radius=1.0, schedule="linear"), p=2, radius=1.0,
+        by_hand = sgd_step(by_hand, grad, size=step_size(t, 6, lr=1.0, radius=1.0, schedule="linear"), p=2, radius=1.0,
                            sign=1.0)
     torch.testing.assert_close(second.rho, by_hand, rtol=0, atol=1e-6)
 
@@ -110,3 +110,10 @@ def test_bad_parameters_are_refused() -> None:
         SGDUAP(radius=1.0, p=2, schedule="cosine")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="loss_clamp must be > 0"):
         SGDUAP(radius=1.0, p=2, loss_clamp=0)
+
+
+def test_mixed_precision_runs_on_the_cpu_and_stays_in_budget(trained_cnn, natural_gray, pneumonia) -> None:
+    """--amp's path (bf16 autocast on CPU, fp16 on CUDA) is exercised without a GPU: a finite ρ on the sphere."""
+    radius = zeta_radius(pneumonia["train_x"], zeta=0.08, p=2)
+    rho = SGDUAP(radius=radius, p=2, max_passes=2, amp=True)(trained_cnn, natural_gray, seed=0).rho
+    assert torch.isfinite(rho).all() and float(rho.norm()) == pytest.approx(radius, rel=1e-4)

@@ -90,7 +90,7 @@ class SGDUAP:
     Args:
         radius: the Lp budget in model space (see :func:`raylab.core.norms.zeta_radius`).
         p: 2 or "inf".
-        lr: the first step as a fraction of ``radius`` (0.2: a step of a fifth of the budget).
+        lr: the first step as a fraction of ``radius`` (1.0: a step of the whole budget, decaying to 0).
         max_passes: epochs over the input images.
         batch_size: images per step.
         loss_clamp: β, the cap of each image's cross-entropy in the non-targeted loss.
@@ -102,7 +102,7 @@ class SGDUAP:
 
     radius: float
     p: Norm
-    lr: float = 0.2
+    lr: float = 1.0
     max_passes: int = 10
     batch_size: int = 32
     loss_clamp: float = 10.0

@@ -1,13 +1,15 @@
 """The engine's driver: rounds of batched UAP updates on Ray workers, reduced into one ρ.
 
-Each round (Section 2.2's rule, batched as in :func:`raylab.core.batch_update`):
+Each round of the paper's method (Section 2.2's rule, batched as in :func:`raylab.core.batch_update`):
 every worker w takes the next batch of its reader's stream, computes the sum of
 its accepted FGSM steps against the current ρ, and the driver commits
 ``ρ <- Proj(ρ + Σ_w step_w)`` (:func:`raylab.engine.state.commit_round`,
 summed in worker order, so runs are deterministic on CPU) and broadcasts the
 new ρ through the object store. With 1 worker and B=1 this is the faithful
 per-image algorithm; with W workers of batch B it is batched mode with batch
-W×B over the order "round by round, worker by worker".
+W×B over the order "round by round, worker by worker". A round of the
+stochastic-gradient method (``method="sgd"``, :mod:`raylab.core.sgd`) sums the
+workers' gradients instead and takes one scheduled step (``SGDRule``).
 
 Fault tolerance: batches live in the object store, owned by the driver, so a
 worker that dies is restarted by Ray and the driver redoes its update on the

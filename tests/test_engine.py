@@ -321,3 +321,40 @@ def test_bench_engine_measures_both_methods_against_their_kernels(cluster, tmp_p
     for key in ("engine_1w_images_per_s", "engine_sgd_1w_images_per_s", "engine_1w_over_bare_kernel",
                 "engine_sgd_1w_over_bare_kernel", "decode_images_per_s_per_core_stored_resized"):
         assert f[key] > 0, key
+
+
+def test_sgd_resumes_on_its_schedule_and_survives_a_killed_worker(cluster, models, shards, tmp_path) -> None:
+    """A crash after round 3 and a worker SIGKILLed at round 2: both end with the uninterrupted run's rho, to the bit
+    (the step schedule continues from the checkpointed round)."""
+    common = dict(method="sgd", workers=2, batch_size=4, max_passes=2, checkpoint_every=1)
+    run_engine(_config(models, shards, tmp_path / "plain", **common), log=lambda s: None)
+    reference = torch.from_numpy(np.load(tmp_path / "plain" / "uap.npy"))
+
+    class Crash(Exception):
+        pass
+
+    def crash(r: RoundReport) -> None:
+        if r.round == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_engine(_config(models, shards, tmp_path / "resumed", **common), on_round=crash, log=lambda s: None)
+    lines: list[str] = []
+    m = run_engine(_config(models, shards, tmp_path / "resumed", **common), log=lines.append).metrics()
+    assert any("at round 3" in line for line in lines) and m["rounds"] == 12 and m["stats"]["images"] == 96
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "resumed" / "uap.npy")), reference, rtol=0, atol=0)
+
+    engine = Engine(_config(models, shards, tmp_path / "killed", **common), log=lambda s: None)
+
+    def kill(r: RoundReport) -> None:
+        if r.round == 2:
+            os.kill(ray.get(engine.workers[1].pid.remote()), signal.SIGKILL)
+
+    engine.on_round = kill
+    try:
+        m = engine.run().metrics()
+    finally:
+        for a in engine.workers + engine.readers:
+            ray.kill(a)
+    assert m["stats"]["images"] == 96
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "killed" / "uap.npy")), reference, rtol=0, atol=0)

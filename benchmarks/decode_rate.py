@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import time
 import multiprocessing
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from raylab.bench import write_figures
 from raylab.data.natural import decode_image, list_images
 
 
@@ -55,9 +55,7 @@ def main() -> None:
         with multiprocessing.get_context("spawn").Pool(a.processes) as pool:
             rates = pool.starmap(_rate, [(data, a.channels, a.size)] * a.processes)
             fig[f"{name}_{a.processes}_processes"] = sum(rates)  # each process timed its own decoding
-    print(json.dumps(fig, indent=2))
-    if a.out:
-        a.out.write_text(json.dumps(fig, indent=2))
+    write_figures(fig, a.out)
 
 
 if __name__ == "__main__":

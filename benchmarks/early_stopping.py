@@ -10,7 +10,6 @@ paper's rule (``select_best``) picks from each grid's rows.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -21,10 +20,10 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray on 127.0.0.1 only
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from raylab.bench import write_figures  # noqa: E402
 from raylab.data.shards import write_shards  # noqa: E402
 from raylab.models import checkpoint_spec  # noqa: E402
 from raylab.results import read_results, select_best  # noqa: E402
-from raylab.store import Store  # noqa: E402
 from raylab.sweep import SweepConfig, outcome, run_sweep  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -77,11 +76,7 @@ def main() -> int:
     figures["images_saved_fraction"] = 1 - early["images"] / plain["images"]
     figures["wall_time_ratio"] = early["wall_seconds"] / plain["wall_seconds"]
     figures["same_selection"] = [(s["eps"], s["p"]) for s in plain["selected"]] == [(s["eps"], s["p"]) for s in early["selected"]]
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if a.out is not None:
-        store, name = Store.beside(a.out)
-        store.write_text(name, text + "\n")
+    write_figures(figures, a.out)
     return 0
 
 

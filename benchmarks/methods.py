@@ -10,7 +10,6 @@ ones users get from ``raylab uap --method paper|sgd``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,11 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from raylab.bench import write_figures  # noqa: E402
 import torch  # noqa: E402
 
 from raylab.audit import load_source, run_uap  # noqa: E402
 from raylab.config import UAPConfig  # noqa: E402
-from raylab.store import Store  # noqa: E402
 from raylab.target import load_target  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -76,11 +75,7 @@ def main() -> int:
         # R_f when every test image is sent to one class: the share the clean model gives the other class(es), at most
         figures["single_class_ceiling"] = max(record.evaluation.clean_label_composition.values())
     figures["sgd_over_paper_fooling_rate"] = figures["sgd"]["fooling_rate_mean"] / max(1e-9, figures["paper"]["fooling_rate_mean"])
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if a.out is not None:
-        store, name = Store.beside(a.out)
-        store.write_text(name, text + "\n")
+    write_figures(figures, a.out)
     return 0
 
 

@@ -9,7 +9,6 @@ every Ray worker process's resident memory every second. Reports the first and l
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import threading
@@ -20,6 +19,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray  # noqa: E402
 
+from raylab.bench import write_figures  # noqa: E402
 from raylab.config import EngineConfig  # noqa: E402
 from raylab.engine import run_engine  # noqa: E402
 
@@ -107,9 +107,7 @@ def main() -> None:
         "actors_rss_mib_by_tenth": [round(warm[i * (len(warm) - 1) // 10]["actors"]) for i in range(11)],
         **leaks,
     }
-    print(json.dumps(fig, indent=2))
-    if a.out:
-        a.out.write_text(json.dumps(fig, indent=2))
+    write_figures(fig, a.out)
 
 
 if __name__ == "__main__":

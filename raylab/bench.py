@@ -48,6 +48,19 @@ class BenchConfig:
     seed: int = 0
 
 
+def write_figures(figures: dict[str, Any], out: str | Path | None) -> None:
+    """Print a benchmark's figures as JSON and, with ``out``, write them there (through the store)."""
+    import json
+
+    from .store import Store
+
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if out is not None:
+        store, name = Store.beside(out)
+        store.write_text(name, text + "\n")
+
+
 def _timed(fn) -> tuple[Any, float]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -377,12 +377,9 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
 
 
 def _print_figures(figures: dict, out: Path | None) -> int:
-    from .store import Store
+    from .bench import write_figures
 
-    print(json.dumps(figures, indent=2))
-    if out is not None:
-        store, name = Store.beside(out)
-        store.write_text(name, json.dumps(figures, indent=2))
+    write_figures(figures, out)
     return 0
 
 

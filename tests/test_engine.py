@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,7 +198,7 @@ def test_the_jobs_api_refuses_a_request_without_the_token(cluster) -> None:
     assert e.value.code == 401
 
 
-def _other_medical_set(tmp_path) -> "Path":
+def _other_medical_set(tmp_path) -> Path:
     """PneumoniaMNIST with half of its training images: another dataset, another zeta radius."""
     with np.load(PNEUMONIA) as z:
         arrays = {k: z[k] for k in z.files}

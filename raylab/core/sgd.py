@@ -32,10 +32,10 @@ from torch import Tensor, nn
 
 from .criteria import Criterion, Untargeted
 from .fgsm import autocast
-from .metrics import model_device, predict_labels
+from .metrics import predict_labels
 from .norms import Norm, project_lp
 from .pixels import as_model_input
-from .uap import StepStats, UAPResult
+from .uap import StepStats, UAPResult, check_attack, initial_rho
 
 Schedule = Literal["linear", "constant"]
 SCHEDULES: tuple[Schedule, ...] = ("linear", "constant")
@@ -112,16 +112,9 @@ class SGDUAP:
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if not self.radius > 0:
-            raise ValueError(f"radius must be > 0, got {self.radius}")
-        if self.p not in (2, "inf"):
-            raise ValueError(f"p must be 2 or 'inf', got {self.p!r}")
+        check_attack(radius=self.radius, p=self.p, max_passes=self.max_passes, batch_size=self.batch_size)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.max_passes < 1:
-            raise ValueError(f"max_passes must be >= 1, got {self.max_passes}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.loss_clamp > 0:
             raise ValueError(f"loss_clamp must be > 0, got {self.loss_clamp}")
         if self.schedule not in SCHEDULES:
@@ -154,15 +147,8 @@ class SGDUAP:
             first_step, total_steps: where this call stands in a longer run's schedule (a stream of chunks);
                 by default the run is this call alone.
         """
-        if model.training:
-            raise ValueError("model is in training mode; call model.eval() first (batch norm would use batch statistics)")
-        if len(images) == 0:
-            raise ValueError("no input images")
-        device = model_device(model)
-        rho = torch.zeros(images.shape[1:], dtype=torch.float32) if rho is None else rho.to(torch.float32)
-        if rho.shape != images.shape[1:]:
-            raise ValueError(f"rho has shape {tuple(rho.shape)} but images are {tuple(images.shape[1:])}")
-        rho = rho.to(device)
+        rho = initial_rho(model, images, rho)
+        device = rho.device
         if clean_labels is None:
             clean_labels = (predict_labels(model, images, batch_size=self.eval_batch_size, amp=self.amp)
                             if isinstance(criterion, Untargeted) else torch.zeros(len(images), dtype=torch.long))

@@ -106,6 +106,31 @@ def batch_update(
     return BatchUpdate(total, StepStats(len(x), n_active, n_accepted))
 
 
+def check_attack(*, radius: float, p: object, max_passes: int, batch_size: int) -> None:
+    """The checks every UAP attack makes of its budget and its loop (ValueError naming the bad value)."""
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    if p not in (2, "inf"):
+        raise ValueError(f"p must be 2 or 'inf', got {p!r}")
+    if max_passes < 1:
+        raise ValueError(f"max_passes must be >= 1, got {max_passes}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def initial_rho(model: nn.Module, images: Tensor, rho: Tensor | None) -> Tensor:
+    """ρ to start from (zero, or carried in from an earlier chunk), on the model's device, after checking that the
+    model is in eval mode and ``rho`` fits the images."""
+    if model.training:
+        raise ValueError("model is in training mode; call model.eval() first (batch norm would use batch statistics)")
+    if len(images) == 0:
+        raise ValueError("no input images")
+    rho = torch.zeros(images.shape[1:], dtype=torch.float32) if rho is None else rho.to(torch.float32)
+    if rho.shape != images.shape[1:]:
+        raise ValueError(f"rho has shape {tuple(rho.shape)} but images are {tuple(images.shape[1:])}")
+    return rho.to(model_device(model))
+
+
 @dataclass(frozen=True)
 class UAPResult:
     """A UAP and how it was made."""
@@ -156,20 +181,13 @@ class UAP:
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if not self.radius > 0:
-            raise ValueError(f"radius must be > 0, got {self.radius}")
-        if self.p not in (2, "inf"):
-            raise ValueError(f"p must be 2 or 'inf', got {self.p!r}")
+        check_attack(radius=self.radius, p=self.p, max_passes=self.max_passes, batch_size=self.batch_size)
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.max_passes < 1:
-            raise ValueError(f"max_passes must be >= 1, got {self.max_passes}")
         if not 0 <= self.delta < 1:
             raise ValueError(f"delta must be in [0, 1), got {self.delta}")
         if self.mode not in ("faithful", "batched"):
             raise ValueError(f"mode must be 'faithful' or 'batched', got {self.mode!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.step_norm not in ("sign", "l2"):
             raise ValueError(f"step_norm must be 'sign' or 'l2', got {self.step_norm!r}")
 
@@ -200,15 +218,8 @@ class UAP:
                 k-th permutation, the draw ART makes with the global ``random``.
             on_batch: called after every batch with its stats and the current ρ.
         """
-        if model.training:
-            raise ValueError("model is in training mode; call model.eval() first (batch norm would use batch statistics)")
-        if len(images) == 0:
-            raise ValueError("no input images")
-        device = model_device(model)
-        rho = torch.zeros(images.shape[1:], dtype=torch.float32) if rho is None else rho.to(torch.float32)
-        if rho.shape != images.shape[1:]:
-            raise ValueError(f"rho has shape {tuple(rho.shape)} but images are {tuple(images.shape[1:])}")
-        rho = rho.to(device)
+        rho = initial_rho(model, images, rho)
+        device = rho.device
         if clean_labels is None:
             clean_labels = predict_labels(model, images, batch_size=self.eval_batch_size, amp=self.amp)
         clean_labels = clean_labels.to(device)

@@ -188,6 +188,13 @@ class EngineConfig(AttackConfig):
     progress_every: float = option(10.0, "seconds between progress lines")
     max_batch_attempts: int = option(3, "tries of one batch before the run fails naming it (a batch whose update "
                                         "kills its worker every time)")
+    hang_timeout: float | None = option(None, "seconds one batch may take before its worker (or reader) is presumed hung, "
+                                              "killed and replaced (default: 10 x the slowest of the last 20 updates, "
+                                              "at least 120)")
+    restart_timeout: float = option(300.0, "seconds to wait for Ray to restart a lost worker or reader (a node joining, "
+                                           "or capacity freed) before the run fails, keeping its checkpoint")
+    spread: bool = option(True, "spread workers and readers over the cluster's nodes (Ray's SPREAD strategy; "
+                                "--no-spread packs them)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -204,6 +211,8 @@ class EngineConfig(AttackConfig):
         check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
         check(self.max_batch_attempts >= 1, f"max_batch_attempts must be >= 1, got {self.max_batch_attempts}")
+        check(self.hang_timeout is None or self.hang_timeout > 0, f"hang_timeout must be > 0, got {self.hang_timeout}")
+        check(self.restart_timeout > 0, f"restart_timeout must be > 0, got {self.restart_timeout}")
         if "://" not in self.model:
             check(Path(self.model).is_file(), f"model weights not found: {self.model}")
         check(self.medical.exists(), f"medical dataset not found: {self.medical}")

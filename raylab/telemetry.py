@@ -73,6 +73,8 @@ METRICS: tuple[Metric, ...] = (
            "Running fooling (or success) rate on the input stream: 1 - active/images (Section 2.2's stop rule)", ("criterion",)),
     Metric("raylab_rounds", "counter", "Rounds committed (one projection each)"),
     Metric("raylab_trials", "counter", "Sweep trials by outcome", ("sweep", "status")),
+    Metric("raylab_actors_replaced", "counter", "Workers and readers killed and replaced after they stopped making "
+           "progress (hung, not dead)", ("role",)),
 )
 BY_NAME = {m.name: m for m in METRICS}
 
@@ -224,6 +226,10 @@ class Telemetry:
 
     def step_time(self, *, worker: int | str, seconds: float) -> None:
         self._record("raylab_step_seconds", seconds, worker=worker)
+
+    def replaced(self, *, role: Literal["worker", "reader"]) -> None:
+        """A hung worker or reader was killed so that Ray replaces it."""
+        self._record("raylab_actors_replaced", 1, role=role)
 
     def trial_done(self, *, sweep: str, status: Literal["finished", "stopped", "failed"]) -> None:
         self._record("raylab_trials", 1, sweep=sweep, status=status)

@@ -359,3 +359,32 @@ def test_sgd_resumes_on_its_schedule_and_survives_a_killed_worker(cluster, model
             ray.kill(a)
     assert m["stats"]["images"] == 96
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "killed" / "uap.npy")), reference, rtol=0, atol=0)
+
+
+def test_a_hung_worker_is_detected_replaced_and_its_batch_redone(cluster, models, shards, tmp_path, monkeypatch,
+                                                                  two_worker_run) -> None:
+    """A worker that stops making progress without dying (a stuck device, a frozen process): after the deadline it is
+    killed and replaced, its batch redone, and the run ends with the uninterrupted run's rho, to the bit."""
+    from raylab.engine import driver
+    from raylab.engine.workers import UAPWorker
+
+    stream = _stream(read_manifest(shards).urls[1::2])  # what reader 1 of 2 streams
+    stuck = int(stream[4:8].sum())  # its second batch of 4
+    marker = tmp_path / "hung-once"
+
+    class HangingWorker(UAPWorker):
+        def update(self, images, rho, **kw):
+            if int(images.sum()) == stuck and not marker.exists():
+                marker.write_text("hung")
+                time.sleep(3600)  # no progress, no exit
+            return super().update(images, rho, **kw)
+
+    monkeypatch.setattr(driver, "WorkerActor", ray.remote(max_restarts=-1, max_task_retries=0)(HangingWorker))
+    lines: list[str] = []
+    started = time.time()
+    m = run_engine(_config(models, shards, tmp_path / "hung", workers=2, batch_size=4, hang_timeout=3.0),
+                   log=lines.append).metrics()
+    assert marker.exists() and time.time() - started < 120
+    assert any("worker 1 made no progress on shard-000001.tar:00000016" in line and "killing it" in line for line in lines), lines
+    assert m["actors_replaced"] == 1 and m["stats"]["images"] == 48
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "hung" / "uap.npy")), two_worker_run["rho"], rtol=0, atol=0)

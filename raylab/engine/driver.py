@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -50,8 +51,9 @@ from .state import (
 from .workers import WorkerActor
 
 
-#: Seconds to wait for Ray to restart a worker that died (a new process that loads the model again).
-RESTART_TIMEOUT = 300.0
+#: A worker or reader is presumed hung after this many times its slowest recent update, and never sooner than
+#: HANG_FLOOR seconds (``EngineConfig.hang_timeout`` overrides both).
+HANG_FACTOR, HANG_FLOOR = 10.0, 120.0
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,10 @@ class Engine:
         self.workers: list[Any] = []
         self.readers: list[Any] = []
         self._clean: Tensor | None = None
+        self._test_refs: list[Any] | None = None
         self.compute = self.idle = 0.0  # worker seconds computing and waiting, this session
+        self.recent: deque[float] = deque(maxlen=20)  # seconds of the last updates, for the hang deadline
+        self.replaced = 0
         self.resume = self._read_checkpoint()  # a checkpoint of another run is refused here, before any actor starts
         self.store.makedirs()
 
@@ -128,15 +133,17 @@ class Engine:
         self.model_ref = model_ref = ray.put(self.model_bytes)
         tags = run_tags(out=c.out, source=c.shards, model=c.model)
         self.telemetry = Telemetry(ray_sink(), **tags)
+        spread = {"scheduling_strategy": "SPREAD"} if c.spread else {}
         self.readers = [
-            ShardReader.options(num_cpus=c.cpus_per_reader, resources=dict(c.resources)).remote(
+            ShardReader.options(num_cpus=c.cpus_per_reader, resources=dict(c.resources), **spread).remote(
                 [self.manifest.url(i) for i in range(w, len(self.manifest.shards), c.workers)],
                 counts=[s.count for s in self.manifest.shards[w::c.workers]], passes=c.max_passes,
                 channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size, prefetch=c.prefetch, index=w, tags=tags)
             for w in range(c.workers)
         ]
         self.workers = [
-            WorkerActor.options(num_cpus=c.cpus_per_worker, num_gpus=c.num_gpus_per_worker, resources=dict(c.resources)).remote(
+            WorkerActor.options(num_cpus=c.cpus_per_worker, num_gpus=c.num_gpus_per_worker, resources=dict(c.resources),
+                                **spread).remote(
                 model_ref, device=c.device, amp=c.amp, threads=int(c.cpus_per_worker), name=c.model, index=w, tags=tags)
             for w in range(c.workers)
         ]
@@ -185,6 +192,7 @@ class Engine:
                 step, stats, timing = self._get_update(w, futures[w], batch_for[w], rho_ref)
                 results.append(WorkerResult(w, step, stats, batch_for[w][1]))
                 self.compute, self.idle = self.compute + timing["compute_seconds"], self.idle + timing["idle_seconds"]
+                self.recent.append(timing["compute_seconds"])
             state = commit_round(state, results, rule=self.rule)
             state.seconds = time.perf_counter() - started
             self._count(results)
@@ -219,19 +227,45 @@ class Engine:
                                   criterion="fooling" if self.target.target is None else "success",
                                   idle_ratio=self.idle / (self.idle + self.compute) if self.idle + self.compute > 0 else None)
 
-    def _get_meta(self, w: int, meta_ref: Any) -> BatchMeta:
-        try:
-            return ray.get(meta_ref)
-        except ray.exceptions.RayTaskError as e:  # the reader failed (not a bad shard: those are reported, not raised)
-            raise RaylabError(_cause(e)) from None
+    def deadline(self) -> float:
+        """Seconds one batch may take before its worker or reader is presumed hung (not dead: Ray sees a dead one)."""
+        if self.config.hang_timeout is not None:
+            return self.config.hang_timeout
+        return max(HANG_FLOOR, HANG_FACTOR * max(self.recent, default=0.0))
+
+    def _replace(self, role: str, w: int, why: str) -> None:
+        """Kill a hung worker or reader so that Ray restarts it, and wait for the new one."""
+        actor = self.workers[w] if role == "worker" else self.readers[w]
+        self.log(f"{role} {w} {why}; killing it so that Ray replaces it")
+        ray.kill(actor, no_restart=False)
+        self.replaced += 1
+        self.telemetry.replaced(role=role)  # type: ignore[arg-type]
+        self._await_restart(role, w)
+
+    def _get_meta(self, w: int, state: RunState, pending: dict[int, Any]) -> BatchMeta:
+        """The meta of reader ``w``'s next item; a reader that delivers nothing within the deadline is replaced and
+        asked again from its position (readers seek)."""
+        for attempt in range(1, self.config.max_batch_attempts + 1):
+            try:
+                return ray.get(pending[w][1], timeout=self.deadline())
+            except ray.exceptions.RayTaskError as e:  # the reader failed (not a bad shard: those are reported, not raised)
+                raise RaylabError(_cause(e)) from None
+            except ray.exceptions.GetTimeoutError:
+                self._replace("reader", w, f"delivered nothing for {self.deadline():g} s")
+            except ray.exceptions.RayActorError as e:
+                self.log(f"reader {w} failed ({type(e).__name__}); reading from its position again")
+                self._await_restart("reader", w)
+            pending[w] = self.readers[w].read.remote(state.positions[w])
+        raise RaylabError(f"reader {w} failed {self.config.max_batch_attempts} times at its position {state.positions[w]}; "
+                          f"stopping, the last checkpoint is {self.store.path(CHECKPOINT)}")
 
     def _next_batches(self, state: RunState, pending: dict[int, Any]) -> tuple[RunState, dict[int, tuple[Any, BatchMeta]]]:
         """The batch each live reader has next; pass ends and skip records are consumed on the way."""
         batch_for = {}
         for w in sorted(pending):
             while True:
-                img_ref, meta_ref = pending[w]
-                meta = self._get_meta(w, meta_ref)
+                meta = self._get_meta(w, state, pending)
+                img_ref = pending[w][0]
                 if meta.exhausted:
                     state.done[w] = True
                     del pending[w]
@@ -261,7 +295,10 @@ class Engine:
         c = self.config
         for attempt in range(1, c.max_batch_attempts + 1):
             try:
-                return ray.get(future)
+                return ray.get(future, timeout=self.deadline())
+            except ray.exceptions.GetTimeoutError as e:
+                self._replace("worker", w, f"made no progress on {self.batch_name(w, meta)} for {self.deadline():g} s (hung?)")
+                last = e
             except ray.exceptions.ObjectLostError as e:
                 self.log(f"batch of worker {w} lost ({type(e).__name__}); reading it again (attempt {attempt + 1})")
                 images, _ = self.readers[w].read.remote(meta.start.to_list())
@@ -269,7 +306,7 @@ class Engine:
             except ray.exceptions.RayActorError as e:
                 self.log(f"worker {w} failed ({type(e).__name__}) on {self.batch_name(w, meta)}; redoing it (attempt {attempt + 1})")
                 last = e
-                self._await_restart(w)
+                self._await_restart("worker", w)
             except ray.exceptions.RayTaskError as e:
                 raise RaylabError(f"worker {w} failed on {self.batch_name(w, meta)}: {_cause(e)}") from None
             if attempt < c.max_batch_attempts:
@@ -277,13 +314,21 @@ class Engine:
         raise RaylabError(f"{self.batch_name(w, meta)} failed {c.max_batch_attempts} times ({type(last).__name__}: its update "
                           f"kills the worker?); stopping, the last checkpoint is {self.store.path(CHECKPOINT)}")
 
-    def _await_restart(self, w: int) -> None:
-        """Wait until Ray has restarted worker ``w`` (its model loaded) before its batch is sent again."""
+    def _await_restart(self, role: str, w: int) -> None:
+        """Wait until Ray has restarted worker (or reader) ``w`` — on a node that joined, or in capacity freed —
+        before its batch is asked for again; after ``restart_timeout`` the run fails with one line, checkpoint kept."""
+        actor = self.workers[w] if role == "worker" else self.readers[w]
+        timeout = self.config.restart_timeout
+        ref = actor.pid.remote()
+        ready, _ = ray.wait([ref], timeout=min(5.0, timeout))
+        if not ready:
+            self.log(f"waiting for resources to restart {role} {w} (at most {timeout:g} s; the autoscaler or a node "
+                      "joining can provide them)")
         try:
-            ray.get(self.workers[w].pid.remote(), timeout=RESTART_TIMEOUT)
+            ray.get(ref, timeout=timeout)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
-            raise RaylabError(f"worker {w} did not come back within {RESTART_TIMEOUT:g} s after it died ({type(e).__name__}); "
-                              f"the last checkpoint is {self.store.path(CHECKPOINT)}") from None
+            raise RaylabError(f"{role} {w} did not come back within {timeout:g} s after it was lost ({type(e).__name__}: "
+                              f"no node could take it); stopping, the last checkpoint is {self.store.path(CHECKPOINT)}") from None
 
     def _progress(self, state: RunState, images_at_start: int, session: float) -> str:
         """The live line: images/s of this session, accepted updates, ||ρ||, the running rate on the stream."""
@@ -296,10 +341,20 @@ class Engine:
 
     # -- evaluation and outputs -----------------------------------------------------------------------------------
     def _predict(self, images: Tensor, rho: Tensor | None) -> Tensor:
-        """Labels of the medical test images under ρ, computed in parallel on the workers."""
-        chunks = images.chunk(len(self.workers))
+        """Labels of the medical test images under ρ, computed in parallel on the workers.
+
+        The test images go into the object store once per run (one chunk per worker) and every evaluation reuses
+        them, so the driver's node holds the model and the test set, nothing that grows with evaluations or the stream.
+        """
+        if self._test_refs is None or images is not self.target.medical.test_images:
+            # clone: a chunk is a view, and a pickled view carries its whole base tensor
+            refs = [ray.put(chunk.clone()) for chunk in images.chunk(len(self.workers))]
+            if images is self.target.medical.test_images:
+                self._test_refs = refs
+        else:
+            refs = self._test_refs
         rho_ref = None if rho is None else ray.put(rho)
-        futures = [self.workers[i].predict.remote(chunk, rho_ref, self.clip) for i, chunk in enumerate(chunks)]
+        futures = [self.workers[i].predict.remote(chunk, rho_ref, self.clip) for i, chunk in enumerate(refs)]
         return torch.cat(ray.get(futures))
 
     def _clean_labels(self) -> Tensor:
@@ -326,7 +381,7 @@ class Engine:
                         used=state.per_pass.get("0", {}).get("images", 0), skipped=distinct(state.skipped),
                         shards_failed=distinct(state.shards_failed))
         engine = {"rounds": state.round, "per_pass": state.per_pass, "history": state.history,
-                  "stopped_by_delta": state.stopped_by_delta,
+                  "stopped_by_delta": state.stopped_by_delta, "actors_replaced": self.replaced,
                   "worker_idle_fraction": self.idle / max(1e-9, self.idle + self.compute)}
         evaluation = self._evaluate(state.rho)
         record = RunRecord(

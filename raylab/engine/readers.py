@@ -181,7 +181,13 @@ class ShardReader:
     def queue_depth(self) -> int:
         return 0 if self.producer is None else self.producer.out.qsize()
 
+    @ray.method(max_task_retries=-1)
     def pid(self) -> int:
+        """This reader's process id; retried by Ray while the actor restarts, so it also waits for a restart."""
         import os
 
         return os.getpid()
+
+    def node(self) -> str:
+        """The id of the Ray node this reader runs on."""
+        return ray.get_runtime_context().get_node_id()

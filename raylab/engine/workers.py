@@ -75,6 +75,10 @@ class UAPWorker:
         """This worker's process id; retried by Ray while the actor restarts, so it also waits for a restart."""
         return os.getpid()
 
+    def node(self) -> str:
+        """The id of the Ray node this worker runs on."""
+        return ray.get_runtime_context().get_node_id()
+
 
 #: The worker actor: restarted by Ray whenever its process dies; its calls are retried by the driver, not by Ray.
 WorkerActor = ray.remote(max_restarts=-1, max_task_retries=0)(UAPWorker)

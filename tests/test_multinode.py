@@ -1,0 +1,219 @@
+"""The engine on a real multi-node Ray cluster on this one machine: a head that takes no work (0 CPUs, as in
+cluster.yaml) and worker nodes with their own raylets and object stores, all on 127.0.0.1
+(``ray.cluster_utils.Cluster``, as Ray's own tests do; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` from conftest.py keeps
+every address on loopback). Nodes are added and removed while runs go on.
+
+Every test compares ρ with the same run on the session's single-node cluster, to the bit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from ray.cluster_utils import Cluster
+
+from raylab.config import EngineConfig
+from raylab.data.shards import write_shards
+from raylab.engine import Engine, RoundReport, run_engine
+from raylab.errors import RaylabError
+from raylab.models import ModelSpec, build_model, save_classifier
+
+from .conftest import IMAGENET, PNEUMONIA
+
+SIZE = 96  # batches of 16 gray 96-px images are 147 KB: above Ray's 100 KB inline limit, so they live in object stores
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory) -> dict[str, Path]:
+    """A small_cnn at 96 px (random init: these tests are about where the work runs, not how well it fools) and
+    48 real ImageNet photos stored at 96 px gray in 4 shards."""
+    root = tmp_path_factory.mktemp("wide")
+    spec = ModelSpec(arch="small_cnn", num_classes=2, in_channels=1, image_size=SIZE, class_names=("NORMAL", "PNEUMONIA"))
+    model = save_classifier(build_model(spec, seed=0).eval(), root / "model.pt")
+    write_shards(IMAGENET, root / "shards", shard_size=12, sample=48, seed=0, size=SIZE, channels=1)
+    return {"model": model, "shards": root / "shards"}
+
+
+def _config(wide: dict[str, Path], out: Path, **kw) -> EngineConfig:
+    """The stochastic-gradient method: ρ moves every round whatever the (untrained) model, a strict bitwise check."""
+    base = dict(model=str(wide["model"]), medical=PNEUMONIA, shards=str(wide["shards"]), out=str(out), zeta=0.08,
+                method="sgd", workers=2, batch_size=16, max_passes=2, cpus_per_worker=0.5, cpus_per_reader=0.5, progress_every=0.0,
+                checkpoint_every=1, examples=0)
+    return EngineConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, wide, tmp_path_factory) -> torch.Tensor:
+    """ρ of the run on the session's single-node cluster."""
+    out = tmp_path_factory.mktemp("single")
+    m = run_engine(_config(wide, out), log=lambda s: None).metrics()
+    rho = torch.from_numpy(np.load(out / "uap.npy"))
+    assert m["rounds"] == 4 and float(rho.norm()) > 0
+    return rho
+
+
+class _Nodes:
+    """A multi-node cluster of its own: the driver (this process) on a head with 0 CPUs, and worker nodes."""
+
+    def __init__(self, workers: int, cpus: float = 1.0) -> None:
+        self.cluster = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "num_cpus": 0,
+                                                                     "include_dashboard": False})
+        self.cpus = cpus
+        for _ in range(workers):
+            self.add()
+        ray.init(address=self.cluster.address, logging_level="ERROR")
+
+    def add(self):
+        return self.cluster.add_node(num_cpus=self.cpus, node_ip_address="127.0.0.1")
+
+    def remove(self, node_id: str) -> None:
+        node = next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
+        self.cluster.remove_node(node, allow_graceful=False)
+
+    @property
+    def head_id(self) -> str:
+        return self.cluster.head_node.node_id
+
+
+@pytest.fixture
+def nodes(cluster, reference):
+    """Builds a multi-node cluster for one test (``nodes(workers=N)``); the session's cluster is rejoined after."""
+    address = cluster["address"]
+    made: list[_Nodes] = []
+    ray.shutdown()
+
+    def make(workers: int, cpus: float = 1.0) -> _Nodes:
+        made.append(_Nodes(workers, cpus))
+        return made[-1]
+
+    yield make
+    ray.shutdown()
+    for n in made:
+        n.cluster.shutdown()
+    ray.init(address=address, logging_level="ERROR")
+
+
+class _StorePeaks(threading.Thread):
+    """The most object-store bytes each node held, sampled every 0.1 s from its raylet."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        from ray._private.internal_api import node_stats
+
+        self.node_stats = node_stats
+        self.peak: dict[str, int] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for n in ray.nodes():
+                if not n["Alive"]:
+                    continue
+                try:
+                    used = self.node_stats(n["NodeManagerAddress"], n["NodeManagerPort"], include_memory_info=False)
+                except Exception:  # a node going away between the listing and the call
+                    continue
+                self.peak[n["NodeID"]] = max(self.peak.get(n["NodeID"], 0), used.store_stats.object_store_bytes_used)
+            time.sleep(0.1)
+
+
+def _where(engine: Engine) -> dict[str, list[str]]:
+    return {"workers": ray.get([w.node.remote() for w in engine.workers]),
+            "readers": ray.get([r.node.remote() for r in engine.readers])}
+
+
+def _run(engine: Engine) -> dict:
+    try:
+        return engine.run().metrics()
+    finally:
+        for a in engine.workers + engine.readers:
+            ray.kill(a)
+
+
+def test_spread_over_two_nodes_the_head_holds_nothing_heavy(nodes, wide, reference, tmp_path) -> None:
+    n = nodes(workers=2)
+    engine = Engine(_config(wide, tmp_path / "spread"), log=lambda s: None)
+    placed: dict[str, list[str]] = {}
+    engine.on_round = lambda r: placed.update(_where(engine)) if r.round == 1 else None
+    peaks = _StorePeaks()
+    peaks.start()
+    try:
+        m = _run(engine)
+    finally:
+        peaks.stop.set()
+        peaks.join()
+    workers, readers = placed["workers"], placed["readers"]
+    assert n.head_id not in workers + readers  # the head takes no work
+    assert len(set(workers)) == 2 and len(set(readers)) == 2  # one worker and one reader per node
+    assert m["stats"]["images"] == 96
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "spread" / "uap.npy")), reference, rtol=0, atol=0)
+    # The head's store holds the model and the medical test images (each put once by the driver, for the restarts
+    # and the evaluation) and nothing that grows with the stream: a run of 100,000 images stays under the same bound.
+    # The batches lived in the worker nodes' stores.
+    fixed = wide["model"].stat().st_size + 624 * SIZE * SIZE
+    assert peaks.peak.get(n.head_id, 0) <= fixed + (1 << 20)
+    assert max(v for k, v in peaks.peak.items() if k != n.head_id) > 100_000
+
+
+def test_a_node_lost_mid_run_with_spare_capacity_ends_with_the_same_rho(nodes, wide, reference, tmp_path) -> None:
+    n = nodes(workers=3)
+    lines: list[str] = []
+    engine = Engine(_config(wide, tmp_path / "lost"), log=lines.append)
+    lost: list[str] = []
+
+    def on_round(r: RoundReport) -> None:
+        if r.round == 2:
+            lost.append(_where(engine)["workers"][0])
+            n.remove(lost[0])  # worker 0's node, its object store and whatever else ran there
+
+    engine.on_round = on_round
+    m = _run(engine)
+    assert lost and not any(x["NodeID"] == lost[0] and x["Alive"] for x in ray.nodes())
+    assert m["stats"]["images"] == 96  # none lost, none counted twice
+    assert any(line.startswith("worker 0 failed") or "lost" in line for line in lines), lines
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "lost" / "uap.npy")), reference, rtol=0, atol=0)
+
+
+def test_without_capacity_the_run_waits_for_a_node_then_completes(nodes, wide, reference, tmp_path) -> None:
+    n = nodes(workers=2)
+    lines: list[str] = []
+    engine = Engine(_config(wide, tmp_path / "wait"), log=lines.append)
+    removed = threading.Event()
+
+    def on_round(r: RoundReport) -> None:
+        if r.round == 2:
+            n.remove(_where(engine)["workers"][0])
+            removed.set()
+
+    engine.on_round = on_round
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(m=_run(engine)), daemon=True)  # Ray's calls work from a thread
+    run.start()
+    assert removed.wait(120)
+    deadline = time.time() + 60
+    while not any("waiting for resources to restart" in line for line in lines):
+        assert time.time() < deadline, lines
+        time.sleep(0.2)
+    n.add()  # a node joins, as the autoscaler would add one (Ray starts nodes from the main thread only)
+    run.join(300)
+    assert not run.is_alive() and "m" in result, lines
+    assert result["m"]["stats"]["images"] == 96
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "wait" / "uap.npy")), reference, rtol=0, atol=0)
+
+
+def test_without_capacity_the_run_fails_after_its_timeout_keeping_its_checkpoint(nodes, wide, tmp_path) -> None:
+    n = nodes(workers=2)
+    engine = Engine(_config(wide, tmp_path / "gone", restart_timeout=6.0), log=lambda s: None)
+    engine.on_round = lambda r: n.remove(_where(engine)["workers"][0]) if r.round == 2 else None
+    with pytest.raises(RaylabError, match=r"^(worker|reader) \d did not come back within 6 s .*the last checkpoint is "):
+        _run(engine)
+    state = torch.load(tmp_path / "gone" / "checkpoint.pt", weights_only=True)
+    import json
+
+    assert json.loads(state["state"])["round"] == 2 and not (tmp_path / "gone" / "uap.npy").exists()

@@ -45,6 +45,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"real test data not found at {DATA} (clone the repo beside ../shared)")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``own_cluster`` (the multi-node and autoscaling clusters) run last: after this process has joined
+    other clusters, metrics it records reach the session cluster's Prometheus more than once (seen with Ray 2.60),
+    which tests/test_observability.py would count."""
+    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is not None)
+
+
 def tiny_cnn(in_channels: int = 1, num_classes: int = 2) -> nn.Module:
     """A small conv net: enough to have a real decision boundary at 28x28, fast on CPU."""
     return nn.Sequential(
@@ -119,6 +126,21 @@ def models(tmp_path_factory: pytest.TempPathFactory, natural_dir: Path) -> dict[
 
 
 
+def stop_head(head: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a ``ray start --head --block`` started in its own process group, and everything it started (an
+    autoscaler's nodes too): SIGTERM, then SIGKILL to the group after ``grace`` seconds (a graceful stop takes ~30 s)."""
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait(timeout=60)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,11 +173,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     ray.init(address=address, logging_level="ERROR")
     yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     ray.shutdown()
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+    stop_head(head)
     log.close()
 
 

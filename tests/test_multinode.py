@@ -8,6 +8,7 @@ Every test compares ρ with the same run on the session's single-node cluster, t
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from raylab.errors import RaylabError
 from raylab.models import ModelSpec, build_model, save_classifier
 
 from .conftest import IMAGENET, PNEUMONIA
+
+pytestmark = pytest.mark.own_cluster
 
 SIZE = 96  # batches of 16 gray 96-px images are 147 KB: above Ray's 100 KB inline limit, so they live in object stores
 
@@ -76,27 +79,33 @@ class _Nodes:
         node = next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
         self.cluster.remove_node(node, allow_graceful=False)
 
+    def live(self) -> int:
+        """Live worker nodes (the head not counted)."""
+        return sum(1 for n in ray.nodes() if n["Alive"] and n["NodeID"] != self.head_id)
+
     @property
     def head_id(self) -> str:
         return self.cluster.head_node.node_id
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def nodes(cluster, reference):
-    """Builds a multi-node cluster for one test (``nodes(workers=N)``); the session's cluster is rejoined after."""
+    """One multi-node cluster for the module's tests, which add and remove nodes in turn (each test starts from the
+    node count it needs); the session's cluster is rejoined after."""
     address = cluster["address"]
-    made: list[_Nodes] = []
     ray.shutdown()
-
-    def make(workers: int, cpus: float = 1.0) -> _Nodes:
-        made.append(_Nodes(workers, cpus))
-        return made[-1]
-
-    yield make
+    n = _Nodes(workers=2)
+    yield n
     ray.shutdown()
-    for n in made:
-        n.cluster.shutdown()
+    n.cluster.shutdown()
     ray.init(address=address, logging_level="ERROR")
+
+
+def _with(n: _Nodes, workers: int) -> _Nodes:
+    while n.live() < workers:
+        n.add()
+    assert n.live() == workers
+    return n
 
 
 class _StorePeaks(threading.Thread):
@@ -137,7 +146,7 @@ def _run(engine: Engine) -> dict:
 
 
 def test_spread_over_two_nodes_the_head_holds_nothing_heavy(nodes, wide, reference, tmp_path) -> None:
-    n = nodes(workers=2)
+    n = _with(nodes, 2)
     engine = Engine(_config(wide, tmp_path / "spread"), log=lambda s: None)
     placed: dict[str, list[str]] = {}
     engine.on_round = lambda r: placed.update(_where(engine)) if r.round == 1 else None
@@ -162,7 +171,7 @@ def test_spread_over_two_nodes_the_head_holds_nothing_heavy(nodes, wide, referen
 
 
 def test_a_node_lost_mid_run_with_spare_capacity_ends_with_the_same_rho(nodes, wide, reference, tmp_path) -> None:
-    n = nodes(workers=3)
+    n = _with(nodes, 3)
     lines: list[str] = []
     engine = Engine(_config(wide, tmp_path / "lost"), log=lines.append)
     lost: list[str] = []
@@ -181,7 +190,7 @@ def test_a_node_lost_mid_run_with_spare_capacity_ends_with_the_same_rho(nodes, w
 
 
 def test_without_capacity_the_run_waits_for_a_node_then_completes(nodes, wide, reference, tmp_path) -> None:
-    n = nodes(workers=2)
+    n = _with(nodes, 2)
     lines: list[str] = []
     engine = Engine(_config(wide, tmp_path / "wait"), log=lines.append)
     removed = threading.Event()
@@ -208,12 +217,42 @@ def test_without_capacity_the_run_waits_for_a_node_then_completes(nodes, wide, r
 
 
 def test_without_capacity_the_run_fails_after_its_timeout_keeping_its_checkpoint(nodes, wide, tmp_path) -> None:
-    n = nodes(workers=2)
-    engine = Engine(_config(wide, tmp_path / "gone", restart_timeout=6.0), log=lambda s: None)
+    n = _with(nodes, 2)
+    lines: list[str] = []
+    engine = Engine(_config(wide, tmp_path / "gone", restart_timeout=6.0), log=lines.append)
     engine.on_round = lambda r: n.remove(_where(engine)["workers"][0]) if r.round == 2 else None
-    with pytest.raises(RaylabError, match=r"^(worker|reader) \d did not come back within 6 s .*the last checkpoint is "):
+    with pytest.raises(RaylabError, match=r"^(worker|reader) \d did not come back within 6 s after it was lost .*no node "
+                                          r"could take it\); stopping, the last checkpoint is .*checkpoint.pt$"):
         _run(engine)
-    state = torch.load(tmp_path / "gone" / "checkpoint.pt", weights_only=True)
-    import json
+    assert any("waiting for resources to restart" in line for line in lines), lines
+    state = json.loads(torch.load(tmp_path / "gone" / "checkpoint.pt", weights_only=True)["state"])
+    assert state["round"] == 2 and not (tmp_path / "gone" / "uap.npy").exists()
 
-    assert json.loads(state["state"])["round"] == 2 and not (tmp_path / "gone" / "uap.npy").exists()
+
+def _write_where(job):
+    """A shard job run as a Ray task, with the node it ran on."""
+    from raylab.data.shards import write_shard
+
+    return write_shard(job), ray.get_runtime_context().get_node_id()
+
+
+def test_sharding_over_two_nodes_writes_the_one_process_shards(nodes, natural_dir, tmp_path) -> None:
+    """``raylab shard --ray``: each shard a Ray task, spread over the nodes; same bytes and manifest as one process,
+    the corrupt photo skipped and listed in both."""
+    from raylab.data.shards import write_shards
+    from raylab.engine.sharding import ray_map
+
+    kw = dict(shard_size=8, size=32, channels=3)
+    one = write_shards(natural_dir, tmp_path / "one", **kw)
+    n = _with(nodes, 2)
+    ran_on: list[str] = []
+
+    def mapper(fn, jobs):  # write_shard as a Ray task (fn is write_shard: _write_where calls it)
+        for result, node in ray_map(_write_where, jobs, cpus=1.0):
+            ran_on.append(node)
+            yield result
+
+    many = write_shards(natural_dir, tmp_path / "many", mapper=mapper, **kw)
+    assert len(set(ran_on)) == 2 and n.head_id not in ran_on
+    assert many.shards == one.shards and many.skipped == one.skipped and [s for s, _ in one.skipped] == ["corrupt.JPEG"]
+    assert (tmp_path / "many" / "manifest.json").read_bytes() == (tmp_path / "one" / "manifest.json").read_bytes()

@@ -301,6 +301,7 @@ class Engine:
                 last = e
             except ray.exceptions.ObjectLostError as e:
                 self.log(f"batch of worker {w} lost ({type(e).__name__}); reading it again (attempt {attempt + 1})")
+                self._await_restart("reader", w)  # its reader may have gone with the same node
                 images, _ = self.readers[w].read.remote(meta.start.to_list())
                 last = e
             except ray.exceptions.RayActorError as e:
@@ -319,13 +320,13 @@ class Engine:
         before its batch is asked for again; after ``restart_timeout`` the run fails with one line, checkpoint kept."""
         actor = self.workers[w] if role == "worker" else self.readers[w]
         timeout = self.config.restart_timeout
-        ref = actor.pid.remote()
-        ready, _ = ray.wait([ref], timeout=min(5.0, timeout))
+        ref, first = actor.pid.remote(), min(5.0, timeout)
+        ready, _ = ray.wait([ref], timeout=first)
         if not ready:
             self.log(f"waiting for resources to restart {role} {w} (at most {timeout:g} s; the autoscaler or a node "
                       "joining can provide them)")
         try:
-            ray.get(ref, timeout=timeout)
+            ray.get(ref, timeout=max(0.0, timeout - first) if not ready else None)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
             raise RaylabError(f"{role} {w} did not come back within {timeout:g} s after it was lost ({type(e).__name__}: "
                               f"no node could take it); stopping, the last checkpoint is {self.store.path(CHECKPOINT)}") from None

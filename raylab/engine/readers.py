@@ -132,7 +132,9 @@ class _Producer(threading.Thread):
         self._put((final, None))
 
 
-@ray.remote(max_restarts=3, max_task_retries=3)
+#: Restarted by Ray whenever its process or node dies; a read in flight then fails at once (no retries by Ray) and the
+#: driver asks the restarted reader again from its position, or says it is waiting for resources to restart it.
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class ShardReader:
     """A Ray actor that reads and decodes its shards (see the module docstring)."""
 

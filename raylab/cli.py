@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .bench import BenchConfig, EngineBenchConfig
 from .config import DEFAULT_DATA, DEFAULT_MEDICAL, EngineConfig, UAPConfig
-from .errors import RaylabError
+from .errors import InputError, RaylabError
 from .options import add_options, build
 from .sweep import SweepConfig
 from .train import PretrainConfig, TrainConfig
@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--format", dest="image_format", choices=["png", "jpg"], default="png",
                    help="how resized images are stored: png (lossless, default) or jpg (quality 95; decodes ~3x faster at 299 px)")
     s.add_argument("--split", default="train", help="split of a .npz source (default train)")
+    s.add_argument("--ray", action="store_true", help="write the shards as Ray tasks over the cluster's CPUs (same shards "
+                                                      "and manifest; the output must be writable from every node)")
+    s.add_argument("--cpus-per-task", type=float, default=1.0, help="with --ray: CPUs per shard task (default 1)")
+    s.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
 
     g = sub.add_parser("generate", help="distributed UAP on Ray: shards -> reader actors -> worker actors -> one rho (resumable)")
     add_options(g, EngineConfig)
@@ -206,11 +210,22 @@ def cmd_uap(a: argparse.Namespace) -> int:
 
 
 def cmd_shard(a: argparse.Namespace) -> int:
+    from functools import partial
+
     from .data.shards import write_shards
 
+    if a.cpus_per_task <= 0:
+        raise InputError(f"--cpus-per-task must be > 0, got {a.cpus_per_task}")
+    mapper = None
+    if a.ray:
+        _local_ray_on_loopback(a.address)
+        from .engine.sharding import ray_map
+
+        _init_ray(a.address)
+        mapper = partial(ray_map, cpus=a.cpus_per_task)
     source = a.source if "://" in a.source else Path(a.source)
     m = write_shards(source, a.out, shard_size=a.shard_size, sample=a.sample, seed=a.seed, size=a.image_size,
-                     channels=a.channels, split=a.split, progress=True, image_format=a.image_format)
+                     channels=a.channels, split=a.split, progress=True, image_format=a.image_format, mapper=mapper)
     print(f"wrote {m.total} images in {len(m.shards)} shard(s) to {a.out}" + (f"; skipped {len(m.skipped)} unreadable" if m.skipped else ""))
     return 0
 
@@ -265,7 +280,6 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_results(a: argparse.Namespace) -> int:
-    from .errors import InputError
     from .results import read_results, select_best, summary_table
 
     filters: dict = {}

@@ -135,3 +135,18 @@ def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys
     assert main(["uap", "--model", str(models["model"]), "--data", str(rgb), "--source", "random", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "3 channel(s)" in err and "expects 1" in err
+
+
+def test_shard_in_one_process_and_as_ray_tasks_writes_the_same_files(cluster, natural_dir: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    common = [str(natural_dir), "--image-size", "28", "--channels", "1", "--shard-size", "10"]
+    assert main(["shard", common[0], str(tmp_path / "one"), *common[1:]]) == 0
+    assert main(["shard", common[0], str(tmp_path / "ray"), *common[1:], "--ray", "--address", cluster["address"]]) == 0
+    out = capsys.readouterr().out
+    assert out.count("wrote 40 images in 5 shard(s)") == 2  # 9 (one corrupt), 10, 10, 10, 1 and out.count("skipped 1 unreadable") == 2
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "ray").iterdir()) and "manifest.json" in names
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+    assert main(["shard", common[0], str(tmp_path / "x"), "--ray", "--cpus-per-task", "0"]) == 2
+    assert "--cpus-per-task must be > 0" in capsys.readouterr().err

@@ -10,7 +10,11 @@ atomically and an unwritable location raises :class:`raylab.errors.OutputError`.
 
 Each sample holds ``<key>.jpg`` or ``<key>.png`` (the image), ``<key>.name.txt``
 (the original file name) and, for ``.npz`` sources, ``<key>.cls`` (the label).
-Keys are ``f"{i:08d}"``, global over the written items.
+Keys are ``f"{k:08d}"``: the shard's first position in the listing plus the
+record's place in the shard (unique and sorted; without skipped images, the
+item's position). Each shard is written from its own slice of the listing
+(:class:`ShardJob`), so shards can be written in parallel over a Ray cluster
+(:func:`raylab.engine.sharding.ray_map`) with the same bytes.
 
 The manifest (:class:`Manifest`, :func:`read_manifest`, :func:`verify_manifest`)
 lives in :mod:`.manifest`.
@@ -35,7 +39,7 @@ from .reader import (
     decode_stream,
     iter_samples,
 )
-from .writer import write_shards
+from .writer import ShardJob, write_shard, write_shards
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -47,11 +51,13 @@ __all__ = [
     "Manifest",
     "RawSample",
     "ShardInfo",
+    "ShardJob",
     "ShardReport",
     "batches",
     "decode_stream",
     "iter_samples",
     "read_manifest",
     "verify_manifest",
+    "write_shard",
     "write_shards",
 ]

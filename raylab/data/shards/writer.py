@@ -173,12 +173,14 @@ def _records(
     items: Iterable[_Item],
     skipped: list[tuple[str, str]],
     *,
+    first_key: int,
     convert: bool,
     channels: int | None,
     size: int | None,
     image_format: str,
 ) -> Iterator[dict[str, Any]]:
-    """The tar records of ``items`` in order, keyed ``f"{i:08d}"`` over the written ones; skips go to ``skipped``."""
+    """The tar records of ``items`` in order, keyed ``f"{first_key + j:08d}"`` over the written ones; skips go to
+    ``skipped``."""
     written = 0
     for item in items:
         try:
@@ -194,11 +196,50 @@ def _records(
                 skipped.append((item.name, str(e).removeprefix(f"{item.name}: ")))
                 continue
             data, ext = _tensor_png(image, image_format), image_format
-        record: dict[str, Any] = {"__key__": f"{written:08d}", ext: data, "name.txt": item.name.encode("utf-8")}
+        record: dict[str, Any] = {"__key__": f"{first_key + written:08d}", ext: data, "name.txt": item.name.encode("utf-8")}
         if item.label is not None:
             record["cls"] = str(item.label).encode("ascii")
         written += 1
         yield record
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Shard ``index`` of a listing: its slice of the items, converted (or not) and written as one tar.
+
+    A shard's content depends on its slice only (items ``index * shard_size`` up to the next shard's first, minus
+    those that cannot be read), so shards are written independently: one after another in one process, or as
+    parallel tasks over a Ray cluster (:func:`raylab.engine.sharding.ray_map`), with the same bytes.
+    """
+
+    location: str
+    index: int
+    items: tuple[_Item, ...]
+    first_key: int
+    prefix: str
+    convert: bool
+    channels: int | None
+    size: int | None
+    image_format: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.prefix}-{self.index:06d}.tar"
+
+
+def write_shard(job: ShardJob) -> tuple[ShardInfo | None, list[tuple[str, str]]]:
+    """Write one shard; (its info, or None when none of its items could be written; the items skipped)."""
+    skipped: list[tuple[str, str]] = []
+    records = _records(job.items, skipped, first_key=job.first_key, convert=job.convert, channels=job.channels,
+                       size=job.size, image_format=job.image_format)
+    head = next(records, None)  # a shard is begun only once it has a record
+    if head is None:
+        return None, skipped
+    return _write_shard(Store.at(job.location), job.name, itertools.chain([head], records)), skipped
+
+
+#: How shard jobs are run: ``map(write_shard, jobs)`` in this process, or a parallel map that yields in job order.
+Mapper = Callable[[Callable[[ShardJob], Any], Sequence[ShardJob]], Iterable[Any]]
 
 
 def write_shards(
@@ -214,6 +255,7 @@ def write_shards(
     progress: bool = False,
     prefix: str = "shard",
     image_format: str = "png",
+    mapper: Mapper | None = None,
 ) -> Manifest:
     """Write ``source`` as webdataset shards of ``shard_size`` samples to ``out``, manifest last.
 
@@ -227,6 +269,13 @@ def write_shards(
     quality 95, which decodes about 3x faster at 299 px but is lossy), and
     undecodable files are skipped and listed in the manifest. ``.npz`` images
     are always PNG.
+
+    Shard ``i`` holds items ``i * shard_size`` to ``(i + 1) * shard_size - 1``
+    of the (sampled) listing, keyed by position, minus the skipped ones (a shard
+    with a skipped image is one shorter; one with none written is left out).
+    ``mapper`` runs the shards' jobs (:class:`ShardJob`): the builtin ``map``
+    by default, or :func:`raylab.engine.sharding.ray_map` over a Ray cluster
+    (same shards, same manifest).
     """
     if image_format not in ("png", "jpg"):
         raise InputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
@@ -252,17 +301,19 @@ def write_shards(
     store.makedirs()
     store.remove(MANIFEST_NAME)  # an old manifest never stands beside half-rewritten shards
 
-    shards: list[ShardInfo] = []
-    skipped: list[tuple[str, str]] = []
-    iterable: Iterable[_Item] = items
+    jobs = [ShardJob(location, i, tuple(items[start:start + shard_size]), start, prefix, convert, channels, size,
+                     image_format) for i, start in enumerate(range(0, len(items), shard_size))]
+    done: Iterable[tuple[ShardInfo | None, list[tuple[str, str]]]] = (mapper or map)(write_shard, jobs)
     if progress:
         from tqdm import tqdm
 
-        iterable = tqdm(items, desc=f"shards -> {location}", unit="img")
-    records = _records(iterable, skipped, convert=convert, channels=channels, size=size, image_format=image_format)
-    for head in records:  # a shard is begun only once it has a record; the rest of it comes from the same stream
-        name = f"{prefix}-{len(shards):06d}.tar"
-        shards.append(_write_shard(store, name, itertools.chain([head], itertools.islice(records, shard_size - 1))))
+        done = tqdm(done, total=len(jobs), desc=f"shards -> {location}", unit="shard")
+    shards: list[ShardInfo] = []
+    skipped: list[tuple[str, str]] = []
+    for info, skips in done:
+        skipped += skips
+        if info is not None:
+            shards.append(info)
     written = sum(s.count for s in shards)
     if not shards:
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""

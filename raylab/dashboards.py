@@ -32,11 +32,13 @@ RATE = "$__rate_interval"
 
 @dataclass(frozen=True)
 class Query:
-    """One PromQL expression of a panel; ``gpu`` marks Ray's GPU metrics, which exist only on GPU nodes."""
+    """One PromQL expression of a panel; ``gpu`` marks Ray's GPU metrics, which exist only on GPU nodes, ``fault`` a
+    counter that exists only once its fault happened (an actor replaced)."""
 
     expr: str
     legend: str
     gpu: bool = False
+    fault: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,11 @@ PANELS: tuple[Panel, ...] = (
           "short", "Prefetched batches waiting between each reader and its worker; 0 for long means decode is the bottleneck."),
     Panel("Worker idle fraction", (Query(f"max by (run) (ray_raylab_worker_idle_ratio{{{RUN}}})", "{{run}}"),), "percentunit"),
     Panel("Shard read throughput", (Query(_q("raylab_shard_bytes_read_total", "run"), "{{run}}"),), "Bps"),
-    Panel("Corrupt images skipped, shards failed", (
+    Panel("Corrupt images skipped, shards failed, actors replaced", (
         Query(f"sum by (run) (ray_raylab_images_skipped_total{{{RUN}}})", "{{run}} images skipped"),
         Query(f"sum by (run) (ray_raylab_shards_failed_total{{{RUN}}})", "{{run}} shards failed"),
+        Query(f"sum by (run, role) (ray_raylab_actors_replaced_total{{{RUN}}})", "{{run}} {{role}}s replaced (hung)",
+              fault=True),
     ), "short"),
     Panel("Sweep trials", (Query("sum by (sweep, status) (ray_raylab_trials_total)", "{{sweep}} {{status}}"),), "short"),
     Panel("Node CPU and GPU utilization", (

@@ -215,7 +215,8 @@ def test_every_dashboard_query_returns_series_from_the_real_run(observed, promet
         if q.gpu and not has_gpu:
             continue  # Ray exports GPU metrics only from GPU nodes
         if q.fault:
-            assert prom.query(dashboards.concrete(q.expr, rate_interval="30s")) == []  # valid PromQL, no fault here
+            # series only where an actor was replaced (tests/test_engine.py's hung worker, if it ran first): valid PromQL
+            assert isinstance(prom.query(dashboards.concrete(q.expr, rate_interval="30s")), list)
             continue
         expr = dashboards.concrete(q.expr, rate_interval="30s")
         deadline = time.time() + 20  # a series Ray's agent exported late still counts

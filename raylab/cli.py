@@ -26,7 +26,7 @@ from .train import PretrainConfig, TrainConfig
 
 
 def _model_options(p: argparse.ArgumentParser, *, out_help: str) -> None:
-    p.add_argument("--arch", default="resnet18", help="architecture (inception_v3, resnet50, vgg16, resnet18, small_cnn)")
+    p.add_argument("--arch", default="resnet18", help="architecture (inception_v3, resnet50, vgg16, resnet18, small_cnn, efficientnet_lite0)")
     p.add_argument("--image-size", type=int, default=64, help="input size in pixels (default 64)")
     p.add_argument("--out", type=Path, required=True, help=out_help)
 
@@ -43,9 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune (transfer learning) or train from scratch on a medical dataset")
     t.add_argument("--data", type=Path, default=DEFAULT_MEDICAL, help="MedMNIST .npz or a folder with train_pre.csv/test_pre.csv")
     t.add_argument("--backbone", default=None, help="natural-image weights: a checkpoint from `raylab pretrain`, a torchvision "
-                                                    ".pth, or 'imagenet' (online only); omit for random initialization")
-    t.add_argument("--normalize", choices=["none", "imagenet"], default=None,
-                   help="input normalization (default: imagenet for torchvision weights, else none)")
+                                                    ".pth, or 'imagenet' (torchvision's: online only; efficientnet_lite0's are "
+                                                    "packaged: offline); omit for random initialization")
+    t.add_argument("--normalize", choices=["none", "imagenet", "lite"], default=None,
+                   help="input normalization (default: what the backbone's weights were trained with, else none)")
     _model_options(t, out_help="checkpoint path (.pt); metrics go beside it as .json")
     add_options(t, TrainConfig)
 
@@ -162,7 +163,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     config = build(TrainConfig, a)
     data = load_medical(a.data)
     backbone = None if a.backbone in (None, "", "none") else a.backbone
-    normalize = a.normalize or _default_normalize(backbone)
+    normalize = a.normalize or _default_normalize(backbone, a.arch)
     spec = ModelSpec(arch=a.arch, num_classes=data.num_classes, in_channels=data.channels, image_size=a.image_size,
                      normalize=normalize, class_names=data.class_names).validate()
     data = data.resized(a.image_size)
@@ -176,14 +177,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _default_normalize(backbone: str | None) -> str:
-    """Input normalization the backbone was trained with: its own for a raylab checkpoint, ImageNet's for torchvision weights."""
-    from .models import checkpoint_spec
+def _default_normalize(backbone: str | None, arch: str) -> str:
+    """Input normalization the backbone was trained with: its own for a raylab checkpoint, the architecture's for
+    ImageNet weights (torchvision's mean/std, EfficientNet-Lite's)."""
+    from .models import IMAGENET_NORMALIZE, checkpoint_spec
 
     if backbone is None:
         return "none"
     spec = checkpoint_spec(backbone) if backbone != "imagenet" else None
-    return spec.normalize if spec is not None else "imagenet"
+    return spec.normalize if spec is not None else IMAGENET_NORMALIZE.get(arch, "imagenet")
 
 
 def cmd_uap(a: argparse.Namespace) -> int:

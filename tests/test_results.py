@@ -86,7 +86,7 @@ def test_a_records_row_and_metrics_are_two_views_of_one_record() -> None:
     row = record.row(sweep="s", trial_id="t", run_id="r")
     m = record.metrics()
     assert list(row) == SCHEMA.names
-    assert row["schema_version"] == SCHEMA_VERSION == 2
+    assert row["schema_version"] == SCHEMA_VERSION == 3
     assert row["method"] == "paper" and row["lr"] is None and row["eps"] == 0.004
     assert row["p"] == "inf" and row["target"] == "NORMAL" == m["target"] and row["workers"] == 2
     assert row["success_rate"] == 0.85 == m["success_rate"]["NORMAL"]
@@ -109,8 +109,8 @@ def test_write_read_round_trip(location: str) -> None:
     rows = make_rows()
     uris = write_rows(location, rows)
     assert len(uris) == len(rows)
-    assert all("/sweep=grid-" in u and u.endswith(".parquet") for u in uris)
-    assert any(u.endswith("/sweep=grid-a/trial-t0.parquet") for u in uris)
+    assert all("/grid-" in u and "sweep=" not in u and u.endswith(".parquet") for u in uris)
+    assert any(u.endswith("/grid-a/trial-t0.parquet") for u in uris)
 
     table = read_results(location)
     assert table.schema == SCHEMA  # every column, its type and nullability, once each
@@ -132,16 +132,16 @@ def test_write_read_round_trip(location: str) -> None:
 
     fs, root = fsspec.core.url_to_fs(location if "://" in location else str(Path(location).resolve()))
     doc = json.loads(fs.cat(f"{root}/_schema.json"))
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 3
     assert [f["name"] for f in doc["fields"]] == SCHEMA.names
     assert {f["name"]: f["type"] for f in doc["fields"]}["created_at"] == "timestamp[ms, tz=UTC]"
 
     # each file stands alone, and a hive-partitioned reader sees one sweep column too
-    for path in fs.glob(f"{root}/sweep=*/trial-*.parquet"):
+    for path in fs.glob(f"{root}/*/trial-*.parquet"):
         with fs.open(path, "rb") as f:
             one = pq.read_table(f)
         assert one.schema == SCHEMA and one.num_rows == 1
-        assert path.split("/")[-2] == f"sweep={one['sweep'][0].as_py()}"
+        assert path.split("/")[-2] == one["sweep"][0].as_py()
     hive = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive",
                       exclude_invalid_files=False, ignore_prefixes=[".", "_"]).to_table()
     assert hive.num_rows == len(rows) and hive.column_names.count("sweep") == 1
@@ -152,7 +152,7 @@ def test_local_files_are_readable_by_path(tmp_path: Path) -> None:
     for uri in uris:
         t = pq.read_table(uri)
         assert t.schema == SCHEMA and t.num_rows == 1
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["_schema.json", "sweep=grid-a", "sweep=grid-b"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["_schema.json", "grid-a", "grid-b"]
 
 
 def test_filters(location: str) -> None:
@@ -186,7 +186,7 @@ def test_crashed_write_is_ignored(location: str) -> None:
     write_rows(location, make_rows()[:2])
     fs, root = fsspec.core.url_to_fs(location if "://" in location else str(Path(location).resolve()))
     for name in (".trial-x.parquet.tmp", ".trial-t0.parquet.1a2b3c4d.tmp"):
-        with fs.open(f"{root}/sweep=grid-a/{name}", "wb") as f:
+        with fs.open(f"{root}/grid-a/{name}", "wb") as f:
             f.write(b"PAR1 half a file")
     table = read_results(location)
     assert sorted(table["trial_id"].to_pylist()) == ["t0", "t1"]
@@ -220,6 +220,8 @@ def test_bad_rows_raise_input_error_naming_the_column(tmp_path: Path) -> None:
         write_rows(loc, [dict(row, colour="red")])
     with pytest.raises(InputError, match=r"sweep '\.\./x'"):
         write_rows(loc, [dict(row, sweep="../x")])
+    with pytest.raises(InputError, match=r"sweep '_hidden' must not start with '_'"):
+        write_rows(loc, [dict(row, sweep="_hidden")])
     with pytest.raises(InputError, match="twice"):
         write_rows(loc, [row, row])
     # a bad row anywhere means nothing is written
@@ -236,10 +238,10 @@ def test_read_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     empty = read_results(tmp_path / "empty")
     assert empty.num_rows == 0 and empty.schema == SCHEMA
-    for name, version in (("future", 3), ("old", 1)):  # version 1 rows had no method, lr
+    for name, version in (("future", 4), ("old", 1)):  # version 1 rows had no method, lr
         (tmp_path / name).mkdir()
         (tmp_path / name / "_schema.json").write_text(json.dumps({"schema_version": version, "fields": []}))
-        with pytest.raises(InputError, match=f"holds results of schema version {version}; this raylab reads version 2"):
+        with pytest.raises(InputError, match=f"holds results of schema version {version}; this raylab reads versions 2, 3"):
             read_results(tmp_path / name)
         with pytest.raises(InputError, match=f"schema version {version}"):
             write_rows(tmp_path / name, make_rows()[:1])
@@ -324,3 +326,57 @@ def test_created_at_is_utc_ms(tmp_path: Path) -> None:
     write_rows(tmp_path / "r", [row])
     back = read_results(tmp_path / "r")["created_at"][0].as_py()
     assert back == datetime(2024, 5, 6, 7, 30, 0, 123000, tzinfo=timezone.utc)
+
+
+def test_every_common_reader_opens_a_results_location_with_default_arguments(tmp_path: Path) -> None:
+    """pandas, pyarrow.parquet, pyarrow datasets, DuckDB, Polars and Ray Data read the location as it is and get one
+    string ``sweep`` column (version 2's ``sweep=<name>`` folders made pandas and pyarrow.parquet fail with
+    "Unable to merge: Field sweep has incompatible types")."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import ray
+
+    loc = tmp_path / "r"
+    rows = make_rows()
+    write_rows(loc, rows)
+    want = sorted((r["sweep"], r["trial_id"]) for r in rows)
+
+    def pairs(sweeps, trials) -> list[tuple[str, str]]:
+        return sorted(zip(map(str, sweeps), map(str, trials)))
+
+    frame = pd.read_parquet(loc)
+    assert list(frame.columns).count("sweep") == 1 and pairs(frame["sweep"], frame["trial_id"]) == want
+    table = pq.read_table(loc)
+    assert table.schema.field("sweep").type == pa.string() and pairs(table["sweep"].to_pylist(), table["trial_id"].to_pylist()) == want
+    dataset = ds.dataset(loc).to_table()
+    assert dataset.column_names.count("sweep") == 1 and pairs(dataset["sweep"].to_pylist(), dataset["trial_id"].to_pylist()) == want
+    duck = duckdb.sql(f"SELECT sweep, trial_id FROM read_parquet('{loc}/**/*.parquet')").fetchall()
+    assert sorted(duck) == want
+    polars = pl.read_parquet(f"{loc}/**/*.parquet")
+    assert polars.columns.count("sweep") == 1 and pairs(polars["sweep"], polars["trial_id"]) == want
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        data = ray.data.read_parquet(str(loc)).select_columns(["sweep", "trial_id"]).take_all()
+    finally:
+        if started:
+            ray.shutdown()
+    assert sorted((d["sweep"], d["trial_id"]) for d in data) == want
+
+
+def test_a_version_2_location_is_still_read_and_never_written_into(tmp_path: Path) -> None:
+    """Version 2 put each sweep in a ``sweep=<name>`` folder, with the same columns: raylab still reads it."""
+    loc = tmp_path / "v2"
+    rows = make_rows()
+    for r in rows:
+        folder = loc / f"sweep={r['sweep']}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist([dict(r, schema_version=2)], schema=SCHEMA), folder / f"trial-{r['trial_id']}.parquet")
+    (loc / "_schema.json").write_text(json.dumps({"schema_version": 2, "fields": []}))
+    table = read_results(loc)
+    assert table.num_rows == len(rows) and set(table["schema_version"].to_pylist()) == {2}
+    assert read_results(loc, filters={"sweep": "grid-b"}).num_rows == sum(r["sweep"] == "grid-b" for r in rows)
+    with pytest.raises(InputError, match="holds results of schema version 2; this raylab writes version 3 .*new location"):
+        write_rows(loc, rows[:1])

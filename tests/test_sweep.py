@@ -61,7 +61,7 @@ def test_an_interrupted_sweep_resumes_without_duplicate_rows(cluster, models, sh
     args = [sys.executable, str(ROOT / "jobs" / "sweep.py"), *_args(models, shards, tmp_path, cluster, "resume"),
             "--max-concurrent", "1"]
     first = subprocess.Popen(args, env=cluster["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = tmp_path / "results" / "sweep=resume"
+    results = tmp_path / "results" / "resume"
     deadline = time.time() + 240
     while not (results.exists() and len(list(results.glob("trial-*.parquet"))) >= 1):
         assert first.poll() is None and time.time() < deadline, "the first sweep ended or stalled before one trial finished"

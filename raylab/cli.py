@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--select", choices=["best"], default=None, help="best: the paper's rule, the eps and p with the highest R_f (R_s) per zeta")
     w.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
+    im = sub.add_parser("import-model", help="a model trained elsewhere (state dict, TorchScript or torch.export) and "
+                                            "its model card, checked and written as a raylab checkpoint to audit")
+    im.add_argument("--card", type=Path, required=True, help="the model card (YAML or JSON; see raylab/cards.py)")
+    im.add_argument("--weights", type=Path, required=True, help="the state dict (.pth/.pt), TorchScript (.pt) or "
+                                                                "torch.export (.pt2) file the card describes")
+    im.add_argument("--out", type=Path, required=True, help="where to write the raylab checkpoint (.pt)")
+
     r = sub.add_parser("results", help="summarize a Parquet results location, filtered by any column")
     r.add_argument("location", help="results location (path or fsspec URL)")
     r.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE", help="keep rows where COLUMN equals VALUE (repeatable)")
@@ -281,6 +288,18 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 1 if "failed" in outcomes else 0
 
 
+def cmd_import_model(a: argparse.Namespace) -> int:
+    from .cards import import_model
+    from .models import save_classifier
+
+    model = import_model(a.card, a.weights)
+    save_classifier(model, a.out)
+    s = model.spec
+    print(f"{a.weights} ({s.arch}, {s.num_classes} classes {', '.join(s.class_names)}, {s.in_channels}-channel "
+          f"{s.image_size} px) checked against {a.card}; wrote {a.out}: audit it with raylab uap/generate/sweep --model {a.out}")
+    return 0
+
+
 def cmd_results(a: argparse.Namespace) -> int:
     from .results import read_results, select_best, summary_table
 
@@ -401,7 +420,7 @@ def _print_figures(figures: dict, out: Path | None) -> int:
 
 COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard": cmd_shard, "generate": cmd_generate,
             "sweep": cmd_sweep, "results": cmd_results, "demo": cmd_demo, "bench": cmd_bench,
-            "dashboard": cmd_dashboard, "reproduce": cmd_reproduce}
+            "dashboard": cmd_dashboard, "reproduce": cmd_reproduce, "import-model": cmd_import_model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

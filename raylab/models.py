@@ -27,7 +27,7 @@ from torchvision import models as tv
 from .core.pixels import to_unit_range
 from .errors import InputError, one_line
 
-Normalize = Literal["none", "imagenet", "lite"]
+Normalize = Literal["none", "imagenet", "lite", "card"]
 
 #: Supported architectures and the input size the paper used for them.
 ARCHITECTURES: dict[str, int] = {"inception_v3": 299, "resnet50": 224, "vgg16": 224, "resnet18": 224, "small_cnn": 28,
@@ -44,13 +44,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Per-channel (mean, std) of each input normalization, on [0, 1] images.
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "lite": ((0.498,) * 3, (0.502,) * 3)}
+#: Programs that carry their own code (a model trained elsewhere, :mod:`raylab.cards`): TorchScript and torch.export.
+ARCHIVES = ("torchscript", "torch.export")
 #: The normalization an architecture's ImageNet weights expect (torchvision's, unless named here).
 IMAGENET_NORMALIZE: dict[str, Normalize] = {"efficientnet_lite0": "lite"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a classifier is: architecture, classes, input channels and size, input normalization."""
+    """What a classifier is: architecture (or archive format), classes, the images' channels and size, and the
+    normalization its network expects (``"card"``: the per-channel ``mean``/``std`` on [0, 1] images of a model
+    card); ``net_channels`` is what the network takes (gray images are repeated to 3 when it takes 3)."""
 
     arch: str
     num_classes: int
@@ -58,23 +62,33 @@ class ModelSpec:
     image_size: int | None = None
     normalize: Normalize = "none"
     class_names: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    net_channels: int = 3
 
     def validate(self) -> "ModelSpec":
         """Checked copy (image_size defaulted to the paper's); raises InputError naming the bad field."""
-        if self.arch not in ARCHITECTURES:
+        if self.arch not in ARCHITECTURES and self.arch not in ARCHIVES:
             raise InputError(f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+        if self.arch in ARCHIVES and not self.image_size:
+            raise InputError(f"a {self.arch} model needs its input size (image_size)")
         size = self.image_size or ARCHITECTURES[self.arch]
-        if size < MIN_SIZE[self.arch]:
+        if size < MIN_SIZE.get(self.arch, 1):
             raise InputError(f"{self.arch} needs images of at least {MIN_SIZE[self.arch]} px, got {size}")
         if self.num_classes < 2:
             raise InputError(f"a classifier needs at least 2 classes, got {self.num_classes}")
         if self.in_channels not in (1, 3):
             raise InputError(f"in_channels must be 1 (gray) or 3 (RGB), got {self.in_channels}")
-        if self.normalize not in ("none", *NORMALIZATIONS):
-            raise InputError(f"normalize must be one of none, {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if self.normalize not in ("none", "card", *NORMALIZATIONS):
+            raise InputError(f"normalize must be one of none, card, {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if self.normalize == "card" and not (len(self.mean) == len(self.std) == self.net_channels and min(self.std) > 0):
+            raise InputError(f"normalize 'card' needs {self.net_channels} mean and {self.net_channels} positive std values")
+        if self.net_channels not in (1, 3) or (self.net_channels == 1 and self.in_channels == 3):
+            raise InputError(f"net_channels must be 1 or 3 (and 3 for RGB images), got {self.net_channels}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise InputError(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        return replace(self, image_size=size, class_names=tuple(self.class_names))
+        return replace(self, image_size=size, class_names=tuple(self.class_names), mean=tuple(self.mean),
+                       std=tuple(self.std))
 
 
 def small_cnn(num_classes: int = 1000) -> nn.Module:
@@ -120,18 +134,52 @@ class Classifier(nn.Module):
         self.spec = spec.validate()
         self.backbone = _backbone(self.spec.arch)
         _replace_head(self.backbone, self.spec.arch, self.spec.num_classes)
-        mean, std = NORMALIZATIONS.get(self.spec.normalize, NORMALIZATIONS["imagenet"])
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        _normalization_buffers(self, self.spec)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[1] != self.spec.in_channels:
-            raise ValueError(f"{self.spec.arch} expects {self.spec.in_channels} channel(s), got {x.shape[1]}")
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if self.spec.normalize != "none":
-            x = (to_unit_range(x) - self.mean) / self.std
-        return self.backbone(x)
+        return self.backbone(_network_input(self, x))
+
+
+def _normalization_buffers(module: nn.Module, spec: ModelSpec) -> None:
+    mean, std = (spec.mean, spec.std) if spec.normalize == "card" else NORMALIZATIONS.get(spec.normalize, NORMALIZATIONS["imagenet"])
+    module.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+    module.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+
+def _network_input(module: nn.Module, x: Tensor) -> Tensor:
+    """Model-space images as the network wants them: gray repeated to RGB where it takes 3 channels, normalized."""
+    spec: ModelSpec = module.spec  # type: ignore[assignment]
+    if x.shape[1] != spec.in_channels:
+        raise ValueError(f"{spec.arch} expects {spec.in_channels} channel(s), got {x.shape[1]}")
+    if x.shape[1] == 1 and spec.net_channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    if spec.normalize != "none":
+        x = (to_unit_range(x) - module.mean) / module.std
+    return x
+
+
+class ArchiveClassifier(nn.Module):
+    """A TorchScript or torch.export program (a model trained elsewhere, :mod:`raylab.cards`) behind the same
+    model-space input as :class:`Classifier`: ``archive`` is the program's bytes, kept for checkpoints. Neither
+    format unpickles Python objects; both carry their own code."""
+
+    def __init__(self, spec: ModelSpec, archive: bytes) -> None:
+        super().__init__()
+        self.spec = spec.validate()
+        self.archive = archive
+        buf = io.BytesIO(archive)
+        self.net = torch.jit.load(buf, map_location="cpu") if self.spec.arch == "torchscript" else torch.export.load(buf).module()
+        _normalization_buffers(self, self.spec)
+
+    def train(self, mode: bool = True) -> "ArchiveClassifier":
+        """An archive runs as it was saved (an exported program cannot switch modes): only this wrapper's flag moves."""
+        self.training = mode
+        if self.spec.arch == "torchscript":
+            self.net.train(mode)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(_network_input(self, x))
 
 
 def build_model(spec: ModelSpec, backbone_weights: str | Path | None = None, *, seed: int = 0) -> Classifier:
@@ -199,11 +247,16 @@ def save_classifier(model: Classifier, path: str | Path, *, extra: dict[str, Any
     from .store import Store
 
     spec = asdict(model.spec)
-    spec["class_names"] = list(model.spec.class_names)
+    for k in ("class_names", "mean", "std"):
+        spec[k] = list(spec[k])
+    if isinstance(model, ArchiveClassifier):  # the program's bytes, as a tensor (weights_only loads read it back)
+        state = {"archive": torch.frombuffer(bytearray(model.archive), dtype=torch.uint8)}
+    else:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "spec": spec,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "extra": {k: v for k, v in (extra or {}).items() if isinstance(v, (str, int, float, bool, type(None)))},
     }
     buf = io.BytesIO()
@@ -213,7 +266,8 @@ def save_classifier(model: Classifier, path: str | Path, *, extra: dict[str, Any
     return Path(path)
 
 
-def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name: str | None = None) -> Classifier:
+def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name: str | None = None
+                    ) -> Classifier | ArchiveClassifier:
     """A classifier saved by :func:`save_classifier` (a file, or its bytes), in eval mode; InputError naming the file otherwise."""
     if isinstance(path, bytes):
         path_name = name or "checkpoint bytes"
@@ -228,7 +282,13 @@ def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name
     if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
         raise InputError(f"{path}: not a raylab classifier checkpoint (torchvision weights go to `raylab train --backbone`)")
     s = dict(obj["spec"])
-    s["class_names"] = tuple(s.get("class_names") or ())
+    for k in ("class_names", "mean", "std"):
+        s[k] = tuple(s.get(k) or ())
+    if s["arch"] in ARCHIVES:
+        try:
+            return ArchiveClassifier(ModelSpec(**s), obj["state_dict"]["archive"].numpy().tobytes()).to(map_location).eval()
+        except Exception as e:
+            raise InputError(f"{path}: cannot load its {s['arch']} program ({one_line(e, 300)})") from None
     model = Classifier(ModelSpec(**s))
     try:
         model.load_state_dict(obj["state_dict"])
@@ -252,7 +312,7 @@ def checkpoint_spec(path: str | Path) -> ModelSpec | None:
         return None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         s = dict(obj["spec"])
-        return ModelSpec(**{**s, "class_names": tuple(s.get("class_names") or ())})
+        return ModelSpec(**{**s, **{k: tuple(s.get(k) or ()) for k in ("class_names", "mean", "std")}})
     return None
 
 

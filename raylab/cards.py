@@ -2,7 +2,7 @@
 
 A **model card** is a small human-written YAML or JSON file beside the weights::
 
-    format: state_dict        # state_dict (of a raylab architecture), torchscript, or torch.export
+    format: state_dict        # state_dict (of a raylab architecture), torchscript, torch.export, or onnx
     arch: resnet18            # state_dict only: the architecture the weights are for
     class_names: [NORMAL, PNEUMONIA]
     channels: 1               # the images it classifies: 1 (gray) or 3 (RGB)
@@ -14,8 +14,9 @@ A **model card** is a small human-written YAML or JSON file beside the weights::
 
 raylab audits in its own pixel space ((x − 128)/128, :mod:`raylab.core.pixels`), so that a UAP stays one tensor and
 its budget ζ keeps the paper's meaning (Section 2.2); the card's preprocessing runs inside the wrapper, after the
-perturbation. A state dict is read with ``weights_only=True``; TorchScript and torch.export programs carry their own
-code and unpickle no Python object. :func:`import_model` checks everything against the card before any compute —
+perturbation. A state dict is read with ``weights_only=True``; TorchScript, torch.export and ONNX programs carry
+their own code and unpickle no Python object (ONNX graphs are converted to torch modules by onnx2torch, so that
+gradients with respect to the input exist; an operator it cannot convert is refused with one line). :func:`import_model` checks everything against the card before any compute —
 class count, channels, input size, a forward pass on a dummy input of the card's shape, and gradients with respect
 to the input (a UAP needs them) — and refuses with one line naming the file and the field.
 """
@@ -136,6 +137,8 @@ def import_model(card_path: str | Path, weights: str | Path) -> Classifier | Arc
     else:
         try:
             model = ArchiveClassifier(spec, weights.read_bytes())
+        except InputError as e:
+            raise InputError(f"{weights}: {e}") from None
         except Exception as e:
             raise InputError(f"{weights}: not a {card.format} archive ({one_line(e, 240)})") from None
     _check(model.eval(), spec, weights, card_path)

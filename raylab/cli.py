@@ -83,11 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--select", choices=["best"], default=None, help="best: the paper's rule, the eps and p with the highest R_f (R_s) per zeta")
     w.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
-    im = sub.add_parser("import-model", help="a model trained elsewhere (state dict, TorchScript or torch.export) and "
+    im = sub.add_parser("import-model", help="a model trained elsewhere (state dict, TorchScript, torch.export or ONNX) and "
                                             "its model card, checked and written as a raylab checkpoint to audit")
     im.add_argument("--card", type=Path, required=True, help="the model card (YAML or JSON; see raylab/cards.py)")
-    im.add_argument("--weights", type=Path, required=True, help="the state dict (.pth/.pt), TorchScript (.pt) or "
-                                                                "torch.export (.pt2) file the card describes")
+    im.add_argument("--weights", type=Path, required=True, help="the state dict (.pth/.pt), TorchScript (.pt), "
+                                                                "torch.export (.pt2) or ONNX (.onnx) file the card describes")
     im.add_argument("--out", type=Path, required=True, help="where to write the raylab checkpoint (.pt)")
 
     r = sub.add_parser("results", help="summarize a Parquet results location, filtered by any column")

@@ -44,8 +44,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Per-channel (mean, std) of each input normalization, on [0, 1] images.
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "lite": ((0.498,) * 3, (0.502,) * 3)}
-#: Programs that carry their own code (a model trained elsewhere, :mod:`raylab.cards`): TorchScript and torch.export.
-ARCHIVES = ("torchscript", "torch.export")
+#: Programs that carry their own code (a model trained elsewhere, :mod:`raylab.cards`): TorchScript, torch.export,
+#: and ONNX graphs (converted to torch modules by onnx2torch, so that gradients reach the input).
+ARCHIVES = ("torchscript", "torch.export", "onnx")
 #: The normalization an architecture's ImageNet weights expect (torchvision's, unless named here).
 IMAGENET_NORMALIZE: dict[str, Normalize] = {"efficientnet_lite0": "lite"}
 
@@ -159,27 +160,46 @@ def _network_input(module: nn.Module, x: Tensor) -> Tensor:
 
 
 class ArchiveClassifier(nn.Module):
-    """A TorchScript or torch.export program (a model trained elsewhere, :mod:`raylab.cards`) behind the same
-    model-space input as :class:`Classifier`: ``archive`` is the program's bytes, kept for checkpoints. Neither
-    format unpickles Python objects; both carry their own code."""
+    """A TorchScript, torch.export or ONNX program (a model trained elsewhere, :mod:`raylab.cards`) behind the same
+    model-space input as :class:`Classifier`: ``archive`` is the program's bytes, kept for checkpoints. No format
+    unpickles Python objects; each carries its own code."""
 
     def __init__(self, spec: ModelSpec, archive: bytes) -> None:
         super().__init__()
         self.spec = spec.validate()
         self.archive = archive
         buf = io.BytesIO(archive)
-        self.net = torch.jit.load(buf, map_location="cpu") if self.spec.arch == "torchscript" else torch.export.load(buf).module()
+        if self.spec.arch == "torchscript":
+            self.net = torch.jit.load(buf, map_location="cpu")
+        elif self.spec.arch == "torch.export":
+            self.net = torch.export.load(buf).module()
+        else:
+            self.net = _from_onnx(archive)
         _normalization_buffers(self, self.spec)
 
     def train(self, mode: bool = True) -> "ArchiveClassifier":
         """An archive runs as it was saved (an exported program cannot switch modes): only this wrapper's flag moves."""
         self.training = mode
-        if self.spec.arch == "torchscript":
+        if self.spec.arch != "torch.export":
             self.net.train(mode)
         return self
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(_network_input(self, x))
+
+
+def _from_onnx(data: bytes) -> nn.Module:
+    """An ONNX graph as a torch module (onnx2torch); one line naming the first operator it cannot convert."""
+    try:
+        import onnx
+        from onnx2torch import convert
+    except ImportError:
+        raise InputError("ONNX models need the packages onnx and onnx2torch: pip install 'raylab[onnx]'") from None
+    graph = onnx.load_from_string(data)
+    try:
+        return convert(graph)
+    except NotImplementedError as e:  # onnx2torch names the operation: OperationDescription(domain, operation_type, version)
+        raise InputError(f"an ONNX operator has no PyTorch converter in onnx2torch ({one_line(e, 200)})") from None
 
 
 def build_model(spec: ModelSpec, backbone_weights: str | Path | None = None, *, seed: int = 0) -> Classifier:

@@ -1,5 +1,5 @@
-"""Models trained elsewhere: a state dict, a TorchScript file and a torch.export archive of real trained models, each
-with a model card, imported and audited like raylab's own; every bad card or file refused with one line."""
+"""Models trained elsewhere: a state dict, a TorchScript file, a torch.export archive and an ONNX file of real trained
+models, each with a model card, imported and audited like raylab's own; every bad card or file refused with one line."""
 
 from __future__ import annotations
 
@@ -38,8 +38,11 @@ def archives(trained_cnn, tmp_path_factory) -> dict[str, Path]:
     batch = torch.export.Dim("batch", min=1, max=4096)  # any batch size, as raylab's batches vary
     torch.export.save(torch.export.export(trained_cnn.eval(), (example,), dynamic_shapes=({0: batch},)), d / "model.pt2")
     torch.export.save(torch.export.export(trained_cnn.eval(), (example,)), d / "fixed-batch.pt2")
+    torch.onnx.export(trained_cnn.eval(), (example,), d / "model.onnx", dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
     card = dict(GRAY, net_channels=1, mean=[128], std=[128])
     return {"torchscript": d / "model.ts.pt", "torch.export": d / "model.pt2", "fixed": d / "fixed-batch.pt2",
+            "onnx": d / "model.onnx", "card_onnx": _card(d, "onnx.yaml", format="onnx", **card),
             "card_ts": _card(d, "ts.yaml", format="torchscript", **card),
             "card_export": _card(d, "export.json", format="torch.export", **card)}
 
@@ -62,7 +65,8 @@ def test_archives_predict_as_the_trained_model_take_gradients_and_give_its_uap(t
     radius = zeta_radius(pneumonia["train_x"], zeta=0.08, p=2)
     attack = UAP(radius=radius, p=2, eps=0.02, max_passes=1, mode="batched", batch_size=20)
     reference = attack(trained_cnn, natural_gray, seed=5).rho
-    for fmt, card in (("torchscript", archives["card_ts"]), ("torch.export", archives["card_export"])):
+    for fmt, card in (("torchscript", archives["card_ts"]), ("torch.export", archives["card_export"]),
+                      ("onnx", archives["card_onnx"])):
         model = import_model(card, archives[fmt])
         with torch.inference_mode():
             torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
@@ -87,7 +91,7 @@ def test_import_model_then_audit_it_with_raylab_uap(archives, natural_dir, tmp_p
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"format": "onnx"}, "field 'format' must be one of state_dict, torchscript, torch.export"),
+    ({"format": "tflite"}, "field 'format' must be one of state_dict, torchscript, torch.export, onnx"),
     ({"format": "state_dict", "arch": "resnet1000"}, "field 'arch' must be one of"),
     ({"format": "state_dict", "arch": "resnet18", "image_size": 16}, "field 'image_size' 16 is below what resnet18 takes"),
     ({"format": "torchscript", "class_names": ["only"]}, "field 'class_names' must list 2 or more"),
@@ -126,3 +130,17 @@ def test_files_that_disagree_with_their_card_are_refused_before_compute(models, 
     with pytest.raises(InputError, match=r"fixed-batch.pt2: the forward pass fails on an input of the card's shape "
                                          r"\(1, 1, 28, 28\).*batch dimension"):
         import_model(archives["card_export"], archives["fixed"])
+
+
+def test_an_onnx_operator_without_a_converter_is_one_line(tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("FancyOp", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, 28, 28])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+              tmp_path / "custom.onnx")
+    card = _card(tmp_path, "card.yaml", format="onnx", net_channels=1, mean=[128], std=[128], **GRAY)
+    with pytest.raises(InputError, match=r"custom.onnx: an ONNX operator has no PyTorch converter in onnx2torch \(.*FancyOp"):
+        import_model(card, tmp_path / "custom.onnx")

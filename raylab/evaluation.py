@@ -19,6 +19,9 @@ from .core import Norm, confusion_matrix, fooling_rate, label_composition, rando
 
 #: Labels of ``images`` under ``images + rho`` (``rho=None``: the clean labels).
 Predict = Callable[[Tensor, Tensor | None], Tensor]
+#: A model whose clean accuracy is within this of always answering the test set's most frequent class gets a warning:
+#: its fooling rates mean little (a constant answer is not fooled by anything).
+BASELINE_MARGIN = 0.02
 #: The random control is drawn with the run's seed plus this, so a ``source=random`` UAP (drawn with the seed
 #: itself) and its control are two different vectors.
 CONTROL_SEED_OFFSET = 1
@@ -64,6 +67,10 @@ class Evaluation:
     target: str | None
     test_images: int
     clean_accuracy: float
+    #: Mean of the per-class recalls, and the accuracy of always answering the test set's most frequent class.
+    balanced_accuracy: float
+    majority_accuracy: float
+    class_accuracy: dict[str, float]
     clean_label_composition: dict[str, float]
     uap: Rates
     random: Rates
@@ -80,13 +87,23 @@ class Evaluation:
     def random_headline(self) -> float:
         return self.random.fooling_rate if self.target is None else self.random.success_rate[self.target]
 
+    def baseline_warning(self) -> str | None:
+        """A warning when the model is not clearly better than a constant answer (checked before its UAP is read)."""
+        if self.clean_accuracy > self.majority_accuracy + BASELINE_MARGIN:
+            return None
+        return (f"warning: clean accuracy {self.clean_accuracy:.3f} is not above always answering the most frequent "
+                f"class ({self.majority_accuracy:.3f}; balanced accuracy {self.balanced_accuracy:.3f}): this model's "
+                "fooling rates mean little")
+
     def headline_text(self) -> str:
         return f"R_f={self.headline:.2f}" if self.target is None else f"R_s({self.target})={self.headline:.2f}"
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics.json fields (documented in the README under "One record")."""
         return {"target": self.target, "class_names": list(self.class_names), "test_images": self.test_images,
-                "clean_accuracy": self.clean_accuracy, "clean_label_composition": dict(self.clean_label_composition),
+                "clean_accuracy": self.clean_accuracy, "balanced_accuracy": self.balanced_accuracy,
+                "majority_accuracy": self.majority_accuracy, "class_accuracy": dict(self.class_accuracy),
+                "clean_label_composition": dict(self.clean_label_composition),
                 **self.uap.to_dict(), "random": self.random.to_dict()}
 
 
@@ -100,8 +117,14 @@ def evaluate(predict: Predict, rho: Tensor, *, test_images: Tensor, test_labels:
     clean = predict(test_images, None) if clean is None else clean
     control = random_control(tuple(rho.shape), radius=radius, p=p, seed=seed)
     adv, adv_random = predict(test_images, rho), predict(test_images, control)
+    k = len(class_names)
+    counts = torch.bincount(test_labels, minlength=k).float()
+    hits = torch.bincount(test_labels[clean == test_labels], minlength=k).float()
+    recall = torch.where(counts > 0, hits / counts.clamp(min=1), torch.nan)
     return Evaluation(
         class_names=tuple(class_names), target=None if target is None else class_names[target], test_images=len(clean),
         clean_accuracy=float((clean == test_labels).float().mean()),
+        balanced_accuracy=float(recall[counts > 0].mean()), majority_accuracy=float(counts.max() / counts.sum()),
+        class_accuracy={n: float(r) for n, r in zip(class_names, recall) if not torch.isnan(r)},
         clean_label_composition=by_class(label_composition(clean, num_classes=len(class_names)), class_names),
         uap=Rates.of(clean, adv, class_names), random=Rates.of(clean, adv_random, class_names), clean=clean, adversarial=adv)

@@ -166,7 +166,8 @@ class RunRecord:
             "success_rate": None if target is None else e.uap.success_rate[target],
             "random_fooling_rate": e.random.fooling_rate,
             "random_success_rate": None if target is None else e.random.success_rate[target],
-            "clean_accuracy": e.clean_accuracy, "test_images": e.test_images,
+            "clean_accuracy": e.clean_accuracy, "balanced_accuracy": e.balanced_accuracy,
+            "majority_accuracy": e.majority_accuracy, "test_images": e.test_images,
             "accepted": self.build.accepted, "images_processed": self.build.images,
             "images_skipped": len(self.source.skipped),
             "confusion_matrix": e.uap.confusion_matrix, "class_names": list(e.class_names),
@@ -181,6 +182,9 @@ class RunRecord:
         e, b = self.evaluation, self.build
         rate = f", {b.images_per_second:.0f} img/s" if b.images_per_second else ""
         lines = [self.source.summary() + rate]
+        warning = e.baseline_warning()
+        if warning:
+            lines.append(warning)
         if e.target is None:
             lines.append(f"fooling rate R_f = {e.uap.fooling_rate:.3f}   random control R_f = {e.random.fooling_rate:.3f}"
                          f"   (||rho||_2 = {self.rho_l2:.3g}, clean accuracy {e.clean_accuracy:.3f}, {e.test_images} test images)")

@@ -198,6 +198,7 @@ def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
     first = f"{archs[0]}-transfer"
     names = study["class_names"]
     lines = [f"# raylab reproduction report: preset `{c['preset']}`", ""]
+    lines += baseline_warnings(rows)
     lines += [
         "Reproduces Minagi, Hirano & Takemoto (J. Imaging 2022) with `raylab reproduce`. **Data and scale of our numbers**: "
         f"medical set `{Path(c['medical']).name}` at {c['image_size']} px; natural set A = `{c['natural_a']}` "
@@ -340,6 +341,23 @@ def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
             lines.append(f"| {a} | " + " | ".join(_pct(vals.get(b)) for b in archs) + " |")
     lines += ["", "## Findings at this scale", ""] + [f"- {f}" for f in findings(study, rows)]
     return Path(figures.write_text("report.md", "\n".join(lines) + "\n"))
+
+
+def baseline_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning at the top for each model whose clean accuracy is not clearly above always answering the test set's
+    most frequent class: its fooling rates mean little (rows of version 2 results carry no baseline: no warning)."""
+    from .evaluation import BASELINE_MARGIN
+
+    out, seen = [], set()
+    for r in rows:
+        if r["model"] in seen or r.get("majority_accuracy") is None:
+            continue
+        seen.add(r["model"])
+        if r["clean_accuracy"] <= r["majority_accuracy"] + BASELINE_MARGIN:
+            out += [f"> **Warning**: model `{Path(r['model']).stem}` has test accuracy {_pct(r['clean_accuracy'])} %, not "
+                    f"above always answering the most frequent class ({_pct(r['majority_accuracy'])} %; balanced accuracy "
+                    f"{_pct(r['balanced_accuracy'])} %): its fooling rates below mean little.", ""]
+    return out
 
 
 def findings(study: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:

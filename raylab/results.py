@@ -16,7 +16,8 @@ a second ``sweep`` column of another type): pandas, ``pyarrow.parquet``, pyarrow
 datasets, DuckDB, Polars and Ray Data all read a location with their default
 arguments and get one ``sweep`` column (tests/test_results.py reads it with each).
 
-Schema version 3 (:data:`SCHEMA`): the columns of version 2 in the new layout.
+Schema version 3 (:data:`SCHEMA`): the columns of version 2 plus ``balanced_accuracy`` and ``majority_accuracy``,
+in the new layout.
 Version 2 locations (``sweep=<sweep>/`` directories) are still read; writing
 into one is refused with one line. Version 1 had no ``method`` and ``lr`` and a
 non-null ``eps``, and is refused. One field at a time; "not null" unless marked
@@ -68,6 +69,9 @@ Metrics (on the medical test set)
     ``random_fooling_rate`` float64           R_f of the random control (a random vector of the same norm).
     ``random_success_rate`` float64, nullable R_s of the target under the random control; null when non-targeted.
     ``clean_accuracy`` float64                accuracy without perturbation.
+    ``balanced_accuracy`` float64, nullable   mean of the per-class recalls (null in version 2 rows).
+    ``majority_accuracy`` float64, nullable   accuracy of always answering the test set's most frequent class: a
+                                              model not clearly above it is warned about (null in version 2 rows).
     ``test_images`` int64                     number of test images evaluated.
     ``accepted`` int64                        attack steps accepted while building the UAP.
     ``images_processed`` int64                image visits of the attack over every pass (1,000 images x 2 passes = 2,000).
@@ -120,10 +124,12 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 3
-#: Versions :func:`read_results` reads: this one, and version 2 (same columns, ``sweep=<sweep>`` directories).
+#: Versions :func:`read_results` reads: this one, and version 2 (``sweep=<sweep>`` directories, no balanced or
+#: majority accuracy: read as nulls).
 READABLE_VERSIONS = {2: "sweep={sweep}", 3: "{sweep}"}
 
-_NULLABLE = {"target", "success_rate", "random_success_rate", "images_per_second", "eps", "lr"}
+_NULLABLE = {"target", "success_rate", "random_success_rate", "images_per_second", "eps", "lr", "balanced_accuracy",
+             "majority_accuracy"}
 
 
 def _f(name: str, type_: pa.DataType) -> pa.Field:
@@ -165,6 +171,8 @@ SCHEMA: pa.Schema = pa.schema([
     _f("random_fooling_rate", pa.float64()),
     _f("random_success_rate", pa.float64()),
     _f("clean_accuracy", pa.float64()),
+    _f("balanced_accuracy", pa.float64()),
+    _f("majority_accuracy", pa.float64()),
     _f("test_images", pa.int64()),
     _f("accepted", pa.int64()),
     _f("images_processed", pa.int64()),

@@ -163,6 +163,19 @@ def test_findings_are_worded_from_their_outcome(tiny) -> None:
             assert "Training-image UAPs are stronger than" in text and "does not" not in text.split("Training from")[0]
 
 
+def test_a_model_no_better_than_the_majority_class_is_warned_about_at_the_top(tiny) -> None:
+    from raylab.report import _load, baseline_warnings
+
+    study, rows = _load(tiny)
+    assert all(r["majority_accuracy"] is not None and 0.5 <= r["majority_accuracy"] < 1 for r in rows)
+    fine = [r for r in rows if r["clean_accuracy"] > r["majority_accuracy"] + 0.02]
+    assert baseline_warnings(fine) == []
+    weak = [dict(r, clean_accuracy=r["majority_accuracy"]) for r in fine]
+    warned = baseline_warnings(weak)
+    assert len([w for w in warned if w]) == len({r["model"] for r in fine})
+    assert all("not above always answering the most frequent class" in w for w in warned if w)
+
+
 def test_balanced_source_equalizes_the_predicted_labels() -> None:
     images = torch.arange(100).view(100, 1, 1, 1).to(torch.uint8)
     predicted = torch.tensor([1] * 90 + [0] * 10)

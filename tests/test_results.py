@@ -33,6 +33,7 @@ def record_for(p: Any, zeta: float, eps: float, target: str | None, fooling: flo
                    {"NORMAL": 0.39262819290161133, "PNEUMONIA": 0.6073718070983887}, [[1.0, 0.0], [0.0232, 0.9768]])
     labels = torch.zeros(624, dtype=torch.long)
     evaluation = Evaluation(class_names=names, target=target, test_images=624, clean_accuracy=0.9166666865348816,
+                            balanced_accuracy=0.89, majority_accuracy=0.625, class_accuracy={"NORMAL": 0.85, "PNEUMONIA": 0.93},
                             clean_label_composition={"NORMAL": 0.378, "PNEUMONIA": 0.622}, uap=uap, random=random,
                             clean=labels, adversarial=labels)
     attack = AttackConfig(p=p, zeta=zeta, eps=eps, max_passes=max_passes, target=target, batch_size=32)
@@ -373,10 +374,12 @@ def test_a_version_2_location_is_still_read_and_never_written_into(tmp_path: Pat
     for r in rows:
         folder = loc / f"sweep={r['sweep']}"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist([dict(r, schema_version=2)], schema=SCHEMA), folder / f"trial-{r['trial_id']}.parquet")
+        v2 = pa.schema([f for f in SCHEMA if f.name not in ("balanced_accuracy", "majority_accuracy")])
+        pq.write_table(pa.Table.from_pylist([dict(r, schema_version=2)], schema=v2), folder / f"trial-{r['trial_id']}.parquet")
     (loc / "_schema.json").write_text(json.dumps({"schema_version": 2, "fields": []}))
     table = read_results(loc)
     assert table.num_rows == len(rows) and set(table["schema_version"].to_pylist()) == {2}
+    assert table.schema == SCHEMA and set(table["majority_accuracy"].to_pylist()) == {None}  # a column v2 lacked
     assert read_results(loc, filters={"sweep": "grid-b"}).num_rows == sum(r["sweep"] == "grid-b" for r in rows)
     with pytest.raises(InputError, match="holds results of schema version 2; this raylab writes version 3 .*new location"):
         write_rows(loc, rows[:1])

@@ -84,8 +84,8 @@ class ModelSpec:
             raise InputError(f"normalize must be one of none, card, {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
         if self.normalize == "card" and not (len(self.mean) == len(self.std) == self.net_channels and min(self.std) > 0):
             raise InputError(f"normalize 'card' needs {self.net_channels} mean and {self.net_channels} positive std values")
-        if self.net_channels not in (1, 3) or (self.net_channels == 1 and self.in_channels == 3):
-            raise InputError(f"net_channels must be 1 or 3 (and 3 for RGB images), got {self.net_channels}")
+        if self.net_channels not in (1, 3) or (self.net_channels == 1 and (self.in_channels == 3 or self.arch in ARCHITECTURES)):
+            raise InputError(f"net_channels must be 1 or 3 (3 for RGB images and for {self.arch}), got {self.net_channels}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise InputError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         return replace(self, image_size=size, class_names=tuple(self.class_names), mean=tuple(self.mean),

@@ -75,7 +75,7 @@ class ModelSpec:
             raise InputError(f"a {self.arch} model needs its input size (image_size)")
         size = self.image_size or ARCHITECTURES[self.arch]
         if size < MIN_SIZE.get(self.arch, 1):
-            raise InputError(f"{self.arch} needs images of at least {MIN_SIZE[self.arch]} px, got {size}")
+            raise InputError(f"{self.arch} needs images of at least {MIN_SIZE.get(self.arch, 1)} px, got {size}")
         if self.num_classes < 2:
             raise InputError(f"a classifier needs at least 2 classes, got {self.num_classes}")
         if self.in_channels not in (1, 3):

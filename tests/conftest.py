@@ -126,6 +126,25 @@ def models(tmp_path_factory: pytest.TempPathFactory, natural_dir: Path) -> dict[
 
 
 
+def start_head(port: int, args: list[str], env: dict[str, str], log: Path, timeout: float = 180) -> subprocess.Popen:
+    """``ray start --head --block`` on 127.0.0.1:``port`` with ``args``, in its own process group (stop it with
+    :func:`stop_head`: ``ray stop`` would stop every Ray on the machine), its output in ``log``; returns once
+    ``ray status`` answers (a head that fails to come up is stopped and its log's tail raised)."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    with open(log, "w") as out:
+        head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                                 "--disable-usage-stats", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.time() + timeout
+    while subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True).returncode != 0:
+        if head.poll() is not None or time.time() > deadline:
+            if head.poll() is None:
+                stop_head(head)
+            raise AssertionError(f"ray head did not start: {log.read_text()[-2000:]}")
+        time.sleep(1)
+    return head
+
+
 def stop_head(head: subprocess.Popen, grace: float = 5.0) -> None:
     """Stop a ``ray start --head --block`` started in its own process group, and everything it started (an
     autoscaler's nodes too): SIGTERM, then SIGKILL to the group after ``grace`` seconds (a graceful stop takes ~30 s)."""
@@ -157,24 +176,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": str(ROOT)}
     gcs, dash = _free_port(), _free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dash}", "--disable-usage-stats"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = start_head(gcs, ["--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"],
+                      env, tmp_path_factory.mktemp("ray") / "head.log")
     address = f"127.0.0.1:{gcs}"
-    deadline = time.time() + 180
-    while subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True).returncode != 0:
-        assert head.poll() is None and time.time() < deadline, f"ray head did not start: {Path(log.name).read_text()[-2000:]}"
-        time.sleep(1)
     import ray
 
     ray.init(address=address, logging_level="ERROR")
     yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     ray.shutdown()
     stop_head(head)
-    log.close()
 
 
 @pytest.fixture(scope="session")

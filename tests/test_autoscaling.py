@@ -20,7 +20,7 @@ import yaml
 
 from raylab.results import read_results
 
-from .conftest import PNEUMONIA, ROOT, _free_port, stop_head
+from .conftest import PNEUMONIA, ROOT, _free_port, start_head, stop_head
 
 pytestmark = pytest.mark.own_cluster
 
@@ -78,24 +78,16 @@ def autoscaled(cluster, tmp_path):
     port = _free_port()
     cfg = tmp_path / "autoscaling.yaml"
     cfg.write_text(yaml.safe_dump(autoscaling_config(ROOT / "cluster.yaml", port)))
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    log = open(tmp_path / "head.log", "w")
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=0", f"--autoscaling-config={cfg}", "--include-dashboard=false",
-                             "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = start_head(port, ["--num-cpus=0", f"--autoscaling-config={cfg}", "--include-dashboard=false"], env,
+                      tmp_path / "head.log", timeout=120)
     address = f"127.0.0.1:{port}"
     ray.shutdown()
-    deadline = time.time() + 120
-    while subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True).returncode != 0:
-        assert head.poll() is None and time.time() < deadline, (tmp_path / "head.log").read_text()[-2000:]
-        time.sleep(1)
     ray.init(address=address, logging_level="ERROR")
     try:
         yield {"address": address, "env": env}
     finally:
         ray.shutdown()
         stop_head(head)  # the head, its autoscaler and the nodes the autoscaler started
-        log.close()
         ray.init(address=cluster["address"], logging_level="ERROR")
 
 

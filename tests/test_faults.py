@@ -130,12 +130,10 @@ def test_a_stream_larger_than_the_object_store_flows_through(cluster, tmp_path) 
     """A second, separate Ray head with the smallest object store Ray allows (75 MiB), and 7 passes over 1,000 photos
     at 64 px RGB: 86 MB of decoded batches, more than the store holds, stream through it (batches are freed as used).
     RGB: three times the bytes of gray for about 1.3 times small_cnn's compute."""
-    import time
-
     from raylab.data.shards import write_shards
     from raylab.models import ModelSpec, build_model, save_classifier
 
-    from .conftest import IMAGENET, _free_port, stop_head
+    from .conftest import IMAGENET, _free_port, start_head, stop_head
 
     shards = tmp_path / "shards"
     write_shards(IMAGENET, shards, shard_size=250, size=64, channels=3)
@@ -144,19 +142,13 @@ def test_a_stream_larger_than_the_object_store_flows_through(cluster, tmp_path) 
     medical = tmp_path / "pneumonia-rgb.npz"  # the real chest X-rays as RGB (gray repeated), for the RGB model
     with np.load(PNEUMONIA) as z:
         np.savez(medical, **{k: np.repeat(v[..., None], 3, -1) if k.endswith("_images") else v for k, v in z.items()})
-    ray_bin = str(Path(sys.executable).parent / "ray")
     gcs = _free_port()
     ports = [f"--{k}={_free_port()}" for k in ("metrics-export-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
     store_bytes = 75 * 1024 * 1024
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                             f"--object-store-memory={store_bytes}", "--include-dashboard=false", "--disable-usage-stats", *ports],
-                            env=cluster["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head = start_head(gcs, ["--num-cpus=2", f"--object-store-memory={store_bytes}", "--include-dashboard=false", *ports],
+                      cluster["env"], tmp_path / "head.log", timeout=120)
     try:
-        deadline = time.time() + 120
-        while subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{gcs}"], env=cluster["env"], capture_output=True).returncode:
-            assert head.poll() is None and time.time() < deadline, "second ray head did not start"
-            time.sleep(1)
         out = tmp_path / "run"
         r = subprocess.run([sys.executable, "-m", "raylab", "generate", "--model", str(model), "--data", str(medical),
                             "--shards", str(shards), "--out", str(out), "--workers", "2", "--batch-size", "64", "--i-max", "7",

@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from .errors import InputError, one_line
-from .models import ARCHITECTURES, ARCHIVES, HEADS, MIN_SIZE, ArchiveClassifier, Classifier, ModelSpec, _read
+from .models import (
+    ARCHITECTURES, ARCHIVES, HEADS, MIN_SIZE, ArchiveClassifier, Classifier, ModelSpec, _read, plain_state_dict,
+)
 
 FORMATS = ("state_dict", *ARCHIVES)
 
@@ -147,13 +149,11 @@ def import_model(card_path: str | Path, weights: str | Path) -> Classifier | Arc
 
 def _from_state_dict(spec: ModelSpec, weights: Path, card_path: str | Path) -> Classifier:
     obj = _read(weights)  # weights_only=True: anything but tensors and plain containers is refused
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict) and "format" not in obj:
-        obj = obj["state_dict"]
-    if isinstance(obj, dict) and obj.get("format", "").startswith("raylab."):
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith("raylab."):
         raise InputError(f"{weights}: already a raylab checkpoint; use it as it is, without a card")
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(f"{weights}: not a plain state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    state = plain_state_dict(obj, weights)
+    if not state:
+        raise InputError(f"{weights}: not a state dict of tensors (it is empty)")
     model = Classifier(spec)
     head = f"{HEADS[spec.arch]}.weight"
     if head in state and state[head].shape[0] != spec.num_classes:

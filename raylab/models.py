@@ -237,11 +237,17 @@ def _backbone_state(arch: str, weights: str | Path) -> tuple[dict[str, Tensor], 
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         state = {k.removeprefix("backbone."): v for k, v in obj["state_dict"].items() if k.startswith("backbone.")}
         return state, str(weights)
+    return {k.removeprefix("backbone."): v for k, v in plain_state_dict(obj, weights).items()}, str(weights)
+
+
+def plain_state_dict(obj: Any, where: str | Path) -> dict[str, Tensor]:
+    """A loaded weights file as a state dict of tensors: unwrapped from ``{"state_dict": ...}``, ``module.`` prefixes
+    (DataParallel's) removed; InputError naming ``where`` for anything else."""
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise InputError(f"{weights}: not a state dict of tensors")
-    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in obj.items()}, str(weights)
+        raise InputError(f"{where}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def _load_backbone(model: Classifier, state: dict[str, Tensor], name: str) -> None:

@@ -85,17 +85,16 @@ def main() -> int:
                 stamps: list[float] = []
                 cpu: list[float] = []  # the driver process's CPU seconds (its threads, Ray's included)
                 engine.on_round = lambda r: (stamps.append(time.perf_counter()), cpu.append(time.process_time()))
-                import cProfile
-                import pstats
-
-                prof = cProfile.Profile()
                 try:
                     if a.profile:
-                        prof.enable()
-                    record = engine.run()
-                    prof.disable()
-                    if a.profile:
+                        import cProfile
+                        import pstats
+
+                        with cProfile.Profile() as prof:
+                            record = engine.run()
                         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+                    else:
+                        record = engine.run()
                 finally:
                     for actor in engine.workers + engine.readers:
                         ray.kill(actor)

@@ -3,7 +3,7 @@ test R_f (mean ± sd), the random control at the same radius, and the time each 
 
     python benchmarks/methods.py --model runs/demo/model.pt --out docs/bench/cpu-methods.json
 
-Each seed is a ``raylab uap`` run (:func:`raylab.audit.run_uap`, the images loaded once), so the numbers are the
+Each seed is a ``raylab uap`` run (:func:`raylab.run.run_uap`, the images loaded once), so the numbers are the
 ones users get from ``raylab uap --method paper|sgd``.
 """
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from raylab.bench import write_figures  # noqa: E402
 import torch  # noqa: E402
 
-from raylab.audit import load_source, run_uap  # noqa: E402
+from raylab.run import load_source, run_uap  # noqa: E402
 from raylab.config import UAPConfig  # noqa: E402
 from raylab.target import load_target  # noqa: E402
 

@@ -196,7 +196,7 @@ def _default_normalize(backbone: str | None, arch: str) -> str:
 
 
 def cmd_uap(a: argparse.Namespace) -> int:
-    from .audit import run_uap
+    from .run import run_uap
     from .telemetry import PrometheusSink, Telemetry, run_tags
 
     config = build(UAPConfig, a)

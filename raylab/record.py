@@ -1,6 +1,6 @@
 """One record of a finished UAP run, and the one writer of its files and its results row.
 
-Every way of making a UAP — ``raylab uap`` (:mod:`raylab.audit`), the Ray
+Every way of making a UAP — ``raylab uap`` (:mod:`raylab.run`), the Ray
 engine (:mod:`raylab.engine`), a sweep trial (:mod:`raylab.sweep`) and the
 paper's reproduction (:mod:`raylab.reproduce`) — ends in a :class:`RunRecord`
 built from the same pieces (the run's configuration, its source, how the UAP

@@ -11,7 +11,7 @@ variant of A, targeted UAPs for the paper's classes, the random controls, the
 cross-architecture matrix and the predicted-label composition of the natural
 sets (Tables S1-S3).
 
-Every UAP of the study is one :func:`raylab.audit.run_uap` — the same
+Every UAP of the study is one :func:`raylab.run.run_uap` — the same
 pipeline as ``raylab uap``, handed the models and images loaded once — and so
 one :class:`~raylab.record.RunRecord`, one ``uaps/<trial>/`` folder and one
 row of the Parquet results (:mod:`raylab.results`). Every step's output is
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audit import SourceImages, generate, load_source, run_uap, with_balance
+from .run import SourceImages, generate, load_source, run_uap, with_balance
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig, check, finite, norm
 from .core import Untargeted, fooling_rate, label_composition, predict_labels
 from .data.medical import MedicalSet, load_medical

@@ -170,7 +170,7 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
     """One Tune trial: one UAP with the config's ε, p, ζ, source, target, model and i_max; one results row."""
     from ray import tune
 
-    from .audit import run_uap
+    from .run import run_uap
     from .config import UAPConfig
     from .engine import run_engine
     from .telemetry import Telemetry, ray_sink, run_tags

@@ -1,6 +1,6 @@
 """The classifier under audit and its medical data, loaded and checked against each other.
 
-Both the single-machine audit (:mod:`raylab.audit`) and the distributed
+Both the single-machine audit (:mod:`raylab.run`) and the distributed
 engine (:mod:`raylab.engine`) start here, so a model and a dataset that do
 not fit are refused the same way, before any compute: one line naming the
 file and what disagrees. The UAP's budget is fixed here too: Section 2.2's ζ

@@ -25,7 +25,7 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from raylab import dashboards
-from raylab.audit import run_uap
+from raylab.run import run_uap
 from raylab.cli import main
 from raylab.config import EngineConfig, UAPConfig
 from raylab.engine import run_engine

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from raylab.cli import main
-from raylab.audit import balanced_by_prediction
+from raylab.run import balanced_by_prediction
 from raylab.reproduce import preset, study_jobs, trial_id
 from raylab.results import read_results
 

@@ -3,7 +3,7 @@ own declarations, :mod:`raylab.options`), and calls the layers below.
 
 Subcommands: ``pretrain``, ``train``, ``uap`` (one machine), ``shard`` and
 ``generate`` (the distributed engine on Ray), ``sweep`` (Ray Tune) and
-``results`` (the Parquet results), ``reproduce`` (the paper's study and its report), ``dashboard`` (Grafana JSON,
+``results`` (the Parquet results), ``audit`` (one model, one verdict, one report), ``reproduce`` (the paper's study and its report), ``dashboard`` (Grafana JSON,
 Prometheus config, PNG), ``demo``, ``bench``.
 """
 
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .audit import AuditConfig
 from .bench import BenchConfig, EngineBenchConfig
 from .config import DEFAULT_DATA, DEFAULT_MEDICAL, EngineConfig, UAPConfig
 from .errors import InputError, RaylabError
@@ -101,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--pretrain-epochs", type=int, default=30)
     d.add_argument("--train-epochs", type=int, default=3)
+
+    au = sub.add_parser("audit", help="how vulnerable is this model to UAPs made without any medical image? both methods, "
+                                      "the references, targets, seeds; one verdict and one report")
+    add_options(au, AuditConfig)
+    au.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
 
     rp = sub.add_parser("reproduce", help="the paper's whole study (models, eps/p selection, zeta sweep, targets, controls) and its report")
     rp.add_argument("--preset", choices=["tiny", "cpu-small", "paper"], default="cpu-small")
@@ -360,6 +366,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return _print_figures(run_bench(build(BenchConfig, a)), a.out)
 
 
+def cmd_audit(a: argparse.Namespace) -> int:
+    from .audit import run_audit
+
+    config = build(AuditConfig, a)
+    if config.ray:
+        _local_ray_on_loopback(a.address)
+        _init_ray(a.address)
+    run_audit(config, log=lambda line: print(line, flush=True))
+    return 0
+
+
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from .reproduce import estimate_gpu_hours, preset, run_reproduce
 
@@ -420,7 +437,7 @@ def _print_figures(figures: dict, out: Path | None) -> int:
 
 COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard": cmd_shard, "generate": cmd_generate,
             "sweep": cmd_sweep, "results": cmd_results, "demo": cmd_demo, "bench": cmd_bench,
-            "dashboard": cmd_dashboard, "reproduce": cmd_reproduce, "import-model": cmd_import_model}
+            "dashboard": cmd_dashboard, "reproduce": cmd_reproduce, "import-model": cmd_import_model, "audit": cmd_audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ reproduction) or on the engine's Ray workers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -59,12 +60,11 @@ class Rates:
                 "confusion_matrix": self.confusion_matrix}
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """What a UAP does to the medical test set, beside the random control at the same radius."""
+@dataclass(frozen=True, kw_only=True)
+class ModelCheck:
+    """The model on the clean test set, checked before any UAP is read: accuracy beside a constant answer's."""
 
     class_names: tuple[str, ...]
-    target: str | None
     test_images: int
     clean_accuracy: float
     #: Mean of the per-class recalls, and the accuracy of always answering the test set's most frequent class.
@@ -72,6 +72,38 @@ class Evaluation:
     majority_accuracy: float
     class_accuracy: dict[str, float]
     clean_label_composition: dict[str, float]
+
+    @staticmethod
+    def of(clean: Tensor, test_labels: Tensor, class_names: tuple[str, ...]) -> "ModelCheck":
+        """The check of clean labels ``clean`` against the true ``test_labels``."""
+        k = len(class_names)
+        counts = torch.bincount(test_labels, minlength=k).float()
+        hits = torch.bincount(test_labels[clean == test_labels], minlength=k).float()
+        recall = torch.where(counts > 0, hits / counts.clamp(min=1), torch.nan)
+        return ModelCheck(
+            class_names=tuple(class_names), test_images=len(clean),
+            clean_accuracy=float((clean == test_labels).float().mean()),
+            balanced_accuracy=float(recall[counts > 0].mean()), majority_accuracy=float(counts.max() / counts.sum()),
+            class_accuracy={n: float(r) for n, r in zip(class_names, recall) if not torch.isnan(r)},
+            clean_label_composition=by_class(label_composition(clean, num_classes=k), tuple(class_names)))
+
+    def baseline_warning(self) -> str | None:
+        """A warning when the model is not clearly better than a constant answer (checked before its UAP is read)."""
+        if self.clean_accuracy > self.majority_accuracy + BASELINE_MARGIN:
+            return None
+        return (f"warning: clean accuracy {self.clean_accuracy:.3f} is not above always answering the most frequent "
+                f"class ({self.majority_accuracy:.3f}; balanced accuracy {self.balanced_accuracy:.3f}): this model's "
+                "fooling rates mean little")
+
+    def fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelCheck)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluation(ModelCheck):
+    """What a UAP does to the medical test set, beside the random control at the same radius."""
+
+    target: str | None
     uap: Rates
     random: Rates
     #: Clean and adversarial labels of the test images (for the examples figure; not serialized).
@@ -86,14 +118,6 @@ class Evaluation:
     @property
     def random_headline(self) -> float:
         return self.random.fooling_rate if self.target is None else self.random.success_rate[self.target]
-
-    def baseline_warning(self) -> str | None:
-        """A warning when the model is not clearly better than a constant answer (checked before its UAP is read)."""
-        if self.clean_accuracy > self.majority_accuracy + BASELINE_MARGIN:
-            return None
-        return (f"warning: clean accuracy {self.clean_accuracy:.3f} is not above always answering the most frequent "
-                f"class ({self.majority_accuracy:.3f}; balanced accuracy {self.balanced_accuracy:.3f}): this model's "
-                "fooling rates mean little")
 
     def headline_text(self) -> str:
         return f"R_f={self.headline:.2f}" if self.target is None else f"R_s({self.target})={self.headline:.2f}"
@@ -117,14 +141,7 @@ def evaluate(predict: Predict, rho: Tensor, *, test_images: Tensor, test_labels:
     clean = predict(test_images, None) if clean is None else clean
     control = random_control(tuple(rho.shape), radius=radius, p=p, seed=seed)
     adv, adv_random = predict(test_images, rho), predict(test_images, control)
-    k = len(class_names)
-    counts = torch.bincount(test_labels, minlength=k).float()
-    hits = torch.bincount(test_labels[clean == test_labels], minlength=k).float()
-    recall = torch.where(counts > 0, hits / counts.clamp(min=1), torch.nan)
-    return Evaluation(
-        class_names=tuple(class_names), target=None if target is None else class_names[target], test_images=len(clean),
-        clean_accuracy=float((clean == test_labels).float().mean()),
-        balanced_accuracy=float(recall[counts > 0].mean()), majority_accuracy=float(counts.max() / counts.sum()),
-        class_accuracy={n: float(r) for n, r in zip(class_names, recall) if not torch.isnan(r)},
-        clean_label_composition=by_class(label_composition(clean, num_classes=len(class_names)), class_names),
-        uap=Rates.of(clean, adv, class_names), random=Rates.of(clean, adv_random, class_names), clean=clean, adversarial=adv)
+    return Evaluation(**ModelCheck.of(clean, test_labels, class_names).fields(),
+                      target=None if target is None else class_names[target],
+                      uap=Rates.of(clean, adv, class_names), random=Rates.of(clean, adv_random, class_names), clean=clean,
+                      adversarial=adv)

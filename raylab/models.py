@@ -272,6 +272,13 @@ def save_classifier(model: Classifier, path: str | Path, *, extra: dict[str, Any
     """Write weights and spec through :class:`~raylab.store.Store` (atomic: a crash leaves the old file or none)."""
     from .store import Store
 
+    store, name = Store.beside(path)
+    store.write_bytes(name, classifier_bytes(model, extra=extra))
+    return Path(path)
+
+
+def classifier_bytes(model: Classifier, *, extra: dict[str, Any] | None = None) -> bytes:
+    """The checkpoint :func:`save_classifier` writes, as bytes (:func:`load_classifier` reads them back)."""
     spec = asdict(model.spec)
     for k in ("class_names", "mean", "std"):
         spec[k] = list(spec[k])
@@ -287,9 +294,7 @@ def save_classifier(model: Classifier, path: str | Path, *, extra: dict[str, Any
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    store, name = Store.beside(path)
-    store.write_bytes(name, buf.getvalue())
-    return Path(path)
+    return buf.getvalue()
 
 
 def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name: str | None = None

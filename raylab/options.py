@@ -89,7 +89,7 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, skip: Itera
             else:
                 kw["metavar"] = flag_of(f).lstrip("-").replace("-", "_").upper()
             if has_default:
-                kw["default"] = list(default) if many else default
+                kw["default"] = list(default) if many and default is not None else default
                 if default not in (None, (), {}):
                     shown = " ".join(map(str, default)) if many else default
                     kw["help"] += f" (default {shown})"

@@ -38,6 +38,7 @@ from .reader import (
     batches,
     decode_stream,
     iter_samples,
+    load_shard_images,
 )
 from .writer import ShardJob, write_shard, write_shards
 
@@ -56,6 +57,7 @@ __all__ = [
     "batches",
     "decode_stream",
     "iter_samples",
+    "load_shard_images",
     "read_manifest",
     "verify_manifest",
     "write_shard",

@@ -284,3 +284,28 @@ def _make_batch(group: list[tuple[RawSample, torch.Tensor]]) -> Batch:
         cursor_after=raws[-1].cursor_after,
         names=[r.name for r in raws],
     )
+
+
+def load_shard_images(location: str, *, channels: int, size: int, limit: int | None = None,
+                      seed: int = 0) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]]:
+    """The images of a shard location decoded into memory (uint8 N x C x size x size), for a single-machine run.
+
+    With ``limit`` below the manifest's total, a seeded random sample of ``limit`` positions is decoded (the others
+    are not). Returns the images, the skipped images (``"<shard>:<key>: reason"``) and the failed shards
+    (``"<shard>: reason"``); InputError when no image decodes.
+    """
+    import random
+
+    manifest = read_manifest(location)
+    keep = None
+    if limit is not None and limit < manifest.total:
+        keep = set(random.Random(seed).sample(range(manifest.total), limit))
+    report = ShardReport()
+    samples = (s for i, s in enumerate(iter_samples(manifest, report=report)) if keep is None or i in keep)
+    images = [image for _, image in decode_stream(samples, channels=channels, size=size, report=report)]
+    skipped = tuple(f"{name}: {why}" for name, why in report.images.skipped)
+    failed = tuple(f"{name}: {why}" for name, why in report.shards_failed)
+    if not images:
+        raise InputError(f"{location}: no image of its {manifest.total} decoded"
+                         + (f" (first: {(skipped or failed)[0]})" if skipped or failed else ""))
+    return torch.stack(images), skipped, failed

@@ -1,0 +1,368 @@
+"""The audit's report: a verdict a reviewer can quote, findings worded from the numbers, figures, tables.
+
+Rendered from :func:`raylab.audit.summarize`'s summary (``audit.json``) as one self-contained HTML page (its
+figures inline as data URIs, no external file or address) and as Markdown with PNGs beside it. The content is one
+list of blocks, written out by :func:`to_markdown` and :func:`to_html`, so the two never disagree.
+
+Every sentence that compares two numbers is chosen by the comparison (:func:`clearly_above`: the difference
+exceeds both spreads and 2 points), never worded the same whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from .plots import png_bytes
+from .store import Store
+
+METHOD_NAMES = {"paper": "the paper's method", "sgd": "the stochastic-gradient method"}
+SOURCE_NAMES = {"natural": "natural images", "train": "the model's training images"}
+#: A difference smaller than this (2 points of rate) is never called a difference, whatever the spreads.
+MIN_GAP = 0.02
+
+Block = tuple[Any, ...]
+
+
+def pct(stats: dict[str, float] | None) -> str:
+    """``41.2 % ± 3.1 %`` (mean ± sd over seeds)."""
+    if stats is None:
+        return "–"
+    return f"{100 * stats['mean']:.1f} % ± {100 * stats['sd']:.1f} %"
+
+
+def norm_name(p: str) -> str:
+    return "L2" if str(p) == "2" else "L∞"
+
+
+def clearly_above(a: dict[str, float] | None, b: dict[str, float] | None) -> bool:
+    """``a`` is clearly above ``b``: the means differ by more than both sds and by at least :data:`MIN_GAP`."""
+    if a is None or b is None:
+        return False
+    gap = a["mean"] - b["mean"]
+    return gap >= MIN_GAP and gap > a["sd"] and gap > b["sd"]
+
+
+def cell(summary: dict[str, Any], source: str, method: str, zeta: float, target: str | None = None) -> dict[str, Any] | None:
+    for c in summary["cells"]:
+        if (c["source"], c["method"], c["zeta"], c["target"]) == (source, method, zeta, target):
+            return c
+    return None
+
+
+def methods(summary: dict[str, Any]) -> list[str]:
+    return list(summary["config"]["methods"])
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The natural-image, non-targeted cell at the verdict's ζ of the stronger method (the higher mean R_f)."""
+    z = summary["config"]["zeta"]
+    found = [c for c in (cell(summary, "natural", m, z) for m in methods(summary)) if c is not None]
+    return max(found, key=lambda c: c["rate"]["mean"])
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """The one line to quote: natural-image R_f at the headline ζ beside random noise of the same size."""
+    h = headline(summary)
+    z, n = summary["config"]["zeta"], h["rate"]["n"]
+    budget = f"{norm_name(h['p'])} ζ = {100 * z:g} %"
+    how = f"{METHOD_NAMES[h['method']]}, mean ± sd over {n} seeds"
+    if clearly_above(h["rate"], h["random"]):
+        return (f"Natural-image UAPs at {budget} flip {pct(h['rate'])} of test diagnoses; random noise of the same size "
+                f"flips {pct(h['random'])} ({how}).")
+    return (f"Natural-image UAPs at {budget} flip {pct(h['rate'])} of test diagnoses, not clearly more than random noise "
+            f"of the same size ({pct(h['random'])}): no natural-image vulnerability found at this budget ({how}).")
+
+
+def findings(summary: dict[str, Any]) -> list[str]:
+    """What the numbers say, each sentence worded from its own comparison."""
+    out: list[str] = []
+    z, h = summary["config"]["zeta"], headline(summary)
+    at = f"ζ = {100 * z:g} %"
+    ms = methods(summary)
+    if len(ms) == 2:
+        a, b = (cell(summary, "natural", m, z) for m in ms)
+        assert a is not None and b is not None
+        if clearly_above(a["rate"], b["rate"]) or clearly_above(b["rate"], a["rate"]):
+            strong, weak = (a, b) if a["rate"]["mean"] > b["rate"]["mean"] else (b, a)
+            out.append(f"{METHOD_NAMES[strong['method']].capitalize()} is the stronger attack on this model: natural-image "
+                       f"R_f {pct(strong['rate'])} against {pct(weak['rate'])} for {METHOD_NAMES[weak['method']]} at {at}; "
+                       "the verdict reports the stronger.")
+        else:
+            out.append(f"The two methods are about as strong here: natural-image R_f {pct(a['rate'])} "
+                       f"({METHOD_NAMES[a['method']]}) and {pct(b['rate'])} ({METHOD_NAMES[b['method']]}) at {at}.")
+    train = cell(summary, "train", h["method"], z)
+    if train is not None:
+        if clearly_above(train["rate"], h["rate"]):
+            out.append(f"UAPs from the model's own training images (the upper reference) are stronger: R_f {pct(train['rate'])} "
+                       f"against {pct(h['rate'])} from natural images, as in the paper.")
+        else:
+            out.append(f"Natural-image UAPs are as strong as UAPs from the model's own training images here: R_f "
+                       f"{pct(h['rate'])} against {pct(train['rate'])} (the paper found training images stronger).")
+    curve = sorted((c["zeta"], c) for c in summary["cells"]
+                   if c["source"] == "natural" and c["method"] == h["method"] and c["target"] is None)
+    if len(curve) >= 2:
+        (z0, lo), (z1, hi) = curve[0], curve[-1]
+        grows = "grows" if clearly_above(hi["rate"], lo["rate"]) else "does not clearly grow"
+        out.append(f"Natural-image R_f {grows} with the budget: {pct(lo['rate'])} at ζ = {100 * z0:g} %, "
+                   f"{pct(hi['rate'])} at ζ = {100 * z1:g} % ({METHOD_NAMES[h['method']]}).")
+    out += _targeted_findings(summary)
+    return out
+
+
+def _best_targeted(summary: dict[str, Any], name: str) -> dict[str, Any] | None:
+    z = summary["config"]["zeta"]
+    found = [c for c in (cell(summary, "natural", m, z, name) for m in methods(summary)) if c is not None]
+    return max(found, key=lambda c: c["rate"]["mean"]) if found else None
+
+
+def _targeted_findings(summary: dict[str, Any]) -> list[str]:
+    names = summary["class_names"]
+    best = {n: c for n in names if (c := _best_targeted(summary, n)) is not None}
+    if not best:
+        return []
+    out = []
+    clean = summary["check"]["clean_label_composition"]
+    easiest = max(best, key=lambda n: best[n]["rate"]["mean"])
+    e = best[easiest]
+    moved = "pushes" if clearly_above(e["rate"], e["random"]) else "does not clearly push"
+    out.append(f"The easiest target is {easiest}: a natural-image UAP {moved} test images to it beyond random noise "
+               f"(R_s {pct(e['rate'])}, random {pct(e['random'])}; {100 * clean.get(easiest, 0):.1f} % are called "
+               f"{easiest} without any perturbation).")
+    if len(best) > 1:
+        hardest = min(best, key=lambda n: best[n]["rate"]["mean"])
+        out.append(f"The hardest target is {hardest}: R_s {pct(best[hardest]['rate'])} (random {pct(best[hardest]['random'])}).")
+    comp = summary["composition"]["natural"]
+    top = max(comp, key=lambda n: comp[n])
+    relation = ("the easiest target is that class, as the paper's Tables S1–S3 explain" if top == easiest
+                else f"yet the easiest target is {easiest}, so the composition does not explain it here")
+    out.append(f"The model calls {100 * comp[top]:.1f} % of the natural images {top}; {relation}.")
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _fig_curves(summary: dict[str, Any]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    styles = {("natural", "paper"): ("C1", "-o"), ("natural", "sgd"): ("C3", "-s"),
+              ("train", "paper"): ("C0", "--o"), ("train", "sgd"): ("C2", "--s")}
+    for (source, method), (color, style) in styles.items():
+        pts = sorted((c["zeta"], c["rate"]) for c in summary["cells"]
+                     if c["source"] == source and c["method"] == method and c["target"] is None)
+        if pts:
+            ax.errorbar([100 * z for z, _ in pts], [100 * r["mean"] for _, r in pts], yerr=[100 * r["sd"] for _, r in pts],
+                        fmt=style, color=color, capsize=3, label=f"{SOURCE_NAMES[source]}, {METHOD_NAMES[method]}")
+    h = headline(summary)
+    pts = sorted((c["zeta"], c["random"]) for c in summary["cells"]
+                 if c["source"] == "natural" and c["method"] == h["method"] and c["target"] is None)
+    ax.errorbar([100 * z for z, _ in pts], [100 * r["mean"] for _, r in pts], yerr=[100 * r["sd"] for _, r in pts],
+                fmt="k:.", capsize=3, label="random noise of the same norm")
+    ax.axvline(100 * summary["config"]["zeta"], color="grey", lw=0.8, alpha=0.5)
+    ax.set_xlabel(f"ζ (%, {norm_name(h['p'])})")
+    ax.set_ylabel("fooling rate R_f (%)")
+    ax.set_title(f"Non-targeted UAPs (mean ± sd over {h['rate']['n']} seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    fig.tight_layout()
+    return png_bytes(fig, dpi=100)
+
+
+def _fig_targeted(summary: dict[str, Any]) -> bytes | None:
+    import matplotlib.pyplot as plt
+
+    names, z = summary["class_names"], summary["config"]["zeta"]
+    series = [(s, m) for s in ("natural", "train") for m in methods(summary)
+              if any(cell(summary, s, m, z, n) for n in names)]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(names) + 2), 3.8))
+    width = 0.8 / (len(series) + 1)
+    for i, (s, m) in enumerate(series):
+        cs = [cell(summary, s, m, z, n) for n in names]
+        ax.bar([k + i * width for k in range(len(names))], [100 * c["rate"]["mean"] if c else 0 for c in cs], width,
+               yerr=[100 * c["rate"]["sd"] if c else 0 for c in cs], capsize=2, label=f"{SOURCE_NAMES[s]}, {METHOD_NAMES[m]}")
+    rnd = [(_best_targeted(summary, n) or {}).get("random") for n in names]
+    ax.bar([k + len(series) * width for k in range(len(names))], [100 * r["mean"] if r else 0 for r in rnd], width,
+           color="grey", label="random noise")
+    clean = summary["check"]["clean_label_composition"]
+    ax.scatter([k + 0.4 - width / 2 for k in range(len(names))], [100 * clean.get(n, 0) for n in names], marker="_", s=600,
+               color="k", zorder=5, label="share called so without a UAP")
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], names, fontsize=8)
+    ax.set_ylabel("success rate R_s (%)")
+    ax.set_title(f"Targeted UAPs toward each class at ζ = {100 * z:g} %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png_bytes(fig, dpi=100)
+
+
+def _fig_composition(summary: dict[str, Any]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    names = summary["class_names"]
+    rows = [("natural images", summary["composition"]["natural"]), ("training images", summary["composition"]["train"]),
+            ("test images (clean)", summary["check"]["clean_label_composition"])]
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(rows) + 1.4))
+    left = [0.0] * len(rows)
+    for k, n in enumerate(names):
+        vals = [100 * comp.get(n, 0) for _, comp in rows]
+        ax.barh([r for r, _ in rows], vals, left=left, color=f"C{k}", label=n)
+        left = [a + b for a, b in zip(left, vals)]
+    ax.set_xlabel("share of the images the model gives each label (%)")
+    ax.set_xlim(0, 100)
+    ax.set_title("Predicted-label composition (the paper's Tables S1–S3)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return png_bytes(fig, dpi=100)
+
+
+# --------------------------------------------------------------------------- blocks, Markdown, HTML
+
+
+def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
+    """The report's content, in order."""
+    c, plan, check = summary["config"], summary["plan"], summary["check"]
+    names, z = summary["class_names"], c["zeta"]
+    nat = summary["natural"]
+    out: list[Block] = [("h1", f"raylab audit: {Path(summary['model']).name}")]
+    if check.get("warning"):
+        out.append(("warning", check["warning"]))
+    out.append(("verdict", verdict(summary)))
+    out.append(("p", f"Model {summary['model']} ({summary['arch']}, {summary['image_size']} px), medical data "
+                     f"{c['medical']}, UAPs from {nat['images']} natural images of {nat['location']}"
+                     + (f" ({nat['skipped']} unreadable skipped)" if nat["skipped"] else "")
+                     + f" and {summary['train_images']} of the model's training images; budget `{c['budget']}` "
+                     f"({plan['seeds']} seeds per UAP, ζ grid {', '.join(f'{100 * x:g} %' for x in plan['zetas'])}). "
+                     f"Protocol of Minagi, Hirano & Takemoto (J. Imaging 2022), Sections 2.2–2.3."))
+    out.append(("h2", "Findings"))
+    out.append(("list", findings(summary)))
+    out.append(("h2", "The model on clean test images"))
+    out.append(("p", f"Clean accuracy {100 * check['clean_accuracy']:.1f} %, balanced accuracy "
+                     f"{100 * check['balanced_accuracy']:.1f} %; always answering the most frequent class scores "
+                     f"{100 * check['majority_accuracy']:.1f} % ({check['test_images']} test images)."))
+    out.append(("table", ["class", "recall", "share called so"],
+                [[n, f"{100 * check['class_accuracy'].get(n, float('nan')):.1f} %",
+                  f"{100 * check['clean_label_composition'].get(n, 0):.1f} %"] for n in names]))
+    out.append(("h2", "Non-targeted UAPs"))
+    out.append(("figure", "curves.png", "R_f against ζ; natural images and the model's own training images (the upper "
+                                        "reference), random noise of the same norm (the lower reference)"))
+    ms = methods(summary)
+    header = ["ζ"] + [f"{s}, {m}" for s in ("natural", "train") for m in ms] + ["random noise"]
+    table = []
+    h = headline(summary)
+    for zz in plan["zetas"]:
+        row = [f"{100 * zz:g} %"] + [pct((cell(summary, s, m, zz) or {}).get("rate")) for s in ("natural", "train") for m in ms]
+        table.append(row + [pct((cell(summary, "natural", h["method"], zz) or {}).get("random"))])
+    out.append(("table", header, table))
+    if "examples.png" in figures:
+        out.append(("figure", "examples.png", f"the headline UAP ({METHOD_NAMES[h['method']]}, seed 0) on test images"))
+    if "targeted.png" in figures:
+        out.append(("h2", "Targeted UAPs"))
+        out.append(("figure", "targeted.png", f"R_s toward each class at ζ = {100 * z:g} %"))
+        header = ["target", "called so without a UAP"] + [f"{s}, {m}" for s in ("natural", "train") for m in ms] + ["random noise"]
+        rows = []
+        for n in names:
+            b = _best_targeted(summary, n)
+            if b is None:
+                continue
+            rows.append([n, f"{100 * check['clean_label_composition'].get(n, 0):.1f} %"]
+                        + [pct((cell(summary, s, m, z, n) or {}).get("rate")) for s in ("natural", "train") for m in ms]
+                        + [pct(b["random"])])
+        out.append(("table", header, rows))
+    out.append(("h2", "Which labels the model gives natural images"))
+    out.append(("figure", "composition.png", "predicted-label composition of the natural, training and test images"))
+    out.append(("h2", "Each method's step and p, chosen on validation"))
+    out.append(("p", f"Chosen by the paper's grid search (Section 2.2) at ζ = {100 * z:g} %, scored by R_f on "
+                     f"{summary['validation']}; never on the test split."))
+    sel_rows = []
+    for key, sel in summary["selected"].items():
+        source, method = key.split("/")
+        step = f"ε = {sel['eps']:g}" if method == "paper" else f"lr = {sel['lr']:g}"
+        grid = "; ".join(f"p={g['p']}, {'ε' if method == 'paper' else 'lr'}={g['eps'] if method == 'paper' else g['lr']:g}: "
+                         f"{100 * g['val_fooling_rate']:.1f} %" for g in sel["grid"])
+        sel_rows.append([SOURCE_NAMES[source], METHOD_NAMES[method], f"{step}, p = {sel['p']}", grid])
+    out.append(("table", ["images", "method", "chosen", "validation R_f of the grid"], sel_rows))
+    out.append(("p", f"Every UAP is one row of the Parquet results at {summary['results']} (sweep {summary['sweep']}); "
+                     f"the numbers above are in audit.json. Wall time {summary.get('seconds', 0) / 60:.1f} min."))
+    return out
+
+
+def to_markdown(content: list[Block]) -> str:
+    lines: list[str] = []
+    for b in content:
+        kind = b[0]
+        if kind == "h1":
+            lines += [f"# {b[1]}", ""]
+        elif kind == "h2":
+            lines += [f"## {b[1]}", ""]
+        elif kind == "verdict":
+            lines += [f"> **Verdict.** {b[1]}", ""]
+        elif kind == "warning":
+            lines += [f"> **Warning.** {b[1]}", ""]
+        elif kind == "p":
+            lines += [b[1], ""]
+        elif kind == "list":
+            lines += [f"- {item}" for item in b[1]] + [""]
+        elif kind == "table":
+            lines += ["| " + " | ".join(b[1]) + " |", "|" + " --- |" * len(b[1])]
+            lines += ["| " + " | ".join(row) + " |" for row in b[2]] + [""]
+        elif kind == "figure":
+            lines += [f"![{b[2]}]({b[1]})", ""]
+    return "\n".join(lines)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.45}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+.verdict{background:#fdecea;border-left:6px solid #c62828;padding:.8rem 1rem;font-size:1.1rem}
+.warning{background:#fff8e1;border-left:6px solid #f9a825;padding:.6rem 1rem}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
+th{background:#f4f4f4}figure{margin:1rem 0}img{max-width:100%}figcaption{font-size:.85rem;color:#555}"""
+
+
+def to_html(content: list[Block], figures: dict[str, bytes]) -> str:
+    """One self-contained page: inline CSS, every figure a ``data:`` URI."""
+    e = html.escape
+    title = next((b[1] for b in content if b[0] == "h1"), "raylab audit")
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}</title><style>{CSS}</style></head><body>"]
+    for b in content:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{e(b[1])}</{kind}>")
+        elif kind in ("verdict", "warning"):
+            parts.append(f"<p class={kind}><strong>{kind.capitalize()}.</strong> {e(b[1])}</p>")
+        elif kind == "p":
+            parts.append(f"<p>{e(b[1]).replace('`', '')}</p>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b[1]) + "</ul>")
+        elif kind == "table":
+            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b[2]) + "</table>")
+        elif kind == "figure":
+            data = base64.b64encode(figures[b[1]]).decode()
+            parts.append(f"<figure><img alt=\"{e(b[2])}\" src=\"data:image/png;base64,{data}\">"
+                         f"<figcaption>{e(b[2])}</figcaption></figure>")
+    return "\n".join(parts) + "\n</body></html>\n"
+
+
+def render_audit(out: str | Path, summary: dict[str, Any]) -> Path:
+    """Write ``<out>/report/``: ``report.html`` (self-contained), ``report.md`` and its PNGs; returns the HTML's path."""
+    out = Path(out)
+    dest = Store.at(out / "report")
+    figures = {"curves.png": _fig_curves(summary), "composition.png": _fig_composition(summary)}
+    targeted = _fig_targeted(summary)
+    if targeted is not None:
+        figures["targeted.png"] = targeted
+    h = headline(summary)
+    drawn = Store.at(out / "uaps" / h["trials"][h["seeds"].index(0)] if 0 in h["seeds"] else out)
+    if drawn.exists("examples.png"):
+        figures["examples.png"] = drawn.read_bytes("examples.png")
+    for name, data in figures.items():
+        dest.write_bytes(name, data)
+    content = blocks(summary, figures)
+    dest.write_text("report.md", to_markdown(content))
+    dest.write_text("report.html", to_html(content, figures))
+    return Path(dest.path("report.html"))

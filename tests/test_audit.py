@@ -1,0 +1,273 @@
+"""`raylab audit` end to end: a real small model on real PneumoniaMNIST, real ImageNet photos; the verdict and
+findings worded from the numbers (both outcomes of every comparison); the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raylab.audit import AuditConfig, plan_jobs
+from raylab.audit_report import clearly_above, findings, verdict
+from raylab.cli import main
+from raylab.data.shards import load_shard_images, read_manifest
+from raylab.models import load_classifier
+from raylab.results import read_results
+
+from .conftest import PNEUMONIA
+
+#: Small enough for the suite (small_cnn at 28 px, the 40 photos and a corrupt one): 2 ζ x 2 sources x 2 methods x 2 seeds, plus one target.
+SMALL = ["--budget", "quick", "--limit", "50", "--zetas", "0.04", "0.08", "--seeds", "2", "--targets", "PNEUMONIA"]
+
+
+def _audit(model: Path, natural: Path, out: Path, *extra: str) -> int:
+    return main(["audit", "--model", str(model), "--natural", str(natural), "--data", str(PNEUMONIA), "--out", str(out),
+                 *SMALL, *extra])
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory, models, natural_dir) -> Path:
+    out = tmp_path_factory.mktemp("audit") / "a"
+    assert _audit(models["model"], natural_dir, out) == 0
+    return out
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "audit.json").read_text())
+
+
+def test_every_uap_of_the_audit_is_one_row_and_every_number_is_mean_sd_over_its_seeds(audited, models, natural_dir) -> None:
+    config = AuditConfig(model=str(models["model"]), natural=natural_dir, out=audited, medical=PNEUMONIA,
+                         budget="quick", limit=50, zetas=(0.04, 0.08), seeds=2, targets=("PNEUMONIA",))
+    jobs = plan_jobs(config, (1,))
+    rows = read_results(audited / "results", filters={"sweep": "audit-model"}).to_pylist()
+    assert sorted(r["trial_id"] for r in rows) == sorted(j.trial_id for j in jobs)
+    assert len(rows) == 2 * 2 * 2 * 2 + 2 * 2 * 2
+    assert {r["method"] for r in rows} == {"paper", "sgd"} and {r["seed"] for r in rows} == {0, 1}
+    assert {r["source_kind"] for r in rows} == {"folder", "train"}
+    assert {r["target"] for r in rows} == {None, "PNEUMONIA"}
+    by_id = {r["trial_id"]: r for r in rows}
+    summary = _summary(audited)
+    for c in summary["cells"]:
+        field = "fooling_rate" if c["target"] is None else "success_rate"
+        values = [by_id[t][field] for t in c["trials"]]
+        assert c["rate"]["n"] == 2 and c["rate"]["mean"] == pytest.approx(np.mean(values))
+        assert c["rate"]["sd"] == pytest.approx(np.std(values, ddof=1))
+        randoms = [by_id[t]["random_" + field] for t in c["trials"]]
+        assert c["random"]["mean"] == pytest.approx(np.mean(randoms))
+    # the selection: each method's step and p, the best of its grid by validation R_f (never the test split)
+    assert set(summary["selected"]) == {"natural/paper", "natural/sgd", "train/paper", "train/sgd"}
+    for key, sel in summary["selected"].items():
+        top = max(sel["grid"], key=lambda g: g["val_fooling_rate"])
+        assert (sel["p"], sel["eps"], sel["lr"]) == (top["p"], top["eps"], top["lr"])
+        assert len(sel["grid"]) == (3 if key.endswith("paper") else 1)
+    assert summary["validation"].startswith("the validation split (524 images)")
+    for r in rows:
+        sel = summary["selected"][f"{'natural' if r['source_kind'] == 'folder' else 'train'}/{r['method']}"]
+        assert r["p"] == sel["p"] and (r["eps"] == sel["eps"] if r["method"] == "paper" else r["lr"] == sel["lr"])
+    # the model check and the label composition of the natural images (Tables S1-S3)
+    check = summary["check"]
+    assert 0.5 < check["clean_accuracy"] <= 1 and check["majority_accuracy"] == pytest.approx(390 / 624)
+    assert sum(summary["composition"]["natural"].values()) == pytest.approx(1.0)
+    assert summary["natural"] == {"location": str(natural_dir), "kind": "folder", "images": 40, "skipped": 1,
+                                  "shards_failed": 0}
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.images: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        for k, v in attrs:
+            if k in ("src", "href"):
+                self.refs.append(v or "")
+                if tag == "img":
+                    self.images.append(v or "")
+
+    def handle_data(self, data) -> None:
+        self.text.append(data)
+
+
+def test_the_report_is_one_self_contained_page_with_the_verdict_the_cli_printed(audited, capsys) -> None:
+    summary = _summary(audited)
+    page = _Page()
+    page.feed((audited / "report" / "report.html").read_text())
+    assert page.refs and all(r.startswith("data:image/png;base64,") for r in page.refs)  # nothing outside the page
+    assert len(page.images) == 4  # R_f against ζ, the examples of the headline UAP, targeted R_s, label composition
+    for src in page.images:
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert image.format == "PNG" and image.width > 300
+    text = " ".join("".join(page.text).split())
+    line = verdict(summary)
+    assert line in text and line in (audited / "report" / "report.md").read_text()
+    assert "Natural-image UAPs at L2 ζ = 4 %" in line and "mean ± sd over 2 seeds" in line
+    for f in findings(summary):
+        assert " ".join(f.split()) in text
+    for name in ("curves.png", "examples.png", "targeted.png", "composition.png"):
+        assert (audited / "report" / name).stat().st_size > 5000
+
+
+def test_a_rerun_resumes_and_other_settings_are_refused(audited, models, natural_dir, capsys) -> None:
+    before = {r["trial_id"]: r["created_at"] for r in read_results(audited / "results").to_pylist()}
+    assert _audit(models["model"], natural_dir, audited) == 0
+    out = capsys.readouterr().out
+    assert f"{len(before)} UAPs ({len(before)} done before)" in out
+    assert {r["trial_id"]: r["created_at"] for r in read_results(audited / "results").to_pylist()} == before
+    assert _audit(models["model"], natural_dir, audited, "--zeta", "0.08") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was started with other settings (zeta=0.04 then, 0.08 now)" in err
+
+
+def test_bad_input_is_one_line_before_any_compute(models, natural_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "bad"
+    assert _audit(models["model"], natural_dir, out, "--targets", "TUMOUR") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "target class 'TUMOUR' does not exist; classes are NORMAL, PNEUMONIA" in err
+    assert not (out / "uaps").exists() and not (out / "selected.json").exists()
+    assert _audit(models["model"], tmp_path / "nowhere", out) == 2
+    assert "natural images: " in capsys.readouterr().err
+    assert _audit(models["model"], natural_dir, out, "--seeds", "1") == 2
+    assert "seeds must be >= 2 (one seed is not a result)" in capsys.readouterr().err
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"format": "state_dict", "arch": "small_cnn", "class_names": ["A", "B", "C"], "channels": 1,
+                                "image_size": 28, "scale": 255, "mean": [128] * 3, "std": [128] * 3}))
+    weights = tmp_path / "w.pt"
+    torch.save(load_classifier(models["model"]).backbone.state_dict(), weights)
+    assert _audit(weights, natural_dir, out, "--card", str(card)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(card) in err and "class" in err
+
+
+def test_a_model_trained_elsewhere_is_audited_through_its_card(models, natural_dir, tmp_path, capsys) -> None:
+    weights = tmp_path / "weights.pth"
+    torch.save(load_classifier(models["model"]).backbone.state_dict(), weights)  # a plain state dict
+    card = tmp_path / "card.yaml"
+    card.write_text("format: state_dict\narch: small_cnn\nclass_names: [NORMAL, PNEUMONIA]\nchannels: 1\n"
+                    "image_size: 28\nscale: 255\nmean: [128, 128, 128]\nstd: [128, 128, 128]\n")
+    out = tmp_path / "carded"
+    assert main(["audit", "--model", str(weights), "--card", str(card), "--natural", str(natural_dir), "--data",
+                 str(PNEUMONIA), "--out", str(out), "--limit", "40", "--zetas", "0.04", "--seeds", "2", "--targets",
+                 "none", "--methods", "sgd"]) == 0
+    assert (out / "model.pt").is_file() and f"imported {weights}" in capsys.readouterr().out
+    rows = read_results(out / "results").to_pylist()
+    assert len(rows) == 2 * 2 and {r["model"] for r in rows} == {str(out / "model.pt")}
+    assert {r["sweep"] for r in rows} == {"audit-weights"}
+    assert (out / "report" / "report.html").is_file()
+
+
+def test_natural_images_from_shards(shards) -> None:
+    images, skipped, failed = load_shard_images(str(shards), channels=1, size=28)
+    assert images.shape == (48, 1, 28, 28) and images.dtype == torch.uint8 and not skipped and not failed
+    some, _, _ = load_shard_images(str(shards), channels=1, size=28, limit=10, seed=3)
+    assert len(some) == 10 and read_manifest(str(shards)).total == 48
+    rows = {tuple(x.flatten().tolist()[:50]) for x in images}
+    assert all(tuple(x.flatten().tolist()[:50]) in rows for x in some)  # a sample of the same images
+    again, _, _ = load_shard_images(str(shards), channels=1, size=28, limit=10, seed=3)
+    assert torch.equal(some, again)
+
+
+def test_the_audit_fans_out_over_ray_with_the_rows_of_a_local_run(cluster, models, shards, tmp_path, capsys) -> None:
+    args = ["--zetas", "0.04", "--seeds", "2", "--targets", "none", "--methods", "paper", "sgd"]
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    base = ["audit", "--model", str(models["model"]), "--natural", str(shards), "--data", str(PNEUMONIA), "--budget", "quick"]
+    assert main([*base, "--out", str(local), *args]) == 0
+    assert main([*base, "--out", str(remote), *args, "--ray", "--address", cluster["address"]]) == 0
+    a = {r["trial_id"]: r for r in read_results(local / "results").to_pylist()}
+    b = {r["trial_id"]: r for r in read_results(remote / "results").to_pylist()}
+    assert sorted(a) == sorted(b) and len(a) == 2 * 2 * 2
+    assert {r["source_kind"] for r in b.values()} == {"shards", "train"}
+    for t in a:
+        assert b[t]["fooling_rate"] == pytest.approx(a[t]["fooling_rate"], abs=0.02), t
+    assert json.loads((remote / "audit.json").read_text())["natural"]["kind"] == "shards"
+
+
+# --------------------------------------------------------------------------- wording follows the numbers
+
+
+def _s(mean: float, sd: float = 0.01, n: int = 3) -> dict:
+    return {"mean": mean, "sd": sd, "n": n}
+
+
+def _fake(nat_paper: float, nat_sgd: float, rnd: float, train: float, grow: bool, easy: str, top: str) -> dict:
+    cells = []
+    for method, nat in (("paper", nat_paper), ("sgd", nat_sgd)):
+        for z, scale in ((0.02, 0.5 if grow else 1.0), (0.04, 1.0)):
+            cells.append({"source": "natural", "method": method, "zeta": z, "target": None, "p": "2",
+                          "rate": _s(nat * scale), "random": _s(rnd), "trials": [], "seeds": [0, 1, 2]})
+            cells.append({"source": "train", "method": method, "zeta": z, "target": None, "p": "2",
+                          "rate": _s(train * scale), "random": _s(rnd), "trials": [], "seeds": [0, 1, 2]})
+        for name in ("NORMAL", "PNEUMONIA"):
+            cells.append({"source": "natural", "method": method, "zeta": 0.04, "target": name, "p": "2",
+                          "rate": _s(0.9 if name == easy else 0.45), "random": _s(0.4), "trials": [], "seeds": [0, 1, 2]})
+    return {"config": {"zeta": 0.04, "methods": ["paper", "sgd"]}, "cells": cells, "class_names": ["NORMAL", "PNEUMONIA"],
+            "check": {"clean_label_composition": {"NORMAL": 0.4, "PNEUMONIA": 0.6}},
+            "composition": {"natural": {"NORMAL": 0.8 if top == "NORMAL" else 0.2, "PNEUMONIA": 0.2 if top == "NORMAL" else 0.8}}}
+
+
+def test_the_verdict_follows_the_numbers() -> None:
+    vulnerable = verdict(_fake(0.2, 0.41, 0.01, 0.6, True, "NORMAL", "NORMAL"))
+    assert vulnerable == ("Natural-image UAPs at L2 ζ = 4 % flip 41.0 % ± 1.0 % of test diagnoses; random noise of the "
+                          "same size flips 1.0 % ± 1.0 % (the stochastic-gradient method, mean ± sd over 3 seeds).")
+    safe = verdict(_fake(0.015, 0.02, 0.01, 0.6, True, "NORMAL", "NORMAL"))
+    assert "not clearly more than random noise" in safe and "no natural-image vulnerability found" in safe
+    assert "flip 2.0 % ± 1.0 %" in safe  # the stronger method, even when it is weak
+    assert clearly_above(_s(0.3), _s(0.1)) and not clearly_above(_s(0.3, 0.25), _s(0.1))
+    assert not clearly_above(_s(0.11, 0.0), _s(0.1, 0.0))  # under 2 points is never a difference
+
+
+def test_each_finding_is_worded_from_its_own_outcome() -> None:
+    a = findings(_fake(0.2, 0.41, 0.01, 0.6, True, "NORMAL", "NORMAL"))
+    assert a[0].startswith("The stochastic-gradient method is the stronger attack on this model: natural-image R_f 41.0 %")
+    assert "are stronger: R_f 60.0 %" in a[1] and "as in the paper" in a[1]
+    assert "grows with the budget: 20.5 % ± 1.0 % at ζ = 2 %" in a[2]
+    assert a[3].startswith("The easiest target is NORMAL: a natural-image UAP pushes test images to it beyond random")
+    assert a[4].startswith("The hardest target is PNEUMONIA")
+    assert "80.0 % of the natural images NORMAL; the easiest target is that class" in a[5]
+    b = findings(_fake(0.41, 0.2, 0.01, 0.3, False, "PNEUMONIA", "NORMAL"))
+    assert b[0].startswith("The paper's method is the stronger attack on this model")
+    assert "as strong as UAPs from the model's own training images" in b[1] and "the paper found training images stronger" in b[1]
+    assert "does not clearly grow with the budget" in b[2]
+    assert "yet the easiest target is PNEUMONIA, so the composition does not explain it here" in b[5]
+    c = findings(_fake(0.40, 0.405, 0.01, 0.6, True, "NORMAL", "NORMAL"))
+    assert c[0].startswith("The two methods are about as strong here")
+    d = copy.deepcopy(_fake(0.2, 0.41, 0.01, 0.6, True, "NORMAL", "NORMAL"))
+    for cell in d["cells"]:
+        if cell["target"] is not None:
+            cell["rate"] = _s(0.41)  # every target barely above the random control's 0.40
+    assert "does not clearly push test images to it" in findings(d)[3]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# .ci/run installs Debian's chromium and sets this, so in CI a missing browser fails instead of skipping.
+CHROMIUM_REQUIRED = os.environ.get("RAYLAB_TEST_REQUIRE_CHROMIUM") == "1"
+
+
+@pytest.mark.skipif(CHROMIUM is None and not CHROMIUM_REQUIRED, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_report_renders_in_a_headless_browser(audited, tmp_path) -> None:
+    assert CHROMIUM is not None, "chromium is required here (RAYLAB_TEST_REQUIRE_CHROMIUM=1) but not installed"
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,2400",
+                    f"--screenshot={shot}", (audited / "report" / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert image.shape[:2] == (2400, 1100)
+    verdict_box = (abs(image[..., 0] - 0xFD) < 6) & (abs(image[..., 1] - 0xEC) < 6) & (abs(image[..., 2] - 0xEA) < 6)
+    assert verdict_box[:500].sum() > 20_000  # the verdict's box is drawn near the top
+    dark = (image.sum(axis=2) < 200)
+    assert dark[:500].sum() > 2_000  # with its text
+    colourful = (image.max(axis=2) - image.min(axis=2)) > 80
+    assert colourful[500:].sum() > 20_000  # and the figures (inline PNGs) below it

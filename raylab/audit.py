@@ -71,7 +71,8 @@ class Budget:
 #: ``quick`` (minutes on a laptop CPU), ``standard`` (an hour or so on a CPU, minutes on a GPU), ``paper`` (the
 #: paper's scale: 100,000 natural images, its ε grid and ζ range, five seeds; a GPU cluster).
 BUDGETS = {
-    "quick": Budget(zetas=(0.02, 0.04, 0.08), seeds=3, natural_limit=300, train_limit=300, eps_grid=(0.004, 0.008, 0.016),
+    "quick": Budget(zetas=(0.02, 0.04, 0.08), seeds=3, natural_limit=300, train_limit=300,
+                    eps_grid=(0.004, 0.008, 0.016, 0.032),
                     p_grid=("2",), lr_grid=(1.0,), select_images=200, passes=2, sgd_epochs=3, batch_size=32),
     "standard": Budget(zetas=(0.02, 0.04, 0.06, 0.08, 0.12), seeds=3, natural_limit=1000, train_limit=1000,
                        eps_grid=(0.002, 0.004, 0.008, 0.016), p_grid=("2", "inf"), lr_grid=(0.5, 1.0), select_images=500,
@@ -221,9 +222,7 @@ def best(grid: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def seeded_subset(images: Tensor, n: int, seed: int) -> Tensor:
-    """``n`` of ``images`` (all when fewer), a seeded random choice."""
-    if n >= len(images):
-        return images
+    """``n`` of ``images`` (all when fewer) in a seeded random order."""
     return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
@@ -268,7 +267,7 @@ class Audit:
                 for p in plan.p_grid for s in steps]
 
 
-def _validation(target: Target, seed: int) -> tuple[Tensor, str]:
+def validation_images(target: Target, seed: int) -> tuple[Tensor, str]:
     """The medical validation images, or a held-out share of the training images when the dataset has none."""
     m = target.medical
     if len(m.val_images):
@@ -331,7 +330,7 @@ def prepare(config: AuditConfig, *, log: Callable[[str], None] = print) -> Audit
     log(natural.source.summary())
     sources = {"natural": natural, "train": _train_source(target, plan.train_limit, 0)}
     clean = predict_labels(target.model, target.medical.test_images)
-    validation = _validation(target, 0)
+    validation = validation_images(target, 0)
     selected = json.loads(store.read_text("selected.json")) if store.exists("selected.json") else {}
     return Audit(config, model, target, sources, clean, selected, validation[1])
 
@@ -339,7 +338,7 @@ def prepare(config: AuditConfig, *, log: Callable[[str], None] = print) -> Audit
 def select(audit: Audit, *, log: Callable[[str], None] = print) -> None:
     """The ε (or lr) and p of each source and method, picked on validation and kept in ``selected.json``."""
     store = Store.at(audit.config.out)
-    val, _ = _validation(audit.target, 0)
+    val, _ = validation_images(audit.target, 0)
     for source in SOURCES:
         images = audit.sources[source].images
         assert images is not None

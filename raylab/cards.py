@@ -2,11 +2,12 @@
 
 A **model card** is a small human-written YAML or JSON file beside the weights::
 
-    format: state_dict        # state_dict (of a raylab architecture), torchscript, torch.export, or onnx
-    arch: resnet18            # state_dict only: the architecture the weights are for
+    format: state_dict        # state_dict, torchscript, torch.export, or onnx
+    arch: resnet18            # state_dict only: a raylab architecture, timm/<model> or monai/<network> (DenseNet121)
     class_names: [NORMAL, PNEUMONIA]
     channels: 1               # the images it classifies: 1 (gray) or 3 (RGB)
-    net_channels: 3           # what the network takes (a gray image is repeated to 3); default 3 (1 for gray archives)
+    net_channels: 3           # what the network takes (a gray image is repeated to 3); default 3 (1 for gray archives
+                              # and gray timm/MONAI networks; raylab's own architectures always take 3)
     image_size: 224
     scale: 1                  # the network's inputs are pixels / 255 * scale (1: [0, 1]; 255: [0, 255])
     mean: [0.485, 0.456, 0.406]   # per network channel, in the units of scale
@@ -33,7 +34,8 @@ from torch import nn
 
 from .errors import InputError, one_line
 from .models import (
-    ARCHITECTURES, ARCHIVES, HEADS, MIN_SIZE, ArchiveClassifier, Classifier, ModelSpec, _read, plain_state_dict,
+    ARCHITECTURES, ARCHIVES, HEADS, MIN_SIZE, ArchiveClassifier, Classifier, ModelSpec, _read, is_external,
+    plain_state_dict,
 )
 
 FORMATS = ("state_dict", *ARCHIVES)
@@ -97,17 +99,19 @@ def read_card(path: str | Path) -> ModelCard:
     if fmt not in FORMATS:
         raise InputError(f"{path}: field 'format' must be one of {', '.join(FORMATS)}, got {fmt!r}")
     arch = field("arch", None, str)
-    if fmt == "state_dict" and arch not in ARCHITECTURES:
-        raise InputError(f"{path}: field 'arch' must be one of {', '.join(ARCHITECTURES)} for a state dict, got {arch!r}")
+    if fmt == "state_dict" and arch not in ARCHITECTURES and not is_external(arch or ""):
+        raise InputError(f"{path}: field 'arch' must be one of {', '.join(ARCHITECTURES)}, timm/<model> or "
+                         f"monai/<network> for a state dict, got {arch!r}")
     names = field("class_names", kind=list)
     if len(names) < 2 or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
         raise InputError(f"{path}: field 'class_names' must list 2 or more distinct names, got {names!r}")
     channels = field("channels", kind=int)
     if channels not in (1, 3):
         raise InputError(f"{path}: field 'channels' must be 1 (gray) or 3 (RGB), got {channels}")
-    net_channels = field("net_channels", 3 if fmt == "state_dict" or channels == 3 else 1, int)
-    if net_channels not in (1, 3) or net_channels < channels or (fmt == "state_dict" and net_channels != 3):
-        raise InputError(f"{path}: field 'net_channels' must be 3{'' if fmt == 'state_dict' else ' or 1'} "
+    fixed = fmt == "state_dict" and not is_external(arch or "")  # raylab's own architectures take 3 channels
+    net_channels = field("net_channels", 3 if fixed or channels == 3 else 1, int)
+    if net_channels not in (1, 3) or net_channels < channels or (fixed and net_channels != 3):
+        raise InputError(f"{path}: field 'net_channels' must be 3{'' if fixed else ' or 1'} "
                          f"(and at least 'channels'), got {net_channels}")
     size = field("image_size", kind=int)
     low = MIN_SIZE.get(arch or "", 1)
@@ -155,7 +159,7 @@ def _from_state_dict(spec: ModelSpec, weights: Path, card_path: str | Path) -> C
     if not state:
         raise InputError(f"{weights}: not a state dict of tensors (it is empty)")
     model = Classifier(spec)
-    head = f"{HEADS[spec.arch]}.weight"
+    head = f"{HEADS.get(spec.arch, '')}.weight"
     if head in state and state[head].shape[0] != spec.num_classes:
         raise InputError(f"{card_path}: field 'class_names' lists {spec.num_classes} classes but the weights' head "
                          f"{head} has {state[head].shape[0]} outputs")

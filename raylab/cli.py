@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--select", choices=["best"], default=None, help="best: the eps and p with the highest R_f (R_s) per zeta")
     r.add_argument("--columns", default=None, help="comma-separated columns to show")
 
-    d = sub.add_parser("demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, attack it with a UAP from ImageNet photos")
+    d = sub.add_parser("demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, then audit it (raylab audit "
+                                     "--budget quick) with UAPs from ImageNet photos")
     d.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--pretrain-epochs", type=int, default=30)
@@ -345,13 +346,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if not model.exists() and (rc := main(["train", "--data", str(a.data_dir / "pneumoniamnist.npz"), "--backbone", str(backbone),
                                            "--epochs", str(a.train_epochs), "--out", str(model), *common])):
         return rc
-    uap = ["--model", str(model), "--data", str(a.data_dir / "pneumoniamnist.npz"), "--p", "2", "--zeta", "0.04",
-           "--batch-size", "32", "--source", str(a.data_dir / "imagenet-samples")]
-    print("the paper's method (iterative FGSM steps, accepted per image):", flush=True)
-    if rc := main(["uap", *uap, "--method", "paper", "--eps", "0.002", "--i-max", "3", "--out", str(out / "uap-imagenet")]):
-        return rc
-    print("the stochastic-gradient method (gradient ascent on rho, 10 epochs):", flush=True)
-    return main(["uap", *uap, "--method", "sgd", "--out", str(out / "uap-imagenet-sgd")])
+    return main(["audit", "--model", str(model), "--data", str(a.data_dir / "pneumoniamnist.npz"), "--natural",
+                 str(a.data_dir / "imagenet-samples"), "--budget", "quick", "--out", str(out / "audit")])
 
 
 def cmd_bench(a: argparse.Namespace) -> int:

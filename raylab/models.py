@@ -47,6 +47,10 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 #: Programs that carry their own code (a model trained elsewhere, :mod:`raylab.cards`): TorchScript, torch.export,
 #: and ONNX graphs (converted to torch modules by onnx2torch, so that gradients reach the input).
 ARCHIVES = ("torchscript", "torch.export", "onnx")
+#: Architectures of other libraries, named ``timm/<model>`` (any of timm's models, ``pip install 'raylab[timm]'``) or
+#: ``monai/<network>`` (MONAI's 2-D classifiers such as ``monai/DenseNet121``, the common medical one; ``raylab[monai]``),
+#: built with their own head for the spec's classes and ``net_channels`` input channels.
+EXTERNAL = ("timm/", "monai/")
 #: The normalization an architecture's ImageNet weights expect (torchvision's, unless named here).
 IMAGENET_NORMALIZE: dict[str, Normalize] = {"efficientnet_lite0": "lite"}
 
@@ -69,9 +73,10 @@ class ModelSpec:
 
     def validate(self) -> "ModelSpec":
         """Checked copy (image_size defaulted to the paper's); raises InputError naming the bad field."""
-        if self.arch not in ARCHITECTURES and self.arch not in ARCHIVES:
-            raise InputError(f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
-        if self.arch in ARCHIVES and not self.image_size:
+        if self.arch not in ARCHITECTURES and self.arch not in ARCHIVES and not is_external(self.arch):
+            raise InputError(f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHITECTURES)}, "
+                             "timm/<model> or monai/<network>")
+        if (self.arch in ARCHIVES or is_external(self.arch)) and not self.image_size:
             raise InputError(f"a {self.arch} model needs its input size (image_size)")
         size = self.image_size or ARCHITECTURES[self.arch]
         if size < MIN_SIZE.get(self.arch, 1):
@@ -101,6 +106,33 @@ def small_cnn(num_classes: int = 1000) -> nn.Module:
                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
     net.add_module("fc", nn.Linear(128, num_classes))
     return net
+
+
+def is_external(arch: str) -> bool:
+    """Whether ``arch`` names another library's network (:data:`EXTERNAL`)."""
+    return arch.startswith(EXTERNAL) and len(arch.partition("/")[2]) > 0
+
+
+def _external(spec: ModelSpec) -> nn.Module:
+    """A timm or MONAI network for ``spec`` (random weights, its own head); InputError naming what is missing."""
+    import importlib
+
+    lib, _, name = spec.arch.partition("/")
+    try:
+        module = importlib.import_module(lib)
+    except ImportError:
+        raise InputError(f"architecture {spec.arch!r} needs the {lib} package: pip install 'raylab[{lib}]'") from None
+    if lib == "timm":
+        if not module.is_model(name):
+            raise InputError(f"unknown timm model {name!r} (see timm.list_models())")
+        return module.create_model(name, pretrained=False, num_classes=spec.num_classes, in_chans=spec.net_channels)
+    net = getattr(importlib.import_module("monai.networks.nets"), name, None)
+    if not (isinstance(net, type) and issubclass(net, nn.Module)):
+        raise InputError(f"unknown MONAI network {name!r} (one of monai.networks.nets, e.g. DenseNet121)")
+    try:
+        return net(spatial_dims=2, in_channels=spec.net_channels, out_channels=spec.num_classes)
+    except TypeError as e:
+        raise InputError(f"MONAI network {name!r} is not a 2-D classifier raylab can build ({one_line(e, 200)})") from None
 
 
 def _backbone(arch: str) -> nn.Module:
@@ -133,8 +165,11 @@ class Classifier(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec.validate()
-        self.backbone = _backbone(self.spec.arch)
-        _replace_head(self.backbone, self.spec.arch, self.spec.num_classes)
+        if is_external(self.spec.arch):
+            self.backbone = _external(self.spec)
+        else:
+            self.backbone = _backbone(self.spec.arch)
+            _replace_head(self.backbone, self.spec.arch, self.spec.num_classes)
         _normalization_buffers(self, self.spec)
 
     def forward(self, x: Tensor) -> Tensor:

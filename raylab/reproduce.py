@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .run import SourceImages, generate, load_source, run_uap, with_balance
+from .audit import best, seeded_subset, select_on_validation, validation_images
+from .run import SourceImages, load_source, run_uap, with_balance
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig, check, finite, norm
-from .core import Untargeted, fooling_rate, label_composition, predict_labels
+from .core import fooling_rate, label_composition, predict_labels
 from .data.medical import MedicalSet, load_medical
 from .errors import InputError
 from .evaluation import by_class
@@ -210,7 +211,8 @@ def source_images(ctx: Context, key: str, source: str, config: UAPConfig) -> Sou
 
 
 def select_eps_p(ctx: Context, key: str, kind: str, method: str = "paper") -> dict[str, Any]:
-    """Section 2.2's grid search over ε and p at the paper's ζ, scored on the medical validation split.
+    """Section 2.2's grid search over ε and p at the paper's ζ, scored on the medical validation split
+    (:func:`raylab.audit.select_on_validation`, as every audit does).
 
     For the stochastic-gradient method the grid is p alone (its step is ``sgd_lr`` of the radius).
     """
@@ -219,21 +221,14 @@ def select_eps_p(ctx: Context, key: str, kind: str, method: str = "paper") -> di
     probe = uap_config(ctx, key, source, zeta=c.paper_zeta, p="2", eps=c.eps_grid[0], target=None, out=c.out)
     images = source_images(ctx, key, source, probe).images
     assert images is not None
-    val = ctx.medical.val_images
-    clean = predict_labels(target.model, val)
-    n = min(c.select_images, len(images))
-    sub = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(c.seed))[:n]]
-    grid = []
-    for p_text in c.p_grid:
-        budget = target.with_budget(zeta=c.paper_zeta, p=norm(p_text), target=None)
-        for eps in c.eps_grid if method == "paper" else c.eps_grid[:1]:
-            config = uap_config(ctx, key, source, zeta=c.paper_zeta, p=p_text, eps=eps, target=None, out=c.out, method=method)
-            rho, _, _ = generate(config, target.model, sub, Untargeted(), budget.radius)
-            grid.append({"p": p_text, "eps": eps, "val_fooling_rate": fooling_rate(clean, predict_labels(target.model, val, rho=rho))})
-    best = max(grid, key=lambda r: r["val_fooling_rate"])
-    step = f"eps={best['eps']:g}" if method == "paper" else f"lr={c.sgd_lr:g}"
-    ctx.log(f"  {key} {kind} ({method}): {step} p={best['p']} (validation R_f {best['val_fooling_rate']:.3f})")
-    return {"p": best["p"], "eps": best["eps"], "grid": grid}
+    candidates = [uap_config(ctx, key, source, zeta=c.paper_zeta, p=p_text, eps=eps, target=None, out=c.out, method=method)
+                  for p_text in c.p_grid for eps in (c.eps_grid if method == "paper" else c.eps_grid[:1])]
+    val, _ = validation_images(target, c.seed)
+    grid = select_on_validation(target, seeded_subset(images, c.select_images, c.seed), val, candidates, zeta=c.paper_zeta)
+    pick = best(grid)
+    step = f"eps={pick['eps']:g}" if method == "paper" else f"lr={c.sgd_lr:g}"
+    ctx.log(f"  {key} {kind} ({method}): {step} p={pick['p']} (validation R_f {pick['val_fooling_rate']:.3f})")
+    return {"p": pick["p"], "eps": pick["eps"], "grid": grid}
 
 
 def selection_key(key: str, source: str, method: str) -> str:

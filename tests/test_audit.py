@@ -71,7 +71,7 @@ def test_every_uap_of_the_audit_is_one_row_and_every_number_is_mean_sd_over_its_
     for key, sel in summary["selected"].items():
         top = max(sel["grid"], key=lambda g: g["val_fooling_rate"])
         assert (sel["p"], sel["eps"], sel["lr"]) == (top["p"], top["eps"], top["lr"])
-        assert len(sel["grid"]) == (3 if key.endswith("paper") else 1)
+        assert len(sel["grid"]) == (4 if key.endswith("paper") else 1)
     assert summary["validation"].startswith("the validation split (524 images)")
     for r in rows:
         sel = summary["selected"][f"{'natural' if r['source_kind'] == 'folder' else 'train'}/{r['method']}"]

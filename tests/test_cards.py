@@ -144,3 +144,48 @@ def test_an_onnx_operator_without_a_converter_is_one_line(tmp_path) -> None:
     card = _card(tmp_path, "card.yaml", format="onnx", net_channels=1, mean=[128], std=[128], **GRAY)
     with pytest.raises(InputError, match=r"custom.onnx: an ONNX operator has no PyTorch converter in onnx2torch \(.*FancyOp"):
         import_model(card, tmp_path / "custom.onnx")
+
+
+def _library_net(arch: str) -> torch.nn.Module:
+    """A network as its own library builds it, for a gray 2-class problem (random weights, seeded)."""
+    torch.manual_seed(0)
+    lib, _, name = arch.partition("/")
+    if lib == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=2, in_chans=1).eval()
+    from monai.networks import nets
+
+    return getattr(nets, name)(spatial_dims=2, in_channels=1, out_channels=2).eval()
+
+
+@pytest.mark.parametrize("arch", ["timm/test_resnet", "monai/DenseNet121"])
+def test_timm_and_monai_state_dicts_with_their_cards_predict_as_their_library_does(arch, pneumonia, tmp_path) -> None:
+    net = _library_net(arch)
+    torch.save(net.state_dict(), tmp_path / "weights.pth")
+    card = _card(tmp_path, "card.yaml", format="state_dict", arch=arch, net_channels=1, mean=[0.5], std=[0.25],
+                 **dict(GRAY, scale=1, image_size=64))
+    imported = import_model(card, tmp_path / "weights.pth")  # the forward and input-gradient checks pass too
+    x = pneumonia["test_x"][:16]
+    x64 = torch.nn.functional.interpolate(x.float(), size=64, mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        want = net((x64 / 255 - 0.5) / 0.25)  # the card's preprocessing, done by hand
+        got = imported(to_model_space(x64))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    save_classifier(imported, tmp_path / "imported.pt")  # a raylab checkpoint that every command audits
+    again = load_classifier(tmp_path / "imported.pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(again(to_model_space(x64)), got)
+    bad = _card(tmp_path, "bad.yaml", format="state_dict", arch=arch, net_channels=1, mean=[0.5], std=[0.25],
+                **dict(GRAY, scale=1, image_size=64, class_names=["A", "B", "C"]))
+    with pytest.raises(InputError, match=r"weights do not fit|3 classes"):
+        import_model(bad, tmp_path / "weights.pth")
+
+
+def test_an_unknown_library_network_is_one_line(tmp_path) -> None:
+    for arch, message in (("timm/no_such_net", "unknown timm model 'no_such_net'"),
+                          ("monai/NoSuchNet", "unknown MONAI network 'NoSuchNet'")):
+        card = _card(tmp_path, "card.yaml", format="state_dict", arch=arch, **dict(GRAY, scale=1))
+        torch.save({"w": torch.zeros(1)}, tmp_path / "w.pth")
+        with pytest.raises(InputError, match=message):
+            import_model(card, tmp_path / "w.pth")

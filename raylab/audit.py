@@ -83,10 +83,6 @@ BUDGETS = {
 }
 
 
-def _targets(text: str) -> str:
-    return text.strip()
-
-
 @dataclass(frozen=True, kw_only=True)
 class AuditConfig:
     """One audit (``raylab audit``, ``jobs/audit.py``): the model, its data, the natural images and the budget."""
@@ -107,7 +103,7 @@ class AuditConfig:
     methods: tuple[str, ...] = option(METHODS, "UAP methods: paper, sgd (both by default; the stronger is the headline)",
                                       choices=METHODS)
     targets: tuple[str, ...] = option(("all",), "target classes for targeted UAPs, names or indices ('all': every "
-                                                "class; 'none': no targeted UAPs)", parse=_targets)
+                                                "class; 'none': no targeted UAPs)")
     batch_size: int | None = option(None, "images per update (default: the budget's)")
     name: str | None = option(None, "the audit's name in the results (default: the model file's name)")
     results: str | None = option(None, "Parquet results location, shared by audits to compare (default <out>/results)")
@@ -231,7 +227,8 @@ def seeded_subset(images: Tensor, n: int, seed: int) -> Tensor:
 
 @dataclass
 class Audit:
-    """What the steps share: the config, the model and data, the two sources, the selection and the clean labels."""
+    """What the steps share: the config, the model and data, the two sources, the selection, the clean test labels
+    and the validation images the selection is scored on (with a sentence saying which they are)."""
 
     config: AuditConfig
     model: str
@@ -239,7 +236,12 @@ class Audit:
     sources: dict[str, SourceImages]
     clean: Tensor
     selected: dict[str, dict[str, Any]]
-    validation: str
+    val_images: Tensor | None = None
+    validation: str = ""
+
+    @property
+    def check(self) -> ModelCheck:
+        return ModelCheck.of(self.clean, self.target.medical.test_labels, self.target.class_names)
 
     def uap_config(self, job: Job, *, out: Path) -> UAPConfig:
         """The ``raylab uap`` configuration of one UAP (its step and p from the selection)."""
@@ -330,15 +332,15 @@ def prepare(config: AuditConfig, *, log: Callable[[str], None] = print) -> Audit
     log(natural.source.summary())
     sources = {"natural": natural, "train": _train_source(target, plan.train_limit, 0)}
     clean = predict_labels(target.model, target.medical.test_images)
-    validation = validation_images(target, 0)
+    val_images, validation = validation_images(target, 0)
     selected = json.loads(store.read_text("selected.json")) if store.exists("selected.json") else {}
-    return Audit(config, model, target, sources, clean, selected, validation[1])
+    return Audit(config, model, target, sources, clean, selected, val_images, validation)
 
 
 def select(audit: Audit, *, log: Callable[[str], None] = print) -> None:
     """The ε (or lr) and p of each source and method, picked on validation and kept in ``selected.json``."""
     store = Store.at(audit.config.out)
-    val, _ = validation_images(audit.target, 0)
+    assert audit.val_images is not None
     for source in SOURCES:
         images = audit.sources[source].images
         assert images is not None
@@ -347,7 +349,8 @@ def select(audit: Audit, *, log: Callable[[str], None] = print) -> None:
             key = f"{source}/{method}"
             if key in audit.selected:
                 continue
-            grid = select_on_validation(audit.target, sub, val, audit.candidates(source, method), zeta=audit.config.zeta)
+            grid = select_on_validation(audit.target, sub, audit.val_images, audit.candidates(source, method),
+                                        zeta=audit.config.zeta)
             pick = best(grid)
             audit.selected[key] = {**pick, "grid": grid}
             step = f"eps={pick['eps']:g}" if method == "paper" else f"lr={pick['lr']:g}"
@@ -383,7 +386,7 @@ def _remote_job(args: tuple[AuditConfig, str, dict[str, Any], Any, Job]) -> str:
     target = load_target(model, config.medical, target=None, zeta=config.zeta, p=2, device=config.device)
     sources = ray.get(sources_ref)
     clean = predict_labels(target.model, target.medical.test_images)
-    run_job(Audit(config, model, target, sources, clean, selected, ""), job)
+    run_job(Audit(config, model, target, sources, clean, selected), job)
     return job.trial_id
 
 
@@ -440,7 +443,7 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
         cells.append({"source": source, "method": method, "zeta": zeta, "target": name, "p": rs[0]["p"],
                       "rate": _stats([r[rate] for r in rs]), "random": _stats([r[control] for r in rs]),
                       "seeds": [r["seed"] for r in rs], "trials": [r["trial_id"] for r in rs]})
-    check = ModelCheck.of(audit.clean, target.medical.test_labels, names)
+    check = audit.check
     composition = {s: by_class(label_composition(predict_labels(target.model, audit.sources[s].images),
                                                  num_classes=len(names)), names) for s in SOURCES}
     nat = audit.sources["natural"].source
@@ -453,6 +456,7 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
                     "shards_failed": len(nat.shards_failed)},
         "train_images": audit.sources["train"].source.used, "validation": audit.validation,
         "selected": audit.selected, "composition": composition, "cells": cells,
+        "uaps": len(jobs), "uap_seconds": sum(rows[j.trial_id]["wall_seconds"] for j in jobs),
     }
     Store.at(c.out).write_text("audit.json", json.dumps(summary, indent=2, default=str))
     return summary
@@ -464,7 +468,7 @@ def run_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> dic
 
     started = time.perf_counter()
     audit = prepare(config, log=log)
-    check = ModelCheck.of(audit.clean, audit.target.medical.test_labels, audit.target.class_names)
+    check = audit.check
     log(f"model check: clean accuracy {check.clean_accuracy:.3f}, balanced {check.balanced_accuracy:.3f}, "
         f"always the most frequent class {check.majority_accuracy:.3f}")
     if check.baseline_warning():

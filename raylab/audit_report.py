@@ -108,8 +108,21 @@ def findings(summary: dict[str, Any]) -> list[str]:
         grows = "grows" if clearly_above(hi["rate"], lo["rate"]) else "does not clearly grow"
         out.append(f"Natural-image R_f {grows} with the budget: {pct(lo['rate'])} at ζ = {100 * z0:g} %, "
                    f"{pct(hi['rate'])} at ζ = {100 * z1:g} % ({METHOD_NAMES[h['method']]}).")
+    if curve:
+        out.append(_ceiling(summary, *curve[-1]))
     out += _targeted_findings(summary)
     return out
+
+
+def _ceiling(summary: dict[str, Any], zeta: float, c: dict[str, Any]) -> str:
+    """Where the largest ζ's R_f stands against the most a UAP that sends every image to one class can flip."""
+    clean = summary["check"]["clean_label_composition"]
+    least = min(clean, key=lambda n: clean[n])
+    ceiling, rate = 1 - clean[least], c["rate"]["mean"]
+    where = ("reaches" if rate >= ceiling - 0.01 else f"is {100 * rate / ceiling:.0f} % of") if ceiling > 0 else "is beside"
+    return (f"At ζ = {100 * zeta:g} % natural-image R_f ({100 * rate:.1f} %) {where} the {100 * ceiling:.1f} % that a UAP "
+            f"sending every test image to one class can flip at most (sending them all to {least}, which the model "
+            f"gives {100 * clean[least]:.1f} % of them clean).")
 
 
 def _best_targeted(summary: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -287,7 +300,9 @@ def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
         sel_rows.append([SOURCE_NAMES[source], METHOD_NAMES[method], f"{step}, p = {sel['p']}", grid])
     out.append(("table", ["images", "method", "chosen", "validation R_f of the grid"], sel_rows))
     out.append(("p", f"Every UAP is one row of the Parquet results at {summary['results']} (sweep {summary['sweep']}); "
-                     f"the numbers above are in audit.json. Wall time {summary.get('seconds', 0) / 60:.1f} min."))
+                     f"the numbers above are in audit.json. Building the {summary['uaps']} UAPs took "
+                     f"{summary['uap_seconds'] / 60:.1f} min; this run of the audit {summary.get('seconds', 0) / 60:.1f} min "
+                     "(a resumed audit does not redo the UAPs it finds)."))
     return out
 
 

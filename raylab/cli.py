@@ -27,7 +27,9 @@ from .train import PretrainConfig, TrainConfig
 
 
 def _model_options(p: argparse.ArgumentParser, *, out_help: str) -> None:
-    p.add_argument("--arch", default="resnet18", help="architecture (inception_v3, resnet50, vgg16, resnet18, small_cnn, efficientnet_lite0)")
+    from .models import ARCHITECTURES
+
+    p.add_argument("--arch", default="resnet18", help=f"architecture ({', '.join(ARCHITECTURES)})")
     p.add_argument("--image-size", type=int, default=64, help="input size in pixels (default 64)")
     p.add_argument("--out", type=Path, required=True, help=out_help)
 

@@ -31,13 +31,13 @@ Normalize = Literal["none", "imagenet", "lite", "card"]
 
 #: Supported architectures and the input size the paper used for them.
 ARCHITECTURES: dict[str, int] = {"inception_v3": 299, "resnet50": 224, "vgg16": 224, "resnet18": 224, "small_cnn": 28,
-                                 "efficientnet_lite0": 224}
+                                 "efficientnet_lite0": 224, "densenet121": 224, "efficientnet_b0": 224}
 #: Minimum input size an architecture accepts.
 MIN_SIZE: dict[str, int] = {"inception_v3": 75, "resnet50": 32, "vgg16": 32, "resnet18": 32, "small_cnn": 8,
-                            "efficientnet_lite0": 32}
+                            "efficientnet_lite0": 32, "densenet121": 32, "efficientnet_b0": 32}
 #: The classification head each architecture replaces for its N classes.
 HEADS: dict[str, str] = {"inception_v3": "fc", "resnet50": "fc", "resnet18": "fc", "vgg16": "classifier.6", "small_cnn": "fc",
-                         "efficientnet_lite0": "_fc"}
+                         "efficientnet_lite0": "_fc", "densenet121": "classifier", "efficientnet_b0": "classifier.1"}
 CHECKPOINT_FORMAT = "raylab.classifier/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -15,7 +15,7 @@ from raylab.models import (
 
 
 @pytest.mark.parametrize(("arch", "size"), [("small_cnn", 28), ("resnet18", 64), ("resnet50", 64), ("vgg16", 64), ("inception_v3", 299),
-                                           ("efficientnet_lite0", 64)])
+                                           ("efficientnet_lite0", 64), ("densenet121", 32), ("efficientnet_b0", 32)])
 def test_every_architecture_gives_n_class_logits_for_gray_and_rgb(arch: str, size: int) -> None:
     for channels in (1, 3):
         model = build_model(ModelSpec(arch=arch, num_classes=4, in_channels=channels, image_size=size)).eval()

@@ -195,3 +195,21 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     write_shards(IMAGENET, out, shard_size=12, sample=48, seed=0, size=28, channels=1)
     return out
+
+
+def submit_and_wait(cluster: dict, entrypoint: str, timeout: float = 300) -> str:
+    """Submit ``entrypoint`` as a Ray job (this repository as its working dir) and wait for it; returns its logs
+    after asserting that it succeeded."""
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(cluster["dashboard"])
+    job = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT), "excludes": [".venv", "runs", ".git"]})
+    deadline = time.time() + timeout
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.time() < deadline, "job did not finish"
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    return logs

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from raylab.data.shards import load_shard_images, read_manifest
 from raylab.models import load_classifier
 from raylab.results import read_results
 
-from .conftest import PNEUMONIA, ROOT
+from .conftest import PNEUMONIA, submit_and_wait
 
 #: Small enough for the suite (small_cnn at 28 px, the 40 photos and a corrupt one): 2 ζ x 2 sources x 2 methods x 2 seeds, plus one target.
 SMALL = ["--budget", "quick", "--limit", "50", "--zetas", "0.04", "0.08", "--seeds", "2", "--targets", "PNEUMONIA"]
@@ -183,22 +182,12 @@ def test_natural_images_from_shards(shards) -> None:
 
 def test_the_audit_as_a_ray_job_fans_out_and_makes_the_uaps_of_a_local_run(cluster, models, shards, tmp_path) -> None:
     """jobs/audit.py --ray submitted through the Jobs API: its UAPs run as Ray tasks, natural images from shards."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     args = ["--zetas", "0.04", "--seeds", "2", "--targets", "none", "--budget", "quick"]
     local, remote = tmp_path / "local", tmp_path / "ray"
     common = ["--model", str(models["model"]), "--natural", str(shards), "--data", str(PNEUMONIA), *args]
     assert main(["audit", *common, "--out", str(local)]) == 0
-    client = JobSubmissionClient(cluster["dashboard"])
-    job = client.submit_job(entrypoint=" ".join(["python jobs/audit.py", *common, "--out", str(remote), "--ray",
-                                                 "--cpus-per-uap", "0.5"]),
-                            runtime_env={"working_dir": str(ROOT), "excludes": [".venv", "runs", ".git"]})
-    deadline = time.time() + 400
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, "job did not finish"
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    logs = submit_and_wait(cluster, " ".join(["python jobs/audit.py", *common, "--out", str(remote), "--ray",
+                                              "--cpus-per-uap", "0.5"]), timeout=400)
     assert "Natural-image UAPs at L2 ζ = 4 %" in logs and "8 UAPs (0 done before)" in logs
     a = {r["trial_id"]: r for r in read_results(local / "results").to_pylist()}
     b = {r["trial_id"]: r for r in read_results(remote / "results").to_pylist()}

@@ -30,7 +30,7 @@ from raylab.engine import Engine, RoundReport, run_engine
 from raylab.errors import InputError, RaylabError
 from raylab.models import load_classifier
 
-from .conftest import PNEUMONIA, ROOT
+from .conftest import PNEUMONIA, ROOT, submit_and_wait
 
 ZETA, EPS = 0.08, 0.02
 
@@ -162,19 +162,10 @@ def test_a_killed_driver_resumes_from_its_checkpoint(cluster, models, shards, tm
 
 
 def test_job_submitted_through_the_jobs_api(cluster, models, shards, tmp_path) -> None:
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(cluster["dashboard"])
     out = tmp_path / "job"
     entry = (f"python jobs/generate_uap.py --model {models['model']} --data {PNEUMONIA} --shards {shards} --out {out} "
              f"--zeta {ZETA} --eps {EPS} --workers 1 --batch-size 8 --cpus-per-worker 0.5 --cpus-per-reader 0.5 --examples 0")
-    job = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(ROOT), "excludes": [".venv", "runs", ".git"]})
-    deadline = time.time() + 300
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, "job did not finish"
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    logs = submit_and_wait(cluster, entry)
     assert "fooling rate R_f" in logs and "img/s" in logs
     m = json.loads((out / "metrics.json").read_text())
     assert m["stats"]["images"] == 48 and (out / "uap.npy").exists()

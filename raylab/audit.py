@@ -451,7 +451,7 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
         "plan": asdict(c.plan), "sweep": c.sweep, "results": c.results_location, "model": audit.model,
         "arch": target.model.spec.arch, "image_size": target.model.spec.image_size, "class_names": list(names),
-        "check": {**check.fields(), "class_names": list(names), "warning": check.baseline_warning()},
+        "check": {**check.to_dict(), "warning": check.baseline_warning()},
         "natural": {"location": nat.location, "kind": nat.kind, "images": nat.used, "skipped": len(nat.skipped),
                     "shards_failed": len(nat.shards_failed)},
         "train_images": audit.sources["train"].source.used, "validation": audit.validation,

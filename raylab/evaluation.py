@@ -96,7 +96,12 @@ class ModelCheck:
                 "fooling rates mean little")
 
     def fields(self) -> dict[str, Any]:
+        """The check's own fields (of an Evaluation too), as they are."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelCheck)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON values (lists and dicts)."""
+        return {k: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v for k, v in self.fields().items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,11 +129,7 @@ class Evaluation(ModelCheck):
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics.json fields (documented in the README under "One record")."""
-        return {"target": self.target, "class_names": list(self.class_names), "test_images": self.test_images,
-                "clean_accuracy": self.clean_accuracy, "balanced_accuracy": self.balanced_accuracy,
-                "majority_accuracy": self.majority_accuracy, "class_accuracy": dict(self.class_accuracy),
-                "clean_label_composition": dict(self.clean_label_composition),
-                **self.uap.to_dict(), "random": self.random.to_dict()}
+        return {"target": self.target, **ModelCheck.to_dict(self), **self.uap.to_dict(), "random": self.random.to_dict()}
 
 
 def evaluate(predict: Predict, rho: Tensor, *, test_images: Tensor, test_labels: Tensor, class_names: tuple[str, ...],

@@ -39,8 +39,8 @@ from torch import Tensor
 from .config import DEFAULT_MEDICAL, METHODS, SOURCE_TRAIN, UAPConfig, check, finite, option
 from .core import Untargeted, fooling_rate, label_composition, predict_labels
 from .evaluation import ModelCheck, by_class
-from .record import ResultsKey, Source
-from .run import SourceImages, generate, run_uap
+from .record import ResultsKey
+from .run import SourceImages, generate, run_uap, source_images
 from .store import Store, guard_resume
 from .target import Target, load_target, resolve_target
 
@@ -279,32 +279,6 @@ def validation_images(target: Target, seed: int) -> tuple[Tensor, str]:
             f"{n} training images held out at random (the dataset has no validation split)")
 
 
-def load_natural(location: Path, *, channels: int, size: int, limit: int | None, seed: int) -> SourceImages:
-    """The natural images of a photo folder or a shard location, at the model's channels and size.
-
-    Undecodable images are skipped and counted (a shard location's failed shards too); none decodable is one line.
-    """
-    from .data.natural import load_image_folder
-    from .data.shards import MANIFEST_NAME
-
-    if (location / MANIFEST_NAME).is_file():
-        from .data.shards import load_shard_images
-
-        images, skipped, failed = load_shard_images(str(location), channels=channels, size=size, limit=limit, seed=seed)
-        return SourceImages(images, Source(kind="shards", location=str(location), images=len(images), used=len(images),
-                                           skipped=skipped, shards_failed=failed))
-    images, _, report = load_image_folder(location, channels=channels, size=size, limit=limit, seed=seed)
-    return SourceImages(images, Source(kind="folder", location=str(location), images=len(images), used=len(images),
-                                       skipped=tuple(f"{n}: {why}" for n, why in report.skipped)))
-
-
-def _train_source(target: Target, limit: int | None, seed: int) -> SourceImages:
-    images = target.medical.train_images
-    if limit is not None and limit < len(images):
-        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit].sort().values]
-    return SourceImages(images, Source(kind="train", location=SOURCE_TRAIN, images=len(images), used=len(images)))
-
-
 def prepare(config: AuditConfig, *, log: Callable[[str], None] = print) -> Audit:
     """Load and check everything before any UAP: the model (imported through its card), the data, the targets, the
     natural images; only then is the audit's output started (a refused start leaves nothing to resume)."""
@@ -321,8 +295,7 @@ def prepare(config: AuditConfig, *, log: Callable[[str], None] = print) -> Audit
     audit_targets(config, target.class_names)  # an unknown target class is refused before any compute
     spec, plan = target.model.spec, config.plan
     assert spec.image_size is not None
-    natural = load_natural(config.natural, channels=spec.in_channels, size=spec.image_size, limit=plan.natural_limit,
-                           seed=0)
+    natural = source_images(str(config.natural), target, limit=plan.natural_limit, seed=0)
     store.makedirs()
     guard_resume(store, "audit-config.json", config.identity(), what=f"the audit in {config.out}",
                  hint="use a new --out, or the settings it was started with")
@@ -330,7 +303,7 @@ def prepare(config: AuditConfig, *, log: Callable[[str], None] = print) -> Audit
         store.write_bytes("model.pt", imported)
         log(f"imported {config.model} through its card {config.card} as {model}")
     log(natural.source.summary())
-    sources = {"natural": natural, "train": _train_source(target, plan.train_limit, 0)}
+    sources = {"natural": natural, "train": source_images(SOURCE_TRAIN, target, limit=plan.train_limit, seed=0)}
     clean = predict_labels(target.model, target.medical.test_images)
     val_images, validation = validation_images(target, 0)
     selected = json.loads(store.read_text("selected.json")) if store.exists("selected.json") else {}

@@ -136,7 +136,8 @@ class UAPConfig(AttackConfig):
 
     model: str = option(help="classifier checkpoint from `raylab train` (path or fsspec URL)")
     medical: Path = option(DEFAULT_MEDICAL, "the medical dataset the model classifies (.npz or CSV folder)", flag="--data")
-    source: str = option(help="UAP input images: a folder of natural images, 'train' (the medical training set) or 'random' (the control)")
+    source: str = option(help="UAP input images: a folder of natural images, a shard location (`raylab shard`), 'train' "
+                              "(the medical training set) or 'random' (the control)")
     out: Path = option(help="output directory")
     mode: Mode = option("batched", "faithful: per image, ART's semantics; batched: B images per update", choices=("faithful", "batched"))
     chunk_size: int = option(1000, "images per chunk; rho is carried from chunk to chunk (the paper streamed 100 x 1,000)")

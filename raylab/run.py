@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig
 from .core import SGDUAP, UAP, VALID_RANGE, Criterion, StepStats, label_composition, lp_norm, predict_labels
 from .data.natural import load_image_folder
+from .data.shards import MANIFEST_NAME, load_shard_images
 from .evaluation import by_class, evaluate, random_uap
 from .models import for_inference
 from .record import Build, Figures, ResultsKey, RunRecord, Source, write_run
@@ -57,23 +58,35 @@ def balanced_by_prediction(images: Tensor, predicted: Tensor, *, num_classes: in
 
 
 def load_source(config: UAPConfig, target: Target) -> SourceImages:
-    """The source images of ``config`` at the model's input size; InputError naming a bad folder."""
+    """The source images of ``config`` at the model's input size (label-balanced when asked); InputError naming a
+    bad folder."""
+    found = source_images(config.source, target, limit=config.limit, seed=config.seed)
+    return found if found.images is None else with_balance(config, target, found.images, found.source)
+
+
+def source_images(location: str, target: Target, *, limit: int | None, seed: int) -> SourceImages:
+    """``random`` (no images), ``train`` (the medical training images), a shard location (``raylab shard``) or a
+    folder of photos, at the model's channels and size; ``limit``: a seeded sample. Undecodable images are skipped
+    and counted (a shard location's failed shards too)."""
     spec = target.model.spec
-    if config.source == SOURCE_RANDOM:
+    assert spec.image_size is not None
+    if location == SOURCE_RANDOM:
         return SourceImages(None, Source(kind="random", location=SOURCE_RANDOM, images=0, used=0))
-    if config.source == SOURCE_TRAIN:
+    if location == SOURCE_TRAIN:
         images = target.medical.train_images
-        if config.limit is not None and config.limit < len(images):
-            g = torch.Generator().manual_seed(config.seed)
-            images = images[torch.randperm(len(images), generator=g)[: config.limit].sort().values]
-        kind, location, skipped = "train", str(config.medical), ()
-    else:
-        images, _, report = load_image_folder(config.source, channels=spec.in_channels, size=spec.image_size,
-                                              limit=config.limit, seed=config.seed)
-        kind, location = "folder", str(config.source)
-        skipped = tuple(f"{name}: {why}" for name, why in report.skipped)
-    return with_balance(config, target, images, Source(kind=kind, location=location, images=len(images),
-                                                       used=len(images), skipped=skipped))
+        if limit is not None and limit < len(images):
+            g = torch.Generator().manual_seed(seed)
+            images = images[torch.randperm(len(images), generator=g)[:limit].sort().values]
+        return SourceImages(images, Source(kind="train", location=SOURCE_TRAIN, images=len(images), used=len(images)))
+    if (Path(location) / MANIFEST_NAME).is_file():
+        images, skipped, failed = load_shard_images(location, channels=spec.in_channels, size=spec.image_size,
+                                                    limit=limit, seed=seed)
+        return SourceImages(images, Source(kind="shards", location=location, images=len(images), used=len(images),
+                                           skipped=skipped, shards_failed=failed))
+    images, _, report = load_image_folder(location, channels=spec.in_channels, size=spec.image_size, limit=limit,
+                                          seed=seed)
+    return SourceImages(images, Source(kind="folder", location=location, images=len(images), used=len(images),
+                                       skipped=tuple(f"{name}: {why}" for name, why in report.skipped)))
 
 
 def with_balance(config: UAPConfig, target: Target, images: Tensor, source: Source) -> SourceImages:

@@ -215,7 +215,8 @@ def cmd_uap(a: argparse.Namespace) -> int:
         port = sink.serve(a.metrics_port, a.metrics_host)
         print(f"serving metrics on http://{a.metrics_host}:{port}/metrics", flush=True)
     try:
-        record = run_uap(config, telemetry=Telemetry(sink, **run_tags(out=config.out, source=config.source, model=config.model)))
+        record = run_uap(config, telemetry=Telemetry(sink, **run_tags(out=config.out, source=config.source, model=config.model)),
+                         log=lambda line: print(line, flush=True))
         if sink is not None and a.metrics_linger > 0:
             print(f"run done; serving its final metrics for {a.metrics_linger:g} s more", flush=True)
             time.sleep(a.metrics_linger)

@@ -16,13 +16,15 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig
-from .core import SGDUAP, UAP, VALID_RANGE, Criterion, StepStats, label_composition, lp_norm, predict_labels
+from .core import (SGDUAP, UAP, VALID_RANGE, Criterion, StepStats, label_composition, lp_norm, predict_labels,
+                   weak_regime)
 from .data.natural import load_image_folder
 from .data.shards import MANIFEST_NAME, load_shard_images
 from .evaluation import by_class, evaluate, random_uap
@@ -153,17 +155,23 @@ def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterio
 
 def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceImages | None = None,
             clean: Tensor | None = None, progress: bool = True, telemetry: Telemetry | None = None,
-            figures: bool = True, results: ResultsKey | None = None) -> RunRecord:
+            figures: bool = True, results: ResultsKey | None = None,
+            log: Callable[[str], None] | None = None) -> RunRecord:
     """Run one UAP end to end and write its files into ``config.out`` (and its row into ``results``).
 
     ``target``, ``source`` and ``clean`` (the clean test labels) may be handed in already loaded, as the
-    reproduction does for its many UAPs; otherwise they are loaded and checked here, before any compute.
+    reproduction does for its many UAPs; otherwise they are loaded and checked here, before any compute. ``log``
+    gets the warning of a configuration in the weak regime (:func:`raylab.core.weak_regime`).
     """
     if target is None:
         target = load_target(config.model, config.medical, target=config.target, zeta=config.zeta, p=config.p,
                              device=config.device)
     if source is None:
         source = load_source(config, target)
+    if log is not None and source.images is not None and config.method == "paper":
+        warning = weak_regime(min(len(source.images), config.chunk_size), config.effective_batch_size)
+        if warning:
+            log(warning)
     telemetry = telemetry if telemetry is not None else Telemetry()
     telemetry.skipped(images=len(source.source.skipped))
     model = for_inference(target.model, device=config.device, amp=config.amp)

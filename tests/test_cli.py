@@ -150,3 +150,22 @@ def test_shard_in_one_process_and_as_ray_tasks_writes_the_same_files(cluster, na
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
     assert main(["shard", common[0], str(tmp_path / "x"), "--ray", "--cpus-per-task", "0"]) == 2
     assert "--cpus-per-task must be > 0" in capsys.readouterr().err
+
+
+def test_a_batch_as_large_as_the_stream_is_warned_about(cluster, models: dict[str, Path], natural_dir: Path, shards: Path,
+                                                        tmp_path: Path, capsys) -> None:
+    """One update of rho per pass is the weak regime (the README's batch-size study): raylab uap and the engine say so."""
+    common = ["--model", str(models["model"]), "--data", str(PNEUMONIA), "--eps", "0.01", "--examples", "0"]
+    assert main(["uap", *common, "--source", str(natural_dir), "--batch-size", "64", "--out", str(tmp_path / "big")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 40 images per pass at an effective batch of 64 make 1 update of rho per pass" in out
+    assert main(["uap", *common, "--source", str(natural_dir), "--batch-size", "8", "--out", str(tmp_path / "ok")]) == 0
+    assert "weak regime" not in capsys.readouterr().out
+    from raylab.config import EngineConfig
+    from raylab.engine import run_engine
+
+    lines: list[str] = []
+    run_engine(EngineConfig(model=str(models["model"]), medical=PNEUMONIA, shards=str(shards), out=str(tmp_path / "e"),
+                            workers=2, batch_size=32, eps=0.01, examples=0, cpus_per_worker=0.5, cpus_per_reader=0.5),
+               log=lines.append)
+    assert any("48 images per pass at an effective batch of 64 make 1 update" in line for line in lines)

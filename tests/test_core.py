@@ -234,3 +234,14 @@ def test_bad_parameters_are_refused(trained_cnn, natural_gray) -> None:
             UAP(radius=1, p=2, eps=0.1)(trained_cnn, natural_gray)
     finally:
         trained_cnn.eval()
+
+
+def test_the_weak_regime_is_one_update_per_pass() -> None:
+    from raylab.core import MIN_UPDATES_PER_PASS, weak_regime
+
+    assert MIN_UPDATES_PER_PASS == 2
+    assert weak_regime(1000, 512) is None and weak_regime(1000, 32) is None and weak_regime(1000, 1) is None
+    warning = weak_regime(1000, 1024)
+    assert warning is not None and "1000 images per pass at an effective batch of 1024 make 1 update" in warning
+    assert "use a batch of at most 500" in warning
+    assert weak_regime(48, 48) is not None and weak_regime(48, 24) is None

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..config import EngineConfig
-from ..core import VALID_RANGE, StepStats, lp_norm
+from ..core import VALID_RANGE, StepStats, lp_norm, weak_regime
 from ..data.shards import read_manifest
 from ..errors import InputError, RaylabError
 from ..evaluation import Evaluation, evaluate
@@ -173,6 +173,9 @@ class Engine:
         self.log(f"{c.method} UAP on {c.workers} worker(s) x batch {c.batch_size}, {self.manifest.total} images in "
                  f"{len(self.manifest.shards)} shards x {c.max_passes} pass(es), L{c.p} zeta={c.zeta:g} "
                  f"(radius {self.target.radius:.4g}), {step}")
+        warning = weak_regime(self.manifest.total, c.workers * c.batch_size) if c.method == "paper" else None
+        if warning:
+            self.log(warning)
         ray.get([a.pid.remote() for a in self.readers + self.workers])  # actors up (models loaded) before the clock starts
         session = time.perf_counter()
         started, last_log = session - state.seconds, 0.0

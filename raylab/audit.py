@@ -400,7 +400,7 @@ def _stats(values: list[float]) -> dict[str, float] | None:
 
 def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
     """The audit's numbers from its rows: every (source, method, ζ, target) as mean ± sd over seeds, the controls,
-    the model check, the label compositions and the selection; also ``audit.json``."""
+    the model check, the label compositions and the selection (``audit.json``)."""
     from .results import read_results
 
     c, target = audit.config, audit.target
@@ -431,7 +431,6 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
         "selected": audit.selected, "composition": composition, "cells": cells,
         "uaps": len(jobs), "uap_seconds": sum(rows[j.trial_id]["wall_seconds"] for j in jobs),
     }
-    Store.at(c.out).write_text("audit.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -450,8 +449,8 @@ def run_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> dic
     select(audit, log=log)
     jobs = plan_jobs(config, audit_targets(config, audit.target.class_names))
     run_jobs(audit, jobs, log=log)
-    summary = summarize(audit, jobs)
-    summary["seconds"] = time.perf_counter() - started
+    summary = {**summarize(audit, jobs), "seconds": time.perf_counter() - started}
+    Store.at(config.out).write_text("audit.json", json.dumps(summary, indent=2, default=str))
     path = render_audit(config.out, summary)
     log(verdict(summary))
     log(f"report: {path}")

@@ -121,6 +121,20 @@ def test_the_report_is_one_self_contained_page_with_the_verdict_the_cli_printed(
         assert (audited / "report" / name).stat().st_size > 5000
 
 
+def test_a_model_near_the_majority_baseline_is_warned_about_at_the_top(audited) -> None:
+    from raylab.audit_report import blocks, to_html, to_markdown
+
+    summary = _summary(audited)
+    assert summary["check"]["warning"] is None  # this model is well above always answering PNEUMONIA
+    summary["check"]["warning"] = "warning: clean accuracy 0.620 is not above always answering the most frequent class"
+    figures = {p.name: p.read_bytes() for p in (audited / "report").glob("*.png")}
+    content = blocks(summary, figures)
+    assert content[1] == ("warning", summary["check"]["warning"]) and content[2][0] == "verdict"
+    page = to_html(content, figures)
+    assert page.index("class=warning") < page.index("class=verdict")
+    assert to_markdown(content).splitlines()[2].startswith("> **Warning.** warning: clean accuracy 0.620")
+
+
 def test_a_rerun_resumes_and_other_settings_are_refused(audited, models, natural_dir, capsys) -> None:
     before = {r["trial_id"]: r["created_at"] for r in read_results(audited / "results").to_pylist()}
     assert _audit(models["model"], natural_dir, audited) == 0

@@ -12,7 +12,6 @@ a large batch takes away.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
@@ -30,14 +29,10 @@ from raylab.config import UAPConfig  # noqa: E402
 from raylab.run import load_source, run_uap  # noqa: E402
 from raylab.target import load_target  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
+from benchmarks.common import uap_arguments  # noqa: E402
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", default=str(DATA / "pneumoniamnist.npz"))
-    p.add_argument("--source", default=str(DATA / "imagenet-samples"))
+    p = uap_arguments(__doc__.splitlines()[0])
     p.add_argument("--zeta", type=float, default=0.04)
     p.add_argument("--eps", type=float, default=0.008, help="the paper's method: FGSM step")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32, 128, 512, 1024])

@@ -352,13 +352,13 @@ def done_trials(config: AuditConfig) -> set[str]:
 
 
 def _remote_job(args: tuple[AuditConfig, str, dict[str, Any], Any, Job]) -> str:
-    """A Ray task: one UAP, its model and data loaded in the task, its images from the object store."""
+    """A Ray task: one UAP, its model and data loaded in the task, its images and the clean test labels from the
+    object store."""
     import ray
 
-    config, model, selected, sources_ref, job = args
+    config, model, selected, shared_ref, job = args
     target = load_target(model, config.medical, target=None, zeta=config.zeta, p=2, device=config.device)
-    sources = ray.get(sources_ref)
-    clean = predict_labels(target.model, target.medical.test_images)
+    sources, clean = ray.get(shared_ref)
     run_job(Audit(config, model, target, sources, clean, selected), job)
     return job.trial_id
 
@@ -376,7 +376,7 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
 
             from .engine.sharding import ray_map
 
-            ref = ray.put(audit.sources)
+            ref = ray.put((audit.sources, audit.clean))  # computed once here, not again in every task
             args = [(audit.config, audit.model, audit.selected, ref, j) for j in todo]
             for _ in ray_map(_remote_job, args, cpus=audit.config.cpus_per_uap):
                 bar.update()

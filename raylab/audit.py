@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,6 +40,7 @@ from .core import Untargeted, fooling_rate, label_composition, predict_labels
 from .evaluation import ModelCheck, by_class
 from .record import ResultsKey
 from .run import SourceImages, generate, run_uap, source_images
+from .spread import spread
 from .store import Store, guard_resume
 from .target import Target, load_target, resolve_target
 
@@ -391,13 +391,6 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
 # --------------------------------------------------------------------------- the summary
 
 
-def _stats(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
 def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
     """The audit's numbers from its rows: every (source, method, ζ, target) as mean ± sd over seeds, the controls,
     the model check, the label compositions and the selection (``audit.json``)."""
@@ -414,7 +407,7 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
         name = None if t is None else names[t]
         rate, control = ("fooling_rate", "random_fooling_rate") if t is None else ("success_rate", "random_success_rate")
         cells.append({"source": source, "method": method, "zeta": zeta, "target": name, "p": rs[0]["p"],
-                      "rate": _stats([r[rate] for r in rs]), "random": _stats([r[control] for r in rs]),
+                      "rate": spread([r[rate] for r in rs]), "random": spread([r[control] for r in rs]),
                       "seeds": [r["seed"] for r in rs], "trials": [r["trial_id"] for r in rs]})
     check = audit.check
     composition = {s: by_class(label_composition(predict_labels(target.model, audit.sources[s].images),

@@ -4,7 +4,7 @@ Rendered from :func:`raylab.audit.summarize`'s summary (``audit.json``) as one s
 figures inline as data URIs, no external file or address) and as Markdown with PNGs beside it. The content is one
 list of blocks, written out by :func:`to_markdown` and :func:`to_html`, so the two never disagree.
 
-Every sentence that compares two numbers is chosen by the comparison (:func:`clearly_above`: the difference
+Every sentence that compares two numbers is chosen by the comparison (:func:`raylab.spread.clearly_above`: the difference
 exceeds both spreads and 2 points), never worded the same whatever the outcome.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .plots import png_bytes
+from .spread import clearly_above
 from .store import Store
 
 METHOD_NAMES = {"paper": "the paper's method", "sgd": "the stochastic-gradient method"}
 SOURCE_NAMES = {"natural": "natural images", "train": "the model's training images"}
 #: A difference smaller than this (2 points of rate) is never called a difference, whatever the spreads.
-MIN_GAP = 0.02
 
 Block = tuple[Any, ...]
 
@@ -35,14 +35,6 @@ def pct(stats: dict[str, float] | None) -> str:
 
 def norm_name(p: str) -> str:
     return "L2" if str(p) == "2" else "L∞"
-
-
-def clearly_above(a: dict[str, float] | None, b: dict[str, float] | None) -> bool:
-    """``a`` is clearly above ``b``: the means differ by more than both sds and by at least :data:`MIN_GAP`."""
-    if a is None or b is None:
-        return False
-    gap = a["mean"] - b["mean"]
-    return gap >= MIN_GAP and gap > a["sd"] and gap > b["sd"]
 
 
 def cell(summary: dict[str, Any], source: str, method: str, zeta: float, target: str | None = None) -> dict[str, Any] | None:

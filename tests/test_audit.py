@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from raylab.audit import AuditConfig, plan_jobs
-from raylab.audit_report import clearly_above, findings, verdict
+from raylab.audit_report import findings, verdict
+from raylab.spread import clearly_above
 from raylab.cli import main
 from raylab.data.shards import load_shard_images, read_manifest
 from raylab.models import load_classifier

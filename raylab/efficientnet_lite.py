@@ -9,7 +9,10 @@ lukemelas/EfficientNet-PyTorch): the weights' key names are the contract (tests/
 reproduces the weights' ImageNet accuracy), and the code stays ~80 lines of plain torch.
 
 Convolutions pad as TensorFlow's "SAME" (asymmetric at stride 2), as the weights were trained; batch norm uses
-TensorFlow's epsilon 1e-3.
+TensorFlow's epsilon 1e-3 but PyTorch's momentum 0.1, not TensorFlow's 0.01 (decay 0.99): that suits 350 epochs of
+ImageNet, not fine-tuning for a few hundred steps, where the running statistics never catch up with the weights
+(measured: Lite0 from random initialization, 4 epochs at 96 px on PneumoniaMNIST, answered the majority class on
+every validation image with momentum 0.01, training accuracy 0.95).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class SameConv2d(nn.Conv2d):
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.1)
 
 
 class MBConv(nn.Module):

@@ -35,6 +35,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--scratch-epochs", type=int, default=None, help="epochs of the from-scratch twin (default: --epochs)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--scratch-only", action="store_true",
+                   help="train only the from-scratch twin of the pick recorded in --json, and add it there")
     a = p.parse_args()
     data = load_medical(a.data)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -57,6 +59,17 @@ def main() -> int:
         runs.append(row)
         return row
 
+    if a.scratch_only:
+        if not (a.json and a.json.exists()):
+            p.error("--scratch-only needs --json naming an existing result with its pick")
+        result = json.loads(a.json.read_text())
+        pick = result["pick"]
+        result["scratch"] = train(pick["size"], pick["lr"], None, a.scratch_epochs or pick["epochs"])
+        result["runs"].append(result["scratch"])
+        a.json.write_text(json.dumps(result, indent=2))
+        print(f"from scratch, pick's settings: test {result['scratch']['test_accuracy']:.3f} "
+              f"(transfer {pick['test_accuracy']:.3f})")
+        return 0
     for size in a.sizes:
         for lr in a.lrs:
             train(size, lr, "imagenet", a.epochs)

@@ -119,7 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--natural-a", type=Path, default=None, help="natural image set A (default: <data-dir>/imagenet-samples)")
     rp.add_argument("--natural-b", type=Path, default=None, help="natural image set B (default: <data-dir>/flickr8k-samples)")
     rp.add_argument("--archs", default=None, help="comma-separated architectures (default: the preset's)")
-    rp.add_argument("--backbones", default=None, help="comma-separated ImageNet weight files (.pth), one per architecture")
+    rp.add_argument("--backbones", default=None,
+                    help="comma-separated, one per architecture: natural (pretrain on natural set A), imagenet, or a .pth file")
+    rp.add_argument("--seeds", type=int, default=None, help="seeds per UAP, both methods (default: the preset's)")
     rp.add_argument("--targets", default=None, help="comma-separated target classes, names or indices (default: PNEUMONIA,NORMAL)")
     rp.add_argument("--device", default=None)
     rp.add_argument("--out", type=Path, default=None, help="default runs/reproduce/<preset>")
@@ -389,8 +391,12 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         over["archs"] = tuple(x.strip() for x in a.archs.split(",") if x.strip())
     if a.backbones:
         over["backbones"] = tuple(x.strip() for x in a.backbones.split(","))
+    elif a.archs:
+        over["backbones"] = ()  # the preset's backbones were for its own architectures
     if a.targets:
         over["targets"] = tuple(x.strip() for x in a.targets.split(",") if x.strip())
+    if a.seeds is not None:
+        over["seeds"] = tuple(range(a.seeds))
     if a.device:
         over["device"] = a.device
     medicals = a.medical or [None]

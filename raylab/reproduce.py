@@ -78,13 +78,18 @@ class ReproduceConfig:
     targets: tuple[str, ...] = ("PNEUMONIA", "NORMAL")
     balanced: bool = True
     cross_arch: bool = True
+    #: Per architecture: ``"natural"`` (pretrain on natural set A, the exemplar stand-in for ImageNet weights),
+    #: ``"imagenet"`` (real ImageNet weights: EfficientNet-Lite0's packaged ones offline, torchvision's online) or a
+    #: torchvision ``.pth`` file. Empty: all ``"natural"`` (all ``"imagenet"`` when ``pretrain_epochs`` is 0).
     backbones: tuple[str, ...] = ()
     device: str = "cpu"
     seed: int = 0
-    #: The stochastic-gradient UAPs beside the paper's method (Figures 1, 3 and Table 1), one per seed: mean ± sd.
+    #: Seeds of every UAP (its image order; the random control's noise): each number of the report is the mean ±
+    #: sd over them, for both methods. One seed is one sample, not a result.
+    seeds: tuple[int, ...] = (0, 1, 2)
+    #: The stochastic-gradient UAPs beside the paper's method (Figures 1, 3 and Table 1).
     sgd_sources: tuple[str, ...] = ("train", "natural_a")
     sgd_zetas: tuple[float, ...] = (0.04, 0.08)
-    sgd_seeds: tuple[int, ...] = (0, 1, 2)
     sgd_epochs: int = 5
     sgd_lr: float = 1.0
 
@@ -104,11 +109,25 @@ class ReproduceConfig:
             norm(p)
         check(not self.backbones or len(self.backbones) == len(self.archs),
               f"{len(self.backbones)} backbone weights for {len(self.archs)} architectures")
+        check(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), f"give one or more distinct seeds, got {self.seeds}")
         check(set(self.sgd_sources) <= set(SOURCES) - {"random"},
               f"sgd_sources must be among train, natural_a, natural_b, got {self.sgd_sources}")
         check(self.sgd_epochs >= 1 and self.sgd_lr > 0, "sgd_epochs must be >= 1 and sgd_lr > 0")
-        if self.pretrain_epochs == 0 and not self.backbones:
-            object.__setattr__(self, "backbones", ("imagenet",) * len(self.archs))
+        if not self.backbones:
+            object.__setattr__(self, "backbones", ("natural" if self.pretrain_epochs else "imagenet",) * len(self.archs))
+        check(self.pretrain_epochs > 0 or "natural" not in self.backbones,
+              "a backbone pretrained on natural images needs pretrain_epochs > 0")
+
+    def backbone(self, arch: str) -> str:
+        """Where ``arch``'s transfer-learning weights come from: ``natural``, ``imagenet`` or a file."""
+        return dict(zip(self.archs, self.backbones))[arch]
+
+    def normalize(self, arch: str) -> str:
+        """The input normalization of ``arch``'s models (transfer and scratch alike): what its ImageNet weights
+        expect, none for the natural-image pretraining (which learns its own)."""
+        from .models import IMAGENET_NORMALIZE
+
+        return "none" if self.backbone(arch) == "natural" else IMAGENET_NORMALIZE.get(arch, "imagenet")
 
     @property
     def sweep(self) -> str:
@@ -125,8 +144,10 @@ def preset(name: str, *, data_dir: Path, out: Path, **overrides: Any) -> Reprodu
         "tiny": dict(archs=("small_cnn",), image_size=28, pretrain_images=100, pretrain_epochs=2, train_epochs=1,
                      natural_limit=60, train_limit=200, zetas=(0.04, 0.08), eps_grid=(0.01, 0.02), p_grid=("2",),
                      select_images=60, max_passes=2, targets=("PNEUMONIA",), cross_arch=False, sgd_zetas=(0.04, 0.08),
-                     sgd_seeds=(0, 1), sgd_epochs=10),
-        "cpu-small": dict(),
+                     seeds=(0, 1), sgd_epochs=10),
+        # Real ImageNet weights (EfficientNet-Lite0's packaged ones) and their from-scratch twin, beside the ResNet-18
+        # pretrained on the 1,000 photos (the offline stand-in of before): Section 3.3 on the real thing.
+        "cpu-small": dict(archs=("efficientnet_lite0", "resnet18"), backbones=("imagenet", "natural"), train_epochs=4),
         "paper": dict(archs=("inception_v3", "resnet50", "vgg16"), image_size=299, pretrain_epochs=0, train_epochs=10,
                       natural_limit=100_000, train_limit=0, eps_grid=(0.0005, 0.0013, 0.0026, 0.005), p_grid=("2", "inf"),
                       select_images=10_000, max_passes=1, batch_size=256, device="cuda", sgd_sources=("train", "natural_a", "natural_b"),
@@ -166,19 +187,18 @@ Job = tuple[str, str, float, str | None, str, int]
 
 
 def trial_id(key: str, source: str, zeta: float, target: str | None, method: str = "paper", seed: int = 0) -> str:
-    """The results row's id of one UAP of the study: ``resnet18-transfer-natural_a-z0.04-u`` for the paper's
-    method, ``...-u@sgd1`` for the stochastic-gradient one with seed 1."""
-    base = f"{key}-{source}-z{zeta:g}-{target or 'u'}"
-    return base if method == "paper" else f"{base}@sgd{seed}"
+    """The results row's id of one UAP of the study: ``resnet18-transfer-natural_a-z0.04-u@paper1`` for the
+    paper's method with seed 1, ``...-u@sgd1`` for the stochastic-gradient one."""
+    return f"{key}-{source}-z{zeta:g}-{target or 'u'}@{method}{seed}"
 
 
 def parse_trial(trial: str) -> dict[str, Any]:
     """The inverse of :func:`trial_id`: arch, regime, source, ζ, target (None for non-targeted), method and seed."""
     base, _, run = trial.partition("@")
     arch, regime, source, zeta, target = base.split("-", 4)
+    method = run.rstrip("0123456789")
     return {"arch": arch, "regime": regime, "model": f"{arch}-{regime}", "source": source, "zeta": float(zeta[1:]),
-            "target": None if target == "u" else target, "method": "sgd" if run else "paper",
-            "seed": int(run[3:]) if run else None}
+            "target": None if target == "u" else target, "method": method, "seed": int(run[len(method):])}
 
 
 def uap_config(ctx: Context, key: str, source: str, *, zeta: float, p: str, eps: float, target: str | None,
@@ -243,7 +263,7 @@ def run_one(ctx: Context, key: str, source: str, zeta: float, target: str | None
     sel = ctx.selected[selection_key(key, source, method)]
     trial = trial_id(key, source, zeta, target, method, seed)
     config = uap_config(ctx, key, source, zeta=zeta, p=sel["p"], eps=sel["eps"], target=target,
-                        out=ctx.config.out / "uaps" / trial, method=method, seed=seed if method == "sgd" else None)
+                        out=ctx.config.out / "uaps" / trial, method=method, seed=seed)
     budget = ctx.targets[key].with_budget(zeta=zeta, p=config.p, target=target)
     run_uap(config, target=budget, source=source_images(ctx, key, source, config), clean=ctx.clean_test_labels(key),
             progress=False, figures=False, results=ResultsKey(str(ctx.config.out / "results"), ctx.config.sweep, trial))
@@ -260,17 +280,16 @@ def _train_models(ctx: Context) -> None:
     models = ctx.store.child("models")
     rgb = None
     plan = [(arch, "transfer") for arch in c.archs] + ([(c.archs[0], "scratch")] if c.scratch else [])
-    given = dict(zip(c.archs, c.backbones))
     for arch, regime in plan:
         key = f"{arch}-{regime}"
         path = Path(models.path(f"{key}.pt"))
         spec = ModelSpec(arch=arch, num_classes=m.num_classes, in_channels=m.channels, image_size=c.image_size,
-                         class_names=m.class_names)
+                         normalize=c.normalize(arch), class_names=m.class_names)
         # A model is done only when both its weights and its report are there (its report is written last).
         if not (models.exists(f"{key}.pt") and models.exists(f"{key}.json")):
             backbone: str | Path | None = None
-            if regime == "transfer" and arch in given:
-                backbone = given[arch]  # ImageNet weights: a torchvision .pth file, or "imagenet" (downloads)
+            if regime == "transfer" and c.backbone(arch) != "natural":
+                backbone = c.backbone(arch)  # ImageNet weights: "imagenet" (packaged, or torchvision's) or a .pth file
             elif regime == "transfer":
                 backbone = Path(models.path(f"{arch}-backbone.pt"))
                 if not backbone.exists():
@@ -287,7 +306,11 @@ def _train_models(ctx: Context) -> None:
             models.write_text(f"{key}.json", json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2, default=str))
         info = json.loads(models.read_text(f"{key}.json"))
         ctx.targets[key] = load_target(path, c.medical, target=None, zeta=c.paper_zeta, p=2, device=c.device)
-        ctx.model_info[key] = {"arch": arch, "regime": regime, "path": path, "test_accuracy": info["test_accuracy"]}
+        origin = "random initialization" if regime == "scratch" else (
+            f"pretrained on natural set A ({c.pretrain_epochs} epochs)" if c.backbone(arch) == "natural" else
+            "ImageNet weights" if c.backbone(arch) == "imagenet" else f"weights {Path(c.backbone(arch)).name}")
+        ctx.model_info[key] = {"arch": arch, "regime": regime, "path": path, "test_accuracy": info["test_accuracy"],
+                               "origin": origin}
         ctx.log(f"  {key}: test accuracy {info['test_accuracy']:.3f}")
 
 
@@ -296,12 +319,12 @@ def _train_models(ctx: Context) -> None:
 
 def study_jobs(c: ReproduceConfig) -> list[Job]:
     """Every UAP the study needs: (model key, source, ζ, target, method, seed)."""
-    jobs = [(*job, "paper", c.seed) for job in _paper_jobs(c)]
+    jobs = [(*job, "paper", seed) for job in _paper_jobs(c) for seed in c.seeds]
     first = f"{c.archs[0]}-transfer"
     sgd: list[tuple[str, str, float, str | None]] = [(first, s, z, None) for z in c.sgd_zetas for s in c.sgd_sources]  # Figure 1
     sgd += [(f"{a}-transfer", s, c.paper_zeta, None) for a in c.archs for s in c.sgd_sources]  # Figure 3
     sgd += [(f"{a}-transfer", s, c.paper_zeta, t) for a in c.archs for t in c.targets for s in c.sgd_sources]  # Table 1
-    jobs += [(*job, "sgd", seed) for job in dict.fromkeys(sgd) for seed in c.sgd_seeds]
+    jobs += [(*job, "sgd", seed) for job in dict.fromkeys(sgd) for seed in c.seeds]
     return jobs
 
 
@@ -327,16 +350,18 @@ def _paper_jobs(c: ReproduceConfig) -> list[tuple[str, str, float, str | None]]:
 
 
 def _cross_arch(ctx: Context, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """R_f of the natural-set-A UAP made on architecture A, applied to architecture B (a gray-box attack)."""
+    """R_f of the natural-set-A UAP made on architecture A, applied to architecture B (a gray-box attack), per seed."""
     c = ctx.config
     out = []
     by = {r["trial_id"]: r for r in rows}
     for a in c.archs:
-        rho = torch.from_numpy(np.load(by[trial_id(f"{a}-transfer", "natural_a", c.paper_zeta, None)]["uap_uri"]))
-        for b in c.archs:
-            key = f"{b}-transfer"
-            adv = predict_labels(ctx.targets[key].model, ctx.medical.test_images, rho=rho)
-            out.append({"made_on": a, "applied_to": b, "fooling_rate": fooling_rate(ctx.clean_test_labels(key), adv)})
+        for seed in c.seeds:
+            rho = torch.from_numpy(np.load(by[trial_id(f"{a}-transfer", "natural_a", c.paper_zeta, None, "paper", seed)]["uap_uri"]))
+            for b in c.archs:
+                key = f"{b}-transfer"
+                adv = predict_labels(ctx.targets[key].model, ctx.medical.test_images, rho=rho)
+                out.append({"made_on": a, "applied_to": b, "seed": seed,
+                            "fooling_rate": fooling_rate(ctx.clean_test_labels(key), adv)})
     return out
 
 

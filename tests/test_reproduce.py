@@ -66,15 +66,18 @@ def test_every_uap_of_the_study_is_one_results_row(tiny) -> None:
 def test_the_report_has_the_papers_figures_and_tables_with_numbers(tiny) -> None:
     md = (tiny / "report" / "report.md").read_text()
     fig1 = _table(md, "## Figure 1")
-    assert [r[0] for r in fig1] == ["4", "8"] and all(re.fullmatch(r"\d+\.\d", c) for r in fig1 for c in r[1:5])
-    assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", c) for r in fig1 for c in r[5:7])  # the SGD columns, over 2 seeds
+    assert [r[0] for r in fig1] == ["4", "8"] and len(fig1[0]) == 7
+    assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", c) for r in fig1 for c in r[1:])  # both methods, over 2 seeds
+    assert "Every number is the mean ± sd over 2 seeds" in md
     table1 = _table(md, "## Table 1")
-    assert [r[1] for r in table1[-2:]] == ["training images (medical), SGD (mean ± sd)", "natural set A, SGD (mean ± sd)"]
+    assert [r[1] for r in table1[-2:]] == ["training images (medical), SGD", "natural set A, SGD"]
+    assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", r[2]) for r in table1)
     table1 = _table(md, "## Table 1")
     assert ["PNEUMONIA", "natural set A"] == table1[1][:2] and table1[1][-1] == "60.0 / 75.3 / 72.3"
     assert {r[1] for r in table1} >= {"training images (medical)", "natural set A", "natural set B", "random control"}
     table2 = _table(md, "## Table 2")
     assert [r[0] for r in table2] == ["training images (medical)", "natural set A", "random control"] and table2[1][3] == "22.2"
+    assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", c) for r in table2 for c in r[1:3])
     comp = _table(md, "## Tables S1")
     assert len(comp) == 2 * 3  # two models x (A, B, training images)
     for r in comp:
@@ -91,23 +94,29 @@ def test_the_report_has_the_papers_figures_and_tables_with_numbers(tiny) -> None
 def test_the_stochastic_gradient_rows_are_one_per_seed_and_stronger(tiny) -> None:
     rows = read_results(tiny / "results", filters={"sweep": "reproduce-tiny", "method": "sgd"}).to_pylist()
     assert {r["trial_id"].rsplit("@", 1)[1] for r in rows} == {"sgd0", "sgd1"}
+    paper = read_results(tiny / "results", filters={"sweep": "reproduce-tiny", "method": "paper"}).to_pylist()
+    assert {r["trial_id"].rsplit("@", 1)[1] for r in paper} == {"paper0", "paper1"}
+    assert {r["seed"] for r in paper} == {0, 1}
     assert all(r["eps"] is None and r["lr"] == 1.0 and r["max_passes"] == 10 for r in rows)
     by = {r["trial_id"]: r for r in read_results(tiny / "results", filters={"sweep": "reproduce-tiny"}).to_pylist()}
     runs = [by[f"small_cnn-transfer-train-z0.04-u@sgd{s}"] for s in (0, 1)]
     rhos = [np.load(r["uap_uri"]) for r in runs]
     assert not np.array_equal(*rhos)  # two seeds, two image orders, two UAPs
-    assert min(r["fooling_rate"] for r in runs) > by["small_cnn-transfer-random-z0.04-u"]["fooling_rate"]
+    assert min(r["fooling_rate"] for r in runs) > by["small_cnn-transfer-random-z0.04-u@paper0"]["fooling_rate"]
+    for source in ("natural_a", "random"):  # the paper's method and the random control: one UAP per seed too
+        a, b = (np.load(by[f"small_cnn-transfer-{source}-z0.04-u@paper{s}"]["uap_uri"]) for s in (0, 1))
+        assert not np.array_equal(a, b), source
 
 
 def test_rows_count_every_pass_and_every_skipped_image(tiny) -> None:
     """images_processed counts image visits over both passes, images_skipped the corrupt photo, wall_seconds the
     UAP's own time as in metrics.json (the same definition in every writer)."""
     rows = {r["trial_id"]: r for r in read_results(tiny / "results", filters={"sweep": "reproduce-tiny"}).to_pylist()}
-    natural = rows["small_cnn-transfer-natural_a-z0.04-u"]
+    natural = rows["small_cnn-transfer-natural_a-z0.04-u@paper1"]
     assert natural["max_passes"] == 2 and natural["images_skipped"] == 1 and natural["images_processed"] == 2 * 40
-    assert rows["small_cnn-transfer-train-z0.04-u"]["images_processed"] == 2 * 200
-    assert rows["small_cnn-transfer-natural_b-z0.04-u"]["images_skipped"] == 0
-    assert rows["small_cnn-transfer-random-z0.04-u"]["images_processed"] == 0
+    assert rows["small_cnn-transfer-train-z0.04-u@paper0"]["images_processed"] == 2 * 200
+    assert rows["small_cnn-transfer-natural_b-z0.04-u@paper0"]["images_skipped"] == 0
+    assert rows["small_cnn-transfer-random-z0.04-u@paper1"]["images_processed"] == 0
     for trial, r in rows.items():
         m = json.loads((tiny / "uaps" / trial / "metrics.json").read_text())
         assert r["wall_seconds"] == m["seconds"] and r["images_processed"] == m["stats"]["images"], trial
@@ -157,7 +166,7 @@ def test_findings_are_worded_from_their_outcome(tiny) -> None:
                                      ("natural_a", True): 0.05, ("random", True): 0.40, ("train", True): 0.01}[(r["source"], flip)]
         text = " ".join(findings(study, changed))
         if flip:
-            assert "do not fool clearly more" in text and "does not reproduce" in text and "not stronger than" in text
+            assert "do not fool clearly more" in text and "does not reproduce" in text and "not clearly stronger than" in text
         else:
             assert "fool more test images than random noise" in text and "reproduces" in text
             assert "Training-image UAPs are stronger than" in text and "does not" not in text.split("Training from")[0]
@@ -193,4 +202,50 @@ def test_missing_pieces_and_the_paper_estimate(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     hours = float(re.search(r"about ([\d.]+) GPU-hours", out).group(1))
     updates = int(re.search(r"([\d,]+) image updates", out).group(1).replace(",", ""))
-    assert "621 UAPs (216 of the paper's method, 405 stochastic-gradient)" in out and updates > 10_000_000 and hours == round(updates / 970 / 3600, 1)
+    assert "1053 UAPs (648 of the paper's method, 405 stochastic-gradient)" in out and updates > 10_000_000 and hours == round(updates / 970 / 3600, 1)
+
+
+def test_a_difference_within_the_seeds_spread_is_not_called_a_finding(tiny) -> None:
+    """Natural-image R_f 0.20 and 0.50 over two seeds (sd 0.21) is not clearly above a random control of 0.25."""
+    from raylab.report import _load, findings
+
+    study, rows = _load(tiny)
+    changed = [dict(r) for r in rows]
+    for r in changed:
+        if r["method"] == "paper" and r["target"] is None and r["zeta"] == 0.04 and r["source"] in ("natural_a", "random"):
+            r["fooling_rate"] = 0.25 if r["source"] == "random" else (0.20, 0.50)[r["seed"]]
+    text = " ".join(findings(study, changed))
+    assert "do not fool clearly more test images than random noise" in text and "35.0 ± 21.2 % vs 25.0 ± 0.0 %" in text
+
+
+def test_trial_ids_round_trip_and_the_cpu_small_study_is_planned_over_seeds(tmp_path) -> None:
+    from raylab.reproduce import parse_trial
+
+    for job in (("resnet18-transfer", "natural_a_balanced", 0.04, None, "paper", 2),
+                ("efficientnet_lite0-scratch", "train", 0.08, "NORMAL", "sgd", 0)):
+        got = parse_trial(trial_id(*job))
+        assert (got["model"], got["source"], got["zeta"], got["target"], got["method"], got["seed"]) == job
+    c = preset("cpu-small", data_dir=DATA, out=tmp_path)
+    assert c.archs == ("efficientnet_lite0", "resnet18") and c.seeds == (0, 1, 2)
+    assert (c.backbone("efficientnet_lite0"), c.normalize("efficientnet_lite0")) == ("imagenet", "lite")
+    assert (c.backbone("resnet18"), c.normalize("resnet18")) == ("natural", "none")
+    jobs = study_jobs(c)
+    assert len({trial_id(*j) for j in jobs}) == len(jobs)
+    for method in ("paper", "sgd"):  # every UAP of both methods once per seed
+        per = {}
+        for j in jobs:
+            if j[4] == method:
+                per.setdefault(j[:4], set()).add(j[5])
+        assert per and all(seeds == {0, 1, 2} for seeds in per.values()), method
+    assert ("efficientnet_lite0-scratch", "natural_a", 0.08, None, "paper", 2) in jobs  # Table 2 on the ImageNet-weights model
+
+
+def test_bad_backbones_and_seeds_are_one_line_errors(tmp_path, capsys) -> None:
+    from raylab.errors import InputError
+
+    with pytest.raises(InputError, match="needs pretrain_epochs > 0"):
+        preset("tiny", data_dir=DATA, out=tmp_path, pretrain_epochs=0, backbones=("natural",))
+    with pytest.raises(InputError, match="distinct seeds"):
+        preset("tiny", data_dir=DATA, out=tmp_path, seeds=(1, 1))
+    assert main(["reproduce", "--preset", "tiny", "--data-dir", str(DATA), "--out", str(tmp_path / "x"), "--seeds", "0"]) == 2
+    assert "give one or more distinct seeds" in capsys.readouterr().err

@@ -54,10 +54,8 @@ def project_lp(rho: Tensor, *, radius: float, p: Norm) -> Tensor:
     """
     if p == "inf":
         return rho.clamp(-radius, radius)
-    norm = rho.norm(p=2)
-    if norm <= radius:
-        return rho
-    return rho * (radius / norm)
+    # rho * min(1, r / ||rho||) without reading the norm on the host: no sync on a GPU, rho itself when inside.
+    return rho * (radius / rho.norm(p=2)).clamp(max=1.0)
 
 
 def random_sphere(shape: tuple[int, ...], *, radius: float, p: Norm, generator: torch.Generator) -> Tensor:

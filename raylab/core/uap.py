@@ -14,7 +14,14 @@ update is the unit of work the Ray engine distributes.
 
 Cost per batch: one forward with autograd on x+ρ (labels and input gradients
 together, no weight gradients) and one acceptance forward for the active
-images; clean labels are computed once per image, in batches.
+images; clean labels are computed once per image, in batches (and not at all
+for a targeted UAP, whose rules never read them).
+
+``masked_update`` is the same rule with static shapes and no host sync, for
+GPUs (cuDNN autotuning, CUDA graphs, ``torch.compile``): the acceptance
+forward runs on the whole batch with the inactive images' steps masked to
+zero, and the counts stay on the device. ``UAP(static_shapes=True)`` runs on
+it and projects after every batch (the projection of a feasible ρ is ρ).
 """
 
 from __future__ import annotations
@@ -106,6 +113,56 @@ def batch_update(
     return BatchUpdate(total, StepStats(len(x), n_active, n_accepted))
 
 
+@dataclass(frozen=True)
+class MaskedUpdate:
+    """The result of :func:`masked_update`, all on the device: the sum of accepted steps, the counts
+    ``[images, active, accepted]`` (read them once per pass, not per batch) and each image's decision."""
+
+    step: Tensor
+    counts: Tensor
+    accepted: Tensor
+
+
+def masked_update(
+    model: nn.Module,
+    x: Tensor,
+    clean: Tensor,
+    rho: Tensor,
+    *,
+    eps: float,
+    criterion: Criterion,
+    step_norm: StepNorm = "sign",
+    clip: tuple[float, float] | None = None,
+    amp: bool = False,
+) -> MaskedUpdate:
+    """:func:`batch_update` with static shapes and the decisions on the device (:class:`MaskedUpdate`).
+
+    Every tensor has the batch's shape whatever the number of active images: the acceptance forward runs on all B
+    images (an inactive one's step is zero, and its decision is masked out), so a GPU sees one shape per batch
+    size. The same decisions as :func:`batch_update` (tests/test_core.py), at the cost of forwarding the inactive
+    images once more.
+    """
+    x = as_model_input(x)
+    x_pert = x + rho
+    if clip is not None:
+        x_pert = x_pert.clamp(*clip)
+    logits, grad = input_gradient(model, x_pert, criterion.loss_labels(clean), amp=amp)
+    current = logits.argmax(1)
+    active = criterion.active(current, clean)
+    mask = active.view(-1, *([1] * (x.dim() - 1))).to(grad.dtype)
+    step = criterion.sign * eps * direction(grad, step_norm) * mask
+    x_adv = x_pert + step
+    if clip is not None:
+        x_adv = x_adv.clamp(*clip)
+        step = (x_adv - x - rho) * mask
+    with torch.inference_mode(), autocast(x.device, amp):
+        new = model(x_adv).argmax(1)
+    accepted = active & criterion.accepted(new, current)
+    total = (step * accepted.view_as(mask).to(step.dtype)).sum(0)
+    counts = torch.stack([torch.full_like(active, True, dtype=torch.long).sum(), active.sum(), accepted.sum()])
+    return MaskedUpdate(total, counts, accepted)
+
+
 def check_attack(*, radius: float, p: object, max_passes: int, batch_size: int) -> None:
     """The checks every UAP attack makes of its budget and its loop (ValueError naming the bad value)."""
     if not radius > 0:
@@ -184,6 +241,8 @@ class UAP:
         clip: clip x+ρ to this range (None = the authors' unclipped setting).
         amp: autocast forward passes (GPU); off keeps results exact.
         eval_batch_size: batch size for clean labels and the δ check.
+        static_shapes: batched mode on :func:`masked_update` (one shape per batch size, no host sync per batch;
+            for GPUs), the same decisions.
     """
 
     radius: float
@@ -197,6 +256,7 @@ class UAP:
     clip: tuple[float, float] | None = None
     amp: bool = False
     eval_batch_size: int = 256
+    static_shapes: bool = False
 
     def __post_init__(self) -> None:
         check_attack(radius=self.radius, p=self.p, max_passes=self.max_passes, batch_size=self.batch_size)
@@ -238,9 +298,13 @@ class UAP:
         """
         rho = initial_rho(model, images, rho)
         device = rho.device
-        if clean_labels is None:
+        if clean_labels is None and isinstance(criterion, Untargeted):
             clean_labels = predict_labels(model, images, batch_size=self.eval_batch_size, amp=self.amp)
+        elif clean_labels is None:  # a targeted UAP's rules never read the clean labels: no forward for them
+            clean_labels = torch.zeros(len(images), dtype=torch.long)
         clean_labels = clean_labels.to(device)
+        if device.type == "cuda" and not images.is_pinned():
+            images = images.pin_memory()  # the copies below overlap the compute (non_blocking)
         order_rng = random.Random(seed)
         total, history, score, converged = StepStats(), [], None, False
         n, b = len(images), self.effective_batch_size
@@ -248,16 +312,24 @@ class UAP:
         while passes < self.max_passes:
             order = torch.tensor(order_rng.sample(range(n), n))
             pass_stats = StepStats()
+            counts = torch.zeros(3, dtype=torch.long, device=device)
             for idx in order.split(b):
-                upd = batch_update(
-                    model, images[idx].to(device), clean_labels[idx], rho,
-                    eps=self.eps, criterion=criterion, step_norm=self.step_norm, clip=self.clip, amp=self.amp,
-                )
+                x = images[idx].to(device, non_blocking=True)
+                kw = dict(eps=self.eps, criterion=criterion, step_norm=self.step_norm, clip=self.clip, amp=self.amp)
+                if self.static_shapes:
+                    masked = masked_update(model, x, clean_labels[idx], rho, **kw)
+                    rho = self.project(rho + masked.step)
+                    counts += masked.counts
+                    if on_batch is not None:  # a callback reads the counts: one sync per batch
+                        on_batch(StepStats(*masked.counts.tolist()), rho)
+                    continue
+                upd = batch_update(model, x, clean_labels[idx], rho, **kw)
                 if upd.stats.accepted:
                     rho = self.project(rho + upd.step)
                 pass_stats = pass_stats + upd.stats
                 if on_batch is not None:
                     on_batch(upd.stats, rho)
+            pass_stats = pass_stats + StepStats(*counts.tolist())
             passes += 1
             total = total + pass_stats
             score = self._input_score(model, images, clean_labels, rho, criterion) if self.delta > 0 else None

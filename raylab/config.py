@@ -100,7 +100,15 @@ class AttackConfig:
     seed: int = option(0, "seed of the image order and of the random control")
     device: str = option("cpu", "cpu or cuda[:N]")
     amp: bool = option(False, "mixed-precision forward passes (bf16 on CPU, fp16 on CUDA)")
+    static_shapes: bool = option(False, "the paper's method with one shape per batch and no host sync per batch (the "
+                                        "same decisions; always on for cuda)")
+    compile: bool = option(False, "torch.compile the model (static shapes; the first batch pays the compilation)")
     examples: int = option(8, "clean/adversarial test images drawn in examples.png")
+
+    @property
+    def static(self) -> bool:
+        """Whether the paper's method runs on the static-shape update: asked for, or on a GPU."""
+        return self.static_shapes or self.device.startswith("cuda")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "p", norm(self.p))

@@ -363,11 +363,23 @@ def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name
     return model.to(map_location).eval()
 
 
-def for_inference(model: nn.Module, *, device: str = "cpu", amp: bool = False) -> nn.Module:
-    """Eval mode on ``device``; with AMP also channels-last memory, which lets bf16/fp16 convolutions
-    use the matrix units (AMX on recent x86 CPUs, tensor cores on GPUs)."""
+def for_inference(model: nn.Module, *, device: str = "cpu", amp: bool = False, compile: bool = False) -> nn.Module:
+    """Eval mode on ``device``; channels-last memory with AMP or on CUDA, which lets convolutions use the matrix
+    units (AMX on recent x86 CPUs, tensor cores on GPUs); on CUDA, cuDNN's autotuner (``cudnn.benchmark``, set for
+    the process: a worker holds one model, and the static-shape update gives it one shape per batch size).
+
+    ``compile``: ``torch.compile`` with static shapes (Inductor; on CUDA in ``max-autotune-no-cudagraphs`` mode). The
+    compiled module keeps the model's parameters and eval mode; the first batch of each shape pays the compilation.
+    """
+    cuda = str(device).startswith("cuda")
     model = model.to(device).eval()
-    return model.to(memory_format=torch.channels_last) if amp else model
+    if amp or cuda:
+        model = model.to(memory_format=torch.channels_last)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    if compile:
+        model = torch.compile(model, dynamic=False, mode="max-autotune-no-cudagraphs" if cuda else None)
+    return model
 
 
 def checkpoint_spec(path: str | Path) -> ModelSpec | None:

@@ -109,7 +109,8 @@ def attack_for(config: UAPConfig, radius: float) -> UAP | SGDUAP:
         return SGDUAP(radius=radius, p=config.p, lr=config.lr, max_passes=config.max_passes, batch_size=config.batch_size,
                       loss_clamp=config.loss_clamp, schedule=config.schedule, clip=clip, amp=config.amp)
     return UAP(radius=radius, p=config.p, eps=config.eps, max_passes=config.max_passes, delta=config.delta,
-               mode=config.mode, batch_size=config.batch_size, step_norm=config.step_norm, clip=clip, amp=config.amp)
+               mode=config.mode, batch_size=config.batch_size, step_norm=config.step_norm, clip=clip, amp=config.amp,
+               static_shapes=config.static)
 
 
 def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterion: Criterion, radius: float, *,
@@ -174,7 +175,7 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
             log(warning)
     telemetry = telemetry if telemetry is not None else Telemetry()
     telemetry.skipped(images=len(source.source.skipped))
-    model = for_inference(target.model, device=config.device, amp=config.amp)
+    model = for_inference(target.model, device=config.device, amp=config.amp, compile=config.compile)
     started = time.perf_counter()
     stats, passes = StepStats(), 0
     if source.images is None:

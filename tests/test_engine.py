@@ -67,8 +67,9 @@ def test_one_worker_batch_one_equals_faithful_mode(cluster, models, shards, tmp_
 
 
 def test_targeted_linf_engine_equals_the_core(cluster, models, shards, tmp_path) -> None:
+    """On the GPU path's static-shape update (as on a cuda worker), against the core's reference rule."""
     m = run_engine(_config(models, shards, tmp_path / "t", workers=1, batch_size=4, p="inf", zeta=0.03, target="NORMAL",
-                           max_passes=2), log=lambda s: None).metrics()
+                           max_passes=2, static_shapes=True), log=lambda s: None).metrics()
     rho = torch.from_numpy(np.load(tmp_path / "t" / "uap.npy"))
     stream = _stream(read_manifest(shards).urls)
     # two passes over the same stream order: the core's pass order differs per pass, so run it pass by pass

@@ -144,7 +144,8 @@ class Engine:
         self.workers = [
             WorkerActor.options(num_cpus=c.cpus_per_worker, num_gpus=c.num_gpus_per_worker, resources=dict(c.resources),
                                 **spread).remote(
-                model_ref, device=c.device, amp=c.amp, threads=int(c.cpus_per_worker), name=c.model, index=w, tags=tags)
+                model_ref, device=c.device, amp=c.amp, threads=int(c.cpus_per_worker), name=c.model, index=w, tags=tags,
+                static_shapes=c.static, compile=c.compile)
             for w in range(c.workers)
         ]
 

@@ -18,7 +18,7 @@ import ray
 import torch
 from torch import Tensor
 
-from ..core import Criterion, StepStats, Untargeted, batch_gradient, batch_update, predict_labels
+from ..core import Criterion, StepStats, Untargeted, batch_gradient, batch_update, masked_update, predict_labels
 from ..core.fgsm import StepNorm
 from ..models import for_inference, load_classifier
 from ..telemetry import Telemetry, ray_sink
@@ -31,13 +31,13 @@ class UAPWorker:
     """
 
     def __init__(self, checkpoint: bytes, *, device: str, amp: bool, threads: int, name: str = "model", index: int = 0,
-                 tags: dict[str, str] | None = None) -> None:
+                 tags: dict[str, str] | None = None, static_shapes: bool = False, compile: bool = False) -> None:
         torch.set_num_threads(max(1, threads))
         self.index, self.telemetry = index, Telemetry(ray_sink(), **(tags or {}))
         self.device = torch.device(device)
         self.model = for_inference(load_classifier(checkpoint, map_location=str(self.device), name=name),
-                                   device=str(self.device), amp=amp)
-        self.amp = amp
+                                   device=str(self.device), amp=amp, compile=compile)
+        self.amp, self.static_shapes = amp, static_shapes
         self.last_end: float | None = None
 
     def update(self, images: Tensor, rho: Tensor, *, method: str, criterion: Criterion, clip: tuple[float, float] | None,
@@ -48,15 +48,19 @@ class UAPWorker:
         :func:`raylab.core.batch_gradient`). Clean labels first, where the criterion needs them."""
         started = time.perf_counter()
         idle = 0.0 if self.last_end is None else started - self.last_end
-        x = images.to(self.device, non_blocking=True)
-        if method == "sgd" and not isinstance(criterion, Untargeted):
-            clean = torch.zeros(len(x), dtype=torch.long, device=self.device)  # a targeted loss needs no clean labels
+        x = images.to(self.device, non_blocking=True)  # uint8 from the readers: converted on the device
+        if not isinstance(criterion, Untargeted):
+            clean = torch.zeros(len(x), dtype=torch.long, device=self.device)  # targeted rules never read clean labels
         else:
             clean = predict_labels(self.model, x, batch_size=len(x) or 1, amp=self.amp).to(self.device)
         if method == "sgd":
             total, stats = batch_gradient(self.model, x, clean, rho.to(self.device), criterion=criterion,
                                           loss_clamp=loss_clamp, clip=clip, amp=self.amp)
             stats = StepStats(stats.images, stats.active, stats.images)
+        elif self.static_shapes:
+            masked = masked_update(self.model, x, clean, rho.to(self.device), eps=eps, criterion=criterion,
+                                   step_norm=step_norm, clip=clip, amp=self.amp)
+            total, stats = masked.step, StepStats(*masked.counts.tolist())
         else:
             upd = batch_update(self.model, x, clean, rho.to(self.device), eps=eps, criterion=criterion,
                                step_norm=step_norm, clip=clip, amp=self.amp)

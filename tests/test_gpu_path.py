@@ -1,0 +1,77 @@
+"""The GPU path, checked on CPU: the static-shape update, no clean labels for targeted UAPs, torch.compile, the
+device placement of the engine's workers. Every path here takes the same decisions as the reference one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raylab.core import (
+    UAP, VALID_RANGE, Targeted, Untargeted, batch_update, masked_update, predict_labels, project_lp, random_sphere,
+    to_model_space, zeta_radius,
+)
+
+
+@pytest.mark.parametrize("criterion", [Untargeted(), Targeted(0), Targeted(1)], ids=repr)
+@pytest.mark.parametrize("clip", [None, VALID_RANGE], ids=["unclipped", "clipped"])
+def test_the_static_shape_update_takes_the_same_decisions(trained_cnn, natural_gray, criterion, clip) -> None:
+    x = to_model_space(natural_gray[:48])
+    clean = predict_labels(trained_cnn, x)
+    rho = random_sphere((1, 28, 28), radius=2.0, p=2, generator=torch.Generator().manual_seed(1))
+    ref = batch_update(trained_cnn, x, clean, rho, eps=0.05, criterion=criterion, clip=clip)
+    got = masked_update(trained_cnn, x, clean, rho, eps=0.05, criterion=criterion, clip=clip)
+    assert got.counts.tolist() == [ref.stats.images, ref.stats.active, ref.stats.accepted]
+    assert 0 < ref.stats.accepted < ref.stats.active  # some steps kept, some refused: the mask is exercised
+    assert got.accepted.shape == (48,) and int(got.accepted.sum()) == ref.stats.accepted
+    torch.testing.assert_close(got.step, ref.step, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,batch", [("faithful", 1), ("batched", 16)])
+def test_a_static_shape_uap_is_the_reference_uap(trained_cnn, natural_gray, pneumonia, mode, batch) -> None:
+    radius = zeta_radius(pneumonia["train_x"], zeta=0.04, p=2)
+    for criterion in (Untargeted(), Targeted(1)):
+        kw = dict(radius=radius, p=2, eps=0.02, max_passes=2, mode=mode, batch_size=batch)
+        ref = UAP(**kw)(trained_cnn, natural_gray, criterion=criterion, seed=3)
+        got = UAP(**kw, static_shapes=True)(trained_cnn, natural_gray, criterion=criterion, seed=3)
+        assert got.stats == ref.stats and ref.stats.accepted > 0
+        torch.testing.assert_close(got.rho, ref.rho, rtol=0, atol=1e-5)
+
+
+def test_a_targeted_uap_needs_no_clean_labels(trained_cnn, natural_gray, pneumonia) -> None:
+    """Its rules never read C(x), so it runs without predicting them, and any labels given change nothing."""
+    radius = zeta_radius(pneumonia["train_x"], zeta=0.04, p=2)
+    attack = UAP(radius=radius, p=2, eps=0.02, mode="batched", batch_size=16)
+    calls = []
+    hook = trained_cnn.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    try:
+        plain = attack(trained_cnn, natural_gray, criterion=Targeted(1), seed=0)
+    finally:
+        hook.remove()
+    assert max(calls) == 16 and calls[0] == 16  # batches only: no clean-label pass over all 60 images first
+    wrong = attack(trained_cnn, natural_gray, criterion=Targeted(1), seed=0,
+                   clean_labels=torch.ones(len(natural_gray), dtype=torch.long))
+    assert torch.equal(plain.rho, wrong.rho) and plain.stats.accepted > 0
+
+
+def test_projection_inside_the_ball_is_the_identity_without_a_host_read() -> None:
+    rho = random_sphere((1, 8, 8), radius=1.0, p=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(project_lp(rho * 0.5, radius=1.0, p=2), rho * 0.5)
+    out = project_lp(rho * 3, radius=1.0, p=2)
+    assert abs(float(out.norm()) - 1.0) < 1e-6
+    assert torch.equal(project_lp(torch.zeros(1, 4, 4), radius=1.0, p=2), torch.zeros(1, 4, 4))
+
+
+def test_a_compiled_model_gives_the_same_uap(trained_cnn, natural_gray, pneumonia) -> None:
+    """torch.compile (Inductor, static shapes) on the static-shape update: the reference UAP."""
+    from raylab.models import for_inference
+
+    radius = zeta_radius(pneumonia["train_x"], zeta=0.04, p=2)
+    images = natural_gray[:48]  # 3 batches of 16: one shape
+    attack = UAP(radius=radius, p=2, eps=0.02, mode="batched", batch_size=16, static_shapes=True)
+    clean = predict_labels(trained_cnn, images)  # given: no compilation for a second shape
+    ref = attack(trained_cnn, images, clean_labels=clean, seed=0)
+    compiled = for_inference(trained_cnn, compile=True)
+    assert type(compiled).__name__ == "OptimizedModule" and not compiled.training
+    got = attack(compiled, images, clean_labels=clean, seed=0)
+    assert got.stats == ref.stats and ref.stats.accepted > 0
+    torch.testing.assert_close(got.rho, ref.rho, rtol=0, atol=1e-4)

@@ -5,11 +5,17 @@ Ratios measured in one run: faithful mode ÷ ART's ``UniversalPerturbation``
 its kernel (clean forward + forward/backward + acceptance forward at batch B,
 no pipeline), batched mode ÷ ART, and the stochastic-gradient method (one
 epoch) beside them: ÷ its own bare kernel (clean forward + forward/backward),
-÷ batched mode and ÷ ART.
+÷ batched mode and ÷ ART. The static-shape update (``--static``, the GPU path) and
+``torch.compile`` (``--compile``) are measured beside the batched mode, every
+rate also as TFLOP/s from the FLOPs counted for one update of one image
+(``torch.utils.flop_counter``) and, with ``--peak-tflops``, as a fraction of the
+device's limit; ``decision_agreement`` is the share of a real stream's images
+whose accept/reject decision under ``--amp`` equals float32's against the same ρ.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import random
@@ -45,6 +51,11 @@ class BenchConfig:
     device: str = option("cpu", "cpu or cuda")
     amp: bool = option(False, "mixed precision (bf16 autocast on CPU, fp16 on CUDA) with channels-last")
     with_art: bool = option(True, "also run ART's UniversalPerturbation (--no-art where it is not installed)", flag="--art")
+    static: bool = option(True, "also measure the batched mode on the static-shape update (the GPU path)", flag="--static")
+    compile: bool = option(False, "also measure the static-shape batched mode with torch.compile")
+    faithful: bool = option(True, "measure the faithful mode (batch 1; slow for large models)", flag="--faithful")
+    peak_tflops: float = option(0.0, "the device's dense peak at the measured precision (TFLOP/s; H200 bf16 about 790): "
+                                     "report each rate as a fraction of it (0: not reported)")
     seed: int = 0
 
 
@@ -112,6 +123,44 @@ def bare_sgd_kernel(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int,
     return seconds
 
 
+def update_flops(model: torch.nn.Module, image: torch.Tensor) -> int:
+    """FLOPs of one batched update of one image (clean forward, forward and input-gradient backward, acceptance
+    forward), counted by ``torch.utils.flop_counter`` on a CPU float32 copy of the model (convolutions and matmuls)."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format).requires_grad_(False)
+    x = to_model_space(image[:1].cpu())
+    with FlopCounterMode(display=False) as counter:  # .backward(): the counter's hooks do not take autograd.grad
+        with torch.no_grad():
+            y = cpu(x).argmax(1)
+        xg = x.clone().requires_grad_(True)
+        F.cross_entropy(cpu(xg), y, reduction="sum").backward()  # weights frozen: the input gradient alone
+        with torch.no_grad():
+            cpu(x + 0.001 * xg.grad.sign())
+    return int(counter.get_total_flops())
+
+
+def decision_agreement(exact: torch.nn.Module, fast: torch.nn.Module, images: torch.Tensor, *, radius: float, eps: float,
+                       batch_size: int, amp: bool, seed: int = 0) -> float:
+    """Share of ``images`` whose decision (step accepted or not) under ``fast`` with ``amp`` equals float32's under
+    ``exact``, both against the ρ of the float32 run as it goes: one pass of the batched rule over a real stream."""
+    from .core import Untargeted, masked_update, predict_labels, project_lp
+
+    device = next(exact.parameters()).device
+    clean = predict_labels(exact, images).to(device)
+    rho = torch.zeros(images.shape[1:], device=device)
+    same, order = 0, torch.tensor(random.Random(seed).sample(range(len(images)), len(images)))
+    for idx in order.split(batch_size):
+        x = images[idx].to(device)
+        ref = masked_update(exact, x, clean[idx], rho, eps=eps, criterion=Untargeted())
+        got = masked_update(fast, x, clean[idx], rho, eps=eps, criterion=Untargeted(), amp=amp)
+        same += int((ref.accepted == got.accepted).sum())
+        rho = project_lp(rho + ref.step, radius=radius, p=2)
+    return same / len(images)
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     medical = load_medmnist(cfg.data_dir / "pneumoniamnist.npz").resized(cfg.image_size)
@@ -136,21 +185,47 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     faithful = UAP(radius=radius, p=2, eps=cfg.eps, mode="faithful")
     batched = UAP(radius=radius, p=2, eps=cfg.eps, mode="batched", batch_size=cfg.batch_size, amp=cfg.amp)
     sgd = SGDUAP(radius=radius, p=2, max_passes=1, batch_size=cfg.batch_size, amp=cfg.amp)
-    res_f, t_f = _timed(lambda: faithful(model, images, seed=cfg.seed))
     res_b, t_b = _timed(lambda: batched(fast, images, seed=cfg.seed))
     _, t_sgd = _timed(lambda: sgd(fast, images, seed=cfg.seed))
     t_bare = bare_kernel(fast, images, batch_size=cfg.batch_size, amp=cfg.amp)
     t_sgd_bare = bare_sgd_kernel(fast, images, batch_size=cfg.batch_size, amp=cfg.amp)
     figures.update(
-        faithful_images_per_s=n / t_f, faithful_accepted=res_f.stats.accepted,
         batched_images_per_s=n / t_b, batched_accepted=res_b.stats.accepted,
         bare_kernel_images_per_s=n / t_bare,
         batched_over_bare_kernel=t_bare / t_b,
         sgd_images_per_s=n / t_sgd, sgd_bare_kernel_images_per_s=n / t_sgd_bare,
         sgd_over_bare_kernel=t_sgd_bare / t_sgd, sgd_over_batched=t_b / t_sgd,
     )
-    if cfg.with_art:
-        figures.update(_art(cfg, model, images, radius, res_f.rho, n / t_f, n / t_b, n / t_sgd))
+    if cfg.static:
+        static = dataclasses.replace(batched, static_shapes=True)
+        static(fast, images[: cfg.batch_size], seed=cfg.seed)  # warm-up: cuDNN autotune for the static shape
+        res_s, t_s = _timed(lambda: static(fast, images, seed=cfg.seed))
+        figures.update(static_images_per_s=n / t_s, static_accepted=res_s.stats.accepted, static_over_batched=t_b / t_s,
+                       static_over_bare_kernel=t_bare / t_s)
+    if cfg.compile:
+        compiled = for_inference(build_model(spec, seed=cfg.seed), device=cfg.device, amp=cfg.amp, compile=True)
+        static = dataclasses.replace(batched, static_shapes=True)
+        _, t_warm = _timed(lambda: static(compiled, images, seed=cfg.seed))  # pays the compilation of every shape
+        res_c, t_c = _timed(lambda: static(compiled, images, seed=cfg.seed))
+        figures.update(compiled_images_per_s=n / t_c, compiled_accepted=res_c.stats.accepted,
+                       compiled_over_batched=t_b / t_c, compile_seconds=t_warm - t_c)
+    if cfg.amp:
+        figures["decision_agreement_amp_vs_fp32"] = decision_agreement(
+            model, fast, images, radius=radius, eps=cfg.eps, batch_size=cfg.batch_size, amp=True, seed=cfg.seed)
+    if cfg.faithful:
+        res_f, t_f = _timed(lambda: faithful(model, images, seed=cfg.seed))
+        figures.update(faithful_images_per_s=n / t_f, faithful_accepted=res_f.stats.accepted)
+        if cfg.static:
+            _, t_fs = _timed(lambda: dataclasses.replace(faithful, static_shapes=True)(model, images, seed=cfg.seed))
+            figures.update(faithful_static_images_per_s=n / t_fs)
+        if cfg.with_art:
+            figures.update(_art(cfg, model, images, radius, res_f.rho, n / t_f, n / t_b, n / t_sgd))
+    flops = update_flops(model, images)
+    figures["gflop_per_update_image"] = flops / 1e9
+    for key in [k for k in figures if k.endswith("_images_per_s")]:
+        figures[key.replace("_images_per_s", "_tflops")] = figures[key] * flops / 1e12
+        if cfg.peak_tflops:
+            figures[key.replace("_images_per_s", "_fraction_of_peak")] = figures[key] * flops / 1e12 / cfg.peak_tflops
     return figures
 
 

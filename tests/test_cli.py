@@ -81,12 +81,24 @@ def test_sgd_uap_from_natural_images_end_to_end(models: dict[str, Path], natural
 def test_bench_measures_both_methods_beside_art(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     assert main(["bench", "--arch", "small_cnn", "--image-size", "28", "--images", "32", "--batch-size", "16",
-                 "--out", str(out)]) == 0
+                 "--amp", "--peak-tflops", "1", "--out", str(out)]) == 0
     f = json.loads(out.read_text())
     for key in ("faithful_images_per_s", "batched_images_per_s", "sgd_images_per_s", "art_images_per_s",
-                "sgd_bare_kernel_images_per_s", "sgd_over_batched", "sgd_over_art"):
+                "sgd_bare_kernel_images_per_s", "sgd_over_batched", "sgd_over_art", "static_images_per_s",
+                "faithful_static_images_per_s", "batched_tflops", "static_fraction_of_peak"):
         assert f[key] > 0, key
     assert f["faithful_rho_max_abs_diff_vs_art"] < 1e-5
+    assert f["static_accepted"] == f["batched_accepted"]  # the static-shape update takes the same decisions
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from raylab.models import ModelSpec, build_model
+
+    net = build_model(ModelSpec(arch="small_cnn", num_classes=2, in_channels=1, image_size=28)).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 1, 28, 28))
+    # clean forward, forward + input-gradient backward, acceptance forward: about 4 forwards per update
+    assert abs(f["gflop_per_update_image"] * 1e9 / counter.get_total_flops() - 4) < 0.5
+    assert 0.9 <= f["decision_agreement_amp_vs_fp32"] <= 1.0  # bf16 autocast on CPU against float32
 
 
 def test_a_target_class_is_taken_by_name_in_any_case_or_by_index(models: dict[str, Path], tmp_path: Path) -> None:

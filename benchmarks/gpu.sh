@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Issue 18's whole GPU measurement as one script for the lent device machine (one H200; about 8 minutes), rerunnable
+# as is. Every figure is a `raylab bench` JSON: images/s, TFLOP/s from the FLOPs counted per update, the fraction of
+# the bf16 limit (--peak-tflops), the static-shape and compiled paths beside the float32 eager baseline of the same run,
+# and the share of a real stream's accept/reject decisions that autocast keeps.
+#
+# Prepare here: benchmarks/gpu_prepare.sh (Ray's slim wheel and the wheels it lacks there into .whl/, the data into
+# shared/data/: only the checkout travels). Run there (device tool):
+#   run command="bash benchmarks/gpu.sh" carry=[".whl", "shared"] timeout_s=540
+# The JSON comes back under $OUT; copy it into docs/bench/ here. --peak-tflops: 790 is the bf16 matrix rate measured
+# on the H200 (device notes); 395, half of it, stands for TF32 convolutions in float32.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-docs/bench}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+if ! $PY -c "import ray, webdataset" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps .whl/*.whl || { echo "cannot install the carried wheels in .whl/"; exit 2; }
+fi
+export PYTHONPATH=$PWD
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu-machine.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu-machine.txt"
+
+bench() {  # name, seconds, bench arguments...
+  local name=$1 limit=$2; shift 2
+  echo "== $name"
+  timeout "$limit" $PY -m raylab bench --device cuda --no-art --data-dir "${DATA:-shared/data}" "$@" \
+    --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 || echo "   $name failed or ran out of time: see $OUT/$name.log"
+  grep -E '"(batched|static|compiled|faithful|faithful_static|bare_kernel)_(images_per_s|fraction_of_peak)"|decision_agreement' \
+    "$OUT/$name.json" 2>/dev/null | sed 's/^/   /'
+}
+# InceptionV3 at 299 px (the paper's main model): float32 eager (today's baseline) with faithful mode, then autocast
+# with the static-shape update and torch.compile, each side by side with the eager batched mode in the same run.
+bench gpu-inception-299-fp32 150 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
+  --peak-tflops 395
+bench gpu-inception-299-amp 150 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
+  --amp --compile --no-faithful --peak-tflops 790
+bench gpu-resnet50-224-amp 90 --arch resnet50 --image-size 224 --channels 3 --images 500 --batch-size 256 \
+  --amp --no-faithful --peak-tflops 790
+bench gpu-vgg16-224-amp 90 --arch vgg16 --image-size 224 --channels 3 --images 500 --batch-size 256 \
+  --amp --no-faithful --peak-tflops 790
+# The engine end to end on the GPU: shards -> reader actors -> one GPU worker, against its bare kernel.
+echo "== gpu-engine-inception-299-amp"
+timeout 120 $PY -m raylab bench --engine --device cuda --no-art --data-dir "${DATA:-shared/data}" --arch inception_v3 \
+  --image-size 299 --channels 3 --images 500 --batch-size 256 --amp --workers 1 \
+  --out "$OUT/gpu-engine-inception-299-amp.json" > "$OUT/gpu-engine-inception-299-amp.log" 2>&1 \
+  || echo "   the engine run failed or ran out of time: see $OUT/gpu-engine-inception-299-amp.log"
+ls -la "$OUT"

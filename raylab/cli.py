@@ -126,8 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default=None)
     rp.add_argument("--out", type=Path, default=None, help="default runs/reproduce/<preset>")
     rp.add_argument("--report", type=Path, default=None, help="report folder (default <out>/report)")
-    rp.add_argument("--estimate", type=float, default=None, metavar="IMG_PER_S",
-                    help="only print the GPU-hours of the preset's UAP updates at this measured update rate")
+    rp.add_argument("--estimate", type=_rates, default=None, metavar="IMG_PER_S",
+                    help="only print the GPU-hours of the preset's UAP updates at this measured update rate "
+                         "(one number, or arch=rate,... per architecture)")
 
     o = sub.add_parser("dashboard", help="Grafana dashboard JSON, a Prometheus config for Ray, or the dashboard rendered to PNG")
     osub = o.add_subparsers(dest="action", required=True)
@@ -378,6 +379,16 @@ def cmd_audit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _rates(text: str) -> float | dict[str, float]:
+    """``970`` or ``inception_v3=1400,resnet50=1355``: update rates in images/s."""
+    try:
+        if "=" not in text:
+            return float(text)
+        return {k.strip(): float(v) for k, v in (part.split("=", 1) for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate or arch=rate list: {text!r}") from None
+
+
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from .reproduce import estimate_gpu_hours, preset, run_reproduce
 
@@ -403,8 +414,10 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     if a.estimate is not None:
         c = preset(a.preset, data_dir=a.data_dir, out=out, **over, **({"medical": medicals[0]} if medicals[0] else {}))
         e = estimate_gpu_hours(c, images_per_second=a.estimate, datasets=len(medicals) if a.medical else 3)
+        rate = (f"{a.estimate:g} img/s" if isinstance(a.estimate, float)
+                else ", ".join(f"{k} {v:g} img/s" for k, v in a.estimate.items()))
         print(f"{a.preset}: {e['uaps']} UAPs ({e['uaps'] - e['sgd_uaps']} of the paper's method, {e['sgd_uaps']} stochastic-"
-              f"gradient), {e['update_images']:,} image updates; at {a.estimate:g} img/s per GPU "
+              f"gradient), {e['update_images']:,} image updates; at {rate} per GPU "
               f"about {e['gpu_hours']:.1f} GPU-hours of UAP updates (an estimate; training and evaluation not included)")
         return 0
     from .report import render_report

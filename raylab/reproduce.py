@@ -439,15 +439,27 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
     return study
 
 
-def estimate_gpu_hours(config: ReproduceConfig, *, images_per_second: float, datasets: int = 3) -> dict[str, float]:
-    """GPU-hours of the study's UAP updates at a measured update rate (training and evaluation not included)."""
+def estimate_gpu_hours(config: ReproduceConfig, *, images_per_second: float | dict[str, float],
+                       datasets: int = 3) -> dict[str, Any]:
+    """GPU-hours of the study's UAP updates at measured update rates (training and evaluation not included).
+
+    ``images_per_second``: one rate for every architecture, or one per architecture (``{"inception_v3": 970, ...}``;
+    every architecture of the study must be there)."""
+    rates = images_per_second if isinstance(images_per_second, dict) else {a: images_per_second for a in config.archs}
+    missing = [a for a in config.archs if a not in rates]
+    if missing:
+        raise InputError(f"no update rate for {', '.join(missing)}: give one rate, or arch=rate for each of {', '.join(config.archs)}")
     jobs = study_jobs(config)
     per_source = {"train": config.train_limit or 5000, "natural_a": config.natural_limit or 100_000,
                   "natural_b": config.natural_limit or 100_000, "natural_a_balanced": config.natural_limit or 100_000, "random": 0}
     passes = {"paper": config.max_passes, "sgd": config.sgd_epochs}
-    images = sum(per_source[s] * passes[m] for _, s, _, _, m, _ in jobs) * datasets
-    grid = len(config.eps_grid) * len(config.p_grid) * config.select_images * config.max_passes
-    grid *= (len(config.archs) + int(config.scratch)) * 2 * datasets
-    total = images + grid
+    images: dict[str, int] = {a: 0 for a in config.archs}
+    for key, s, _, _, m, _ in jobs:
+        images[key.split("-")[0]] += per_source[s] * passes[m] * datasets
+    grid = len(config.eps_grid) * len(config.p_grid) * config.select_images * config.max_passes * 2 * datasets
+    for i, a in enumerate(config.archs):  # the ε, p selection: two source kinds per model, the scratch twin too
+        images[a] += grid * (2 if i == 0 and config.scratch else 1)
+    seconds = sum(n / rates[a] for a, n in images.items())
     sgd = sum(1 for j in jobs if j[4] == "sgd") * datasets
-    return {"uaps": len(jobs) * datasets, "sgd_uaps": sgd, "update_images": total, "gpu_hours": total / images_per_second / 3600}
+    return {"uaps": len(jobs) * datasets, "sgd_uaps": sgd, "update_images": sum(images.values()),
+            "gpu_hours": seconds / 3600, "per_arch_update_images": images}

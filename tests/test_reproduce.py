@@ -203,6 +203,15 @@ def test_missing_pieces_and_the_paper_estimate(tmp_path, capsys) -> None:
     hours = float(re.search(r"about ([\d.]+) GPU-hours", out).group(1))
     updates = int(re.search(r"([\d,]+) image updates", out).group(1).replace(",", ""))
     assert "1053 UAPs (648 of the paper's method, 405 stochastic-gradient)" in out and updates > 10_000_000 and hours == round(updates / 970 / 3600, 1)
+    from raylab.reproduce import estimate_gpu_hours
+
+    c = preset("paper", data_dir=DATA, out=tmp_path / "p")
+    e = estimate_gpu_hours(c, images_per_second={"inception_v3": 970.0, "resnet50": 1940.0, "vgg16": 485.0})
+    n = e["per_arch_update_images"]
+    assert sum(n.values()) == updates and n["inception_v3"] > n["resnet50"] == n["vgg16"]  # Figure 1 runs on the first
+    assert abs(e["gpu_hours"] - (n["inception_v3"] / 970 + n["resnet50"] / 1940 + n["vgg16"] / 485) / 3600) < 1e-9
+    assert main(["reproduce", "--preset", "paper", "--data-dir", str(DATA), "--estimate", "inception_v3=970,resnet50=1940"]) == 2
+    assert "no update rate for vgg16" in capsys.readouterr().err
 
 
 def test_a_difference_within_the_seeds_spread_is_not_called_a_finding(tiny) -> None:

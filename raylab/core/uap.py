@@ -67,6 +67,20 @@ class BatchUpdate:
     stats: StepStats
 
 
+def _attack_forward(model: nn.Module, x: Tensor, clean: Tensor, rho: Tensor, *, criterion: Criterion,
+                    clip: tuple[float, float] | None, amp: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused forward of both update rules: labels under x+ρ and the FGSM gradient in one pass (an inactive
+    image's gradient is computed but never used). Returns x in model space, x+ρ, the gradient, the labels under
+    x+ρ and which images are still to attack."""
+    x = as_model_input(x)
+    x_pert = x + rho
+    if clip is not None:
+        x_pert = x_pert.clamp(*clip)
+    logits, grad = input_gradient(model, x_pert, criterion.loss_labels(clean), amp=amp)
+    current = logits.argmax(1)
+    return x, x_pert, grad, current, criterion.active(current, clean)
+
+
 def batch_update(
     model: nn.Module,
     x: Tensor,
@@ -88,15 +102,7 @@ def batch_update(
         clip: the valid range to clip x+ρ and x_adv to; None (the authors'
             setting: their classifier had no clip values) leaves them unclipped.
     """
-    x = as_model_input(x)
-    x_pert = x + rho
-    if clip is not None:
-        x_pert = x_pert.clamp(*clip)
-    # The fused forward: labels and the FGSM gradient in one pass (an inactive
-    # image's gradient is computed but never used).
-    logits, grad = input_gradient(model, x_pert, criterion.loss_labels(clean), amp=amp)
-    current = logits.argmax(1)
-    active = criterion.active(current, clean)
+    x, x_pert, grad, current, active = _attack_forward(model, x, clean, rho, criterion=criterion, clip=clip, amp=amp)
     n_active = int(active.sum())
     if n_active == 0:
         return BatchUpdate(torch.zeros_like(rho), StepStats(len(x), 0, 0))
@@ -139,16 +145,10 @@ def masked_update(
 
     Every tensor has the batch's shape whatever the number of active images: the acceptance forward runs on all B
     images (an inactive one's step is zero, and its decision is masked out), so a GPU sees one shape per batch
-    size. The same decisions as :func:`batch_update` (tests/test_core.py), at the cost of forwarding the inactive
+    size. The same decisions as :func:`batch_update` (tests/test_gpu_path.py), at the cost of forwarding the inactive
     images once more.
     """
-    x = as_model_input(x)
-    x_pert = x + rho
-    if clip is not None:
-        x_pert = x_pert.clamp(*clip)
-    logits, grad = input_gradient(model, x_pert, criterion.loss_labels(clean), amp=amp)
-    current = logits.argmax(1)
-    active = criterion.active(current, clean)
+    x, x_pert, grad, current, active = _attack_forward(model, x, clean, rho, criterion=criterion, clip=clip, amp=amp)
     mask = active.view(-1, *([1] * (x.dim() - 1))).to(grad.dtype)
     step = criterion.sign * eps * direction(grad, step_norm) * mask
     x_adv = x_pert + step

@@ -42,8 +42,9 @@ SCHEDULES: tuple[Schedule, ...] = ("linear", "constant")
 
 
 def batch_gradient(model: nn.Module, x: Tensor, clean: Tensor, rho: Tensor, *, criterion: Criterion, loss_clamp: float,
-                   clip: tuple[float, float] | None = None, amp: bool = False) -> tuple[Tensor, StepStats]:
-    """``∇_ρ Σ_i ℓ(x_i + ρ)`` of one batch, and its counts (``active``: images not yet fooled when visited).
+                   clip: tuple[float, float] | None = None, amp: bool = False) -> tuple[Tensor, Tensor]:
+    """``∇_ρ Σ_i ℓ(x_i + ρ)`` of one batch, and how many of its images were still active (not yet fooled) when
+    visited, as a device tensor: nothing is read on the host, so a GPU's stream never waits for it.
 
     ``clean`` are the clean labels (any labels of the right length for a targeted UAP: they are not used).
     """
@@ -62,7 +63,7 @@ def batch_gradient(model: nn.Module, x: Tensor, clean: Tensor, rho: Tensor, *, c
         total = loss.sum()
     (grad,) = torch.autograd.grad(total, r)
     active = criterion.active(logits.detach().argmax(1), clean)
-    return grad.nan_to_num(nan=0.0), StepStats(len(x), int(active.sum()), 0)
+    return grad.nan_to_num(nan=0.0), active.sum()
 
 
 def step_size(t: int, total: int, *, lr: float, radius: float, schedule: Schedule) -> float:
@@ -76,8 +77,8 @@ def sgd_step(rho: Tensor, grad: Tensor, *, size: float, p: Norm, radius: float, 
     if p == "inf":
         direction = grad.sign()
     else:
-        norm = grad.norm()
-        direction = grad / norm if norm > 0 else torch.zeros_like(grad)
+        norm = grad.norm()  # a zero gradient gives a zero step, without reading the norm on the host
+        direction = grad / torch.where(norm > 0, norm, torch.ones_like(norm)) * (norm > 0)
     return project_lp(rho + sign * size * direction, radius=radius, p=p)
 
 
@@ -159,17 +160,17 @@ class SGDUAP:
         stats, history = StepStats(), []
         for k in range(self.max_passes):
             order = torch.tensor(order_rng.sample(range(n), n))
-            pass_stats = StepStats()
+            active_total = torch.zeros((), dtype=torch.long, device=device)
             for idx in order.split(self.batch_size):
-                grad, s = batch_gradient(model, images[idx].to(device), clean_labels[idx], rho, criterion=criterion,
-                                         loss_clamp=self.loss_clamp, clip=self.clip, amp=self.amp)
+                grad, active = batch_gradient(model, images[idx].to(device, non_blocking=True), clean_labels[idx], rho,
+                                              criterion=criterion, loss_clamp=self.loss_clamp, clip=self.clip, amp=self.amp)
                 size = step_size(t, total, lr=self.lr, radius=self.radius, schedule=self.schedule)
                 rho = sgd_step(rho, grad, size=size, p=self.p, radius=self.radius, sign=criterion.sign)
                 t += 1
-                s = StepStats(s.images, s.active, s.images)  # every image's gradient goes into ρ
-                pass_stats = pass_stats + s
-                if on_batch is not None:
-                    on_batch(s, rho)
+                active_total += active
+                if on_batch is not None:  # a callback reads the counts: one sync per batch
+                    on_batch(StepStats(len(idx), int(active), len(idx)), rho)  # every image's gradient goes into ρ
+            pass_stats = StepStats(n, int(active_total), n)
             stats = stats + pass_stats
             history.append({"pass": k + 1, "active": pass_stats.active, "accepted": pass_stats.accepted,
                             "input_score": float("nan")})

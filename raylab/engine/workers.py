@@ -54,9 +54,9 @@ class UAPWorker:
         else:
             clean = predict_labels(self.model, x, batch_size=len(x) or 1, amp=self.amp).to(self.device)
         if method == "sgd":
-            total, stats = batch_gradient(self.model, x, clean, rho.to(self.device), criterion=criterion,
-                                          loss_clamp=loss_clamp, clip=clip, amp=self.amp)
-            stats = StepStats(stats.images, stats.active, stats.images)
+            total, active = batch_gradient(self.model, x, clean, rho.to(self.device), criterion=criterion,
+                                           loss_clamp=loss_clamp, clip=clip, amp=self.amp)
+            stats = StepStats(len(x), int(active), len(x))  # every image's gradient goes into the step
         elif self.static_shapes:
             masked = masked_update(self.model, x, clean, rho.to(self.device), eps=eps, criterion=criterion,
                                    step_norm=step_norm, clip=clip, amp=self.amp)

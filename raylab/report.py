@@ -87,8 +87,10 @@ def _fig1(rows: list[dict[str, Any]], model: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    seeds = 0
     for source in ("train", "natural_a", "natural_b"):
         z, m, sd, n = _curve(rows, model=model, source=source, target=None)
+        seeds = max(seeds, n)
         if z:
             ax.errorbar(z, m, yerr=sd, marker="o", capsize=3, color=COLORS[source], label=LABELS[source])
     z, m, sd, n = _curve(rows, model=model, source="random", target=None)
@@ -99,7 +101,7 @@ def _fig1(rows: list[dict[str, Any]], model: str) -> bytes:
             ax.errorbar(z, m, yerr=sd, marker="s", linestyle=":", capsize=3, color=COLORS[source], label=f"{LABELS[source]}, SGD")
     ax.scatter([4], [50], marker="*", s=150, color="red", zorder=5, label="paper: natural images at ζ=4 % (≈50 %)")
     ax.set_xlabel("ζ (%)")
-    ax.set_ylabel(f"fooling rate R_f (%), mean ± sd over {n} seeds")
+    ax.set_ylabel(f"fooling rate R_f (%), mean ± sd over {seeds} seeds")
     ax.set_title(f"Figure 1: non-targeted UAPs against {model}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -169,8 +169,9 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
                              device=config.device)
     if source is None:
         source = load_source(config, target)
-    if log is not None and source.images is not None and config.method == "paper":
-        warning = weak_regime(min(len(source.images), config.chunk_size), config.effective_batch_size)
+    if log is not None and source.images is not None:
+        n = len(source.images) if config.method == "sgd" else min(len(source.images), config.chunk_size)  # ρ per chunk
+        warning = weak_regime(n, config.effective_batch_size, passes=config.max_passes or 1, method=config.method)
         if warning:
             log(warning)
     telemetry = telemetry if telemetry is not None else Telemetry()

@@ -166,11 +166,11 @@ def test_shard_in_one_process_and_as_ray_tasks_writes_the_same_files(cluster, na
 
 def test_a_batch_as_large_as_the_stream_is_warned_about(cluster, models: dict[str, Path], natural_dir: Path, shards: Path,
                                                         tmp_path: Path, capsys) -> None:
-    """One update of rho per pass is the weak regime (the README's batch-size study): raylab uap and the engine say so."""
+    """One update of rho in a run is the weak regime (the README's batch-size study): raylab uap and the engine say so."""
     common = ["--model", str(models["model"]), "--data", str(PNEUMONIA), "--eps", "0.01", "--examples", "0"]
     assert main(["uap", *common, "--source", str(natural_dir), "--batch-size", "64", "--out", str(tmp_path / "big")]) == 0
     out = capsys.readouterr().out
-    assert "warning: 40 images per pass at an effective batch of 64 make 1 update of rho per pass" in out
+    assert "warning: 40 images x 1 pass(es) at an effective batch of 64 make 1 update(s) of rho" in out
     assert main(["uap", *common, "--source", str(natural_dir), "--batch-size", "8", "--out", str(tmp_path / "ok")]) == 0
     assert "weak regime" not in capsys.readouterr().out
     from raylab.config import EngineConfig
@@ -180,4 +180,4 @@ def test_a_batch_as_large_as_the_stream_is_warned_about(cluster, models: dict[st
     run_engine(EngineConfig(model=str(models["model"]), medical=PNEUMONIA, shards=str(shards), out=str(tmp_path / "e"),
                             workers=2, batch_size=32, eps=0.01, examples=0, cpus_per_worker=0.5, cpus_per_reader=0.5),
                log=lines.append)
-    assert any("48 images per pass at an effective batch of 64 make 1 update" in line for line in lines)
+    assert any("48 images x 1 pass(es) at an effective batch of 64 make 1 update(s)" in line for line in lines)

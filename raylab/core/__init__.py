@@ -15,7 +15,7 @@ from .metrics import confusion_matrix, fooling_rate, label_composition, predict_
 from .norms import NORMS, Norm, lp_norm, parse_norm, project_lp, random_sphere, zeta_radius
 from .pixels import VALID_RANGE, as_model_input, to_model_space, to_unit_range
 from .sgd import SGDUAP, batch_gradient, sgd_step, step_size
-from .uap import MIN_UPDATES_PER_PASS, UAP, BatchUpdate, MaskedUpdate, StepStats, UAPResult, batch_update, masked_update, weak_regime
+from .uap import MIN_UPDATES, UAP, BatchUpdate, MaskedUpdate, StepStats, UAPResult, batch_update, masked_update, weak_regime
 
 __all__ = [
     "Criterion", "Targeted", "Untargeted",
@@ -23,6 +23,6 @@ __all__ = [
     "confusion_matrix", "fooling_rate", "label_composition", "predict_labels", "success_rate",
     "NORMS", "Norm", "lp_norm", "parse_norm", "project_lp", "random_sphere", "zeta_radius",
     "VALID_RANGE", "as_model_input", "to_model_space", "to_unit_range",
-    "MIN_UPDATES_PER_PASS", "UAP", "BatchUpdate", "MaskedUpdate", "StepStats", "UAPResult", "batch_update", "masked_update", "weak_regime",
+    "MIN_UPDATES", "UAP", "BatchUpdate", "MaskedUpdate", "StepStats", "UAPResult", "batch_update", "masked_update", "weak_regime",
     "SGDUAP", "batch_gradient", "sgd_step", "step_size",
 ]

@@ -174,7 +174,7 @@ class Engine:
         self.log(f"{c.method} UAP on {c.workers} worker(s) x batch {c.batch_size}, {self.manifest.total} images in "
                  f"{len(self.manifest.shards)} shards x {c.max_passes} pass(es), L{c.p} zeta={c.zeta:g} "
                  f"(radius {self.target.radius:.4g}), {step}")
-        warning = weak_regime(self.manifest.total, c.workers * c.batch_size) if c.method == "paper" else None
+        warning = weak_regime(self.manifest.total, c.workers * c.batch_size, passes=c.max_passes or 1, method=c.method)
         if warning:
             self.log(warning)
         ray.get([a.pid.remote() for a in self.readers + self.workers])  # actors up (models loaded) before the clock starts

@@ -33,7 +33,8 @@ from .core import SGDUAP, UAP, to_model_space, zeta_radius
 from .core.fgsm import autocast
 from .data.medical import load_medmnist
 from .data.natural import load_image_folder
-from .models import ModelSpec, build_model, for_inference
+from .errors import InputError
+from .models import ModelSpec, build_model, for_inference, load_classifier
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,12 +43,14 @@ class BenchConfig:
 
     data_dir: Path = option(DEFAULT_DATA, "where pneumoniamnist.npz and imagenet-samples/ are")
     arch: str = option("resnet18", "architecture (randomly initialized: speed does not depend on the weights)")
+    model: str = option("", "a trained raylab checkpoint instead of --arch (its size and channels): a random network "
+                            "accepts few steps, so autocast's decision agreement means more on a trained one")
     image_size: int = option(64, "input size in pixels")
     channels: int = option(1, "1 (gray, as the paper's chest X-ray models) or 3", choices=(1, 3))
     images: int = option(200, "natural images per measurement")
     batch_size: int = option(128, "images per update (per worker with --engine)")
-    eps: float = 0.002
-    zeta: float = 0.04
+    eps: float = option(0.002, "the paper's FGSM step size")
+    zeta: float = option(0.04, "the L2 budget, as a ratio of the medical training images' mean norm")
     device: str = option("cpu", "cpu or cuda")
     amp: bool = option(False, "mixed precision (bf16 autocast on CPU, fp16 on CUDA) with channels-last")
     with_art: bool = option(True, "also run ART's UniversalPerturbation (--no-art where it is not installed)", flag="--art")
@@ -163,20 +166,31 @@ def decision_agreement(exact: torch.nn.Module, fast: torch.nn.Module, images: to
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
+    if cfg.model:
+        spec = load_classifier(cfg.model).spec
+        cfg = dataclasses.replace(cfg, arch=spec.arch, channels=spec.in_channels, image_size=spec.image_size)
+
+        def network() -> torch.nn.Module:
+            return load_classifier(cfg.model)
+    else:
+        spec = ModelSpec(arch=cfg.arch, num_classes=2, in_channels=cfg.channels, image_size=cfg.image_size).validate()
+
+        def network() -> torch.nn.Module:
+            return build_model(spec, seed=cfg.seed)
     medical = load_medmnist(cfg.data_dir / "pneumoniamnist.npz").resized(cfg.image_size)
     images, _, _ = load_image_folder(cfg.data_dir / "imagenet-samples", channels=cfg.channels, size=cfg.image_size,
                                      limit=cfg.images, seed=cfg.seed)
-    spec = ModelSpec(arch=cfg.arch, num_classes=2, in_channels=cfg.channels, image_size=cfg.image_size).validate()
     # Faithful mode and ART run the plain float32 model (as ART would); batched mode and its bare kernel
     # run it with --amp's autocast and channels-last memory when asked.
-    model = build_model(spec, seed=cfg.seed).to(cfg.device).eval()
-    fast = for_inference(build_model(spec, seed=cfg.seed), device=cfg.device, amp=cfg.amp)
+    model = network().to(cfg.device).eval()
+    fast = for_inference(network(), device=cfg.device, amp=cfg.amp)
     radius = zeta_radius(medical.train_images, zeta=cfg.zeta, p=2)
     n = len(images)
     figures: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
                    + (torch.cuda.get_device_name() if cfg.device.startswith("cuda") else "CPU"),
-        "model": f"{cfg.arch} {cfg.channels}x{cfg.image_size}x{cfg.image_size} (random init)",
+        "model": f"{cfg.arch} {cfg.channels}x{cfg.image_size}x{cfg.image_size} "
+                 + (f"({cfg.model})" if cfg.model else "(random init)"),
         "images": n, "batch_size": cfg.batch_size, "device": cfg.device, "amp": cfg.amp,
         "torch": torch.__version__,
     }
@@ -203,7 +217,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         figures.update(static_images_per_s=n / t_s, static_accepted=res_s.stats.accepted, static_over_batched=t_b / t_s,
                        static_over_bare_kernel=t_bare / t_s)
     if cfg.compile:
-        compiled = for_inference(build_model(spec, seed=cfg.seed), device=cfg.device, amp=cfg.amp, compile=True)
+        compiled = for_inference(network(), device=cfg.device, amp=cfg.amp, compile=True)
         static = dataclasses.replace(batched, static_shapes=True)
         _, t_warm = _timed(lambda: static(compiled, images, seed=cfg.seed))  # pays the compilation of every shape
         res_c, t_c = _timed(lambda: static(compiled, images, seed=cfg.seed))
@@ -236,8 +250,10 @@ def _art(cfg: BenchConfig, model: torch.nn.Module, images: torch.Tensor, radius:
         from art.estimators.classification import PyTorchClassifier
     except ImportError:
         return {"art": "not installed (pip install adversarial-robustness-toolbox)"}
+    with torch.no_grad():
+        classes = model(to_model_space(images[:1]).to(next(model.parameters()).device)).shape[1]
     clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(images.shape[1:]),
-                            nb_classes=2, device_type="gpu" if cfg.device.startswith("cuda") else "cpu")
+                            nb_classes=classes, device_type="gpu" if cfg.device.startswith("cuda") else "cpu")
     attack = UniversalPerturbation(clf, attacker="fgsm", attacker_params={"eps": cfg.eps}, delta=0.0, max_iter=1,
                                    eps=radius, norm=2, verbose=False)
     x = to_model_space(images).numpy()
@@ -282,6 +298,8 @@ def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
     from .engine import run_engine
     from .models import save_classifier
 
+    if cfg.model:
+        raise InputError("--model is not used with --engine, which measures a random-init --arch")
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     spec = ModelSpec(arch=cfg.arch, num_classes=2, in_channels=cfg.channels, image_size=cfg.image_size,
                      class_names=("NORMAL", "PNEUMONIA")).validate()

@@ -101,6 +101,17 @@ def test_bench_measures_both_methods_beside_art(tmp_path: Path) -> None:
     assert 0.9 <= f["decision_agreement_amp_vs_fp32"] <= 1.0  # bf16 autocast on CPU against float32
 
 
+def test_bench_measures_a_trained_checkpoint(models: dict[str, Path], tmp_path: Path) -> None:
+    """--model: its size and channels, and a network that accepts steps, so the decision agreement means something."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(models["model"]), "--images", "32", "--batch-size", "16", "--amp", "--no-art",
+                 "--no-faithful", "--eps", "0.02", "--out", str(out)]) == 0
+    f = json.loads(out.read_text())
+    assert str(models["model"]) in f["model"] and "random init" not in f["model"]
+    assert f["static_accepted"] > 0 and "faithful_images_per_s" not in f
+    assert 0.9 <= f["decision_agreement_amp_vs_fp32"] <= 1.0
+
+
 def test_a_target_class_is_taken_by_name_in_any_case_or_by_index(models: dict[str, Path], tmp_path: Path) -> None:
     for given, name in (("1", "PNEUMONIA"), ("normal", "NORMAL")):
         assert main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random",

@@ -199,9 +199,9 @@ def parse_trial(trial: str) -> dict[str, Any]:
     """The inverse of :func:`trial_id`: arch, regime, source, ζ, target (None for non-targeted), method and seed."""
     base, _, run = trial.partition("@")
     arch, regime, source, zeta, target = base.split("-", 4)
-    method = run.rstrip("0123456789")
+    method = run.rstrip("0123456789") or "paper"  # no suffix: a paper's-method row of an earlier version, one seed
     return {"arch": arch, "regime": regime, "model": f"{arch}-{regime}", "source": source, "zeta": float(zeta[1:]),
-            "target": None if target == "u" else target, "method": method, "seed": int(run[len(method):])}
+            "target": None if target == "u" else target, "method": method, "seed": int(run[len(method):] or 0)}
 
 
 def uap_config(ctx: Context, key: str, source: str, *, zeta: float, p: str, eps: float, target: str | None,

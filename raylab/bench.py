@@ -210,15 +210,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         sgd_images_per_s=n / t_sgd, sgd_bare_kernel_images_per_s=n / t_sgd_bare,
         sgd_over_bare_kernel=t_sgd_bare / t_sgd, sgd_over_batched=t_b / t_sgd,
     )
+    static = dataclasses.replace(batched, static_shapes=True)
     if cfg.static:
-        static = dataclasses.replace(batched, static_shapes=True)
         static(fast, images[: cfg.batch_size], seed=cfg.seed)  # warm-up: cuDNN autotune for the static shape
         res_s, t_s = _timed(lambda: static(fast, images, seed=cfg.seed))
         figures.update(static_images_per_s=n / t_s, static_accepted=res_s.stats.accepted, static_over_batched=t_b / t_s,
                        static_over_bare_kernel=t_bare / t_s)
     if cfg.compile:
         compiled = for_inference(network(), device=cfg.device, amp=cfg.amp, compile=True)
-        static = dataclasses.replace(batched, static_shapes=True)
         _, t_warm = _timed(lambda: static(compiled, images, seed=cfg.seed))  # pays the compilation of every shape
         res_c, t_c = _timed(lambda: static(compiled, images, seed=cfg.seed))
         figures.update(compiled_images_per_s=n / t_c, compiled_accepted=res_c.stats.accepted,

@@ -85,7 +85,8 @@ def test_bench_measures_both_methods_beside_art(tmp_path: Path) -> None:
     f = json.loads(out.read_text())
     for key in ("faithful_images_per_s", "batched_images_per_s", "sgd_images_per_s", "art_images_per_s",
                 "sgd_bare_kernel_images_per_s", "sgd_over_batched", "sgd_over_art", "static_images_per_s",
-                "faithful_static_images_per_s", "batched_tflops", "static_fraction_of_peak"):
+                "faithful_static_images_per_s", "batched_tflops", "static_fraction_of_peak",
+                "bare_kernel_later_pass_images_per_s"):
         assert f[key] > 0, key
     assert f["faithful_rho_max_abs_diff_vs_art"] < 1e-5
     assert f["static_accepted"] == f["batched_accepted"]  # the static-shape update takes the same decisions

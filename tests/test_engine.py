@@ -86,6 +86,27 @@ def test_targeted_linf_engine_equals_the_core(cluster, models, shards, tmp_path)
     torch.testing.assert_close(rho, second.rho, rtol=0, atol=1e-5)
 
 
+def test_clean_labels_are_carried_to_later_passes_and_give_the_same_uap(cluster, models, shards, tmp_path) -> None:
+    """Pass 2 of a non-targeted run gets pass 1's C(x) from the driver (no clean forward) and ends with the UAP of
+    two passes of the core, which computes C(x) once per image."""
+    m = run_engine(_config(models, shards, tmp_path / "c", workers=2, batch_size=4, max_passes=2, static_shapes=True),
+                   log=lambda s: None).metrics()
+    rho = torch.from_numpy(np.load(tmp_path / "c" / "uap.npy"))
+    manifest = read_manifest(shards)
+    w0, w1 = _stream(manifest.urls[0::2]), _stream(manifest.urls[1::2])
+    order = torch.cat([torch.cat([a, b]) for a, b in zip(w0.split(4), w1.split(4))])
+    model = load_classifier(models["model"])
+    first = _core_in_order(model, order, batch_size=8)
+    perm = random.Random(0).sample(range(48), 48)
+    inverse = torch.empty(48, dtype=torch.long)
+    inverse[torch.tensor(perm)] = torch.arange(48)
+    second = UAP(radius=zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=ZETA, p=2), p=2, eps=EPS,
+                 mode="batched", batch_size=8)(model, order[inverse], seed=0, rho=first.rho)
+    assert m["stats"]["images"] == 96 and m["clean_labels_reused"] == 48
+    assert m["stats"]["accepted"] == first.stats.accepted + second.stats.accepted > 0
+    torch.testing.assert_close(rho, second.rho, rtol=0, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def two_worker_run(cluster, models, shards, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("w2")
@@ -294,6 +315,7 @@ def test_sgd_on_one_worker_equals_the_core_over_two_passes(cluster, models, shar
     rho = torch.from_numpy(np.load(tmp_path / "s1" / "uap.npy"))
     ref = _sgd_core_by_pass(load_classifier(models["model"]), _stream(read_manifest(shards).urls), batch_size=4, passes=2, p="inf")
     assert m["config"]["method"] == "sgd" and m["stats"]["images"] == 96 == m["stats"]["accepted"] and m["rounds"] == 24
+    assert m["clean_labels_reused"] == 48  # the second pass ran on the first pass's clean labels
     torch.testing.assert_close(rho, ref, rtol=0, atol=1e-6)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from raylab.core import StepStats, project_lp, sgd_step
+from raylab.engine.labels import CleanLabels
 from raylab.engine.readers import BatchMeta, Position
 from raylab.engine.state import PaperRule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, record_marker
 from raylab.data.shards import Cursor
@@ -90,3 +91,16 @@ def test_an_sgd_round_takes_one_step_along_the_summed_gradient_with_the_schedule
     down = commit_round(RunState.start((1, 3, 3), workers=1), [WorkerResult(0, grads[0], StepStats(4, 4, 4), _meta(0, 0, 4))],
                         rule=targeted)
     torch.testing.assert_close(down.rho, -0.2 * grads[0].sign(), rtol=0, atol=0)  # descends the target's loss
+
+
+def test_clean_labels_are_handed_back_only_for_the_same_batch_in_a_later_pass() -> None:
+    labels = CleanLabels()
+    first = _meta(0, 4, 3)
+    labels.put(0, first, torch.tensor([1, 0, 1]))
+    again = _meta(1, 4, 3)  # the same batch (same start, keys, size) in pass 2
+    assert labels.get(0, again).tolist() == [1, 0, 1] and labels.get(0, again).dtype == torch.int16
+    assert labels.get(1, again) is None  # another reader's batch at the same position
+    assert labels.get(0, _meta(1, 4, 2)) is None  # a shorter batch there (an image skipped) is computed again
+    moved = BatchMeta(start=again.start, end=again.end, size=3, keys=["x", "5", "6"], skipped=[], shards_failed=[],
+                      decode_seconds=0.0)
+    assert labels.get(0, moved) is None  # other images at that position

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..config import EngineConfig
-from ..core import VALID_RANGE, StepStats, lp_norm, weak_regime
+from ..core import VALID_RANGE, StepStats, Untargeted, lp_norm, weak_regime
 from ..data.shards import read_manifest
 from ..errors import InputError, RaylabError
 from ..evaluation import Evaluation, evaluate
@@ -43,6 +43,7 @@ from ..record import Build, Figures, ResultsKey, RunRecord, Source, write_run
 from ..store import Store
 from ..target import Target, load_target, medical_digest, read_model
 from ..telemetry import Telemetry, ray_sink, run_tags
+from .labels import CleanLabels
 from .readers import BatchMeta, ShardReader
 from .state import (
     CHECKPOINT, PaperRule, Rule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, fingerprint,
@@ -98,6 +99,8 @@ class Engine:
         self.workers: list[Any] = []
         self.readers: list[Any] = []
         self._clean: Tensor | None = None
+        #: C(x) of the stream's batches, handed back on their later passes (non-targeted runs of several passes)
+        self.labels = CleanLabels() if isinstance(self.target.criterion, Untargeted) and (config.max_passes or 1) > 1 else None
         self._test_refs: list[Any] | None = None
         self.compute = self.idle = 0.0  # worker seconds computing and waiting, this session
         self.recent: deque[float] = deque(maxlen=20)  # seconds of the last updates, for the hang deadline
@@ -115,10 +118,12 @@ class Engine:
         rounds = c.max_passes * max(math.ceil(n / c.batch_size) for n in per_worker)  # T of the step schedule
         return SGDRule(t.radius, c.p, c.lr, c.schedule, rounds, t.criterion.sign)
 
-    def _submit(self, w: int, images: Any, rho_ref: Any) -> Any:
+    def _submit(self, w: int, images: Any, rho_ref: Any, meta: BatchMeta) -> Any:
         c = self.config
+        clean = None if self.labels is None else self.labels.get(w, meta)
         return self.workers[w].update.remote(images, rho_ref, method=c.method, criterion=self.target.criterion,
-                                             clip=self.clip, eps=c.eps, step_norm=c.step_norm, loss_clamp=c.loss_clamp)
+                                             clip=self.clip, eps=c.eps, step_norm=c.step_norm, loss_clamp=c.loss_clamp,
+                                             clean=clean)
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def _start_actors(self) -> None:
@@ -188,12 +193,13 @@ class Engine:
             if not batch_for:
                 break
             rho_ref = ray.put(state.rho)
-            futures = {w: self._submit(w, img, rho_ref) for w, (img, _) in batch_for.items()}
+            futures = {w: self._submit(w, img, rho_ref, meta) for w, (img, meta) in batch_for.items()}
             for w, (_, meta) in batch_for.items():  # decode the next round while this one computes
                 pending[w] = self.readers[w].read.remote(meta.end.to_list())
             results = []
             for w in sorted(futures):
-                step, stats, timing = self._get_update(w, futures[w], batch_for[w], rho_ref)
+                step, stats, timing, labels = self._get_update(w, futures[w], batch_for[w], rho_ref)
+                self._keep_labels(w, batch_for[w][1], labels)
                 results.append(WorkerResult(w, step, stats, batch_for[w][1]))
                 self.compute, self.idle = self.compute + timing["compute_seconds"], self.idle + timing["idle_seconds"]
                 self.recent.append(timing["compute_seconds"])
@@ -218,6 +224,15 @@ class Engine:
         self._checkpoint(state)
         self.log(self._progress(state, images_at_start, session))
         return self._finish(state)
+
+    def _keep_labels(self, w: int, meta: BatchMeta, labels: Tensor | None) -> None:
+        """Keep the clean labels a worker computed for its batch's later passes, or count the ones it was handed."""
+        if self.labels is None:
+            return
+        if labels is not None:
+            self.labels.put(w, meta, labels)
+        else:
+            self.labels.count_reused(meta.size)
 
     def _count(self, results: list[WorkerResult]) -> None:
         """Telemetry of a committed round (counted only once the commit succeeded)."""
@@ -289,7 +304,8 @@ class Engine:
         shard = shards[meta.start.cursor.shard] if meta.start.cursor.shard < len(shards) else f"shard #{meta.start.cursor.shard}"
         return f"{shard}:{meta.keys[0] if meta.keys else '?'} (a batch of {meta.size} read by reader {w})"
 
-    def _get_update(self, w: int, future: Any, batch: tuple[Any, BatchMeta], rho_ref: Any) -> tuple[Tensor, StepStats, dict[str, float]]:
+    def _get_update(self, w: int, future: Any, batch: tuple[Any, BatchMeta], rho_ref: Any
+                    ) -> tuple[Tensor, StepStats, dict[str, float], Tensor | None]:
         """The worker's result, redone when its worker died (Ray restarts it) or its batch was lost with a node.
 
         A lost batch is read again from its reader at the batch's start position (readers seek), so the redone
@@ -315,7 +331,7 @@ class Engine:
             except ray.exceptions.RayTaskError as e:
                 raise RaylabError(f"worker {w} failed on {self.batch_name(w, meta)}: {_cause(e)}") from None
             if attempt < c.max_batch_attempts:
-                future = self._submit(w, images, rho_ref)
+                future = self._submit(w, images, rho_ref, meta)
         raise RaylabError(f"{self.batch_name(w, meta)} failed {c.max_batch_attempts} times ({type(last).__name__}: its update "
                           f"kills the worker?); stopping, the last checkpoint is {self.store.path(CHECKPOINT)}")
 
@@ -387,7 +403,8 @@ class Engine:
                         shards_failed=distinct(state.shards_failed))
         engine = {"rounds": state.round, "per_pass": state.per_pass, "history": state.history,
                   "stopped_by_delta": state.stopped_by_delta, "actors_replaced": self.replaced,
-                  "worker_idle_fraction": self.idle / max(1e-9, self.idle + self.compute)}
+                  "worker_idle_fraction": self.idle / max(1e-9, self.idle + self.compute),
+                  "clean_labels_reused": 0 if self.labels is None else self.labels.reused}
         evaluation = self._evaluate(state.rho)
         record = RunRecord(
             attack=c.attack_only(), config=c.to_dict(), model=c.model, arch=spec.arch, image_size=spec.image_size or 0,

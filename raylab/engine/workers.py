@@ -41,18 +41,24 @@ class UAPWorker:
         self.last_end: float | None = None
 
     def update(self, images: Tensor, rho: Tensor, *, method: str, criterion: Criterion, clip: tuple[float, float] | None,
-               eps: float = 0.0, step_norm: StepNorm = "sign", loss_clamp: float = 10.0
-               ) -> tuple[Tensor, StepStats, dict[str, float]]:
+               eps: float = 0.0, step_norm: StepNorm = "sign", loss_clamp: float = 10.0, clean: Tensor | None = None
+               ) -> tuple[Tensor, StepStats, dict[str, float], Tensor | None]:
         """One batch against ``rho``: the sum of its accepted FGSM steps (``method="paper"``,
         :func:`raylab.core.batch_update`) or the sum of its images' gradients of the loss (``"sgd"``,
-        :func:`raylab.core.batch_gradient`). Clean labels first, where the criterion needs them."""
+        :func:`raylab.core.batch_gradient`).
+
+        Clean labels first, where the criterion needs them: ``clean`` when the driver has them from the batch's first
+        pass (:mod:`raylab.engine.labels`), else computed here and returned last (None when given or not needed)."""
         started = time.perf_counter()
         idle = 0.0 if self.last_end is None else started - self.last_end
         x = images.to(self.device, non_blocking=True)  # uint8 from the readers: converted on the device
+        computed = None
         if not isinstance(criterion, Untargeted):
             clean = torch.zeros(len(x), dtype=torch.long, device=self.device)  # targeted rules never read clean labels
+        elif clean is not None:
+            clean = clean.to(self.device, dtype=torch.long, non_blocking=True)
         else:
-            clean = predict_labels(self.model, x, batch_size=len(x) or 1, amp=self.amp).to(self.device)
+            clean = computed = predict_labels(self.model, x, batch_size=len(x) or 1, amp=self.amp).to(self.device)
         if method == "sgd":
             total, active = batch_gradient(self.model, x, clean, rho.to(self.device), criterion=criterion,
                                            loss_clamp=loss_clamp, clip=clip, amp=self.amp)
@@ -68,7 +74,8 @@ class UAPWorker:
         step = total.cpu()
         self.last_end = time.perf_counter()
         self.telemetry.step_time(worker=self.index, seconds=self.last_end - started)
-        return step, stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle}
+        labels = None if computed is None else computed.cpu()
+        return step, stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle}, labels
 
     def predict(self, images: Tensor, rho: Tensor | None = None, clip: tuple[float, float] | None = None) -> Tensor:
         """Labels of ``images`` (under ``images + rho`` when given): the distributed evaluation."""

@@ -190,6 +190,7 @@ class EngineConfig(AttackConfig):
     cpus_per_worker: float = option(1.0, "CPUs each worker actor asks Ray for")
     cpus_per_reader: float = option(1.0, "CPUs each reader actor asks Ray for")
     prefetch: int = option(4, "batches each reader decodes ahead (bounded: flat memory)")
+    decode_threads: int = option(0, "decode threads per reader (0: one per CPU it asks for, --cpus-per-reader)")
     resources: dict[str, float] = option(help="custom Ray resources each reader and worker needs, as JSON, "
                                               "e.g. '{\"uap_pool\": 1}' to keep them on those nodes", factory=dict)
     checkpoint_every: int = option(20, "rounds between checkpoints")
@@ -211,6 +212,7 @@ class EngineConfig(AttackConfig):
         check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
         check(self.cpus_per_worker > 0 and self.cpus_per_reader > 0, "cpus_per_worker and cpus_per_reader must be > 0")
         check(self.prefetch >= 1, f"prefetch must be >= 1, got {self.prefetch}")
+        check(self.decode_threads >= 0, f"decode_threads must be >= 0 (0: one per reader CPU), got {self.decode_threads}")
         check(isinstance(self.resources, dict), f"resources must be a JSON object of amounts, got {self.resources!r}")
         for name, amount in self.resources.items():
             check(isinstance(name, str) and name not in ("CPU", "GPU", "memory"),
@@ -225,6 +227,11 @@ class EngineConfig(AttackConfig):
         if "://" not in self.model:
             check(Path(self.model).is_file(), f"model weights not found: {self.model}")
         check(self.medical.exists(), f"medical dataset not found: {self.medical}")
+
+    @property
+    def reader_threads(self) -> int:
+        """Decode threads of each reader: ``decode_threads``, or one per CPU the reader asks for."""
+        return self.decode_threads or max(1, round(self.cpus_per_reader))
 
     @property
     def num_gpus_per_worker(self) -> float:

@@ -88,9 +88,9 @@ def test_targeted_linf_engine_equals_the_core(cluster, models, shards, tmp_path)
 
 def test_clean_labels_are_carried_to_later_passes_and_give_the_same_uap(cluster, models, shards, tmp_path) -> None:
     """Pass 2 of a non-targeted run gets pass 1's C(x) from the driver (no clean forward) and ends with the UAP of
-    two passes of the core, which computes C(x) once per image."""
-    m = run_engine(_config(models, shards, tmp_path / "c", workers=2, batch_size=4, max_passes=2, static_shapes=True),
-                   log=lambda s: None).metrics()
+    two passes of the core, which computes C(x) once per image (readers with two decode threads: the same stream)."""
+    m = run_engine(_config(models, shards, tmp_path / "c", workers=2, batch_size=4, max_passes=2, static_shapes=True,
+                           decode_threads=2), log=lambda s: None).metrics()
     rho = torch.from_numpy(np.load(tmp_path / "c" / "uap.npy"))
     manifest = read_manifest(shards)
     w0, w1 = _stream(manifest.urls[0::2]), _stream(manifest.urls[1::2])

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +176,56 @@ def test_jpg_format_stores_resized_jpeg_close_to_the_original(tmp_path: Path) ->
         assert stored.shape == (3, 64, 64) and (stored - expected).abs().mean() < 4  # quality 95: small loss
     with pytest.raises(InputError, match="image_format must be 'png' or 'jpg'"):
         write_shards(IMAGENET, tmp_path / "x", sample=2, size=64, image_format="webp")
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_stored_size_jpegs_decode_to_pils_pixels_on_the_fast_path(tmp_path: Path, channels: int) -> None:
+    """libjpeg-turbo through torchvision (the reader's fast path) against PIL, on real photos stored at 64 px."""
+    from PIL import Image
+
+    from raylab.data import jpeg
+
+    m = write_shards(IMAGENET, tmp_path / "j", sample=24, shard_size=24, seed=5, size=64, channels=channels,
+                     image_format="jpg")
+    for r in iter_samples(m):
+        with Image.open(io.BytesIO(r.data)) as header:
+            assert jpeg.eligible(header, channels=channels, size=64)
+            assert not jpeg.eligible(header, channels=channels, size=32)  # a resize goes to PIL
+        for as_channels in {channels, 3}:  # a gray JPEG read as RGB too
+            fast = jpeg.decode(r.data, channels=as_channels)
+            assert fast is not None and fast.dtype == torch.uint8
+            assert torch.equal(fast, decode_image(r.data, channels=as_channels, size=64, fast_jpeg=False))
+            assert torch.equal(decode_image(r.data, channels=as_channels, size=64), fast)
+    rgb = next(iter_samples(write_shards(IMAGENET, tmp_path / "rgb", sample=1, size=64, channels=3, image_format="jpg")))
+    with Image.open(io.BytesIO(rgb.data)) as header:
+        assert not jpeg.eligible(header, channels=1, size=64)  # PIL's luma, not libjpeg's Y: PIL decodes it
+    cut = rgb.data[: len(rgb.data) // 2]
+    assert jpeg.decode(cut, channels=3) is None
+    with pytest.raises(InputError, match="cut: cannot decode image .OSError: image file is truncated"):  # PIL's message
+        decode_image(cut, channels=3, size=64, name="cut")
+
+
+def test_threaded_decode_yields_the_same_stream_and_skips(tmp_path: Path) -> None:
+    _bad_shard(tmp_path / "bad.tar")
+    m = write_shards(IMAGENET, tmp_path / "j", sample=20, shard_size=7, seed=1, size=32, channels=3, image_format="jpg")
+    urls = [str(tmp_path / "bad.tar"), *m.urls]
+    runs = []
+    for threads in (1, 3):
+        report = ShardReport()
+        decoded = list(decode_stream(iter_samples(urls, report=report), channels=3, size=32, report=report,
+                                     threads=threads))
+        runs.append(([(r.shard, r.key) for r, _ in decoded], torch.stack([t for _, t in decoded]), report.images.skipped))
+    (keys1, images1, skipped1), (keys3, images3, skipped3) = runs
+    assert keys3 == keys1 and len(keys1) == 22 and torch.equal(images3, images1)
+    assert skipped3 == skipped1 and [name for name, _ in skipped1] == ["bad.tar:00000001", "bad.tar:00000002"]
+    report = ShardReport()
+    stream = decode_stream(iter_samples(urls, report=report), channels=3, size=32, report=report, threads=2)
+    first = [(pair[0].shard, pair[0].key) for pair, _ in zip(stream, range(3))]
+    assert first == [("bad.tar", "00000000"), ("bad.tar", "00000003"), ("shard-000000.tar", "00000000")]
+    stream.close()  # a consumer that stops early (a reader seeking) leaves no decode thread behind
+    assert not [t for t in threading.enumerate() if t.name.startswith("raylab-decode")]
+    with pytest.raises(InputError, match="threads must be >= 1"):
+        decode_stream([], channels=3, size=32, report=ShardReport(), threads=0)
 
 
 def test_undecodable_file_is_skipped_at_write_time(tmp_path: Path) -> None:

@@ -143,7 +143,8 @@ class Engine:
             ShardReader.options(num_cpus=c.cpus_per_reader, resources=dict(c.resources), **spread).remote(
                 [self.manifest.url(i) for i in range(w, len(self.manifest.shards), c.workers)],
                 counts=[s.count for s in self.manifest.shards[w::c.workers]], passes=c.max_passes,
-                channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size, prefetch=c.prefetch, index=w, tags=tags)
+                channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size, prefetch=c.prefetch,
+                threads=c.reader_threads, index=w, tags=tags)
             for w in range(c.workers)
         ]
         self.workers = [

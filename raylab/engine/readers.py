@@ -2,7 +2,9 @@
 
 Each reader owns a list of shards (its share of the stream, repeated for
 i_max passes) and a background thread that decodes up to ``prefetch`` batches
-ahead (back-pressure: a full queue blocks the thread, so memory stays flat).
+ahead (back-pressure: a full queue blocks the thread, so memory stays flat),
+with ``threads`` decode threads (one per CPU the reader asks for, by default:
+decoding runs free of Python's lock, so one reader feeds a fast GPU).
 ``read(position)`` hands out the batch that starts at ``position``; when that
 is not the head of the queue (after a restart, a resume or a redo) the reader
 seeks there, so a batch can always be asked for again and is always the same.
@@ -69,9 +71,9 @@ class _Producer(threading.Thread):
     """Decodes batches from ``start`` into a bounded queue until the stream ends or it is told to stop."""
 
     def __init__(self, urls: list[str], counts: list[int | None], start: Position, passes: int, channels: int, size: int,
-                 batch_size: int, prefetch: int) -> None:
+                 batch_size: int, prefetch: int, threads: int = 1) -> None:
         super().__init__(daemon=True)
-        self.urls, self.counts, self.start_at, self.passes = urls, counts, start, passes
+        self.urls, self.counts, self.start_at, self.passes, self.threads = urls, counts, start, passes, threads
         self.channels, self.size, self.batch_size = channels, size, batch_size
         self.out: queue.Queue = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
@@ -108,7 +110,8 @@ class _Producer(threading.Thread):
             seen_images, seen_shards = 0, 0
             stream = batches(decode_stream(self._counted(iter_samples(self.urls, start=cursor, report=report,
                                                                         counts=self.counts)),
-                                           channels=self.channels, size=self.size, report=report), self.batch_size)
+                                           channels=self.channels, size=self.size, report=report, threads=self.threads),
+                             self.batch_size)
             t, counted = time.perf_counter(), self.nbytes
             for batch in stream:
                 end = Position(pass_, batch.cursor_after)
@@ -139,10 +142,11 @@ class ShardReader:
     """A Ray actor that reads and decodes its shards (see the module docstring)."""
 
     def __init__(self, urls: list[str], *, counts: list[int | None] | None = None, passes: int, channels: int, size: int,
-                 batch_size: int, prefetch: int, index: int = 0, tags: dict[str, str] | None = None) -> None:
+                 batch_size: int, prefetch: int, threads: int = 1, index: int = 0, tags: dict[str, str] | None = None) -> None:
         torch.set_num_threads(1)
         self.index, self.telemetry = index, Telemetry(ray_sink(), **(tags or {}))
-        self.args = dict(urls=list(urls), counts=list(counts) if counts is not None else [None] * len(urls), passes=passes, channels=channels, size=size, batch_size=batch_size, prefetch=prefetch)
+        self.args = dict(urls=list(urls), counts=list(counts) if counts is not None else [None] * len(urls), passes=passes,
+                         channels=channels, size=size, batch_size=batch_size, prefetch=prefetch, threads=threads)
         self.producer: _Producer | None = None
         self.head: Position | None = None
 

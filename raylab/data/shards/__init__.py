@@ -19,27 +19,18 @@ item's position). Each shard is written from its own slice of the listing
 The manifest (:class:`Manifest`, :func:`read_manifest`, :func:`verify_manifest`)
 lives in :mod:`.manifest`.
 
-Reading (:mod:`.reader`) is a stream that never raises for bad shard content:
-:func:`iter_samples` yields raw samples and records missing, truncated or
-corrupt shards in a :class:`ShardReport`; :func:`decode_stream` decodes them
-(undecodable images are skipped and recorded as ``"<shard>:<key>"``);
-:func:`batches` stacks them. Every sample and batch carries the
+Reading is a stream that never raises for bad shard content:
+:func:`iter_samples` (:mod:`.reader`) yields raw samples and records missing,
+truncated or corrupt shards in a :class:`ShardReport`; :func:`decode_stream`
+(:mod:`.decode`) decodes them (undecodable images are skipped and recorded as
+``"<shard>:<key>"``); :func:`batches` (:mod:`.batch`) stacks them. Every sample and batch carries the
 :class:`Cursor` after it, so a reader can resume exactly where it stopped.
 """
 
 from .manifest import FORMAT, MANIFEST_NAME, Manifest, ShardInfo, read_manifest, verify_manifest
-from .reader import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTS,
-    Batch,
-    Cursor,
-    RawSample,
-    ShardReport,
-    batches,
-    decode_stream,
-    iter_samples,
-    load_shard_images,
-)
+from .batch import Batch, batches, load_shard_images
+from .decode import decode_stream
+from .reader import DEFAULT_MAX_PIXELS, IMAGE_EXTS, Cursor, RawSample, ShardReport, iter_samples
 from .writer import ShardJob, write_shard, write_shards
 
 __all__ = [

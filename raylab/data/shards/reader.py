@@ -1,18 +1,18 @@
-"""Reading shards as a stream that never raises for bad shard content, resumable at any :class:`Cursor`."""
+"""Reading shards as a stream of raw (undecoded) samples that never raises for bad shard content, resumable at any
+:class:`Cursor`; decoding is :mod:`.decode`, batching :mod:`.batch`."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-import torch
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from ...errors import InputError, one_line
-from ..natural import SkipReport, decode_image
+from ..natural import SkipReport
 from .manifest import Manifest, read_manifest
 
 #: Sample members read as the image, in order of preference (lower case, as webdataset groups them).
@@ -47,17 +47,6 @@ class ShardReport:
 
     shards_failed: list[tuple[str, str]] = field(default_factory=list)
     images: SkipReport = field(default_factory=SkipReport)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Decoded images (uint8 B x C x H x W), their keys and names, labels (or None), and the cursor after them."""
-
-    images: torch.Tensor
-    keys: list[str]
-    labels: torch.Tensor | None
-    cursor_after: Cursor
-    names: list[str] = field(default_factory=list)
 
 
 def _shard_name(url: str) -> str:
@@ -209,148 +198,3 @@ def _iterate(urls: list[str], counts: list[int | None], start: Cursor, report: S
         if skip and expected is not None and skip >= expected:
             continue  # the cursor is at (or past) the end of this shard
         yield from _read_shard(urls[i], i, skip, expected, report)
-
-
-def decode_stream(
-    samples: Iterable[RawSample],
-    *,
-    channels: int,
-    size: int | None,
-    report: ShardReport,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    threads: int = 1,
-) -> Iterator[tuple[RawSample, torch.Tensor]]:
-    """Decode raw samples with :func:`decode_image`; undecodable or image-less ones go to ``report.images``.
-
-    ``threads > 1`` decodes that many samples at once (libjpeg-turbo, PIL's decoders and its resize run without
-    Python's lock), still yielding, and reporting skips, in stream order; at most ``2 x threads`` samples are in
-    flight, so memory stays flat.
-    """
-    if channels not in (1, 3):
-        raise InputError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
-    if size is not None and size < 1:
-        raise InputError(f"size must be >= 1, got {size!r}")
-    if not isinstance(threads, int) or threads < 1:
-        raise InputError(f"threads must be >= 1, got {threads!r}")
-    if threads == 1:
-        return _decode(samples, channels, size, report, max_pixels)
-    return _decode_threaded(samples, channels, size, report, max_pixels, threads)
-
-
-def _decode_one(raw: RawSample, channels: int, size: int | None, max_pixels: int) -> torch.Tensor | str:
-    """The image of ``raw``, or why it cannot be decoded."""
-    where = f"{raw.shard}:{raw.key}"
-    if raw.data is None:
-        return "no image in sample"
-    try:
-        return decode_image(raw.data, channels=channels, size=size, max_pixels=max_pixels, name=where)
-    except InputError as e:
-        return str(e).removeprefix(f"{where}: ")
-
-
-def _decode(
-    samples: Iterable[RawSample], channels: int, size: int | None, report: ShardReport, max_pixels: int
-) -> Iterator[tuple[RawSample, torch.Tensor]]:
-    for raw in samples:
-        image = _decode_one(raw, channels, size, max_pixels)
-        if isinstance(image, str):
-            report.images.add(f"{raw.shard}:{raw.key}", image)
-            continue
-        yield raw, image
-
-
-def _decode_threaded(
-    samples: Iterable[RawSample], channels: int, size: int | None, report: ShardReport, max_pixels: int, threads: int
-) -> Iterator[tuple[RawSample, torch.Tensor]]:
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    window: deque[tuple[RawSample, Future]] = deque()
-    with ThreadPoolExecutor(threads, thread_name_prefix="raylab-decode") as pool:
-        try:
-            for raw in samples:
-                window.append((raw, pool.submit(_decode_one, raw, channels, size, max_pixels)))
-                while len(window) > 2 * threads or (window and window[0][1].done()):
-                    yield from _ready(window.popleft(), report)
-            while window:
-                yield from _ready(window.popleft(), report)
-        finally:  # a consumer that stops early (a reader seeking) leaves nothing running
-            for _, future in window:
-                future.cancel()
-
-
-def _ready(item: tuple[RawSample, Any], report: ShardReport) -> Iterator[tuple[RawSample, torch.Tensor]]:
-    raw, future = item
-    image = future.result()
-    if isinstance(image, str):
-        report.images.add(f"{raw.shard}:{raw.key}", image)
-    else:
-        yield raw, image
-
-
-def batches(decoded: Iterable[tuple[RawSample, torch.Tensor]], batch_size: int) -> Iterator[Batch]:
-    """Stack decoded images into batches of ``batch_size`` (the last may be shorter).
-
-    A batch's ``cursor_after`` is the cursor after its last sample, so
-    :func:`iter_samples` resumed there continues with the next batch. Images
-    of different sizes (no ``size`` given) are an :class:`InputError`.
-    """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
-    return _batches(decoded, batch_size)
-
-
-def _batches(decoded: Iterable[tuple[RawSample, torch.Tensor]], batch_size: int) -> Iterator[Batch]:
-    group: list[tuple[RawSample, torch.Tensor]] = []
-    for pair in decoded:
-        if group and pair[1].shape != group[0][1].shape:
-            first, raw = group[0][0], pair[0]
-            raise InputError(
-                f"{raw.shard}:{raw.key}: image size {tuple(pair[1].shape)} differs from {tuple(group[0][1].shape)} "
-                f"of {first.shard}:{first.key}; give a size to resize"
-            )
-        group.append(pair)
-        if len(group) == batch_size:
-            yield _make_batch(group)
-            group = []
-    if group:
-        yield _make_batch(group)
-
-
-def _make_batch(group: list[tuple[RawSample, torch.Tensor]]) -> Batch:
-    raws = [r for r, _ in group]
-    labels = None
-    if all(r.label is not None for r in raws):
-        labels = torch.tensor([r.label for r in raws], dtype=torch.int64)
-    return Batch(
-        images=torch.stack([t for _, t in group]),
-        keys=[r.key for r in raws],
-        labels=labels,
-        cursor_after=raws[-1].cursor_after,
-        names=[r.name for r in raws],
-    )
-
-
-def load_shard_images(location: str, *, channels: int, size: int, limit: int | None = None,
-                      seed: int = 0) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]]:
-    """The images of a shard location decoded into memory (uint8 N x C x size x size), for a single-machine run.
-
-    With ``limit`` below the manifest's total, a seeded random sample of ``limit`` positions is decoded (the others
-    are not). Returns the images, the skipped images (``"<shard>:<key>: reason"``) and the failed shards
-    (``"<shard>: reason"``); InputError when no image decodes.
-    """
-    import random
-
-    manifest = read_manifest(location)
-    keep = None
-    if limit is not None and limit < manifest.total:
-        keep = set(random.Random(seed).sample(range(manifest.total), limit))
-    report = ShardReport()
-    samples = (s for i, s in enumerate(iter_samples(manifest, report=report)) if keep is None or i in keep)
-    images = [image for _, image in decode_stream(samples, channels=channels, size=size, report=report)]
-    skipped = tuple(f"{name}: {why}" for name, why in report.images.skipped)
-    failed = tuple(f"{name}: {why}" for name, why in report.shards_failed)
-    if not images:
-        raise InputError(f"{location}: no image of its {manifest.total} decoded"
-                         + (f" (first: {(skipped or failed)[0]})" if skipped or failed else ""))
-    return torch.stack(images), skipped, failed

@@ -1,0 +1,92 @@
+"""Stacking decoded samples into batches that know where the stream resumes, and a whole shard set in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ...errors import InputError
+from .decode import decode_stream
+from .manifest import read_manifest
+from .reader import Cursor, RawSample, ShardReport, iter_samples
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Decoded images (uint8 B x C x H x W), their keys and names, labels (or None), and the cursor after them."""
+
+    images: torch.Tensor
+    keys: list[str]
+    labels: torch.Tensor | None
+    cursor_after: Cursor
+    names: list[str] = field(default_factory=list)
+
+
+def batches(decoded: Iterable[tuple[RawSample, torch.Tensor]], batch_size: int) -> Iterator[Batch]:
+    """Stack decoded images into batches of ``batch_size`` (the last may be shorter).
+
+    A batch's ``cursor_after`` is the cursor after its last sample, so
+    :func:`iter_samples` resumed there continues with the next batch. Images
+    of different sizes (no ``size`` given) are an :class:`InputError`.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
+    return _batches(decoded, batch_size)
+
+
+def _batches(decoded: Iterable[tuple[RawSample, torch.Tensor]], batch_size: int) -> Iterator[Batch]:
+    group: list[tuple[RawSample, torch.Tensor]] = []
+    for pair in decoded:
+        if group and pair[1].shape != group[0][1].shape:
+            first, raw = group[0][0], pair[0]
+            raise InputError(
+                f"{raw.shard}:{raw.key}: image size {tuple(pair[1].shape)} differs from {tuple(group[0][1].shape)} "
+                f"of {first.shard}:{first.key}; give a size to resize"
+            )
+        group.append(pair)
+        if len(group) == batch_size:
+            yield _make_batch(group)
+            group = []
+    if group:
+        yield _make_batch(group)
+
+
+def _make_batch(group: list[tuple[RawSample, torch.Tensor]]) -> Batch:
+    raws = [r for r, _ in group]
+    labels = None
+    if all(r.label is not None for r in raws):
+        labels = torch.tensor([r.label for r in raws], dtype=torch.int64)
+    return Batch(
+        images=torch.stack([t for _, t in group]),
+        keys=[r.key for r in raws],
+        labels=labels,
+        cursor_after=raws[-1].cursor_after,
+        names=[r.name for r in raws],
+    )
+
+
+def load_shard_images(location: str, *, channels: int, size: int, limit: int | None = None,
+                      seed: int = 0) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]]:
+    """The images of a shard location decoded into memory (uint8 N x C x size x size), for a single-machine run.
+
+    With ``limit`` below the manifest's total, a seeded random sample of ``limit`` positions is decoded (the others
+    are not). Returns the images, the skipped images (``"<shard>:<key>: reason"``) and the failed shards
+    (``"<shard>: reason"``); InputError when no image decodes.
+    """
+    import random
+
+    manifest = read_manifest(location)
+    keep = None
+    if limit is not None and limit < manifest.total:
+        keep = set(random.Random(seed).sample(range(manifest.total), limit))
+    report = ShardReport()
+    samples = (s for i, s in enumerate(iter_samples(manifest, report=report)) if keep is None or i in keep)
+    images = [image for _, image in decode_stream(samples, channels=channels, size=size, report=report)]
+    skipped = tuple(f"{name}: {why}" for name, why in report.images.skipped)
+    failed = tuple(f"{name}: {why}" for name, why in report.shards_failed)
+    if not images:
+        raise InputError(f"{location}: no image of its {manifest.total} decoded"
+                         + (f" (first: {(skipped or failed)[0]})" if skipped or failed else ""))
+    return torch.stack(images), skipped, failed

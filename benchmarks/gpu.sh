@@ -26,7 +26,7 @@ bench() {  # name, seconds, bench arguments...
   echo "== $name"
   timeout "$limit" $PY -m raylab bench --device cuda --no-art --data-dir "${DATA:-shared/data}" "$@" \
     --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 || echo "   $name failed or ran out of time: see $OUT/$name.log"
-  grep -E '"(batched|static|compiled|faithful|faithful_static|bare_kernel)_(images_per_s|fraction_of_peak)"|decision_agreement' \
+  grep -E '"(batched|static|compiled|faithful|faithful_static|bare_kernel)_(images_per_s|fraction_of_peak)"|decision_agreement|later_pass_over' \
     "$OUT/$name.json" 2>/dev/null | sed 's/^/   /'
 }
 # InceptionV3 at 299 px (the paper's main model): float32 eager (today's baseline) with faithful mode, then autocast
@@ -39,10 +39,18 @@ bench gpu-resnet50-224-amp 90 --arch resnet50 --image-size 224 --channels 3 --im
   --amp --no-faithful --peak-tflops 790
 bench gpu-vgg16-224-amp 90 --arch vgg16 --image-size 224 --channels 3 --images 500 --batch-size 256 \
   --amp --no-faithful --peak-tflops 790
-# The engine end to end on the GPU: shards -> reader actors -> one GPU worker, against its bare kernel.
+# The engine end to end on the GPU: JPEG shards -> reader actors (4 decode threads each) -> one GPU worker, against
+# its bare kernel, decoding on the reader's CPU threads and on the worker's GPU (nvJPEG) side by side; the RGB model
+# audits PneumoniaMNIST repeated to RGB. Also: one reader's decode rate, and nvJPEG's on whole batches.
 echo "== gpu-engine-inception-299-amp"
-timeout 120 $PY -m raylab bench --engine --device cuda --no-art --data-dir "${DATA:-shared/data}" --arch inception_v3 \
-  --image-size 299 --channels 3 --images 500 --batch-size 256 --amp --workers 1 \
+timeout 150 $PY -m raylab bench --engine --device cuda --no-art --data-dir "${DATA:-shared/data}" --arch inception_v3 \
+  --image-size 299 --channels 3 --images 500 --batch-size 256 --amp --workers 1 --cpus-per-worker 4 \
+  --cpus-per-reader 4 --shard-format jpg --decode-on reader worker \
   --out "$OUT/gpu-engine-inception-299-amp.json" > "$OUT/gpu-engine-inception-299-amp.log" 2>&1 \
   || echo "   the engine run failed or ran out of time: see $OUT/gpu-engine-inception-299-amp.log"
+grep -E '"(engine|engine_decode_on_worker)_1w_(images_per_s|over_bare_kernel|worker_idle_fraction)"|decode_images_per_s' \
+  "$OUT/gpu-engine-inception-299-amp.json" 2>/dev/null | sed 's/^/   /'
+# nvJPEG against the reader's pixels (a level or so): the GPU-only test (pytest and hypothesis are in the image)
+timeout 60 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k nvjpeg > "$OUT/gpu-nvjpeg-test.log" 2>&1; \
+  tail -1 "$OUT/gpu-nvjpeg-test.log" | sed 's/^/   nvjpeg test: /'
 ls -la "$OUT"

@@ -30,7 +30,7 @@ from raylab.engine import Engine, RoundReport, run_engine
 from raylab.errors import InputError, RaylabError
 from raylab.models import load_classifier
 
-from .conftest import PNEUMONIA, ROOT, submit_and_wait
+from .conftest import IMAGENET, PNEUMONIA, ROOT, submit_and_wait
 
 ZETA, EPS = 0.08, 0.02
 
@@ -105,6 +105,40 @@ def test_clean_labels_are_carried_to_later_passes_and_give_the_same_uap(cluster,
     assert m["stats"]["images"] == 96 and m["clean_labels_reused"] == 48
     assert m["stats"]["accepted"] == first.stats.accepted + second.stats.accepted > 0
     torch.testing.assert_close(rho, second.rho, rtol=0, atol=1e-5)
+
+
+def _cut_one_jpeg(tar: Path, index: int) -> str:
+    """Rewrite ``tar`` with sample ``index``'s JPEG cut short (its header intact, the shard's count unchanged);
+    returns ``<shard>:<key>`` of the damaged sample."""
+    import webdataset as wds
+
+    samples = list(iter_samples([str(tar)]))
+    with open(tar, "wb") as f, wds.TarWriter(f, encoder=False) as w:
+        for i, raw in enumerate(samples):
+            data = raw.data[: int(len(raw.data) * 0.7)] if i == index else raw.data
+            w.write({"__key__": raw.key, "jpg": data, "name.txt": raw.name.encode()})
+    return f"{tar.name}:{samples[index].key}"
+
+
+def test_decoding_on_the_worker_gives_the_readers_uap_and_skips(cluster, models, tmp_path) -> None:
+    """``--decode-on worker``: JPEGs travel encoded and the worker decodes them (libjpeg-turbo on a CPU worker: the
+    reader's pixels exactly, so the same UAP); a JPEG cut short is skipped, named and counted as on the reader."""
+    from raylab.data.shards import write_shards
+
+    jpg = tmp_path / "jpg"
+    write_shards(IMAGENET, jpg, shard_size=12, sample=48, seed=0, size=28, channels=1, image_format="jpg")
+    damaged = _cut_one_jpeg(jpg / "shard-000001.tar", index=3)
+    runs = {}
+    for where in ("reader", "worker"):
+        m = run_engine(_config(models, jpg, tmp_path / where, workers=2, batch_size=4, max_passes=2, decode_on=where),
+                       log=lambda s: None).metrics()
+        runs[where] = (m, np.load(tmp_path / where / "uap.npy"))
+    (m_r, rho_r), (m_w, rho_w) = runs["reader"], runs["worker"]
+    assert m_w["config"]["decode_on"] == "worker" and m_w["stats"] == m_r["stats"] and m_w["stats"]["images"] == 94
+    assert np.array_equal(rho_w, rho_r) and np.abs(rho_w).max() > 0
+    assert m_w["source"]["skipped_files"] == m_r["source"]["skipped_files"] and m_w["source"]["skipped"] == 1
+    assert [s.split(": ", 1)[0] for s in m_w["source"]["skipped_files"]] == [damaged]
+    assert "image file is truncated" in m_w["source"]["skipped_files"][0]
 
 
 @pytest.fixture(scope="module")
@@ -331,11 +365,15 @@ def test_sgd_on_two_workers_equals_the_core_with_their_combined_batch(cluster, m
 def test_bench_engine_measures_both_methods_against_their_kernels(cluster, tmp_path) -> None:
     out = tmp_path / "bench.json"
     assert main(["bench", "--engine", "--arch", "small_cnn", "--image-size", "28", "--images", "64", "--batch-size", "16",
-                 "--workers", "1", "--out", str(out)]) == 0
+                 "--workers", "1", "--channels", "3", "--shard-format", "jpg", "--decode-on", "reader", "worker",
+                 "--out", str(out)]) == 0  # an RGB model: the bench repeats the gray X-rays to RGB for it
     f = json.loads(out.read_text())
     for key in ("engine_1w_images_per_s", "engine_sgd_1w_images_per_s", "engine_1w_over_bare_kernel",
-                "engine_sgd_1w_over_bare_kernel", "decode_images_per_s_per_core_stored_resized"):
+                "engine_sgd_1w_over_bare_kernel", "decode_images_per_s_per_core_stored_resized",
+                "engine_decode_on_worker_1w_images_per_s", "engine_decode_on_worker_1w_over_bare_kernel",
+                "device_decode_images_per_s"):
         assert f[key] > 0, key
+    assert f["decode_on"] == ["reader", "worker"] and f["shard_format"] == "jpg"
 
 
 def test_sgd_resumes_on_its_schedule_and_survives_a_killed_worker(cluster, models, shards, tmp_path) -> None:

@@ -75,3 +75,21 @@ def test_a_compiled_model_gives_the_same_uap(trained_cnn, natural_gray, pneumoni
     got = attack(compiled, images, clean_labels=clean, seed=0)
     assert got.stats == ref.stats and ref.stats.accepted > 0
     torch.testing.assert_close(got.rho, ref.rho, rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a CUDA device")
+def test_nvjpeg_decodes_a_batch_close_to_the_readers_pixels(tmp_path) -> None:
+    """The worker's device decode (``--decode-on worker``) on a GPU: nvJPEG's IDCT differs from libjpeg's by a level
+    or so, never by more than a few."""
+    from raylab.data.jpeg import EncodedBatch, decode_batch
+    from raylab.data.shards import ShardReport, batches, decode_stream, iter_samples, write_shards
+
+    from .conftest import IMAGENET
+
+    m = write_shards(IMAGENET, tmp_path / "j", sample=32, shard_size=32, size=299, channels=3, image_format="jpg")
+    reference = next(batches(decode_stream(iter_samples(m), channels=3, size=299, report=ShardReport()), 32))
+    batch = next(batches(decode_stream(iter_samples(m), channels=3, size=299, report=ShardReport(), device_jpegs=True), 32))
+    assert isinstance(batch.images, EncodedBatch)
+    images, skipped = decode_batch(batch.images, channels=3, device="cuda")
+    diff = (images.cpu().int() - reference.images.int()).abs()
+    assert skipped == [] and images.is_cuda and diff.float().mean() < 1.0 and diff.max() <= 8

@@ -228,6 +228,32 @@ def test_threaded_decode_yields_the_same_stream_and_skips(tmp_path: Path) -> Non
         decode_stream([], channels=3, size=32, report=ShardReport(), threads=0)
 
 
+def test_jpegs_left_for_the_device_decode_there_to_the_readers_pixels(tmp_path: Path) -> None:
+    """``device_jpegs=True``: stored-size JPEGs travel encoded, everything else is decoded by the reader; the
+    worker's :func:`decode_batch` (here on the CPU) gives the reader's batch, and skips a cut JPEG by name."""
+    from raylab.data.jpeg import Encoded, EncodedBatch, decode_batch
+
+    _bad_shard(tmp_path / "bad.tar")  # original-size photos: resized by the reader
+    m = write_shards(IMAGENET, tmp_path / "j", sample=10, shard_size=10, seed=2, size=32, channels=3, image_format="jpg")
+    urls = [str(tmp_path / "bad.tar"), *m.urls]
+    kw = dict(channels=3, size=32)
+    reference = next(batches(decode_stream(iter_samples(urls), report=ShardReport(), **kw), 12))
+    report = ShardReport()
+    batch = next(batches(decode_stream(iter_samples(urls, report=report), report=report, device_jpegs=True, threads=2,
+                                       **kw), 12))
+    assert isinstance(batch.images, EncodedBatch) and batch.keys == reference.keys
+    kinds = ["encoded" if isinstance(item, Encoded) else "decoded" for item in batch.images.items]
+    assert kinds == ["decoded"] * 2 + ["encoded"] * 10
+    images, skipped = decode_batch(batch.images, channels=3, device="cpu")
+    assert skipped == [] and torch.equal(images, reference.images)
+    cut = batch.images.items[5]
+    items = list(batch.images.items)
+    items[5] = Encoded(cut.data[: len(cut.data) * 2 // 3].clone(), cut.shape)
+    images, skipped = decode_batch(EncodedBatch(items, batch.images.names), channels=3, device="cpu")
+    assert [name for name, _ in skipped] == [batch.images.names[5]] and "truncated" in skipped[0][1]
+    assert torch.equal(images, torch.cat([reference.images[:5], reference.images[6:]]))
+
+
 def test_undecodable_file_is_skipped_at_write_time(tmp_path: Path) -> None:
     src = tmp_path / "photos"
     src.mkdir()

@@ -24,6 +24,7 @@ one :class:`~raylab.record.RunRecord` (:func:`raylab.record.write_run`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -49,7 +50,7 @@ from .state import (
     CHECKPOINT, PaperRule, Rule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, fingerprint,
     record_marker,
 )
-from .workers import WorkerActor
+from .workers import Update, WorkerActor
 
 
 #: A worker or reader is presumed hung after this many times its slowest recent update, and never sooner than
@@ -144,7 +145,7 @@ class Engine:
                 [self.manifest.url(i) for i in range(w, len(self.manifest.shards), c.workers)],
                 counts=[s.count for s in self.manifest.shards[w::c.workers]], passes=c.max_passes,
                 channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size, prefetch=c.prefetch,
-                threads=c.reader_threads, index=w, tags=tags)
+                threads=c.reader_threads, device_jpegs=c.decode_on == "worker", index=w, tags=tags)
             for w in range(c.workers)
         ]
         self.workers = [
@@ -199,9 +200,13 @@ class Engine:
                 pending[w] = self.readers[w].read.remote(meta.end.to_list())
             results = []
             for w in sorted(futures):
-                step, stats, timing, labels = self._get_update(w, futures[w], batch_for[w], rho_ref)
-                self._keep_labels(w, batch_for[w][1], labels)
-                results.append(WorkerResult(w, step, stats, batch_for[w][1]))
+                upd = self._get_update(w, futures[w], batch_for[w], rho_ref)
+                meta = batch_for[w][1]
+                self._keep_labels(w, meta, upd)
+                if upd.skipped:  # images the worker's device could not decode count as the reader's skips
+                    meta = dataclasses.replace(meta, skipped=[*meta.skipped, *upd.skipped])
+                results.append(WorkerResult(w, upd.step, upd.stats, meta))
+                timing = upd.timing
                 self.compute, self.idle = self.compute + timing["compute_seconds"], self.idle + timing["idle_seconds"]
                 self.recent.append(timing["compute_seconds"])
             state = commit_round(state, results, rule=self.rule)
@@ -226,14 +231,14 @@ class Engine:
         self.log(self._progress(state, images_at_start, session))
         return self._finish(state)
 
-    def _keep_labels(self, w: int, meta: BatchMeta, labels: Tensor | None) -> None:
+    def _keep_labels(self, w: int, meta: BatchMeta, upd: Update) -> None:
         """Keep the clean labels a worker computed for its batch's later passes, or count the ones it was handed."""
         if self.labels is None:
             return
-        if labels is not None:
-            self.labels.put(w, meta, labels)
+        if upd.labels is not None:
+            self.labels.put(w, meta, upd.labels)
         else:
-            self.labels.count_reused(meta.size)
+            self.labels.count_reused(upd.stats.images)
 
     def _count(self, results: list[WorkerResult]) -> None:
         """Telemetry of a committed round (counted only once the commit succeeded)."""
@@ -305,8 +310,7 @@ class Engine:
         shard = shards[meta.start.cursor.shard] if meta.start.cursor.shard < len(shards) else f"shard #{meta.start.cursor.shard}"
         return f"{shard}:{meta.keys[0] if meta.keys else '?'} (a batch of {meta.size} read by reader {w})"
 
-    def _get_update(self, w: int, future: Any, batch: tuple[Any, BatchMeta], rho_ref: Any
-                    ) -> tuple[Tensor, StepStats, dict[str, float], Tensor | None]:
+    def _get_update(self, w: int, future: Any, batch: tuple[Any, BatchMeta], rho_ref: Any) -> Update:
         """The worker's result, redone when its worker died (Ray restarts it) or its batch was lost with a node.
 
         A lost batch is read again from its reader at the batch's start position (readers seek), so the redone

@@ -4,7 +4,9 @@ Each reader owns a list of shards (its share of the stream, repeated for
 i_max passes) and a background thread that decodes up to ``prefetch`` batches
 ahead (back-pressure: a full queue blocks the thread, so memory stays flat),
 with ``threads`` decode threads (one per CPU the reader asks for, by default:
-decoding runs free of Python's lock, so one reader feeds a fast GPU).
+decoding runs free of Python's lock, so one reader feeds a fast GPU). With
+``device_jpegs`` (``--decode-on worker``) JPEGs that need no resize travel
+encoded and the worker decodes them on its device (nvJPEG on a GPU).
 ``read(position)`` hands out the batch that starts at ``position``; when that
 is not the head of the queue (after a restart, a resume or a redo) the reader
 seeks there, so a batch can always be asked for again and is always the same.
@@ -21,6 +23,7 @@ from typing import Any, Iterator
 import ray
 import torch
 
+from ..data.jpeg import EncodedBatch
 from ..data.shards import Cursor, RawSample, ShardReport, batches, decode_stream, iter_samples
 from ..errors import RaylabError, one_line
 from ..telemetry import Telemetry, ray_sink
@@ -71,9 +74,10 @@ class _Producer(threading.Thread):
     """Decodes batches from ``start`` into a bounded queue until the stream ends or it is told to stop."""
 
     def __init__(self, urls: list[str], counts: list[int | None], start: Position, passes: int, channels: int, size: int,
-                 batch_size: int, prefetch: int, threads: int = 1) -> None:
+                 batch_size: int, prefetch: int, threads: int = 1, device_jpegs: bool = False) -> None:
         super().__init__(daemon=True)
         self.urls, self.counts, self.start_at, self.passes, self.threads = urls, counts, start, passes, threads
+        self.device_jpegs = device_jpegs
         self.channels, self.size, self.batch_size = channels, size, batch_size
         self.out: queue.Queue = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
@@ -110,7 +114,8 @@ class _Producer(threading.Thread):
             seen_images, seen_shards = 0, 0
             stream = batches(decode_stream(self._counted(iter_samples(self.urls, start=cursor, report=report,
                                                                         counts=self.counts)),
-                                           channels=self.channels, size=self.size, report=report, threads=self.threads),
+                                           channels=self.channels, size=self.size, report=report, threads=self.threads,
+                                           device_jpegs=self.device_jpegs),
                              self.batch_size)
             t, counted = time.perf_counter(), self.nbytes
             for batch in stream:
@@ -142,11 +147,13 @@ class ShardReader:
     """A Ray actor that reads and decodes its shards (see the module docstring)."""
 
     def __init__(self, urls: list[str], *, counts: list[int | None] | None = None, passes: int, channels: int, size: int,
-                 batch_size: int, prefetch: int, threads: int = 1, index: int = 0, tags: dict[str, str] | None = None) -> None:
+                 batch_size: int, prefetch: int, threads: int = 1, device_jpegs: bool = False, index: int = 0,
+                 tags: dict[str, str] | None = None) -> None:
         torch.set_num_threads(1)
         self.index, self.telemetry = index, Telemetry(ray_sink(), **(tags or {}))
         self.args = dict(urls=list(urls), counts=list(counts) if counts is not None else [None] * len(urls), passes=passes,
-                         channels=channels, size=size, batch_size=batch_size, prefetch=prefetch, threads=threads)
+                         channels=channels, size=size, batch_size=batch_size, prefetch=prefetch, threads=threads,
+                         device_jpegs=device_jpegs)
         self.producer: _Producer | None = None
         self.head: Position | None = None
 
@@ -158,7 +165,7 @@ class ShardReader:
         self.head = start
 
     @ray.method(num_returns=2)
-    def read(self, start: list[int]) -> tuple[torch.Tensor | None, BatchMeta]:
+    def read(self, start: list[int]) -> tuple[torch.Tensor | EncodedBatch | None, BatchMeta]:
         """The next item from ``start``: a batch of images (or None at a pass end / the stream's end) and its meta."""
         pos = Position.from_list(start)
         if self.head != pos or self.producer is None:

@@ -14,14 +14,28 @@ from __future__ import annotations
 import os
 import time
 
+from dataclasses import dataclass, field
+
 import ray
 import torch
 from torch import Tensor
 
 from ..core import Criterion, StepStats, Untargeted, batch_gradient, batch_update, masked_update, predict_labels
 from ..core.fgsm import StepNorm
+from ..data.jpeg import EncodedBatch, decode_batch
 from ..models import for_inference, load_classifier
 from ..telemetry import Telemetry, ray_sink
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a worker's ``update`` returns for one batch."""
+
+    step: Tensor  # the summed accepted steps (paper) or gradients (sgd), on the CPU
+    stats: StepStats
+    timing: dict[str, float]  # compute_seconds, idle_seconds
+    labels: Tensor | None = None  # C(x) computed here (None when handed in, or not needed)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # images the device could not decode
 
 
 class UAPWorker:
@@ -35,24 +49,35 @@ class UAPWorker:
         torch.set_num_threads(max(1, threads))
         self.index, self.telemetry = index, Telemetry(ray_sink(), **(tags or {}))
         self.device = torch.device(device)
-        self.model = for_inference(load_classifier(checkpoint, map_location=str(self.device), name=name),
-                                   device=str(self.device), amp=amp, compile=compile)
+        classifier = load_classifier(checkpoint, map_location=str(self.device), name=name)
+        self.channels = classifier.spec.in_channels
+        self.model = for_inference(classifier, device=str(self.device), amp=amp, compile=compile)
         self.amp, self.static_shapes = amp, static_shapes
         self.last_end: float | None = None
 
-    def update(self, images: Tensor, rho: Tensor, *, method: str, criterion: Criterion, clip: tuple[float, float] | None,
-               eps: float = 0.0, step_norm: StepNorm = "sign", loss_clamp: float = 10.0, clean: Tensor | None = None
-               ) -> tuple[Tensor, StepStats, dict[str, float], Tensor | None]:
+    def update(self, images: Tensor | EncodedBatch, rho: Tensor, *, method: str, criterion: Criterion,
+               clip: tuple[float, float] | None, eps: float = 0.0, step_norm: StepNorm = "sign", loss_clamp: float = 10.0,
+               clean: Tensor | None = None) -> Update:
         """One batch against ``rho``: the sum of its accepted FGSM steps (``method="paper"``,
         :func:`raylab.core.batch_update`) or the sum of its images' gradients of the loss (``"sgd"``,
         :func:`raylab.core.batch_gradient`).
 
         Clean labels first, where the criterion needs them: ``clean`` when the driver has them from the batch's first
-        pass (:mod:`raylab.engine.labels`), else computed here and returned last (None when given or not needed)."""
+        pass (:mod:`raylab.engine.labels`), else computed here and returned. An :class:`EncodedBatch`
+        (``--decode-on worker``) is decoded here first, on the device; what cannot be decoded is left out and named
+        in ``skipped``."""
         started = time.perf_counter()
         idle = 0.0 if self.last_end is None else started - self.last_end
-        x = images.to(self.device, non_blocking=True)  # uint8 from the readers: converted on the device
+        skipped: list[tuple[str, str]] = []
+        if isinstance(images, EncodedBatch):
+            x, skipped = decode_batch(images, channels=self.channels, device=self.device)
+        else:
+            x = images.to(self.device, non_blocking=True)  # uint8 from the readers: converted on the device
         computed = None
+        if not len(x):  # every image of the batch failed to decode on the device
+            self.last_end = time.perf_counter()
+            return Update(torch.zeros(rho.shape), StepStats(), {"compute_seconds": self.last_end - started,
+                                                                "idle_seconds": idle}, None, skipped)
         if not isinstance(criterion, Untargeted):
             clean = torch.zeros(len(x), dtype=torch.long, device=self.device)  # targeted rules never read clean labels
         elif clean is not None:
@@ -74,8 +99,8 @@ class UAPWorker:
         step = total.cpu()
         self.last_end = time.perf_counter()
         self.telemetry.step_time(worker=self.index, seconds=self.last_end - started)
-        labels = None if computed is None else computed.cpu()
-        return step, stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle}, labels
+        return Update(step, stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle},
+                      None if computed is None else computed.cpu(), skipped)
 
     def predict(self, images: Tensor, rho: Tensor | None = None, clip: tuple[float, float] | None = None) -> Tensor:
         """Labels of ``images`` (under ``images + rho`` when given): the distributed evaluation."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import InputError
+from ..jpeg import Encoded, EncodedBatch
 from .decode import decode_stream
 from .manifest import read_manifest
 from .reader import Cursor, RawSample, ShardReport, iter_samples
@@ -15,16 +16,19 @@ from .reader import Cursor, RawSample, ShardReport, iter_samples
 
 @dataclass(frozen=True)
 class Batch:
-    """Decoded images (uint8 B x C x H x W), their keys and names, labels (or None), and the cursor after them."""
+    """Decoded images (uint8 B x C x H x W), their keys and names, labels (or None), and the cursor after them.
 
-    images: torch.Tensor
+    From a stream decoded with ``device_jpegs=True``, ``images`` is an :class:`~raylab.data.jpeg.EncodedBatch`
+    wherever a JPEG in it is left for the worker's device."""
+
+    images: torch.Tensor | EncodedBatch
     keys: list[str]
     labels: torch.Tensor | None
     cursor_after: Cursor
     names: list[str] = field(default_factory=list)
 
 
-def batches(decoded: Iterable[tuple[RawSample, torch.Tensor]], batch_size: int) -> Iterator[Batch]:
+def batches(decoded: Iterable[tuple[RawSample, torch.Tensor | Encoded]], batch_size: int) -> Iterator[Batch]:
     """Stack decoded images into batches of ``batch_size`` (the last may be shorter).
 
     A batch's ``cursor_after`` is the cursor after its last sample, so
@@ -36,10 +40,10 @@ def batches(decoded: Iterable[tuple[RawSample, torch.Tensor]], batch_size: int) 
     return _batches(decoded, batch_size)
 
 
-def _batches(decoded: Iterable[tuple[RawSample, torch.Tensor]], batch_size: int) -> Iterator[Batch]:
-    group: list[tuple[RawSample, torch.Tensor]] = []
+def _batches(decoded: Iterable[tuple[RawSample, torch.Tensor | Encoded]], batch_size: int) -> Iterator[Batch]:
+    group: list[tuple[RawSample, torch.Tensor | Encoded]] = []
     for pair in decoded:
-        if group and pair[1].shape != group[0][1].shape:
+        if group and tuple(pair[1].shape) != tuple(group[0][1].shape):
             first, raw = group[0][0], pair[0]
             raise InputError(
                 f"{raw.shard}:{raw.key}: image size {tuple(pair[1].shape)} differs from {tuple(group[0][1].shape)} "
@@ -53,13 +57,15 @@ def _batches(decoded: Iterable[tuple[RawSample, torch.Tensor]], batch_size: int)
         yield _make_batch(group)
 
 
-def _make_batch(group: list[tuple[RawSample, torch.Tensor]]) -> Batch:
+def _make_batch(group: list[tuple[RawSample, torch.Tensor | Encoded]]) -> Batch:
     raws = [r for r, _ in group]
     labels = None
     if all(r.label is not None for r in raws):
         labels = torch.tensor([r.label for r in raws], dtype=torch.int64)
+    items = [t for _, t in group]
     return Batch(
-        images=torch.stack([t for _, t in group]),
+        images=torch.stack(items) if all(isinstance(t, torch.Tensor) for t in items)
+        else EncodedBatch(items, [f"{r.shard}:{r.key}" for r in raws]),
         keys=[r.key for r in raws],
         labels=labels,
         cursor_after=raws[-1].cursor_after,

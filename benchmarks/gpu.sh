@@ -30,11 +30,12 @@ bench() {  # name, seconds, bench arguments...
     "$OUT/$name.json" 2>/dev/null | sed 's/^/   /'
 }
 # InceptionV3 at 299 px (the paper's main model): float32 eager (today's baseline) with faithful mode, then autocast
-# with the static-shape update and torch.compile, each side by side with the eager batched mode in the same run.
+# with the static-shape update and torch.compile, each side by side with the eager batched mode in the same run; the
+# autocast run also profiles two static-shape updates (op table by GPU self time, Chrome trace beside it).
 bench gpu-inception-299-fp32 150 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
   --peak-tflops 395
 bench gpu-inception-299-amp 150 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
-  --amp --compile --no-faithful --peak-tflops 790
+  --amp --compile --no-faithful --peak-tflops 790 --profile "$OUT/gpu-inception-299-amp-profile.txt"
 bench gpu-resnet50-224-amp 90 --arch resnet50 --image-size 224 --channels 3 --images 500 --batch-size 256 \
   --amp --no-faithful --peak-tflops 790
 bench gpu-vgg16-224-amp 90 --arch vgg16 --image-size 224 --channels 3 --images 500 --batch-size 256 \

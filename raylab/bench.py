@@ -60,6 +60,8 @@ class BenchConfig:
     faithful: bool = option(True, "measure the faithful mode (batch 1; slow for large models)", flag="--faithful")
     peak_tflops: float = option(0.0, "the device's dense peak at the measured precision (TFLOP/s; H200 bf16 about 790): "
                                      "report each rate as a fraction of it (0: not reported)")
+    profile: str = option("", "profile two static-shape batched updates with torch.profiler: the op table to this "
+                              "file, a Chrome trace beside it (.json), the top ops' shares in the figures")
     seed: int = 0
 
 
@@ -152,6 +154,34 @@ def update_flops(model: torch.nn.Module, image: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def profile_update(attack: UAP, model: torch.nn.Module, images: torch.Tensor, out: str | Path, *, seed: int = 0,
+                   top: int = 12) -> list[dict[str, Any]]:
+    """Where an update's time goes: ``attack`` over ``images`` under ``torch.profiler`` (CUDA kernels too on a GPU).
+
+    Writes the op table (sorted by self time on the device, or on the CPU without one) to ``out`` and a Chrome trace
+    to ``out`` with ``.json``; returns the ``top`` ops with their share of the total self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .store import Store
+
+    cuda = next(model.parameters()).is_cuda
+    attack(model, images, seed=seed)  # warm-up outside the profile (cuDNN autotune, allocator)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        attack(model, images, seed=seed)
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    averages = prof.key_averages()
+    total = sum(getattr(e, key) for e in averages) or 1.0
+    store, name = Store.beside(out)
+    store.write_text(name, averages.table(sort_by=key, row_limit=40) + "\n")
+    trace = Path(str(out)).with_suffix(".json")
+    prof.export_chrome_trace(str(trace))
+    ranked = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [{"op": e.key, "share": getattr(e, key) / total, "calls": e.count} for e in ranked]
+
+
 def decision_agreement(exact: torch.nn.Module, fast: torch.nn.Module, images: torch.Tensor, *, radius: float, eps: float,
                        batch_size: int, amp: bool, seed: int = 0) -> float:
     """Share of ``images`` whose decision (step accepted or not) under ``fast`` with ``amp`` equals float32's under
@@ -231,6 +261,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         res_c, t_c = _timed(lambda: static(compiled, images, seed=cfg.seed))
         figures.update(compiled_images_per_s=n / t_c, compiled_accepted=res_c.stats.accepted,
                        compiled_over_batched=t_b / t_c, compile_seconds=t_warm - t_c)
+    if cfg.profile:
+        figures["profile_top_ops"] = profile_update(static, fast, images[: 2 * cfg.batch_size], cfg.profile, seed=cfg.seed)
     if cfg.amp:
         figures["decision_agreement_amp_vs_fp32"] = decision_agreement(
             model, fast, images, radius=radius, eps=cfg.eps, batch_size=cfg.batch_size, amp=True, seed=cfg.seed)

@@ -81,8 +81,11 @@ def test_sgd_uap_from_natural_images_end_to_end(models: dict[str, Path], natural
 def test_bench_measures_both_methods_beside_art(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     assert main(["bench", "--arch", "small_cnn", "--image-size", "28", "--images", "32", "--batch-size", "16",
-                 "--amp", "--peak-tflops", "1", "--out", str(out)]) == 0
+                 "--amp", "--peak-tflops", "1", "--profile", str(tmp_path / "profile.txt"), "--out", str(out)]) == 0
     f = json.loads(out.read_text())
+    ops = [row["op"] for row in f["profile_top_ops"]]
+    assert any("conv" in op for op in ops) and 0 < sum(row["share"] for row in f["profile_top_ops"]) <= 1 + 1e-9
+    assert "Self CPU" in (tmp_path / "profile.txt").read_text() and (tmp_path / "profile.json").stat().st_size > 0
     for key in ("faithful_images_per_s", "batched_images_per_s", "sgd_images_per_s", "art_images_per_s",
                 "sgd_bare_kernel_images_per_s", "sgd_over_batched", "sgd_over_art", "static_images_per_s",
                 "faithful_static_images_per_s", "batched_tflops", "static_fraction_of_peak",

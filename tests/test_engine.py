@@ -141,6 +141,21 @@ def test_decoding_on_the_worker_gives_the_readers_uap_and_skips(cluster, models,
     assert "image file is truncated" in m_w["source"]["skipped_files"][0]
 
 
+def test_starved_workers_are_told_how_many_reader_cpus_would_feed_them(cluster, models, tmp_path) -> None:
+    """Shards of original photos (decoded and resized by the reader) against a tiny model: the workers wait, and
+    the run says so once, from its own measured rates."""
+    from raylab.data.shards import write_shards
+
+    originals = tmp_path / "originals"
+    write_shards(IMAGENET, originals, shard_size=24, sample=48, seed=0)  # stored as they are: 500 px JPEGs
+    lines: list[str] = []
+    m = run_engine(_config(models, originals, tmp_path / "run", workers=1, batch_size=4, cpus_per_reader=0.25),
+                   log=lines.append).metrics()
+    warnings = [line for line in lines if "waited for data" in line]
+    assert len(warnings) == 1 and "--cpus-per-reader" in warnings[0] and "--decode-on worker" in warnings[0]
+    assert m["decode_seconds_per_batch"] > m["compute_seconds_per_batch"] > 0 and m["worker_idle_fraction"] > 0.05
+
+
 @pytest.fixture(scope="module")
 def two_worker_run(cluster, models, shards, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("w2")

@@ -104,3 +104,20 @@ def test_clean_labels_are_handed_back_only_for_the_same_batch_in_a_later_pass() 
     moved = BatchMeta(start=again.start, end=again.end, size=3, keys=["x", "5", "6"], skipped=[], shards_failed=[],
                       decode_seconds=0.0)
     assert labels.get(0, moved) is None  # other images at that position
+
+
+def test_the_feed_check_names_the_reader_cpus_that_would_keep_up_once() -> None:
+    from raylab.engine.feed import ROUNDS, FeedCheck
+
+    fed = FeedCheck(threads=2)
+    for _ in range(ROUNDS):
+        fed.add(0.05, 0.10)  # decoding faster than compute: prefetch hides it
+    assert fed.verdict(0.30, ROUNDS) is None
+    starved = FeedCheck(threads=2)
+    for _ in range(ROUNDS):
+        starved.add(0.25, 0.10)
+    assert starved.verdict(0.60, ROUNDS - 1) is None  # too early to judge
+    assert starved.verdict(0.01, ROUNDS) is None  # the workers hardly waited
+    line = starved.verdict(0.60, ROUNDS)
+    assert line is not None and "waited for data 60%" in line and "--cpus-per-reader 5" in line  # 2 x 0.25 / 0.10
+    assert starved.verdict(0.60, ROUNDS + 1) is None  # said once

@@ -44,6 +44,7 @@ from ..record import Build, Figures, ResultsKey, RunRecord, Source, write_run
 from ..store import Store
 from ..target import Target, load_target, medical_digest, read_model
 from ..telemetry import Telemetry, ray_sink, run_tags
+from .feed import FeedCheck
 from .labels import CleanLabels
 from .readers import BatchMeta, ShardReader
 from .state import (
@@ -188,8 +189,9 @@ class Engine:
         session = time.perf_counter()
         started, last_log = session - state.seconds, 0.0
         self.compute = self.idle = 0.0
+        self.feed = FeedCheck(c.reader_threads)
         pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}
-        images_at_start = state.stats["images"]
+        images_at_start, rounds_at_start = state.stats["images"], state.round
         while not state.stopped_by_delta:
             state, batch_for = self._next_batches(state, pending)
             if not batch_for:
@@ -209,10 +211,14 @@ class Engine:
                 timing = upd.timing
                 self.compute, self.idle = self.compute + timing["compute_seconds"], self.idle + timing["idle_seconds"]
                 self.recent.append(timing["compute_seconds"])
+                self.feed.add(meta.decode_seconds, timing["compute_seconds"])
             state = commit_round(state, results, rule=self.rule)
             state.seconds = time.perf_counter() - started
             self._count(results)
             self._round_telemetry(state)
+            starving = self.feed.verdict(self._idle_fraction(), state.round - rounds_at_start)
+            if starving:
+                self.log(starving)
             state, stop_line = end_of_pass(state, max_passes=c.max_passes, delta=c.delta)
             if stop_line:
                 self.log(stop_line)
@@ -239,6 +245,10 @@ class Engine:
             self.labels.put(w, meta, upd.labels)
         else:
             self.labels.count_reused(upd.stats.images)
+
+    def _idle_fraction(self) -> float:
+        """The share of this session's worker time spent waiting for the next batch."""
+        return self.idle / max(1e-9, self.idle + self.compute)
 
     def _count(self, results: list[WorkerResult]) -> None:
         """Telemetry of a committed round (counted only once the commit succeeded)."""
@@ -360,7 +370,7 @@ class Engine:
         """The live line: images/s of this session, accepted updates, ||ρ||, the running rate on the stream."""
         c, s = self.config, state.stats
         rate = (s["images"] - images_at_start) / max(1e-9, time.perf_counter() - session)
-        idle_frac = self.idle / max(1e-9, self.idle + self.compute)
+        idle_frac = self._idle_fraction()
         return (f"round {state.round} | {s['images']} images | {rate:.0f} img/s | accepted {s['accepted']} | "
                 f"||rho||_{c.p} {float(lp_norm(state.rho[None], c.p)):.4g} | stream rate {state.stream_rate:.3f} | "
                 f"skipped {len(distinct(state.skipped))} | worker idle {idle_frac:.0%}")
@@ -408,7 +418,8 @@ class Engine:
                         shards_failed=distinct(state.shards_failed))
         engine = {"rounds": state.round, "per_pass": state.per_pass, "history": state.history,
                   "stopped_by_delta": state.stopped_by_delta, "actors_replaced": self.replaced,
-                  "worker_idle_fraction": self.idle / max(1e-9, self.idle + self.compute),
+                  "worker_idle_fraction": self._idle_fraction(),
+                  "decode_seconds_per_batch": _median(self.feed.decode), "compute_seconds_per_batch": _median(self.feed.compute),
                   "clean_labels_reused": 0 if self.labels is None else self.labels.reused}
         evaluation = self._evaluate(state.rho)
         record = RunRecord(
@@ -422,6 +433,10 @@ class Engine:
                  f"{evaluation.headline_text()}")
         figures = Figures(examples=c.examples, test_images=t.medical.test_images, title=title)
         return write_run(record, state.rho, self.store, figures=figures, results=self.results)
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
 
 
 def run_engine(config: EngineConfig, *, on_round: Callable[[RoundReport], None] | None = None,

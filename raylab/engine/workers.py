@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-
 from dataclasses import dataclass, field
 
 import ray
@@ -80,7 +79,7 @@ class UAPWorker:
                                                                 "idle_seconds": idle}, None, skipped)
         if not isinstance(criterion, Untargeted):
             clean = torch.zeros(len(x), dtype=torch.long, device=self.device)  # targeted rules never read clean labels
-        elif clean is not None:
+        elif clean is not None and len(clean) == len(x):  # (a batch whose decoding lost an image computes them anew)
             clean = clean.to(self.device, dtype=torch.long, non_blocking=True)
         else:
             clean = computed = predict_labels(self.model, x, batch_size=len(x) or 1, amp=self.amp).to(self.device)

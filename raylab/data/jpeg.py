@@ -3,21 +3,21 @@
 ``raylab shard --image-size`` stores photos already resized, so the stream's
 decoder only has to decode. torchvision's libjpeg-turbo decode gives the same
 pixels as PIL's (the same library with the same defaults; tested on real
-photos, RGB and gray), about 1.7x faster on one core, and it runs without
-Python's lock, so a reader's decode threads scale with its CPUs
+photos, RGB and gray), 1.6x faster on one core, and it runs without Python's
+lock, so a reader's decode threads scale with its CPUs
 (docs/bench/cpu-decode-threads.json). Only what is known to give PIL's pixels
-takes this path: a baseline or progressive JPEG whose mode is RGB or L, that
-needs no resize, and is not an RGB photo read as gray (PIL's luma and libjpeg's
-Y channel differ). Everything else, and any JPEG this decoder refuses, goes to
+takes this path: a JPEG whose mode is RGB or L, that needs no resize, and is not
+an RGB photo read as gray (PIL's luma and libjpeg's Y channel differ). Everything else, and any JPEG this decoder refuses, goes to
 PIL (:func:`raylab.data.natural.decode_image`), whose message a skipped image
 reports.
 
 With ``--decode-on worker`` the reader leaves such JPEGs encoded
 (:class:`EncodedBatch`) and the worker decodes the batch on its device
 (:func:`decode_batch`: nvJPEG on a GPU, libjpeg-turbo on a CPU worker, where it
-gives the reader's pixels exactly; nvJPEG's differ from libjpeg's by a level or
-so, measured by ``benchmarks/gpu.sh``). torchvision 0.29 marks its image codecs deprecated in favour of
-TorchCodec; where a later torchvision lacks them, every image goes to PIL.
+gives the reader's pixels exactly; nvJPEG's IDCT differs from libjpeg's by about
+a level, which a GPU-only test bounds). torchvision 0.29 marks its image codecs
+deprecated in favour of TorchCodec; where a later torchvision lacks them, every
+image goes to PIL, on the reader and on the worker alike.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Encoded:
 
 @dataclass(frozen=True)
 class EncodedBatch:
-    """A batch as the reader ships it with ``--decode-on worker``: JPEGs still encoded (a tenth of the decoded bytes
+    """A batch as the reader ships it with ``--decode-on worker``: JPEGs still encoded (a sixth of the decoded bytes
     at 299 px), the other images decoded on the reader's CPU, in stream order, each named ``<shard>:<key>``."""
 
     items: list[torch.Tensor | Encoded]
@@ -89,21 +89,24 @@ def decode_batch(batch: EncodedBatch, *, channels: int, device: torch.device | s
     by one, and a JPEG libjpeg refuses goes to PIL on the CPU, whose pixels are used if it decodes it, or whose
     message names the skip.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     from .natural import decode_image
 
     device = torch.device(device)
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     where = [i for i, item in enumerate(batch.items) if isinstance(item, Encoded)]
     out: list[torch.Tensor | None] = [None if isinstance(item, Encoded) else item.to(device, non_blocking=True)
                                       for item in batch.items]
     if where:
         data = [batch.items[i].data for i in where]  # type: ignore[union-attr]
         try:
-            decoded = decode_jpeg(data, mode=mode, device=device)
-        except RuntimeError:
-            decoded = [_one(d, mode, device) for d in data]
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:  # a torchvision without its image codecs: PIL decodes them all below
+            decoded = [None] * len(data)
+        else:
+            mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+            try:
+                decoded = decode_jpeg(data, mode=mode, device=device)
+            except RuntimeError:
+                decoded = [_one(d, mode, device) for d in data]
         for i, image in zip(where, decoded):
             out[i] = image
     images, skipped = [], []

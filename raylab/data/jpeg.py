@@ -23,6 +23,7 @@ image goes to PIL, on the reader and on the worker alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -41,13 +42,18 @@ def eligible(header: Image.Image, *, channels: int, size: int | None) -> bool:
 
 def decode(data: bytes, *, channels: int) -> torch.Tensor | None:
     """uint8 C x H x W (C = ``channels``) from JPEG bytes, or None where libjpeg-turbo refuses them."""
+    return _decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), channels=channels, device="cpu")
+
+
+def _decode_jpeg(data: torch.Tensor | list[torch.Tensor], *, channels: int, device: torch.device | str) -> Any:
+    """torchvision's ``decode_jpeg`` of one encoded tensor or a list of them (one nvJPEG call on a CUDA device), or
+    None where it refuses them or torchvision has no image codecs."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
         return None
     try:
-        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                           mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+        return decode_jpeg(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB, device=device)
     except RuntimeError:
         return None
 
@@ -97,16 +103,8 @@ def decode_batch(batch: EncodedBatch, *, channels: int, device: torch.device | s
                                       for item in batch.items]
     if where:
         data = [batch.items[i].data for i in where]  # type: ignore[union-attr]
-        try:
-            from torchvision.io import ImageReadMode, decode_jpeg
-        except ImportError:  # a torchvision without its image codecs: PIL decodes them all below
-            decoded = [None] * len(data)
-        else:
-            mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-            try:
-                decoded = decode_jpeg(data, mode=mode, device=device)
-            except RuntimeError:
-                decoded = [_one(d, mode, device) for d in data]
+        decoded = _decode_jpeg(data, channels=channels, device=device) or [
+            _decode_jpeg(d, channels=channels, device=device) for d in data]  # one by one; None goes to PIL below
         for i, image in zip(where, decoded):
             out[i] = image
     images, skipped = [], []
@@ -126,12 +124,3 @@ def decode_batch(batch: EncodedBatch, *, channels: int, device: torch.device | s
     if not images:
         return torch.empty((0, channels, *batch.items[0].shape[1:]), dtype=torch.uint8, device=device), skipped
     return torch.stack(images), skipped
-
-
-def _one(data: torch.Tensor, mode, device: torch.device) -> torch.Tensor | None:
-    from torchvision.io import decode_jpeg
-
-    try:
-        return decode_jpeg(data, mode=mode, device=device)
-    except RuntimeError:
-        return None

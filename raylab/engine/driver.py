@@ -416,10 +416,11 @@ class Engine:
         source = Source(kind="shards", location=c.shards, images=self.manifest.total,
                         used=state.per_pass.get("0", {}).get("images", 0), skipped=distinct(state.skipped),
                         shards_failed=distinct(state.shards_failed))
+        decode_s, compute_s = self.feed.medians()
         engine = {"rounds": state.round, "per_pass": state.per_pass, "history": state.history,
                   "stopped_by_delta": state.stopped_by_delta, "actors_replaced": self.replaced,
                   "worker_idle_fraction": self._idle_fraction(),
-                  "decode_seconds_per_batch": _median(self.feed.decode), "compute_seconds_per_batch": _median(self.feed.compute),
+                  "decode_seconds_per_batch": decode_s, "compute_seconds_per_batch": compute_s,
                   "clean_labels_reused": 0 if self.labels is None else self.labels.reused}
         evaluation = self._evaluate(state.rho)
         record = RunRecord(
@@ -433,10 +434,6 @@ class Engine:
                  f"{evaluation.headline_text()}")
         figures = Figures(examples=c.examples, test_images=t.medical.test_images, title=title)
         return write_run(record, state.rho, self.store, figures=figures, results=self.results)
-
-
-def _median(values: list[float]) -> float | None:
-    return sorted(values)[len(values) // 2] if values else None
 
 
 def run_engine(config: EngineConfig, *, on_round: Callable[[RoundReport], None] | None = None,

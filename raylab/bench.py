@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DEFAULT_DATA, option
+from .config import DECODE_PLACES, DEFAULT_DATA, option
 from .core import SGDUAP, UAP, to_model_space, zeta_radius
 from .core.fgsm import autocast
 from .data.medical import load_medmnist
@@ -319,7 +319,7 @@ class EngineBenchConfig(BenchConfig):
     shard_format: str = option("png", "with --engine: how the shards store the resized photos (jpg: what a GPU needs)",
                                choices=("png", "jpg"))
     decode_on: tuple[str, ...] = option(("reader",), "with --engine: where the engine decodes JPEGs (worker: on its "
-                                                      "device; both: reader worker)", choices=("reader", "worker"))
+                                                      "device; both: reader worker)", choices=DECODE_PLACES)
 
 
 def decode_rate(urls: list[str], *, channels: int, size: int, threads: int = 1) -> float:

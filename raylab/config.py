@@ -172,6 +172,10 @@ class UAPConfig(AttackConfig):
         return 1 if self.mode == "faithful" and self.method == "paper" else self.batch_size
 
 
+#: Where an engine run decodes JPEGs stored at the model's size (``--decode-on``).
+DECODE_PLACES = ("reader", "worker")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig(AttackConfig):
     """One distributed UAP run on Ray (``raylab generate``, ``jobs/generate_uap.py``).
@@ -193,7 +197,7 @@ class EngineConfig(AttackConfig):
     decode_threads: int = option(0, "decode threads per reader (0: one per CPU it asks for, --cpus-per-reader)")
     decode_on: str = option("reader", "where JPEGs stored at the model's size are decoded: reader (CPU threads) or "
                                       "worker (on its device: nvJPEG on a GPU; other images stay on the reader)",
-                            choices=("reader", "worker"))
+                            choices=DECODE_PLACES)
     resources: dict[str, float] = option(help="custom Ray resources each reader and worker needs, as JSON, "
                                               "e.g. '{\"uap_pool\": 1}' to keep them on those nodes", factory=dict)
     checkpoint_every: int = option(20, "rounds between checkpoints")
@@ -215,7 +219,7 @@ class EngineConfig(AttackConfig):
         check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
         check(self.cpus_per_worker > 0 and self.cpus_per_reader > 0, "cpus_per_worker and cpus_per_reader must be > 0")
         check(self.prefetch >= 1, f"prefetch must be >= 1, got {self.prefetch}")
-        check(self.decode_on in ("reader", "worker"), f"decode_on must be 'reader' or 'worker', got {self.decode_on!r}")
+        check(self.decode_on in DECODE_PLACES, f"decode_on must be one of {', '.join(DECODE_PLACES)}, got {self.decode_on!r}")
         check(self.decode_threads >= 0, f"decode_threads must be >= 0 (0: one per reader CPU), got {self.decode_threads}")
         check(isinstance(self.resources, dict), f"resources must be a JSON object of amounts, got {self.resources!r}")
         for name, amount in self.resources.items():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import io
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -84,9 +86,6 @@ def _decode(samples: Iterable[RawSample], one: Callable[[RawSample], Any], repor
 
 def _decode_threaded(samples: Iterable[RawSample], one: Callable[[RawSample], Any], report: ShardReport, threads: int
                      ) -> Iterator[tuple[RawSample, torch.Tensor | Encoded]]:
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     window: deque[tuple[RawSample, Future]] = deque()
     with ThreadPoolExecutor(threads, thread_name_prefix="raylab-decode") as pool:
         try:

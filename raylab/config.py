@@ -152,6 +152,8 @@ class UAPConfig(AttackConfig):
     limit: int | None = option(None, "use a seeded random sample of this many source images")
     balance: bool = option(False, "resample the source so every label the model predicts for it is equally frequent "
                                   "(the control the paper's Discussion proposes)")
+    cuda_graphs: bool = option(False, "the paper's method with each static-shape step captured once as a CUDA graph "
+                                      "and replayed (for the launch-bound faithful mode; cuda only)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -166,6 +168,8 @@ class UAPConfig(AttackConfig):
         if self.source not in (SOURCE_TRAIN, SOURCE_RANDOM):
             check(Path(self.source).is_dir(), f"UAP source must be a folder of images, 'train' or 'random', got {self.source!r}")
         check(not (self.balance and self.source == SOURCE_RANDOM), "balance needs source images; the random control has none")
+        check(not self.cuda_graphs or self.device.startswith("cuda"), f"cuda_graphs needs --device cuda, got {self.device!r}")
+        check(not self.cuda_graphs or self.method == "paper", "cuda_graphs is for the paper's method (--method paper)")
 
     @property
     def effective_batch_size(self) -> int:

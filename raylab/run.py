@@ -110,7 +110,7 @@ def attack_for(config: UAPConfig, radius: float) -> UAP | SGDUAP:
                       loss_clamp=config.loss_clamp, schedule=config.schedule, clip=clip, amp=config.amp)
     return UAP(radius=radius, p=config.p, eps=config.eps, max_passes=config.max_passes, delta=config.delta,
                mode=config.mode, batch_size=config.batch_size, step_norm=config.step_norm, clip=clip, amp=config.amp,
-               static_shapes=config.static)
+               static_shapes=config.static, cuda_graphs=config.cuda_graphs)
 
 
 def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterion: Criterion, radius: float, *,

@@ -140,6 +140,7 @@ def test_uap_from_the_medical_training_set(models: dict[str, Path], tmp_path: Pa
         (["--eps", "0"], "eps must be > 0"),
         (["--target", "COVID"], "target class 'COVID' does not exist; classes are NORMAL, PNEUMONIA"),
         (["--source", "/nonexistent/photos"], "UAP source must be a folder of images"),
+        (["--cuda-graphs"], "cuda_graphs needs --device cuda, got 'cpu'"),
     ],
 )
 def test_bad_input_is_one_clear_line_before_compute(models, tmp_path, capsys, args, message) -> None:

@@ -77,6 +77,34 @@ def test_a_compiled_model_gives_the_same_uap(trained_cnn, natural_gray, pneumoni
     torch.testing.assert_close(got.rho, ref.rho, rtol=0, atol=1e-4)
 
 
+def test_cuda_graphs_are_refused_off_a_gpu(trained_cnn, natural_gray) -> None:
+    """Asked for on a CPU model, the graphed step is one clear error before any compute, not a silent eager run."""
+    from raylab.core.graphs import CapturedStep
+
+    with pytest.raises(ValueError, match="cuda_graphs needs a model on a CUDA device, got cpu"):
+        UAP(radius=1.0, p=2, eps=0.02, cuda_graphs=True)(trained_cnn, natural_gray[:4])
+    with pytest.raises(ValueError, match="CUDA graphs need the step's state on a CUDA device"):
+        CapturedStep(lambda x: x, (torch.zeros(3),))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("mode,batch", [("faithful", 1), ("batched", 16)])
+def test_a_uap_replayed_from_cuda_graphs_is_the_static_shape_uap(trained_cnn, natural_gray, pneumonia, mode, batch):
+    """The captured step (update, projection, counts in place) replayed per batch: the eager static-shape UAP, on
+    both criteria; 60 images at batch 16 end on a short batch, which runs eagerly."""
+    model = trained_cnn.to("cuda")
+    radius = zeta_radius(pneumonia["train_x"], zeta=0.04, p=2)
+    try:
+        for criterion in (Untargeted(), Targeted(1)):
+            kw = dict(radius=radius, p=2, eps=0.02, max_passes=2, mode=mode, batch_size=batch, static_shapes=True)
+            ref = UAP(**kw)(model, natural_gray, criterion=criterion, seed=3)
+            got = UAP(**kw, cuda_graphs=True)(model, natural_gray, criterion=criterion, seed=3)
+            assert got.stats == ref.stats and ref.stats.accepted > 0
+            torch.testing.assert_close(got.rho, ref.rho, rtol=0, atol=1e-5)
+    finally:
+        trained_cnn.to("cpu")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a CUDA device")
 def test_nvjpeg_decodes_a_batch_close_to_the_readers_pixels(tmp_path) -> None:
     """The worker's device decode (``--decode-on worker``) on a GPU: nvJPEG's IDCT differs from libjpeg's by a level

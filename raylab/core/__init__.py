@@ -4,7 +4,8 @@ Read beside the paper (Minagi et al., J. Imaging 2022, Section 2.2-2.3):
 :mod:`.pixels` (the space a UAP lives in), :mod:`.norms` (ζ budget,
 projection, random control), :mod:`.fgsm` (the inner step),
 :mod:`.criteria` (non-targeted vs targeted), :mod:`.uap` (the iterative
-algorithm, faithful and batched), :mod:`.sgd` (the stochastic-gradient UAP,
+algorithm, faithful and batched; :mod:`.graphs` replays its step from a CUDA
+graph), :mod:`.sgd` (the stochastic-gradient UAP,
 the stronger attack beside the paper's) and :mod:`.metrics` (R_f, R_s,
 confusion matrices, label composition).
 """

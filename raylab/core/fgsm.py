@@ -35,11 +35,15 @@ def direction(grad: Tensor, step_norm: StepNorm) -> Tensor:
 
 
 def autocast(device: torch.device, enabled: bool) -> ContextManager[object]:
-    """Mixed precision for forward passes (bfloat16 on CPU, float16 on CUDA), off by default."""
+    """Mixed precision for forward passes (bfloat16 on CPU, float16 on CUDA), off by default.
+
+    Without autocast's cache of cast weights, which a CUDA graph may not hold (PyTorch's CUDA-graph notes); it saves
+    nothing here anyway: one forward uses each weight once, and its backward reuses what autograd saved.
+    """
     if not enabled:
         return nullcontext()
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 def input_gradient(model: nn.Module, x: Tensor, labels: Tensor, *, amp: bool = False) -> tuple[Tensor, Tensor]:

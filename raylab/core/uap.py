@@ -21,7 +21,9 @@ for a targeted UAP, whose rules never read them).
 GPUs (cuDNN autotuning, CUDA graphs, ``torch.compile``): the acceptance
 forward runs on the whole batch with the inactive images' steps masked to
 zero, and the counts stay on the device. ``UAP(static_shapes=True)`` runs on
-it and projects after every batch (the projection of a feasible ρ is ρ).
+it and projects after every batch (the projection of a feasible ρ is ρ);
+``UAP(cuda_graphs=True)`` replays that step from a CUDA graph
+(:mod:`raylab.core.graphs`), for the launch-bound faithful mode on a GPU.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from .criteria import Criterion, Untargeted
 from .fgsm import StepNorm, autocast, direction, input_gradient
+from .graphs import CapturedStep
 from .metrics import model_device, predict_labels
 from .norms import Norm, project_lp
 from .pixels import as_model_input
@@ -246,8 +249,11 @@ class UAP:
         clip: clip x+ρ to this range (None = the authors' unclipped setting).
         amp: autocast forward passes (GPU); off keeps results exact.
         eval_batch_size: batch size for clean labels and the δ check.
-        static_shapes: batched mode on :func:`masked_update` (one shape per batch size, no host sync per batch;
-            for GPUs), the same decisions.
+        static_shapes: run on :func:`masked_update` (one shape per batch size, no host sync per batch; for GPUs),
+            the same decisions.
+        cuda_graphs: the static-shape step (update, projection, counts) captured once as a CUDA graph and replayed
+            for every batch of its shape (:class:`raylab.core.graphs.CapturedStep`); implies ``static_shapes``.
+            CUDA only.
     """
 
     radius: float
@@ -262,6 +268,7 @@ class UAP:
     amp: bool = False
     eval_batch_size: int = 256
     static_shapes: bool = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         check_attack(radius=self.radius, p=self.p, max_passes=self.max_passes, batch_size=self.batch_size)
@@ -303,6 +310,8 @@ class UAP:
         """
         rho = initial_rho(model, images, rho)
         device = rho.device
+        if self.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {device}")
         if clean_labels is None and isinstance(criterion, Untargeted):
             clean_labels = predict_labels(model, images, batch_size=self.eval_batch_size, amp=self.amp)
         elif clean_labels is None:  # a targeted UAP's rules never read the clean labels: no forward for them
@@ -310,6 +319,19 @@ class UAP:
         clean_labels = clean_labels.to(device)
         if device.type == "cuda" and not images.is_pinned():
             images = images.pin_memory()  # the copies below overlap the compute (non_blocking)
+        kw = dict(eps=self.eps, criterion=criterion, step_norm=self.step_norm, clip=self.clip, amp=self.amp)
+        counts = torch.zeros(3, dtype=torch.long, device=device)  # a static pass's [images, active, accepted]
+        static = self.static_shapes or self.cuda_graphs
+        if static:
+            rho = rho.clone()  # updated in place from here on: the memory a CUDA graph replays on
+
+            def step(x: Tensor, clean: Tensor) -> Tensor:
+                masked = masked_update(model, x, clean, rho, **kw)
+                rho.copy_(self.project(rho + masked.step))
+                counts.add_(masked.counts)
+                return masked.counts
+
+            static_step = CapturedStep(step, (rho, counts)) if self.cuda_graphs else step
         order_rng = random.Random(seed)
         total, history, score, converged = StepStats(), [], None, False
         n, b = len(images), self.effective_batch_size
@@ -317,16 +339,13 @@ class UAP:
         while passes < self.max_passes:
             order = torch.tensor(order_rng.sample(range(n), n))
             pass_stats = StepStats()
-            counts = torch.zeros(3, dtype=torch.long, device=device)
+            counts.zero_()
             for idx in order.split(b):
                 x = images[idx].to(device, non_blocking=True)
-                kw = dict(eps=self.eps, criterion=criterion, step_norm=self.step_norm, clip=self.clip, amp=self.amp)
-                if self.static_shapes:
-                    masked = masked_update(model, x, clean_labels[idx], rho, **kw)
-                    rho = self.project(rho + masked.step)
-                    counts += masked.counts
+                if static:
+                    batch_counts = static_step(x, clean_labels[idx])
                     if on_batch is not None:  # a callback reads the counts: one sync per batch
-                        on_batch(StepStats(*masked.counts.tolist()), rho)
+                        on_batch(StepStats(*batch_counts.tolist()), rho)
                     continue
                 upd = batch_update(model, x, clean_labels[idx], rho, **kw)
                 if upd.stats.accepted:

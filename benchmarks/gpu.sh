@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Issue 18's whole GPU measurement as one script for the lent device machine (one H200; about 8 minutes), rerunnable
-# as is. Every figure is a `raylab bench` JSON: images/s, TFLOP/s from the FLOPs counted per update, the fraction of
-# the bf16 limit (--peak-tflops), the static-shape and compiled paths beside the float32 eager baseline of the same run,
-# and the share of a real stream's accept/reject decisions that autocast keeps.
+# Issue 18's whole GPU measurement as one script for the lent device machine (one H200; the runs' time limits add up
+# to 550 s), rerunnable as is. Every figure is a `raylab bench` JSON: images/s, TFLOP/s from the FLOPs counted per
+# update, the fraction of the bf16 limit (--peak-tflops), the static-shape, CUDA-graph and compiled paths beside the
+# float32 eager baseline of the same run, and the share of a real stream's accept/reject decisions that autocast keeps.
 #
 # Prepare here: benchmarks/gpu_prepare.sh (Ray's slim wheel and the wheels it lacks there into .whl/, the data into
 # shared/data/: only the checkout travels). Run there (device tool):
-#   run command="bash benchmarks/gpu.sh" carry=[".whl", "shared"] timeout_s=540
+#   run command="bash benchmarks/gpu.sh" carry=[".whl", "shared"] timeout_s=580
 # The JSON comes back under $OUT; copy it into docs/bench/ here. --peak-tflops: 790 is the bf16 matrix rate measured
 # on the H200 (device notes); 395, half of it, stands for TF32 convolutions in float32.
 set -uo pipefail
@@ -26,32 +26,36 @@ bench() {  # name, seconds, bench arguments...
   echo "== $name"
   timeout "$limit" $PY -m raylab bench --device cuda --no-art --data-dir "${DATA:-shared/data}" "$@" \
     --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 || echo "   $name failed or ran out of time: see $OUT/$name.log"
-  grep -E '"(batched|static|compiled|faithful|faithful_static|bare_kernel)_(images_per_s|fraction_of_peak)"|decision_agreement|later_pass_over' \
+  grep -E '"(batched|static|compiled|graphed|faithful|faithful_static|faithful_graphed|faithful_graphed_amp|bare_kernel)_(images_per_s|fraction_of_peak)"|decision_agreement|later_pass_over|rho_max_abs_diff_vs_static' \
     "$OUT/$name.json" 2>/dev/null | sed 's/^/   /'
 }
-# InceptionV3 at 299 px (the paper's main model): float32 eager (today's baseline) with faithful mode, then autocast
+# InceptionV3 at 299 px (the paper's main model): float32 eager (today's baseline), then autocast
 # with the static-shape update and torch.compile, each side by side with the eager batched mode in the same run; the
 # autocast run also profiles two static-shape updates (op table by GPU self time, Chrome trace beside it).
-bench gpu-inception-299-fp32 150 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
-  --peak-tflops 395
+bench gpu-inception-299-fp32 60 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
+  --no-faithful --peak-tflops 395
 bench gpu-inception-299-amp 150 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
   --amp --compile --no-faithful --peak-tflops 790 --profile "$OUT/gpu-inception-299-amp-profile.txt"
-bench gpu-resnet50-224-amp 90 --arch resnet50 --image-size 224 --channels 3 --images 500 --batch-size 256 \
+# The faithful mode (batch 1, launch-bound) eager, static-shape and replayed from CUDA graphs, float32 and autocast.
+bench gpu-inception-299-faithful-amp 100 --arch inception_v3 --image-size 299 --channels 3 --images 300 \
+  --batch-size 256 --amp --peak-tflops 790
+bench gpu-resnet50-224-amp 50 --arch resnet50 --image-size 224 --channels 3 --images 500 --batch-size 256 \
   --amp --no-faithful --peak-tflops 790
-bench gpu-vgg16-224-amp 90 --arch vgg16 --image-size 224 --channels 3 --images 500 --batch-size 256 \
+bench gpu-vgg16-224-amp 50 --arch vgg16 --image-size 224 --channels 3 --images 500 --batch-size 256 \
   --amp --no-faithful --peak-tflops 790
 # The engine end to end on the GPU: JPEG shards -> reader actors (4 decode threads each) -> one GPU worker, against
 # its bare kernel, decoding on the reader's CPU threads and on the worker's GPU (nvJPEG) side by side; the RGB model
 # audits PneumoniaMNIST repeated to RGB. Also: one reader's decode rate, and nvJPEG's on whole batches.
 echo "== gpu-engine-inception-299-amp"
-timeout 150 $PY -m raylab bench --engine --device cuda --no-art --data-dir "${DATA:-shared/data}" --arch inception_v3 \
+timeout 110 $PY -m raylab bench --engine --device cuda --no-art --data-dir "${DATA:-shared/data}" --arch inception_v3 \
   --image-size 299 --channels 3 --images 500 --batch-size 256 --amp --workers 1 --cpus-per-worker 4 \
   --cpus-per-reader 4 --shard-format jpg --decode-on reader worker \
   --out "$OUT/gpu-engine-inception-299-amp.json" > "$OUT/gpu-engine-inception-299-amp.log" 2>&1 \
   || echo "   the engine run failed or ran out of time: see $OUT/gpu-engine-inception-299-amp.log"
 grep -E '"(engine|engine_decode_on_worker)_1w_(images_per_s|over_bare_kernel|worker_idle_fraction)"|decode_images_per_s' \
   "$OUT/gpu-engine-inception-299-amp.json" 2>/dev/null | sed 's/^/   /'
-# nvJPEG against the reader's pixels (a level or so): the GPU-only test (pytest and hypothesis are in the image)
-timeout 60 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k nvjpeg > "$OUT/gpu-nvjpeg-test.log" 2>&1; \
-  tail -1 "$OUT/gpu-nvjpeg-test.log" | sed 's/^/   nvjpeg test: /'
+# The GPU-only tests: nvJPEG against the reader's pixels (a level or so), the CUDA-graph UAP against the eager one
+# (pytest and hypothesis are in the image)
+timeout 30 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "nvjpeg or cuda_graphs" > "$OUT/gpu-only-tests.log" 2>&1; \
+  tail -1 "$OUT/gpu-only-tests.log" | sed 's/^/   GPU-only tests: /'
 ls -la "$OUT"

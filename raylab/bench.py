@@ -7,7 +7,8 @@ no pipeline; and without the clean forward, as on a later pass where the engine
 carries C(x)), batched mode ÷ ART, and the stochastic-gradient method (one
 epoch) beside them: ÷ its own bare kernel (clean forward + forward/backward),
 ÷ batched mode and ÷ ART. The static-shape update (``--static``, the GPU path) and
-``torch.compile`` (``--compile``) are measured beside the batched mode, every
+``torch.compile`` (``--compile``) are measured beside the batched mode (on CUDA
+also both modes replayed from CUDA graphs, ``--static``), every
 rate also as TFLOP/s from the FLOPs counted for one update of one image
 (``torch.utils.flop_counter``) and, with ``--peak-tflops``, as a fraction of the
 device's limit; ``decision_agreement`` is the share of a real stream's images
@@ -250,11 +251,18 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         sgd_over_bare_kernel=t_sgd_bare / t_sgd, sgd_over_batched=t_b / t_sgd,
     )
     static = dataclasses.replace(batched, static_shapes=True)
+    graphs = cfg.static and cfg.device.startswith("cuda")  # CUDA graphs: measured beside the static-shape update
     if cfg.static:
         static(fast, images[: cfg.batch_size], seed=cfg.seed)  # warm-up: cuDNN autotune for the static shape
         res_s, t_s = _timed(lambda: static(fast, images, seed=cfg.seed))
         figures.update(static_images_per_s=n / t_s, static_accepted=res_s.stats.accepted, static_over_batched=t_b / t_s,
                        static_over_bare_kernel=t_bare / t_s)
+        if graphs:
+            graphed = dataclasses.replace(static, cuda_graphs=True)
+            graphed(fast, images[: cfg.batch_size], seed=cfg.seed)  # warm-up: the capture itself
+            res_g, t_g = _timed(lambda: graphed(fast, images, seed=cfg.seed))
+            figures.update(graphed_images_per_s=n / t_g, graphed_over_static=t_s / t_g,
+                           graphed_rho_max_abs_diff_vs_static=float((res_g.rho - res_s.rho).abs().max()))
     if cfg.compile:
         compiled = for_inference(network(), device=cfg.device, amp=cfg.amp, compile=True)
         _, t_warm = _timed(lambda: static(compiled, images, seed=cfg.seed))  # pays the compilation of every shape
@@ -270,8 +278,16 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         res_f, t_f = _timed(lambda: faithful(model, images, seed=cfg.seed))
         figures.update(faithful_images_per_s=n / t_f, faithful_accepted=res_f.stats.accepted)
         if cfg.static:
-            _, t_fs = _timed(lambda: dataclasses.replace(faithful, static_shapes=True)(model, images, seed=cfg.seed))
+            res_fs, t_fs = _timed(lambda: dataclasses.replace(faithful, static_shapes=True)(model, images, seed=cfg.seed))
             figures.update(faithful_static_images_per_s=n / t_fs)
+        if graphs:  # the launch-bound batch-1 loop replayed from one CUDA graph per image
+            res_fg, t_fg = _timed(lambda: dataclasses.replace(faithful, cuda_graphs=True)(model, images, seed=cfg.seed))
+            figures.update(faithful_graphed_images_per_s=n / t_fg, faithful_graphed_over_faithful=t_f / t_fg,
+                           faithful_graphed_rho_max_abs_diff_vs_static=float((res_fg.rho - res_fs.rho).abs().max()))
+            if cfg.amp:
+                amp_graphed = dataclasses.replace(faithful, cuda_graphs=True, amp=True)
+                _, t_fa = _timed(lambda: amp_graphed(fast, images, seed=cfg.seed))
+                figures.update(faithful_graphed_amp_images_per_s=n / t_fa)
         if cfg.with_art:
             figures.update(_art(cfg, model, images, radius, res_f.rho, n / t_f, n / t_b, n / t_sgd))
     flops = update_flops(model, images)

@@ -35,7 +35,8 @@ from .fgsm import autocast
 from .metrics import predict_labels
 from .norms import Norm, project_lp
 from .pixels import as_model_input
-from .uap import StepStats, UAPResult, check_attack, initial_rho
+from .uap import UAPResult, check_attack, initial_rho
+from .updates import StepStats
 
 Schedule = Literal["linear", "constant"]
 SCHEDULES: tuple[Schedule, ...] = ("linear", "constant")

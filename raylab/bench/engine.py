@@ -1,0 +1,148 @@
+"""``raylab bench --engine``: the engine end to end beside its bare kernel, the decode rates, W workers beside one."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import DECODE_PLACES, option
+from ..errors import InputError
+from ..models import ModelSpec, build_model, for_inference
+from .kernels import bare_kernel, bare_sgd_kernel
+from .modes import BenchConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineBenchConfig(BenchConfig):
+    """``raylab bench --engine``: the engine end to end vs its bare kernel, decode rates, W workers vs one."""
+
+    workers: tuple[int, ...] = option((1, 2), "with --engine: the worker counts to compare")
+    cpus_per_worker: float = 1.0
+    cpus_per_reader: float = 1.0
+    shard_format: str = option("png", "with --engine: how the shards store the resized photos (jpg: what a GPU needs)",
+                               choices=("png", "jpg"))
+    decode_on: tuple[str, ...] = option(("reader",), "with --engine: where the engine decodes JPEGs (worker: on its "
+                                                      "device; both: reader worker)", choices=DECODE_PLACES)
+
+
+def decode_rate(urls: list[str], *, channels: int, size: int, threads: int = 1) -> float:
+    """Images/s that one reader decodes (and resizes) from shards with ``threads`` decode threads."""
+    from ..data.shards import ShardReport, decode_stream, iter_samples
+
+    report = ShardReport()
+    t = time.perf_counter()
+    n = sum(1 for _ in decode_stream(iter_samples(urls, report=report), channels=channels, size=size, report=report,
+                                     threads=threads))
+    return n / (time.perf_counter() - t)
+
+
+def device_decode_rate(urls: list[str], *, channels: int, size: int, batch_size: int, device: str) -> float:
+    """Images/s that a worker decodes on its device (``--decode-on worker``: nvJPEG on a GPU), JPEGs read ahead."""
+    from ..data.jpeg import EncodedBatch, decode_batch
+    from ..data.shards import ShardReport, batches, decode_stream, iter_samples
+
+    encoded = [b.images for b in batches(decode_stream(iter_samples(urls), channels=channels, size=size,
+                                                       report=ShardReport(), device_jpegs=True), batch_size)]
+    if not all(isinstance(b, EncodedBatch) for b in encoded):
+        return float("nan")  # nothing to decode there (PNG shards)
+    decode_batch(encoded[0], channels=channels, device=device)  # warm-up: the decoder's handles
+    n, t = 0, time.perf_counter()
+    for b in encoded:
+        n += len(decode_batch(b, channels=channels, device=device)[0])
+    if torch.cuda.is_available() and device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t)
+
+
+def _medical_with(npz: Path, channels: int, root: Path) -> Path:
+    """The medical set with ``channels`` channels for the engine's model: PneumoniaMNIST's gray X-rays repeated to
+    RGB for an RGB model (the engine checks that they match), written under ``root``."""
+    if channels == 1:
+        return npz
+    with np.load(npz) as d:
+        arrays = {k: np.repeat(v[..., None], 3, axis=-1) if k.endswith("_images") else v for k, v in d.items()}
+    out = root / "pneumoniamnist.npz"  # the name keeps its class names
+    np.savez(out, **arrays)
+    return out
+
+
+def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
+    import tempfile
+
+    import ray
+
+    from ..config import EngineConfig
+    from ..data.shards import ShardReport, decode_stream, iter_samples, write_shards
+    from ..engine import run_engine
+    from ..models import save_classifier
+
+    if cfg.model:
+        raise InputError("--model is not used with --engine, which measures a random-init --arch")
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    spec = ModelSpec(arch=cfg.arch, num_classes=2, in_channels=cfg.channels, image_size=cfg.image_size,
+                     class_names=("NORMAL", "PNEUMONIA")).validate()
+    model = build_model(spec, seed=cfg.seed).eval()
+    figures: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   + (torch.cuda.get_device_name() if cfg.device.startswith("cuda") else "CPU"),
+        "model": f"{cfg.arch} {cfg.channels}x{cfg.image_size}x{cfg.image_size} (random init)",
+        "images": cfg.images, "batch_size_per_worker": cfg.batch_size, "device": cfg.device, "amp": cfg.amp,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        source = cfg.data_dir / "imagenet-samples"
+        orig = write_shards(source, root / "orig", shard_size=64, sample=cfg.images, seed=cfg.seed)
+        small = write_shards(source, root / "small", shard_size=64, sample=cfg.images, seed=cfg.seed,
+                             size=cfg.image_size, channels=cfg.channels, image_format=cfg.shard_format)
+        threads = max(1, round(cfg.cpus_per_reader))
+        figures.update(shard_format=cfg.shard_format, decode_on=list(cfg.decode_on), decode_threads_per_reader=threads)
+        kw = dict(channels=cfg.channels, size=cfg.image_size)
+        figures["decode_images_per_s_per_core_original_jpeg"] = decode_rate(orig.urls, **kw)
+        figures["decode_images_per_s_per_core_stored_resized"] = decode_rate(small.urls, **kw)
+        if threads > 1:
+            figures["decode_images_per_s_one_reader_stored_resized"] = decode_rate(small.urls, threads=threads, **kw)
+        if cfg.shard_format == "jpg":
+            figures["device_decode_images_per_s"] = device_decode_rate(small.urls, batch_size=cfg.batch_size,
+                                                                       device=cfg.device, **kw)
+        report = ShardReport()
+        images = torch.stack([x for _, x in decode_stream(iter_samples(small.urls, report=report), channels=cfg.channels,
+                                                          size=cfg.image_size, report=report)])
+        m = for_inference(model, device=cfg.device, amp=cfg.amp)
+        bare_kernel(m, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)  # warm-up
+        t_bare = bare_kernel(m, images, batch_size=cfg.batch_size, amp=cfg.amp)
+        figures["bare_kernel_images_per_s"] = len(images) / t_bare
+        bare_sgd_kernel(m, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)
+        figures["sgd_bare_kernel_images_per_s"] = len(images) / bare_sgd_kernel(m, images, batch_size=cfg.batch_size, amp=cfg.amp)
+        model_path = save_classifier(model.cpu().to(memory_format=torch.contiguous_format), root / "model.pt")
+        medical = _medical_with(cfg.data_dir / "pneumoniamnist.npz", cfg.channels, root)
+        if not ray.is_initialized():
+            ray.init(logging_level="ERROR")
+        cpus = ray.cluster_resources().get("CPU", 1)
+        # the paper's method and SGD on the first decode place; the paper's method on any other (its own keys)
+        runs = [("paper", cfg.decode_on[0], "engine"), ("sgd", cfg.decode_on[0], "engine_sgd")]
+        runs += [("paper", where, f"engine_decode_on_{where}") for where in cfg.decode_on[1:]]
+        for method, where, prefix in runs:
+            for w in cfg.workers:
+                share = min(cfg.cpus_per_worker, cpus / (2 * w))  # W workers and W readers must fit on this machine
+                ec = EngineConfig(model=str(model_path), medical=medical, shards=str(root / "small"),
+                                  out=str(root / f"{prefix}-w{w}"), method=method, max_passes=1, zeta=0.04, eps=0.002,
+                                  batch_size=cfg.batch_size, workers=w, device=cfg.device, amp=cfg.amp, cpus_per_worker=share,
+                                  cpus_per_reader=min(cfg.cpus_per_reader, share), decode_threads=threads,
+                                  decode_on=where, progress_every=1e9, examples=0, checkpoint_every=10_000)
+                log(f"{method} engine with {w} worker(s), decoding on the {where}...")
+                build = run_engine(ec, log=lambda s: None).build
+                figures[f"{prefix}_{w}w_images_per_s"] = build.images_per_second
+                figures[f"{prefix}_{w}w_worker_idle_fraction"] = (build.engine or {})["worker_idle_fraction"]
+            bare = figures["sgd_bare_kernel_images_per_s" if method == "sgd" else "bare_kernel_images_per_s"]
+            if 1 in cfg.workers:
+                figures[f"{prefix}_1w_over_bare_kernel"] = figures[f"{prefix}_1w_images_per_s"] / bare
+            if 2 in cfg.workers and 1 in cfg.workers:
+                figures[f"{prefix}_2w_over_1w"] = figures[f"{prefix}_2w_images_per_s"] / figures[f"{prefix}_1w_images_per_s"]
+    return figures

@@ -40,7 +40,7 @@ def predict_labels(
             x = x + rho_d
         if clip is not None:
             x = x.clamp(*clip)
-        with autocast(device, amp):
+        with torch.no_grad(), autocast(device, amp):  # labels only: no autograd graph to keep
             out.append(model(x).argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 

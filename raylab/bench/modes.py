@@ -1,4 +1,4 @@
-"""``raylab bench``: images/s of the UAP modes, measured side by side in one run.
+"""``raylab bench`` (without ``--engine``): images/s of the core's UAP modes, side by side in one run.
 
 Ratios measured in one run: faithful mode ÷ ART's ``UniversalPerturbation``
 (same model, images, order; ρ compared too), batched mode ÷ the bare cost of

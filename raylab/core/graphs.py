@@ -7,15 +7,18 @@ records those launches once and replays them with one call. It needs what the st
 kept in tensors updated in place (ρ and the running counts), so that a replay reads and writes the same memory.
 
 :class:`CapturedStep` captures ``fn(*inputs)`` the first time it is called (after a few eager warm-up calls on a
-side stream, which PyTorch asks for and which cuDNN's autotuner needs; the state is restored after them) and
-replays it for every later call with inputs of that shape. Inputs of another shape (the short last batch of a
+side stream, which PyTorch asks for and which cuDNN's autotuner needs; the state is restored after them; the
+capture runs on that same stream, whose library handles the warm-up made) and replays it for every later call with
+inputs of that shape. The model's weights stop requiring gradients for the warm-up and the capture: the step needs
+only the input gradient, and a weight's autograd leaf keeps the stream it was first used on, which a capture on
+another stream may not wait on. Inputs of another shape (the short last batch of a
 batched pass) run eagerly: the same function, the same result. CUDA only.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -28,13 +31,16 @@ class CapturedStep:
         fn: the step; it may update ``state`` in place and returns a tensor (read it before the next call: a replay
             overwrites it).
         state: the tensors ``fn`` updates in place (ρ, counts), restored after the warm-up calls.
+        frozen: tensors that stop requiring gradients while the step is warmed up and captured (the model's
+            parameters), as they were afterwards.
         warmup: eager calls before the capture.
     """
 
-    def __init__(self, fn: Callable[..., Tensor], state: Sequence[Tensor], *, warmup: int = 3) -> None:
+    def __init__(self, fn: Callable[..., Tensor], state: Sequence[Tensor], *, frozen: Iterable[Tensor] = (),
+                 warmup: int = 3) -> None:
         if any(s.device.type != "cuda" for s in state):
             raise ValueError(f"CUDA graphs need the step's state on a CUDA device, got {[str(s.device) for s in state]}")
-        self.fn, self.state, self.warmup = fn, tuple(state), warmup
+        self.fn, self.state, self.frozen, self.warmup = fn, tuple(state), tuple(frozen), warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key: tuple[tuple[tuple[int, ...], torch.dtype], ...] | None = None
         self.inputs: tuple[Tensor, ...] = ()
@@ -64,22 +70,30 @@ class CapturedStep:
         self.key = key
         self.inputs = tuple(x.clone() for x in inputs)
         saved = [s.clone() for s in self.state]
+        wanted = [t.requires_grad for t in self.frozen]
+        for t in self.frozen:
+            t.requires_grad_(False)
+        graph = torch.cuda.CUDAGraph()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.fn(*self.inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        for s, v in zip(self.state, saved):
-            s.copy_(v)
-        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.fn(*self.inputs)
+            side.synchronize()
+            for s, v in zip(self.state, saved):
+                s.copy_(v)
+            with torch.cuda.graph(graph, stream=side):
                 self.output = self.fn(*self.inputs)
         except RuntimeError as e:  # an op that cannot be captured: the same step, eagerly
             self.failed = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             warnings.warn(f"CUDA graph capture failed ({self.failed}); running the step eagerly", RuntimeWarning,
                           stacklevel=3)
             torch.cuda.synchronize()
+            for s, v in zip(self.state, saved):
+                s.copy_(v)
             return
+        finally:
+            for t, w in zip(self.frozen, wanted):
+                t.requires_grad_(w)
         self.graph = graph

@@ -175,7 +175,7 @@ class UAP:
                 counts.add_(masked.counts)
                 return masked.counts
 
-            static_step = CapturedStep(step, (rho, counts)) if self.cuda_graphs else step
+            static_step = CapturedStep(step, (rho, counts), frozen=model.parameters()) if self.cuda_graphs else step
         order_rng = random.Random(seed)
         total, history, score, converged = StepStats(), [], None, False
         n, b = len(images), self.effective_batch_size

@@ -447,6 +447,24 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
     return summary
 
 
+def draw_kept(audit: Audit, summary: dict[str, Any]) -> None:
+    """``kept-examples.png``: test images under the UAP the verdict quotes (the headline's seed kept on validation),
+    those it flips first, for the report."""
+    from . import plots
+    from .audit_report import headline
+
+    h = headline(summary)
+    kept = h.get("kept")
+    if kept is None:
+        return
+    trial = h["trials"][h["seeds"].index(kept["seed"])]
+    rho = torch.from_numpy(np.load(audit.config.out / "uaps" / trial / "uap.npy"))
+    test = audit.target.medical.test_images
+    adv = predict_labels(audit.target.model, test, rho=rho)
+    Store.at(audit.config.out).write_bytes("kept-examples.png", plots.fooled_examples_png(
+        test, rho, audit.clean, adv, audit.target.class_names, 8))
+
+
 def run_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the audit and render its report; returns the summary (``audit.json``)."""
     from .audit_report import render_audit, verdict
@@ -464,6 +482,7 @@ def run_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> dic
     run_jobs(audit, jobs, log=log)
     summary = {**summarize(audit, jobs), "seconds": time.perf_counter() - started}
     Store.at(config.out).write_text("audit.json", json.dumps(summary, indent=2, default=str))
+    draw_kept(audit, summary)
     path = render_audit(config.out, summary)
     log(verdict(summary))
     log(f"report: {path}")

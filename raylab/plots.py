@@ -66,6 +66,13 @@ def examples_png(images: Tensor, rho: Tensor, clean_pred: Tensor, adv_pred: Tens
     return png_bytes(fig)
 
 
+def fooled_examples_png(images: Tensor, rho: Tensor, clean_pred: Tensor, adv_pred: Tensor,
+                        class_names: tuple[str, ...], n: int) -> bytes:
+    """:func:`examples_png` of ``n`` test images, those the UAP flips first."""
+    order = torch.cat([(clean_pred != adv_pred).nonzero().flatten(), (clean_pred == adv_pred).nonzero().flatten()])[:n]
+    return examples_png(images[order], rho, clean_pred[order], adv_pred[order], class_names)
+
+
 def confusion_png(matrix: Tensor, class_names: tuple[str, ...], *, title: str = "") -> bytes:
     """Row-normalized confusion matrix: rows = clean prediction, columns = prediction under the UAP (Figure 5)."""
     m = matrix.detach().cpu().numpy()

@@ -257,10 +257,8 @@ def write_run(record: RunRecord, rho: Tensor, store: Store, *, figures: Figures 
             store.write_bytes("confusion.png", plots.confusion_png(torch.tensor(e.uap.confusion_matrix), e.class_names,
                                                                    title=title))
         if figures.examples and figures.test_images is not None:
-            order = torch.cat([(e.clean != e.adversarial).nonzero().flatten(),
-                               (e.clean == e.adversarial).nonzero().flatten()])[: figures.examples]
-            store.write_bytes("examples.png", plots.examples_png(figures.test_images[order], rho, e.clean[order],
-                                                                 e.adversarial[order], e.class_names))
+            store.write_bytes("examples.png", plots.fooled_examples_png(figures.test_images, rho, e.clean, e.adversarial,
+                                                                        e.class_names, figures.examples))
     if results is not None:
         write_rows(results.location, [record.row(sweep=results.sweep, trial_id=results.trial_id, run_id=results.run_id)])
     return record

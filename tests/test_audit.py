@@ -111,6 +111,11 @@ def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, mod
     assert ", and the strongest of the 2, kept on validation, flips " in line
     page = (audited / "report" / "report.md").read_text()
     assert "Seed by seed at ζ = 4 %" in page and "kept: test R_f" in page
+    # the report's examples are the quoted UAP's: the headline's kept seed, not seed 0 by default
+    head = max((c for c in kept_cells if c["source"] == "natural"), key=lambda c: c["rate"]["mean"])
+    assert (audited / "report" / "examples.png").read_bytes() == (audited / "kept-examples.png").read_bytes()
+    assert f"the headline UAP (the {'stochastic-gradient' if head['method'] == 'sgd' else 'paper'}" in page
+    assert f"seed {head['kept']['seed']}, kept on validation) on test images" in page
 
 
 class _Page(HTMLParser):

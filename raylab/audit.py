@@ -335,11 +335,12 @@ def select(audit: Audit, *, log: Callable[[str], None] = print) -> None:
 
 
 def run_job(audit: Audit, job: Job) -> None:
-    """One UAP of the audit: one ``raylab uap`` run and one results row (the headline runs draw their figures)."""
+    """One UAP of the audit: one ``raylab uap`` run and one results row (the headline runs' seed 0 draws its UAP and
+    confusion matrix; the report's examples are drawn for the seed kept, by :func:`draw_kept`)."""
     c = audit.config
     out = c.out / "uaps" / job.trial_id
     drawn = job.source == "natural" and job.target is None and job.zeta == c.zeta and job.seed == 0
-    config = dataclasses.replace(audit.uap_config(job, out=out), examples=8 if drawn else 0)
+    config = audit.uap_config(job, out=out)
     budget = audit.target.with_budget(zeta=job.zeta, p=config.p, target=config.target)
     run_uap(config, target=budget, source=audit.sources[job.source], clean=audit.clean, progress=False, figures=drawn,
             results=ResultsKey(c.results_location, c.sweep, job.trial_id))

@@ -301,8 +301,8 @@ def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
                       ", ".join(one(r) for r in x["kept"]["validation"]), f"{one(x['kept']['rate'])} (seed "
                       f"{x['kept']['seed']})"] for s, m, x in kept]))
     if "examples.png" in figures:
-        seed = f"seed {h['kept']['seed']}, kept on validation" if h.get("kept") else "seed 0"
-        out.append(("figure", "examples.png", f"the headline UAP ({METHOD_NAMES[h['method']]}, {seed}) on test images"))
+        out.append(("figure", "examples.png", f"the headline UAP ({METHOD_NAMES[h['method']]}, seed {h['kept']['seed']}, "
+                                              "kept on validation) on test images"))
     if "targeted.png" in figures:
         out.append(("h2", "Targeted UAPs"))
         out.append(("figure", "targeted.png", f"R_s toward each class at ζ = {100 * z:g} %"))
@@ -401,11 +401,8 @@ def render_audit(out: str | Path, summary: dict[str, Any]) -> Path:
     targeted = _fig_targeted(summary)
     if targeted is not None:
         figures["targeted.png"] = targeted
-    h = headline(summary)  # the examples of the UAP the verdict quotes: the kept seed's, or seed 0's before it was kept
-    drawn = (Store.at(out), "kept-examples.png") if h.get("kept") else (
-        Store.at(out / "uaps" / h["trials"][h["seeds"].index(0)] if 0 in h["seeds"] else out), "examples.png")
-    if drawn[0].exists(drawn[1]):
-        figures["examples.png"] = drawn[0].read_bytes(drawn[1])
+    if Store.at(out).exists("kept-examples.png"):  # the UAP the verdict quotes (raylab.audit.draw_kept)
+        figures["examples.png"] = Store.at(out).read_bytes("kept-examples.png")
     for name, data in figures.items():
         dest.write_bytes(name, data)
     content = blocks(summary, figures)

@@ -88,10 +88,12 @@ def test_cuda_graphs_are_refused_off_a_gpu(trained_cnn, natural_gray) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("mode,batch", [("faithful", 1), ("batched", 16)])
 def test_a_uap_replayed_from_cuda_graphs_is_the_static_shape_uap(trained_cnn, natural_gray, pneumonia, mode, batch):
     """The captured step (update, projection, counts in place) replayed per batch: the eager static-shape UAP, on
-    both criteria; 60 images at batch 16 end on a short batch, which runs eagerly."""
+    both criteria; 60 images at batch 16 end on a short batch, which runs eagerly. A capture that fails would fall
+    back to the eager step with a RuntimeWarning: here it is an error, so the graph is what is tested."""
     model = trained_cnn.to("cuda")
     radius = zeta_radius(pneumonia["train_x"], zeta=0.04, p=2)
     try:

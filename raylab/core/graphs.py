@@ -45,8 +45,6 @@ class CapturedStep:
         self.key: tuple[tuple[tuple[int, ...], torch.dtype], ...] | None = None
         self.inputs: tuple[Tensor, ...] = ()
         self.output: Tensor | None = None
-        self.replays = 0
-        self.eager_calls = 0
         #: Why the capture failed, when it did (every call then runs eagerly).
         self.failed: str | None = None
 
@@ -55,12 +53,10 @@ class CapturedStep:
         if self.key is None and self.failed is None:
             self._capture(inputs, key)
         if self.graph is None or key != self.key:
-            self.eager_calls += 1
             return self.fn(*inputs)
         for buffer, x in zip(self.inputs, inputs):
             buffer.copy_(x, non_blocking=True)
         self.graph.replay()
-        self.replays += 1
         assert self.output is not None
         return self.output
 

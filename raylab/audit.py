@@ -404,7 +404,8 @@ def kept_on_validation(model: torch.nn.Module, val_images: Tensor, val_clean: Te
     val = [fooling_rate(val_clean, predict_labels(model, val_images, rho=torch.from_numpy(np.load(r["uap_uri"]))))
            for r in rows]
     k = max(range(len(rows)), key=lambda i: val[i])
-    return {"validation": val, "seed": rows[k]["seed"], "val_rate": val[k], "rate": rows[k]["fooling_rate"]}
+    return {"validation": val, "seed": rows[k]["seed"], "val_rate": val[k], "rate": rows[k]["fooling_rate"],
+            "uap_uri": rows[k]["uap_uri"]}
 
 
 def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
@@ -458,8 +459,7 @@ def draw_kept(audit: Audit, summary: dict[str, Any]) -> None:
     kept = h.get("kept")
     if kept is None:
         return
-    trial = h["trials"][h["seeds"].index(kept["seed"])]
-    rho = torch.from_numpy(np.load(audit.config.out / "uaps" / trial / "uap.npy"))
+    rho = torch.from_numpy(np.load(kept["uap_uri"]))
     test = audit.target.medical.test_images
     adv = predict_labels(audit.target.model, test, rho=rho)
     Store.at(audit.config.out).write_bytes("kept-examples.png", plots.fooled_examples_png(

@@ -107,6 +107,48 @@ def test_a_uap_replayed_from_cuda_graphs_is_the_static_shape_uap(trained_cnn, na
         trained_cnn.to("cpu")
 
 
+def test_device_batches_are_the_order_s_batches(natural_gray) -> None:
+    """The loops' batches: ``images[idx]`` for each batch of the order, the short last one included; the GPU path's
+    gather writes them into a reused buffer (rows past a short batch untouched) and returns that buffer's view."""
+    from raylab.core.transfer import device_batches, gather
+
+    order = torch.randperm(len(natural_gray), generator=torch.Generator().manual_seed(0))
+    got = list(device_batches(natural_gray, order, 16, device=torch.device("cpu")))
+    assert [len(idx) for idx, _ in got] == [16, 16, 16, 12]
+    for (idx, x), want in zip(got, order.split(16)):
+        assert torch.equal(idx, want) and torch.equal(x, natural_gray[want])
+    buffer = torch.full((16, *natural_gray.shape[1:]), 7, dtype=natural_gray.dtype)
+    view = gather(natural_gray, order[:12], buffer)
+    assert torch.equal(view, natural_gray[order[:12]]) and view.data_ptr() == buffer.data_ptr()
+    assert bool((buffer[12:] == 7).all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the overlapped copy needs a CUDA device")
+@pytest.mark.parametrize("method", ["paper", "sgd"])
+def test_the_overlapped_copy_gives_the_same_uap(trained_cnn, natural_gray, pneumonia, method) -> None:
+    """Batch k+1 copied on a side stream from pinned buffers while batch k computes: the same batches as the plain
+    copy, so the same UAP (both loops, two passes, a short last batch); and every batch arrives intact."""
+    from raylab.core import SGDUAP
+    from raylab.core.transfer import device_batches
+
+    device = torch.device("cuda")
+    order = torch.randperm(len(natural_gray), generator=torch.Generator().manual_seed(0))
+    for idx, x in device_batches(natural_gray, order, 16, device=device):
+        assert x.is_cuda and torch.equal(x.cpu(), natural_gray[idx])
+    model = trained_cnn.to(device)
+    radius = zeta_radius(pneumonia["train_x"], zeta=0.04, p=2)
+    try:
+        make = ((lambda **kw: UAP(radius=radius, p=2, eps=0.02, max_passes=2, mode="batched", batch_size=16,
+                                  static_shapes=True, **kw)) if method == "paper" else
+                (lambda **kw: SGDUAP(radius=radius, p=2, max_passes=2, batch_size=16, **kw)))
+        ref = make(prefetch=False)(model, natural_gray, seed=3)
+        got = make(prefetch=True)(model, natural_gray, seed=3)
+        assert got.stats == ref.stats and ref.stats.accepted > 0
+        torch.testing.assert_close(got.rho, ref.rho, rtol=0, atol=1e-5)
+    finally:
+        trained_cnn.to("cpu")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a CUDA device")
 def test_nvjpeg_decodes_a_batch_close_to_the_readers_pixels(tmp_path) -> None:
     """The worker's device decode (``--decode-on worker``) on a GPU: nvJPEG's IDCT differs from libjpeg's by a level

@@ -8,7 +8,8 @@ carries C(x)), batched mode ÷ ART, and the stochastic-gradient method (one
 epoch) beside them: ÷ its own bare kernel (clean forward + forward/backward),
 ÷ batched mode and ÷ ART. The static-shape update (``--static``, the GPU path) and
 ``torch.compile`` (``--compile``) are measured beside the batched mode (on CUDA
-also both modes replayed from CUDA graphs, ``--static``), every
+also both modes replayed from CUDA graphs and the static-shape update with its batches copied
+without the overlap of :mod:`raylab.core.transfer`, ``--static``), every
 rate also as TFLOP/s from the FLOPs counted for one update of one image
 (``torch.utils.flop_counter``) and, with ``--peak-tflops``, as a fraction of the
 device's limit; ``decision_agreement`` is the share of a real stream's images
@@ -138,7 +139,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         res_s, t_s = timed(lambda: static(fast, images, seed=cfg.seed))
         figures.update(static_images_per_s=n / t_s, static_accepted=res_s.stats.accepted, static_over_batched=t_b / t_s,
                        static_over_bare_kernel=t_bare / t_s)
-        if graphs:
+        if graphs:  # the same update with each batch copied after the last one's compute, not during it
+            _, t_plain = timed(lambda: dataclasses.replace(static, prefetch=False)(fast, images, seed=cfg.seed))
+            figures.update(static_plain_copy_images_per_s=n / t_plain, prefetch_over_plain_copy=t_plain / t_s)
             graphed = dataclasses.replace(static, cuda_graphs=True)
             graphed(fast, images[: cfg.batch_size], seed=cfg.seed)  # warm-up: the capture itself
             res_g, t_g = timed(lambda: graphed(fast, images, seed=cfg.seed))

@@ -5,7 +5,8 @@ Read beside the paper (Minagi et al., J. Imaging 2022, Section 2.2-2.3):
 projection, random control), :mod:`.fgsm` (the inner step),
 :mod:`.criteria` (non-targeted vs targeted), :mod:`.uap` (the iterative
 algorithm, faithful and batched, on the batch rules of :mod:`.updates`;
-:mod:`.graphs` replays a step from a CUDA graph, :mod:`.regime` warns of too
+:mod:`.graphs` replays a step from a CUDA graph, :mod:`.transfer` overlaps a
+batch's copy to the GPU with the last one's compute, :mod:`.regime` warns of too
 few updates), :mod:`.sgd` (the stochastic-gradient UAP,
 the stronger attack beside the paper's) and :mod:`.metrics` (R_f, R_s,
 confusion matrices, label composition).

@@ -35,6 +35,7 @@ from .fgsm import autocast
 from .metrics import predict_labels
 from .norms import Norm, project_lp
 from .pixels import as_model_input
+from .transfer import device_batches
 from .uap import UAPResult, check_attack, initial_rho
 from .updates import StepStats
 
@@ -100,6 +101,7 @@ class SGDUAP:
         clip: clip x+ρ to this range (None = unclipped, as the paper's method runs by default).
         amp: autocast the forward pass.
         eval_batch_size: batch size of the clean labels.
+        prefetch: on a GPU, copy batch k+1 on a side stream while batch k computes (as :class:`raylab.core.UAP`).
     """
 
     radius: float
@@ -112,6 +114,7 @@ class SGDUAP:
     clip: tuple[float, float] | None = None
     amp: bool = False
     eval_batch_size: int = 256
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         check_attack(radius=self.radius, p=self.p, max_passes=self.max_passes, batch_size=self.batch_size)
@@ -162,8 +165,8 @@ class SGDUAP:
         for k in range(self.max_passes):
             order = torch.tensor(order_rng.sample(range(n), n))
             active_total = torch.zeros((), dtype=torch.long, device=device)
-            for idx in order.split(self.batch_size):
-                grad, active = batch_gradient(model, images[idx].to(device, non_blocking=True), clean_labels[idx], rho,
+            for idx, x in device_batches(images, order, self.batch_size, device=device, overlap=self.prefetch):
+                grad, active = batch_gradient(model, x, clean_labels[idx], rho,
                                               criterion=criterion, loss_clamp=self.loss_clamp, clip=self.clip, amp=self.amp)
                 size = step_size(t, total, lr=self.lr, radius=self.radius, schedule=self.schedule)
                 rho = sgd_step(rho, grad, size=size, p=self.p, radius=self.radius, sign=criterion.sign)

@@ -28,6 +28,7 @@ from .fgsm import StepNorm
 from .graphs import CapturedStep
 from .metrics import model_device, predict_labels
 from .norms import Norm, project_lp
+from .transfer import device_batches
 from .updates import StepStats, batch_update, masked_update
 
 Mode = Literal["faithful", "batched"]
@@ -98,6 +99,8 @@ class UAP:
         cuda_graphs: the static-shape step (update, projection, counts) captured once as a CUDA graph and replayed
             for every batch of its shape (:class:`raylab.core.graphs.CapturedStep`); implies ``static_shapes``.
             CUDA only.
+        prefetch: on a GPU, copy batch k+1 to it on a side stream while batch k computes
+            (:func:`raylab.core.transfer.device_batches`); the same batches, so the same UAP.
     """
 
     radius: float
@@ -113,6 +116,7 @@ class UAP:
     eval_batch_size: int = 256
     static_shapes: bool = False
     cuda_graphs: bool = False
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         check_attack(radius=self.radius, p=self.p, max_passes=self.max_passes, batch_size=self.batch_size)
@@ -161,8 +165,6 @@ class UAP:
         elif clean_labels is None:  # a targeted UAP's rules never read the clean labels: no forward for them
             clean_labels = torch.zeros(len(images), dtype=torch.long)
         clean_labels = clean_labels.to(device)
-        if device.type == "cuda" and not images.is_pinned():
-            images = images.pin_memory()  # the copies below overlap the compute (non_blocking)
         kw = dict(eps=self.eps, criterion=criterion, step_norm=self.step_norm, clip=self.clip, amp=self.amp)
         counts = torch.zeros(3, dtype=torch.long, device=device)  # a static pass's [images, active, accepted]
         static = self.static_shapes or self.cuda_graphs
@@ -184,8 +186,7 @@ class UAP:
             order = torch.tensor(order_rng.sample(range(n), n))
             pass_stats = StepStats()
             counts.zero_()
-            for idx in order.split(b):
-                x = images[idx].to(device, non_blocking=True)
+            for idx, x in device_batches(images, order, b, device=device, overlap=self.prefetch):
                 if static:
                     batch_counts = static_step(x, clean_labels[idx])
                     if on_batch is not None:  # a callback reads the counts: one sync per batch

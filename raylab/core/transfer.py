@@ -1,0 +1,71 @@
+"""Batches of a UAP loop on the model's device, batch k+1's copy overlapping batch k's compute on a GPU.
+
+The loops of Section 2.2 (and the stochastic-gradient method's) visit the input images in a seeded order, one batch
+at a time. On a GPU, ``images[idx].to("cuda")`` stalls every batch: indexing makes a new tensor in pageable host
+memory, which the copy engine cannot read while kernels run, so the copy waits for the GPU to drain and the GPU
+then waits for the copy. :func:`device_batches` gathers batch k+1 into one of two pinned host buffers and copies it
+on a side stream while the model still works on batch k; the compute stream waits on an event for that copy alone.
+The images (uint8 raw or float) travel as they are: converting on the device keeps uint8's 4x fewer bytes.
+
+Elsewhere (a CPU model, or images already on the GPU) the batches are plain ``images[idx]``: the same values in
+the same order, and the loops' results do not depend on which path ran.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+
+def gather(images: Tensor, idx: Tensor, out: Tensor) -> Tensor:
+    """``images[idx]`` written into the first ``len(idx)`` rows of ``out`` (a reused buffer: pinned memory on the
+    GPU path) and returned as that view."""
+    view = out[: len(idx)]
+    torch.index_select(images, 0, idx, out=view)
+    return view
+
+
+def device_batches(images: Tensor, order: Tensor, batch_size: int, *, device: torch.device,
+                   overlap: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(idx, images[idx] on device)`` for each batch of ``order`` split into ``batch_size``.
+
+    With ``device`` a GPU, ``images`` on the host and ``overlap``, the next batch is copied on a side stream while the
+    caller computes on this one (module docstring); a yielded tensor is ready for the current stream to read.
+    """
+    chunks = order.split(batch_size)
+    if device.type != "cuda" or images.device.type == "cuda" or not overlap:
+        for idx in chunks:
+            yield idx, images[idx.to(images.device)].to(device, non_blocking=True)
+        return
+    yield from _overlapped(images, chunks, device)
+
+
+def _overlapped(images: Tensor, chunks: tuple[Tensor, ...], device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    side = torch.cuda.Stream(device)
+    rows = max(len(c) for c in chunks)
+    staging = [torch.empty((rows, *images.shape[1:]), dtype=images.dtype, pin_memory=True) for _ in range(2)]
+    copied: list[torch.cuda.Event | None] = [None, None]  # the last copy out of each buffer
+
+    def start(k: int) -> tuple[Tensor, torch.cuda.Event]:
+        slot = k % 2
+        if copied[slot] is not None:
+            copied[slot].synchronize()  # the buffer's previous copy (batch k-2) has left it: safe to overwrite
+        host = gather(images, chunks[k], staging[slot])
+        with torch.cuda.stream(side):
+            x = host.to(device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        copied[slot] = done
+        return x, done
+
+    ahead = start(0)
+    current = torch.cuda.current_stream(device)
+    for k, idx in enumerate(chunks):
+        x, done = ahead
+        current.wait_event(done)
+        x.record_stream(current)  # allocated on the side stream, read on this one: not reused before it is done
+        if k + 1 < len(chunks):
+            ahead = start(k + 1)  # its copy runs while the caller computes on x
+        yield idx, x

@@ -26,7 +26,7 @@ bench() {  # name, seconds, bench arguments...
   echo "== $name"
   timeout "$limit" $PY -m raylab bench --device cuda --no-art --data-dir "${DATA:-shared/data}" "$@" \
     --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 || echo "   $name failed or ran out of time: see $OUT/$name.log"
-  grep -E '"(batched|static|compiled|graphed|faithful|faithful_static|faithful_graphed|faithful_graphed_amp|bare_kernel)_(images_per_s|fraction_of_peak)"|decision_agreement|later_pass_over|rho_max_abs_diff_vs_static' \
+  grep -E '"(batched|static|compiled|graphed|static_plain_copy|faithful|faithful_static|faithful_graphed|faithful_graphed_amp|bare_kernel)_(images_per_s|fraction_of_peak)"|decision_agreement|later_pass_over|rho_max_abs_diff_vs_static|prefetch_over_plain_copy' \
     "$OUT/$name.json" 2>/dev/null | sed 's/^/   /'
 }
 # InceptionV3 at 299 px (the paper's main model): float32 eager (today's baseline), then autocast
@@ -52,10 +52,10 @@ timeout 110 $PY -m raylab bench --engine --device cuda --no-art --data-dir "${DA
   --cpus-per-reader 4 --shard-format jpg --decode-on reader worker \
   --out "$OUT/gpu-engine-inception-299-amp.json" > "$OUT/gpu-engine-inception-299-amp.log" 2>&1 \
   || echo "   the engine run failed or ran out of time: see $OUT/gpu-engine-inception-299-amp.log"
-grep -E '"(engine|engine_decode_on_worker)_1w_(images_per_s|over_bare_kernel|worker_idle_fraction)"|decode_images_per_s' \
+grep -E '"(engine|engine_decode_on_worker)_1w_(images_per_s|over_bare_kernel|worker_idle_fraction)"|decode_images_per_s|transport_tensor_over' \
   "$OUT/gpu-engine-inception-299-amp.json" 2>/dev/null | sed 's/^/   /'
-# The GPU-only tests: nvJPEG against the reader's pixels (a level or so), the CUDA-graph UAP against the eager one
-# (pytest and hypothesis are in the image)
-timeout 30 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "nvjpeg or cuda_graphs" > "$OUT/gpu-only-tests.log" 2>&1; \
+# The GPU-only tests: nvJPEG against the reader's pixels (a level or so), the CUDA-graph UAP against the eager one,
+# the overlapped copy's UAP against the plain copy's (pytest and hypothesis are in the image)
+timeout 30 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "nvjpeg or cuda_graphs or overlapped" > "$OUT/gpu-only-tests.log" 2>&1; \
   tail -1 "$OUT/gpu-only-tests.log" | sed 's/^/   GPU-only tests: /'
 ls -la "$OUT"

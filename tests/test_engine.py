@@ -281,6 +281,25 @@ def test_a_reader_whose_decode_thread_dies_fails_the_read_with_one_line(cluster,
         ray.kill(reader)
 
 
+def test_a_reader_hands_its_batch_to_workers_zero_copy(cluster, shards) -> None:
+    """A batch travels as a NumPy array, which Ray maps read-only from its object store instead of copying out (a
+    pickled tensor is copied: :mod:`raylab.engine.transport`); the worker's tensor over it holds the stream's pixels."""
+    from raylab.engine.readers import Position, ShardReader
+    from raylab.engine.transport import from_wire
+
+    urls = read_manifest(shards).urls
+    reader = ShardReader.options(num_cpus=0.25).remote(urls[:1], counts=[12], passes=1, channels=1, size=28,
+                                                       batch_size=5, prefetch=2)
+    try:
+        images_ref, meta_ref = reader.read.remote(Position().to_list())
+        images, meta = ray.get([images_ref, meta_ref], timeout=60)
+    finally:
+        ray.kill(reader)
+    assert isinstance(images, np.ndarray) and not images.flags.writeable  # the store's memory, not a copy
+    x = from_wire(images)
+    assert x.dtype == torch.uint8 and meta.size == 5 and torch.equal(x, _stream(urls[:1])[:5])
+
+
 def test_a_batch_that_kills_its_worker_every_time_fails_the_run_naming_it(cluster, models, shards, tmp_path, monkeypatch) -> None:
     """Bounded retries: the third time the same batch kills its worker, the run stops with one line naming the batch,
     and the checkpoint of the last good round stays."""
@@ -366,8 +385,11 @@ def test_bench_engine_measures_both_methods_against_their_kernels(cluster, tmp_p
     f = json.loads(out.read_text())
     for key in ("engine_1w_images_per_s", "engine_sgd_1w_images_per_s", "engine_1w_over_bare_kernel",
                 "engine_sgd_1w_over_bare_kernel", "decode_images_per_s_per_core_stored_resized",
-                "engine_decode_on_worker_1w_images_per_s", "device_decode_images_per_s"):
+                "engine_decode_on_worker_1w_images_per_s", "device_decode_images_per_s", "transport_tensor_to_start_s",
+                "transport_wire_to_start_s", "transport_wire_convert_s", "transport_tensor_over_wire",
+                "transport_tensor_over_wire_to_start"):
         assert f[key] > 0, key
+    assert f["transport_batch_mib"] == 16 * 3 * 28 * 28 / 2**20  # one engine batch of the run's shape
     assert f["decode_on"] == ["reader", "worker"] and f["shard_format"] == "jpg"
 
 

@@ -1,4 +1,5 @@
-"""``raylab bench --engine``: the engine end to end beside its bare kernel, the decode rates, W workers beside one."""
+"""``raylab bench --engine``: the engine end to end beside its bare kernel, the decode rates, W workers beside one,
+and a batch's trip through the object store as a tensor beside the engine's array."""
 
 from __future__ import annotations
 
@@ -59,6 +60,47 @@ def device_decode_rate(urls: list[str], *, channels: int, size: int, batch_size:
     if torch.cuda.is_available() and device.startswith("cuda"):
         torch.cuda.synchronize()
     return n / (time.perf_counter() - t)
+
+
+class _Receiver:
+    """A bare actor: when its method started, and how long converting its batch took (:func:`transport_seconds`)."""
+
+    def receive(self, images: Any, submitted: float) -> tuple[float, float]:
+        from ..core import to_model_space
+        from ..engine.transport import from_wire
+
+        started = time.perf_counter()
+        to_model_space(from_wire(images))
+        return started - submitted, time.perf_counter() - started
+
+
+def transport_seconds(batch: torch.Tensor, *, repeats: int = 5) -> dict[str, float]:
+    """Median seconds from submitting an actor call with ``batch`` (a new object each time) to the method's start,
+    and then to the batch converted to model space: passed as a tensor, and as the engine passes it (an array,
+    :mod:`raylab.engine.transport`). Needs a running Ray."""
+    import ray
+
+    from ..engine.transport import to_wire
+
+    actor = ray.remote(num_cpus=0)(_Receiver).remote()
+    out: dict[str, float] = {}
+    try:
+        for name, wire in (("tensor", lambda t: t), ("wire", to_wire)):
+            ray.get(actor.receive.remote(ray.put(wire(batch.clone())), time.perf_counter()))  # warm-up
+            runs = []
+            for _ in range(repeats):
+                ref = ray.put(wire(batch.clone()))
+                runs.append(ray.get(actor.receive.remote(ref, time.perf_counter())))
+                del ref
+            out[f"transport_{name}_to_start_s"] = float(np.median([r[0] for r in runs]))
+            out[f"transport_{name}_convert_s"] = float(np.median([r[1] for r in runs]))
+    finally:
+        ray.kill(actor)
+    # until the method starts: what a GPU worker waits (its conversion runs on the device); and all of it, on a CPU
+    out["transport_tensor_over_wire_to_start"] = out["transport_tensor_to_start_s"] / out["transport_wire_to_start_s"]
+    out["transport_tensor_over_wire"] = ((out["transport_tensor_to_start_s"] + out["transport_tensor_convert_s"])
+                                         / (out["transport_wire_to_start_s"] + out["transport_wire_convert_s"]))
+    return out
 
 
 def _medical_with(npz: Path, channels: int, root: Path) -> Path:
@@ -125,6 +167,8 @@ def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
         if not ray.is_initialized():
             ray.init(logging_level="ERROR")
         cpus = ray.cluster_resources().get("CPU", 1)
+        batch = images[: cfg.batch_size].repeat(-(-cfg.batch_size // len(images)), 1, 1, 1)[: cfg.batch_size]
+        figures.update(transport_batch_mib=batch.numel() / 2**20, **transport_seconds(batch))
         # the paper's method and SGD on the first decode place; the paper's method on any other (its own keys)
         runs = [("paper", cfg.decode_on[0], "engine"), ("sgd", cfg.decode_on[0], "engine_sgd")]
         runs += [("paper", where, f"engine_decode_on_{where}") for where in cfg.decode_on[1:]]

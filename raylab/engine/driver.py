@@ -47,6 +47,7 @@ from ..telemetry import Telemetry, ray_sink, run_tags
 from .feed import FeedCheck
 from .labels import CleanLabels
 from .readers import BatchMeta, ShardReader
+from .transport import to_wire
 from .state import (
     CHECKPOINT, PaperRule, Rule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, fingerprint,
     record_marker,
@@ -384,7 +385,7 @@ class Engine:
         """
         if self._test_refs is None or images is not self.target.medical.test_images:
             # clone: a chunk is a view, and a pickled view carries its whole base tensor
-            refs = [ray.put(chunk.clone()) for chunk in images.chunk(len(self.workers))]
+            refs = [ray.put(to_wire(chunk.clone())) for chunk in images.chunk(len(self.workers))]
             if images is self.target.medical.test_images:
                 self._test_refs = refs
         else:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import numpy as np
 import ray
 import torch
 
@@ -27,6 +28,7 @@ from ..data.jpeg import EncodedBatch
 from ..data.shards import Cursor, RawSample, ShardReport, batches, decode_stream, iter_samples
 from ..errors import RaylabError, one_line
 from ..telemetry import Telemetry, ray_sink
+from .transport import to_wire
 
 #: Seconds ``read`` waits for its decode thread between checks that the thread is still alive.
 _POLL = 1.0
@@ -165,8 +167,9 @@ class ShardReader:
         self.head = start
 
     @ray.method(num_returns=2)
-    def read(self, start: list[int]) -> tuple[torch.Tensor | EncodedBatch | None, BatchMeta]:
-        """The next item from ``start``: a batch of images (or None at a pass end / the stream's end) and its meta."""
+    def read(self, start: list[int]) -> tuple[np.ndarray | EncodedBatch | None, BatchMeta]:
+        """The next item from ``start``: a batch of images (uint8, as an array: :func:`~raylab.engine.transport.to_wire`;
+        or None at a pass end / the stream's end) and its meta."""
         pos = Position.from_list(start)
         if self.head != pos or self.producer is None:
             self._seek(pos)
@@ -176,7 +179,7 @@ class ShardReader:
         if meta.size:
             self.telemetry.decoded(reader=self.index, seconds=meta.decode_seconds, nbytes=meta.nbytes,
                                    queue_depth=self.producer.out.qsize())
-        return images, meta
+        return to_wire(images), meta  # zero-copy to the worker (:mod:`raylab.engine.transport`)
 
     def _next(self, producer: _Producer) -> tuple[BatchMeta, torch.Tensor | None]:
         """The producer's next item; a failure or a thread that died raises one line naming the shard."""

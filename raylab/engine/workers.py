@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import ray
 import torch
 from torch import Tensor
@@ -24,6 +25,7 @@ from ..core.fgsm import StepNorm
 from ..data.jpeg import EncodedBatch, decode_batch
 from ..models import for_inference, load_classifier
 from ..telemetry import Telemetry, ray_sink
+from .transport import from_wire
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class UAPWorker:
         self.amp, self.static_shapes = amp, static_shapes
         self.last_end: float | None = None
 
-    def update(self, images: Tensor | EncodedBatch, rho: Tensor, *, method: str, criterion: Criterion,
+    def update(self, images: np.ndarray | Tensor | EncodedBatch, rho: Tensor, *, method: str, criterion: Criterion,
                clip: tuple[float, float] | None, eps: float = 0.0, step_norm: StepNorm = "sign", loss_clamp: float = 10.0,
                clean: Tensor | None = None) -> Update:
         """One batch against ``rho``: the sum of its accepted FGSM steps (``method="paper"``,
@@ -68,6 +70,7 @@ class UAPWorker:
         started = time.perf_counter()
         idle = 0.0 if self.last_end is None else started - self.last_end
         skipped: list[tuple[str, str]] = []
+        images = from_wire(images)
         if isinstance(images, EncodedBatch):
             x, skipped = decode_batch(images, channels=self.channels, device=self.device)
         else:
@@ -101,9 +104,9 @@ class UAPWorker:
         return Update(step, stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle},
                       None if computed is None else computed.cpu(), skipped)
 
-    def predict(self, images: Tensor, rho: Tensor | None = None, clip: tuple[float, float] | None = None) -> Tensor:
+    def predict(self, images: np.ndarray | Tensor, rho: Tensor | None = None, clip: tuple[float, float] | None = None) -> Tensor:
         """Labels of ``images`` (under ``images + rho`` when given): the distributed evaluation."""
-        return predict_labels(self.model, images, rho=rho, clip=clip, amp=self.amp).cpu()
+        return predict_labels(self.model, from_wire(images), rho=rho, clip=clip, amp=self.amp).cpu()
 
     @ray.method(max_task_retries=-1)
     def pid(self) -> int:

@@ -2,8 +2,9 @@
 
 The loops of Section 2.2 (and the stochastic-gradient method's) visit the input images in a seeded order, one batch
 at a time. On a GPU, ``images[idx].to("cuda")`` stalls every batch: indexing makes a new tensor in pageable host
-memory, which the copy engine cannot read while kernels run, so the copy waits for the GPU to drain and the GPU
-then waits for the copy. :func:`device_batches` gathers batch k+1 into one of two pinned host buffers and copies it
+memory, and a copy from pageable memory is synchronous whatever ``non_blocking`` says: it runs after the kernels
+queued before it and holds the host until it is done, so the GPU idles while the host copies and then launches
+the next batch's kernels. :func:`device_batches` gathers batch k+1 into one of two pinned host buffers and copies it
 on a side stream while the model still works on batch k; the compute stream waits on an event for that copy alone.
 The images (uint8 raw or float) travel as they are: converting on the device keeps uint8's 4x fewer bytes.
 

@@ -47,11 +47,11 @@ from ..telemetry import Telemetry, ray_sink, run_tags
 from .feed import FeedCheck
 from .labels import CleanLabels
 from .readers import BatchMeta, ShardReader
-from .transport import to_wire
 from .state import (
     CHECKPOINT, PaperRule, Rule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, fingerprint,
     record_marker,
 )
+from .transport import to_wire
 from .workers import Update, WorkerActor
 
 

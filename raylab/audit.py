@@ -14,7 +14,8 @@ The paper's protocol (Sections 2.2-2.3) on one classifier, at a size the user pi
    so that every headline number is a mean ± sd. The stronger method is the headline: an audit that reports only
    the weaker attack calls a model safer than it is. For the same reason the verdict also gives the strongest of
    the seeds' UAPs, kept by its R_f on validation (:func:`kept_on_validation`): seeds can land in different
-   directions, and the mean then under-states what an attacker who makes a few UAPs gets.
+   directions, and the mean then under-states what an attacker who makes a few UAPs gets. Targeted UAPs keep
+   theirs the same way, by R_s toward their class on validation.
 4. The predicted-label composition of the natural images (the paper's Tables S1-S3), which explains which targets
    are easy.
 
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .config import DEFAULT_MEDICAL, METHODS, SOURCE_TRAIN, UAPConfig, check, finite, option
-from .core import Untargeted, fooling_rate, label_composition, predict_labels
+from .core import Untargeted, fooling_rate, label_composition, predict_labels, success_rate
 from .evaluation import ModelCheck, by_class
 from .record import ResultsKey
 from .run import SourceImages, generate, run_uap, source_images
@@ -395,16 +396,16 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
 # --------------------------------------------------------------------------- the summary
 
 
-def kept_on_validation(model: torch.nn.Module, val_images: Tensor, val_clean: Tensor,
-                       rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The strongest of a cell's UAPs, found without the test split: each seed's ρ (its ``uap.npy``) scored by R_f on
-    the validation images, as the ε, p selection scores its grid; the highest is kept (the first of equals) and its
-    test R_f reported. The mean over seeds is what one UAP does on average; this is what an attacker who makes as many
-    and keeps the best does, and the audit must not under-report it."""
-    val = [fooling_rate(val_clean, predict_labels(model, val_images, rho=torch.from_numpy(np.load(r["uap_uri"]))))
-           for r in rows]
+def kept_on_validation(model: torch.nn.Module, val_images: Tensor, rows: list[dict[str, Any]], *,
+                       score: Callable[[Tensor], float], rate: str = "fooling_rate") -> dict[str, Any]:
+    """The strongest of a cell's UAPs, found without the test split: each seed's ρ (its ``uap.npy``) scored on the
+    validation images by ``score`` of their labels under it (R_f, or R_s toward the cell's target), as the ε, p
+    selection scores its grid; the highest is kept (the first of equals) and its test ``rate`` reported. The mean over
+    seeds is what one UAP does on average; this is what an attacker who makes as many and keeps the best does, and
+    the audit must not under-report it."""
+    val = [score(predict_labels(model, val_images, rho=torch.from_numpy(np.load(r["uap_uri"])))) for r in rows]
     k = max(range(len(rows)), key=lambda i: val[i])
-    return {"validation": val, "seed": rows[k]["seed"], "val_rate": val[k], "rate": rows[k]["fooling_rate"],
+    return {"validation": val, "seed": rows[k]["seed"], "val_rate": val[k], "rate": rows[k][rate],
             "uap_uri": rows[k]["uap_uri"]}
 
 
@@ -429,8 +430,10 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
                       "rate": spread([r[rate] for r in rs]), "random": spread([r[control] for r in rs]),
                       "per_seed": [r[rate] for r in rs], "seeds": [r["seed"] for r in rs],
                       "trials": [r["trial_id"] for r in rs]})
-        if t is None and zeta == c.zeta:  # the verdict's budget: the strongest seed beside the mean
-            cells[-1]["kept"] = kept_on_validation(target.model, audit.val_images, val_clean, rs)
+        if zeta == c.zeta:  # the verdict's budget (every targeted UAP's): the strongest seed beside the mean
+            score = ((lambda adv: fooling_rate(val_clean, adv)) if t is None else
+                     (lambda adv, t=t: success_rate(adv, t)))
+            cells[-1]["kept"] = kept_on_validation(target.model, audit.val_images, rs, score=score, rate=rate)
     check = audit.check
     composition = {s: by_class(label_composition(predict_labels(target.model, audit.sources[s].images),
                                                  num_classes=len(names)), names) for s in SOURCES}

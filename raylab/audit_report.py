@@ -161,9 +161,11 @@ def _targeted_findings(summary: dict[str, Any]) -> list[str]:
     easiest = max(best, key=lambda n: best[n]["rate"]["mean"])
     e = best[easiest]
     moved = "pushes" if clearly_above(e["rate"], e["random"]) else "does not clearly push"
+    strongest = ("" if e.get("kept") is None else
+                 f", the strongest of the {e['rate']['n']}, kept on validation, {one(e['kept']['rate'])}")
     out.append(f"The easiest target is {easiest}: a natural-image UAP {moved} test images to it beyond random noise "
-               f"(R_s {pct(e['rate'])}, random {pct(e['random'])}; {100 * clean.get(easiest, 0):.1f} % are called "
-               f"{easiest} without any perturbation).")
+               f"(R_s {pct(e['rate'])}{strongest}; random {pct(e['random'])}; {100 * clean.get(easiest, 0):.1f} % are "
+               f"called {easiest} without any perturbation).")
     if len(best) > 1:
         hardest = min(best, key=lambda n: best[n]["rate"]["mean"])
         out.append(f"The hardest target is {hardest}: R_s {pct(best[hardest]['rate'])} (random {pct(best[hardest]['random'])}).")
@@ -256,6 +258,14 @@ def _fig_composition(summary: dict[str, Any]) -> bytes:
 # --------------------------------------------------------------------------- blocks, Markdown, HTML
 
 
+def _seed_table(keys: list[str], cells: list[tuple[list[str], dict[str, Any]]], rate: str) -> Block:
+    """The seed-by-seed table of cells with a kept seed: each row's key columns, the test and validation rates by
+    seed, and the kept seed's test rate."""
+    return ("table", [*keys, f"test {rate} by seed", f"validation {rate} by seed", f"kept: test {rate}"],
+            [[*key, ", ".join(one(r) for r in x["per_seed"]), ", ".join(one(r) for r in x["kept"]["validation"]),
+              f"{one(x['kept']['rate'])} (seed {x['kept']['seed']})"] for key, x in cells])
+
+
 def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
     """The report's content, in order."""
     c, plan, check = summary["config"], summary["plan"], summary["check"]
@@ -296,10 +306,7 @@ def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
         out.append(("p", f"Seed by seed at ζ = {100 * z:g} %: each UAP's R_f on the test images and on the validation "
                          "images; the seed kept is the one with the highest validation R_f (the test split never "
                          "chooses)."))
-        out.append(("table", ["images", "method", "test R_f by seed", "validation R_f by seed", "kept: test R_f"],
-                    [[SOURCE_NAMES[s], METHOD_NAMES[m], ", ".join(one(r) for r in x["per_seed"]),
-                      ", ".join(one(r) for r in x["kept"]["validation"]), f"{one(x['kept']['rate'])} (seed "
-                      f"{x['kept']['seed']})"] for s, m, x in kept]))
+        out.append(_seed_table(["images", "method"], [([SOURCE_NAMES[s], METHOD_NAMES[m]], x) for s, m, x in kept], "R_f"))
     if "examples.png" in figures:
         out.append(("figure", "examples.png", f"the headline UAP ({METHOD_NAMES[h['method']]}, seed {h['kept']['seed']}, "
                                               "kept on validation) on test images"))
@@ -316,6 +323,13 @@ def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
                         + [pct((cell(summary, s, m, z, n) or {}).get("rate")) for s in ("natural", "train") for m in ms]
                         + [pct(b["random"])])
         out.append(("table", header, rows))
+        kept_t = [(n, s, m, x) for n in names for s in ("natural", "train") for m in ms
+                  if (x := cell(summary, s, m, z, n)) and x.get("kept")]
+        if kept_t:
+            out.append(("p", "Seed by seed: each targeted UAP's R_s toward its class on the test images and on the "
+                             "validation images; the seed kept is the one with the highest validation R_s."))
+            out.append(_seed_table(["target", "images", "method"],
+                                   [([n, SOURCE_NAMES[s], METHOD_NAMES[m]], x) for n, s, m, x in kept_t], "R_s"))
     out.append(("h2", "Which labels the model gives natural images"))
     out.append(("figure", "composition.png", "predicted-label composition of the natural, training and test images"))
     out.append(("h2", "Each method's step and p, chosen on validation"))

@@ -178,6 +178,8 @@ class UAPConfig(AttackConfig):
 
 #: Where an engine run decodes JPEGs stored at the model's size (``--decode-on``).
 DECODE_PLACES = ("reader", "worker")
+#: When a worker's next batch is copied to its device during the current update (:mod:`raylab.engine.staging`).
+STAGE_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +204,8 @@ class EngineConfig(AttackConfig):
     decode_on: str = option("reader", "where JPEGs stored at the model's size are decoded: reader (CPU threads) or "
                                       "worker (on its device: nvJPEG on a GPU; other images stay on the reader)",
                             choices=DECODE_PLACES)
+    stage: str = option("auto", "copy each worker's next batch to its device while it computes the current one: auto "
+                                "(on a GPU), on, or off (each update copies its own batch)", choices=STAGE_MODES)
     resources: dict[str, float] = option(help="custom Ray resources each reader and worker needs, as JSON, "
                                               "e.g. '{\"uap_pool\": 1}' to keep them on those nodes", factory=dict)
     checkpoint_every: int = option(20, "rounds between checkpoints")
@@ -224,6 +228,7 @@ class EngineConfig(AttackConfig):
         check(self.cpus_per_worker > 0 and self.cpus_per_reader > 0, "cpus_per_worker and cpus_per_reader must be > 0")
         check(self.prefetch >= 1, f"prefetch must be >= 1, got {self.prefetch}")
         check(self.decode_on in DECODE_PLACES, f"decode_on must be one of {', '.join(DECODE_PLACES)}, got {self.decode_on!r}")
+        check(self.stage in STAGE_MODES, f"stage must be one of {', '.join(STAGE_MODES)}, got {self.stage!r}")
         check(self.decode_threads >= 0, f"decode_threads must be >= 0 (0: one per reader CPU), got {self.decode_threads}")
         check(isinstance(self.resources, dict), f"resources must be a JSON object of amounts, got {self.resources!r}")
         for name, amount in self.resources.items():
@@ -244,6 +249,11 @@ class EngineConfig(AttackConfig):
     def reader_threads(self) -> int:
         """Decode threads of each reader: ``decode_threads``, or one per CPU the reader asks for."""
         return self.decode_threads or max(1, round(self.cpus_per_reader))
+
+    @property
+    def staged(self) -> bool:
+        """Whether each worker's next batch is copied to its device ahead (``stage``: auto is on for cuda)."""
+        return self.stage == "on" or (self.stage == "auto" and self.device.startswith("cuda"))
 
     @property
     def num_gpus_per_worker(self) -> float:

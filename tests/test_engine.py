@@ -165,8 +165,48 @@ def test_outputs_metrics_and_progress(two_worker_run) -> None:
     assert any("img/s" in line and "accepted" in line and "||rho||_2" in line for line in two_worker_run["log"])
 
 
+def test_staging_hands_each_batch_to_its_update_once_and_drops_what_came_late() -> None:
+    """The store of batches copied ahead (engine/staging.py), on its own: a staged batch is taken once; an update that
+    comes first takes nothing and makes the late copy a no-op; a take waits for a copy under way."""
+    import threading
+
+    from raylab.engine.staging import Staging
+
+    staging = Staging(torch.device("cpu"))
+    a, b = torch.arange(6, dtype=torch.uint8).view(2, 3), torch.ones(2, 3, dtype=torch.uint8)
+    assert staging.put(0, a) and torch.equal(staging.take(0), a) and staging.take(0) is None
+    assert staging.take(1) is None and not staging.put(1, b)  # the update ran first: its late copy is dropped
+    assert staging.put(2, a) and staging.put(3, b) and staging.held() == 2
+    assert torch.equal(staging.take(3), b) and staging.held() == 0  # batch 2's update was redone elsewhere: dropped
+
+    class Slow(Staging):
+        def _copy(self, images):
+            time.sleep(0.5)
+            return super()._copy(images)
+
+    slow = Slow(torch.device("cpu"))
+    copier = threading.Thread(target=slow.put, args=(4, a))
+    copier.start()
+    time.sleep(0.1)  # the copy is under way
+    assert torch.equal(slow.take(4), a)  # waited for it instead of copying again
+    copier.join()
+
+
+def test_staged_batches_give_the_unstaged_runs_uap(cluster, models, shards, tmp_path, two_worker_run) -> None:
+    """``--stage on`` on CPU workers (auto turns it on for cuda): the readers' batches reach the workers' staging
+    thread ahead of their update, and the run's rho is the unstaged run's to the bit."""
+    m = run_engine(_config(models, shards, tmp_path / "staged", workers=2, batch_size=4, eval_every=3, stage="on"),
+                   log=lambda s: None).metrics()
+    assert m["config"]["stage"] == "on" and m["stats"] == two_worker_run["metrics"]["stats"]
+    # a batch's stage call reaches its worker once the batch is decoded, before the driver has its meta: all 12 were
+    # staged here; at least half, whatever the machine's load
+    assert 6 <= m["batches_staged"] <= 12 and two_worker_run["metrics"]["batches_staged"] == 0
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "staged" / "uap.npy")), two_worker_run["rho"], rtol=0, atol=0)
+
+
 def test_a_killed_worker_is_restarted_and_its_batch_redone(cluster, models, shards, tmp_path, two_worker_run) -> None:
-    config = _config(models, shards, tmp_path / "kill", workers=2, batch_size=4)
+    """With staging on: the restarted worker has lost what it staged, and copies its batch itself."""
+    config = _config(models, shards, tmp_path / "kill", workers=2, batch_size=4, stage="on")
     engine = Engine(config, log=lambda s: None)
     killed: list[int] = []
 
@@ -185,6 +225,7 @@ def test_a_killed_worker_is_restarted_and_its_batch_redone(cluster, models, shar
             ray.kill(a)
     assert killed and new_pid != killed[0]
     assert m["stats"]["images"] == 48  # none lost, none counted twice
+    assert 0 < m["batches_staged"] < 12  # the new worker 0 copied round 3's batch itself: its staged copy died with it
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "kill" / "uap.npy")), two_worker_run["rho"], rtol=0, atol=0)
 
 
@@ -228,6 +269,9 @@ def test_bad_engine_input_is_refused_before_any_actor_starts(models, shards, tmp
         Engine(_config(models, tmp_path, tmp_path / "y"))
     with pytest.raises(InputError, match="eps must be > 0"):
         _config(models, shards, tmp_path / "z", eps=0)
+    with pytest.raises(InputError, match="stage must be one of auto, on, off, got 'yes'"):
+        _config(models, shards, tmp_path / "z", stage="yes")
+    assert _config(models, shards, tmp_path / "z", device="cuda").staged and not _config(models, shards, tmp_path / "z").staged
 
 
 def test_the_jobs_api_refuses_a_request_without_the_token(cluster) -> None:
@@ -304,7 +348,7 @@ def test_a_batch_that_kills_its_worker_every_time_fails_the_run_naming_it(cluste
     """Bounded retries: the third time the same batch kills its worker, the run stops with one line naming the batch,
     and the checkpoint of the last good round stays."""
     from raylab.engine import driver
-    from raylab.engine.workers import UAPWorker
+    from raylab.engine.workers import UAPWorker, worker_actor
 
     stream = _stream(read_manifest(shards).urls[0::2])  # what reader 0 of 2 streams
     poison = int(stream[4:8].sum())  # its second batch of 4
@@ -315,7 +359,7 @@ def test_a_batch_that_kills_its_worker_every_time_fails_the_run_naming_it(cluste
                 os._exit(1)  # like a segfaulting kernel on one input
             return super().update(images, rho, **kw)
 
-    monkeypatch.setattr(driver, "WorkerActor", ray.remote(max_restarts=-1, max_task_retries=0)(PoisonWorker))
+    monkeypatch.setattr(driver, "WorkerActor", worker_actor(PoisonWorker))
     config = _config(models, shards, tmp_path / "poison", workers=2, batch_size=4, checkpoint_every=1)
     with pytest.raises(RaylabError, match=r"^shard-000000\.tar:00000004 \(a batch of 4 read by reader 0\) failed 3 times"):
         run_engine(config, log=lambda s: None)
@@ -387,8 +431,9 @@ def test_bench_engine_measures_both_methods_against_their_kernels(cluster, tmp_p
                 "engine_sgd_1w_over_bare_kernel", "decode_images_per_s_per_core_stored_resized",
                 "engine_decode_on_worker_1w_images_per_s", "device_decode_images_per_s", "transport_tensor_to_start_s",
                 "transport_wire_to_start_s", "transport_wire_convert_s", "transport_tensor_over_wire",
-                "transport_tensor_over_wire_to_start"):
+                "transport_tensor_over_wire_to_start", "engine_stage_on_1w_images_per_s", "engine_1w_staged_over_unstaged"):
         assert f[key] > 0, key
+    assert f["engine_1w_batches_staged"] == 0 and f["engine_stage_on_1w_batches_staged"] > 0  # staging: on for cuda only
     assert f["transport_batch_mib"] == 16 * 3 * 28 * 28 / 2**20  # one engine batch of the run's shape
     assert f["decode_on"] == ["reader", "worker"] and f["shard_format"] == "jpg"
 
@@ -435,7 +480,7 @@ def test_a_hung_worker_is_detected_replaced_and_its_batch_redone(cluster, models
     """A worker that stops making progress without dying (a stuck device, a frozen process): after the deadline it is
     killed and replaced, its batch redone, and the run ends with the uninterrupted run's rho, to the bit."""
     from raylab.engine import driver
-    from raylab.engine.workers import UAPWorker
+    from raylab.engine.workers import UAPWorker, worker_actor
 
     stream = _stream(read_manifest(shards).urls[1::2])  # what reader 1 of 2 streams
     stuck = int(stream[4:8].sum())  # its second batch of 4
@@ -448,7 +493,7 @@ def test_a_hung_worker_is_detected_replaced_and_its_batch_redone(cluster, models
                 time.sleep(3600)  # no progress, no exit
             return super().update(images, rho, **kw)
 
-    monkeypatch.setattr(driver, "WorkerActor", ray.remote(max_restarts=-1, max_task_retries=0)(HangingWorker))
+    monkeypatch.setattr(driver, "WorkerActor", worker_actor(HangingWorker))
     lines: list[str] = []
     started = time.time()
     m = run_engine(_config(models, shards, tmp_path / "hung", workers=2, batch_size=4, hang_timeout=3.0),

@@ -149,6 +149,27 @@ def test_the_overlapped_copy_gives_the_same_uap(trained_cnn, natural_gray, pneum
         trained_cnn.to("cpu")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="staging a batch on the GPU needs a CUDA device")
+def test_a_batch_staged_from_another_thread_arrives_intact_on_the_update_s_stream(natural_gray) -> None:
+    """The engine worker's staging (engine/staging.py) on a GPU: batches copied on a side stream from the staging
+    thread while the update's stream is busy are read intact there, and memory is not reused under a pending read."""
+    import threading
+
+    from raylab.engine.staging import Staging
+
+    staging = Staging(torch.device("cuda"))
+    batches = [natural_gray[k: k + 16].clone() for k in range(0, 48, 16)]
+    busy = torch.randn(4096, 4096, device="cuda")
+    for key, batch in enumerate(batches):
+        copier = threading.Thread(target=staging.put, args=(key, batch))
+        copier.start()
+        for _ in range(8):
+            busy = busy @ busy / 4096  # the update's stream works meanwhile
+        copier.join()
+        x = staging.take(key)
+        assert x is not None and x.is_cuda and torch.equal(x.cpu(), batch)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a CUDA device")
 def test_nvjpeg_decodes_a_batch_close_to_the_readers_pixels(tmp_path) -> None:
     """The worker's device decode (``--decode-on worker``) on a GPU: nvJPEG's IDCT differs from libjpeg's by a level

@@ -1,5 +1,6 @@
 """``raylab bench --engine``: the engine end to end beside its bare kernel, the decode rates, W workers beside one,
-and a batch's trip through the object store as a tensor beside the engine's array."""
+staged batches beside unstaged ones, and a batch's trip through the object store as a tensor beside the engine's
+array."""
 
 from __future__ import annotations
 
@@ -169,24 +170,35 @@ def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
         cpus = ray.cluster_resources().get("CPU", 1)
         batch = images[: cfg.batch_size].repeat(-(-cfg.batch_size // len(images)), 1, 1, 1)[: cfg.batch_size]
         figures.update(transport_batch_mib=batch.numel() / 2**20, **transport_seconds(batch))
-        # the paper's method and SGD on the first decode place; the paper's method on any other (its own keys)
-        runs = [("paper", cfg.decode_on[0], "engine"), ("sgd", cfg.decode_on[0], "engine_sgd")]
-        runs += [("paper", where, f"engine_decode_on_{where}") for where in cfg.decode_on[1:]]
-        for method, where, prefix in runs:
-            for w in cfg.workers:
+        # the paper's method and SGD on the first decode place; the paper's method on any other (its own keys); and
+        # on one worker, the paper's method with the other staging (engine/staging.py: on by default for cuda only)
+        first = cfg.decode_on[0]
+        runs = [("paper", first, "engine", "auto", cfg.workers), ("sgd", first, "engine_sgd", "auto", cfg.workers)]
+        runs += [("paper", where, f"engine_decode_on_{where}", "auto", cfg.workers) for where in cfg.decode_on[1:]]
+        staged_by_default = cfg.device.startswith("cuda")
+        other = "off" if staged_by_default else "on"
+        if 1 in cfg.workers:
+            runs.append(("paper", first, f"engine_stage_{other}", other, (1,)))
+        for method, where, prefix, stage, worker_counts in runs:
+            for w in worker_counts:
                 share = min(cfg.cpus_per_worker, cpus / (2 * w))  # W workers and W readers must fit on this machine
                 ec = EngineConfig(model=str(model_path), medical=medical, shards=str(root / "small"),
                                   out=str(root / f"{prefix}-w{w}"), method=method, max_passes=1, zeta=0.04, eps=0.002,
                                   batch_size=cfg.batch_size, workers=w, device=cfg.device, amp=cfg.amp, cpus_per_worker=share,
                                   cpus_per_reader=min(cfg.cpus_per_reader, share), decode_threads=threads,
-                                  decode_on=where, progress_every=1e9, examples=0, checkpoint_every=10_000)
-                log(f"{method} engine with {w} worker(s), decoding on the {where}...")
+                                  decode_on=where, stage=stage, progress_every=1e9, examples=0, checkpoint_every=10_000)
+                log(f"{method} engine with {w} worker(s), decoding on the {where}, staging {stage}...")
                 build = run_engine(ec, log=lambda s: None).build
                 figures[f"{prefix}_{w}w_images_per_s"] = build.images_per_second
                 figures[f"{prefix}_{w}w_worker_idle_fraction"] = (build.engine or {})["worker_idle_fraction"]
+                figures[f"{prefix}_{w}w_batches_staged"] = (build.engine or {})["batches_staged"]
             bare = figures["sgd_bare_kernel_images_per_s" if method == "sgd" else "bare_kernel_images_per_s"]
             if 1 in cfg.workers:
                 figures[f"{prefix}_1w_over_bare_kernel"] = figures[f"{prefix}_1w_images_per_s"] / bare
-            if 2 in cfg.workers and 1 in cfg.workers:
+            if 2 in worker_counts and 1 in worker_counts:
                 figures[f"{prefix}_2w_over_1w"] = figures[f"{prefix}_2w_images_per_s"] / figures[f"{prefix}_1w_images_per_s"]
+        if 1 in cfg.workers:  # the same run staged over unstaged, side by side
+            staged, unstaged = (("engine", f"engine_stage_{other}") if staged_by_default else (f"engine_stage_{other}", "engine"))
+            figures["engine_1w_staged_over_unstaged"] = (figures[f"{staged}_1w_images_per_s"]
+                                                         / figures[f"{unstaged}_1w_images_per_s"])
     return figures

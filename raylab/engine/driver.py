@@ -108,6 +108,9 @@ class Engine:
         self.compute = self.idle = 0.0  # worker seconds computing and waiting, this session
         self.recent: deque[float] = deque(maxlen=20)  # seconds of the last updates, for the hang deadline
         self.replaced = 0
+        #: the batch (its object ref) each worker was last asked to stage, and its key (:mod:`.staging`)
+        self.staged_for: dict[int, tuple[Any, int]] = {}
+        self.batches_staged = 0
         self.resume = self._read_checkpoint()  # a checkpoint of another run is refused here, before any actor starts
         self.store.makedirs()
 
@@ -121,12 +124,23 @@ class Engine:
         rounds = c.max_passes * max(math.ceil(n / c.batch_size) for n in per_worker)  # T of the step schedule
         return SGDRule(t.radius, c.p, c.lr, c.schedule, rounds, t.criterion.sign)
 
+    def _read(self, w: int, position: list[int]) -> Any:
+        """Ask reader ``w`` for the item at ``position``; with staging, its worker copies it to its device as soon
+        as it is decoded, while the worker still computes the current round (:mod:`raylab.engine.staging`)."""
+        pending = self.readers[w].read.remote(position)
+        if self.config.staged:
+            key = self.staged_for[w][1] + 1 if w in self.staged_for else 0
+            self.workers[w].stage.remote(pending[0], key)
+            self.staged_for[w] = (pending[0], key)
+        return pending
+
     def _submit(self, w: int, images: Any, rho_ref: Any, meta: BatchMeta) -> Any:
         c = self.config
         clean = None if self.labels is None else self.labels.get(w, meta)
+        staged = self.staged_for.get(w)
         return self.workers[w].update.remote(images, rho_ref, method=c.method, criterion=self.target.criterion,
                                              clip=self.clip, eps=c.eps, step_norm=c.step_norm, loss_clamp=c.loss_clamp,
-                                             clean=clean)
+                                             clean=clean, staged=staged[1] if staged and staged[0] is images else None)
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def _start_actors(self) -> None:
@@ -191,7 +205,7 @@ class Engine:
         started, last_log = session - state.seconds, 0.0
         self.compute = self.idle = 0.0
         self.feed = FeedCheck(c.reader_threads)
-        pending = {w: self.readers[w].read.remote(state.positions[w]) for w in range(c.workers) if not state.done[w]}
+        pending = {w: self._read(w, state.positions[w]) for w in range(c.workers) if not state.done[w]}
         images_at_start, rounds_at_start = state.stats["images"], state.round
         while not state.stopped_by_delta:
             state, batch_for = self._next_batches(state, pending)
@@ -200,12 +214,13 @@ class Engine:
             rho_ref = ray.put(state.rho)
             futures = {w: self._submit(w, img, rho_ref, meta) for w, (img, meta) in batch_for.items()}
             for w, (_, meta) in batch_for.items():  # decode the next round while this one computes
-                pending[w] = self.readers[w].read.remote(meta.end.to_list())
+                pending[w] = self._read(w, meta.end.to_list())
             results = []
             for w in sorted(futures):
                 upd = self._get_update(w, futures[w], batch_for[w], rho_ref)
                 meta = batch_for[w][1]
                 self._keep_labels(w, meta, upd)
+                self.batches_staged += upd.staged
                 if upd.skipped:  # images the worker's device could not decode count as the reader's skips
                     meta = dataclasses.replace(meta, skipped=[*meta.skipped, *upd.skipped])
                 results.append(WorkerResult(w, upd.step, upd.stats, meta))
@@ -291,7 +306,7 @@ class Engine:
             except ray.exceptions.RayActorError as e:
                 self.log(f"reader {w} failed ({type(e).__name__}); reading from its position again")
                 self._await_restart("reader", w)
-            pending[w] = self.readers[w].read.remote(state.positions[w])
+            pending[w] = self._read(w, state.positions[w])
         raise RaylabError(f"reader {w} failed {self.config.max_batch_attempts} times at its position {state.positions[w]}; "
                           f"stopping, the last checkpoint is {self.store.path(CHECKPOINT)}")
 
@@ -309,7 +324,7 @@ class Engine:
                 if meta.size == 0:  # end of a pass: record its skips and move on
                     state = record_marker(state, w, meta)
                     self.telemetry.skipped(images=len(meta.skipped), shards=len(meta.shards_failed))
-                    pending[w] = self.readers[w].read.remote(state.positions[w])
+                    pending[w] = self._read(w, state.positions[w])
                     continue
                 batch_for[w] = (img_ref, meta)
                 break
@@ -422,7 +437,8 @@ class Engine:
                   "stopped_by_delta": state.stopped_by_delta, "actors_replaced": self.replaced,
                   "worker_idle_fraction": self._idle_fraction(),
                   "decode_seconds_per_batch": decode_s, "compute_seconds_per_batch": compute_s,
-                  "clean_labels_reused": 0 if self.labels is None else self.labels.reused}
+                  "clean_labels_reused": 0 if self.labels is None else self.labels.reused,
+                  "batches_staged": self.batches_staged}
         evaluation = self._evaluate(state.rho)
         record = RunRecord(
             attack=c.attack_only(), config=c.to_dict(), model=c.model, arch=spec.arch, image_size=spec.image_size or 0,

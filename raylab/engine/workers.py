@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import ray
@@ -25,6 +26,7 @@ from ..core.fgsm import StepNorm
 from ..data.jpeg import EncodedBatch, decode_batch
 from ..models import for_inference, load_classifier
 from ..telemetry import Telemetry, ray_sink
+from .staging import Staging
 from .transport import from_wire
 
 
@@ -37,6 +39,7 @@ class Update:
     timing: dict[str, float]  # compute_seconds, idle_seconds
     labels: Tensor | None = None  # C(x) computed here (None when handed in, or not needed)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # images the device could not decode
+    staged: bool = False  # the batch was on the device before the update began (:mod:`raylab.engine.staging`)
 
 
 class UAPWorker:
@@ -54,26 +57,43 @@ class UAPWorker:
         self.channels = classifier.spec.in_channels
         self.model = for_inference(classifier, device=str(self.device), amp=amp, compile=compile)
         self.amp, self.static_shapes = amp, static_shapes
+        self.staging = Staging(self.device)
         self.last_end: float | None = None
+
+    @ray.method(concurrency_group="staging")
+    def stage(self, images: np.ndarray | Tensor | EncodedBatch | None, key: int) -> bool:
+        """Copy the batch of the update ``key`` to the device while the current update computes (in the actor's
+        ``staging`` thread, :mod:`raylab.engine.staging`); True when it was staged. An encoded batch or a pass's
+        end has nothing to copy; a copy that fails is left to the update, which copies the batch itself."""
+        images = from_wire(images)
+        if not isinstance(images, Tensor):
+            return False
+        try:
+            return self.staging.put(key, images)
+        except Exception:  # e.g. out of device memory: the update copies it, as unstaged batches are
+            return False
 
     def update(self, images: np.ndarray | Tensor | EncodedBatch, rho: Tensor, *, method: str, criterion: Criterion,
                clip: tuple[float, float] | None, eps: float = 0.0, step_norm: StepNorm = "sign", loss_clamp: float = 10.0,
-               clean: Tensor | None = None) -> Update:
+               clean: Tensor | None = None, staged: int | None = None) -> Update:
         """One batch against ``rho``: the sum of its accepted FGSM steps (``method="paper"``,
         :func:`raylab.core.batch_update`) or the sum of its images' gradients of the loss (``"sgd"``,
         :func:`raylab.core.batch_gradient`).
 
         Clean labels first, where the criterion needs them: ``clean`` when the driver has them from the batch's first
-        pass (:mod:`raylab.engine.labels`), else computed here and returned. An :class:`EncodedBatch`
+        pass (:mod:`raylab.engine.labels`), else computed here and returned. ``staged``: the key under which
+        :meth:`stage` was asked to copy the batch ahead; without a staged copy the update copies it. An :class:`EncodedBatch`
         (``--decode-on worker``) is decoded here first, on the device; what cannot be decoded is left out and named
         in ``skipped``."""
         started = time.perf_counter()
         idle = 0.0 if self.last_end is None else started - self.last_end
         skipped: list[tuple[str, str]] = []
         images = from_wire(images)
+        x = None if staged is None else self.staging.take(staged)
+        was_staged = x is not None
         if isinstance(images, EncodedBatch):
             x, skipped = decode_batch(images, channels=self.channels, device=self.device)
-        else:
+        elif x is None:
             x = images.to(self.device, non_blocking=True)  # uint8 from the readers: converted on the device
         computed = None
         if not len(x):  # every image of the batch failed to decode on the device
@@ -102,7 +122,7 @@ class UAPWorker:
         self.last_end = time.perf_counter()
         self.telemetry.step_time(worker=self.index, seconds=self.last_end - started)
         return Update(step, stats, {"compute_seconds": self.last_end - started, "idle_seconds": idle},
-                      None if computed is None else computed.cpu(), skipped)
+                      None if computed is None else computed.cpu(), skipped, was_staged)
 
     def predict(self, images: np.ndarray | Tensor, rho: Tensor | None = None, clip: tuple[float, float] | None = None) -> Tensor:
         """Labels of ``images`` (under ``images + rho`` when given): the distributed evaluation."""
@@ -118,5 +138,11 @@ class UAPWorker:
         return ray.get_runtime_context().get_node_id()
 
 
-#: The worker actor: restarted by Ray whenever its process dies; its calls are retried by the driver, not by Ray.
-WorkerActor = ray.remote(max_restarts=-1, max_task_retries=0)(UAPWorker)
+def worker_actor(cls: type[UAPWorker] = UAPWorker) -> Any:
+    """``cls`` as the engine's worker actor: restarted by Ray whenever its process dies, its calls retried by the
+    driver, not by Ray; ``stage`` runs in a thread of its own beside the updates (one call at a time each)."""
+    return ray.remote(max_restarts=-1, max_task_retries=0, concurrency_groups={"staging": 1})(cls)
+
+
+#: The worker actor (:func:`worker_actor`).
+WorkerActor = worker_actor()

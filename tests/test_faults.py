@@ -119,7 +119,8 @@ def test_a_driver_without_the_token_cannot_connect(cluster, tmp_path) -> None:
     wrong.write_text("0" * 64)
     code = f"import ray; ray.init(address={cluster['address']!r}); print('CONNECTED')"
     for token_env in ({"RAY_AUTH_TOKEN_PATH": str(wrong)}, {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}):
-        env = {**cluster["env"], **token_env}
+        # two tries at the GCS, not Ray's default 20 (one a second): a refused token is refused on every try
+        env = {**cluster["env"], **token_env, "RAY_gcs_server_port_wait_time_s": "2"}
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and "CONNECTED" not in r.stdout, r.stdout[-500:]
         assert "token" in (r.stdout + r.stderr).lower()

@@ -45,8 +45,8 @@ bench gpu-vgg16-224-amp 50 --arch vgg16 --image-size 224 --channels 3 --images 5
   --amp --no-faithful --peak-tflops 790
 # The engine end to end on the GPU: JPEG shards -> reader actors (4 decode threads each) -> one GPU worker, against
 # its bare kernel, decoding on the reader's CPU threads and on the worker's GPU (nvJPEG) side by side, and with the
-# worker's next batch copied to the GPU during its current update (staging, the default on cuda) and without; the RGB model
-# audits PneumoniaMNIST repeated to RGB. Also: one reader's decode rate, and nvJPEG's on whole batches.
+# worker's next batch copied to the GPU during its current update (staging, the default on cuda) and without; the
+# RGB model audits PneumoniaMNIST repeated to RGB. Also: one reader's decode rate, and nvJPEG's on whole batches.
 echo "== gpu-engine-inception-299-amp"
 timeout 130 $PY -m raylab bench --engine --device cuda --no-art --data-dir "${DATA:-shared/data}" --arch inception_v3 \
   --image-size 299 --channels 3 --images 500 --batch-size 256 --amp --workers 1 --cpus-per-worker 4 \
@@ -56,7 +56,8 @@ timeout 130 $PY -m raylab bench --engine --device cuda --no-art --data-dir "${DA
 grep -E '"(engine|engine_decode_on_worker|engine_stage_off)_1w_(images_per_s|over_bare_kernel|worker_idle_fraction)"|staged_over_unstaged|decode_images_per_s|transport_tensor_over' \
   "$OUT/gpu-engine-inception-299-amp.json" 2>/dev/null | sed 's/^/   /'
 # The GPU-only tests: nvJPEG against the reader's pixels (a level or so), the CUDA-graph UAP against the eager one,
-# the overlapped copy's UAP against the plain copy's, a batch staged from another thread (pytest and hypothesis are in the image)
+# the overlapped copy's UAP against the plain copy's, a batch staged from another thread (pytest and hypothesis are
+# in the image)
 timeout 30 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "nvjpeg or cuda_graphs or overlapped or staged" > "$OUT/gpu-only-tests.log" 2>&1; \
   tail -1 "$OUT/gpu-only-tests.log" | sed 's/^/   GPU-only tests: /'
 ls -la "$OUT"

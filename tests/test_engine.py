@@ -401,14 +401,16 @@ def _sgd_core_by_pass(model, images: torch.Tensor, *, batch_size: int, passes: i
 
 
 def test_sgd_on_one_worker_equals_the_core_over_two_passes(cluster, models, shards, tmp_path) -> None:
-    """Pass 2 runs on pass 1's clean labels, carried by the driver (``engine/labels.py``), and the readers decode
-    with two threads: the same stream, the same UAP as the core's, which computes C(x) once per image."""
+    """Pass 2 runs on pass 1's clean labels, carried by the driver (``engine/labels.py``), the readers decode
+    with two threads, and batches are staged across the pass's end: the same stream, the same UAP as the core's,
+    which computes C(x) once per image."""
     m = run_engine(_config(models, shards, tmp_path / "s1", method="sgd", workers=1, batch_size=4, p="inf", max_passes=2,
-                           decode_threads=2), log=lambda s: None).metrics()
+                           decode_threads=2, stage="on"), log=lambda s: None).metrics()
     rho = torch.from_numpy(np.load(tmp_path / "s1" / "uap.npy"))
     ref = _sgd_core_by_pass(load_classifier(models["model"]), _stream(read_manifest(shards).urls), batch_size=4, passes=2, p="inf")
     assert m["config"]["method"] == "sgd" and m["stats"]["images"] == 96 == m["stats"]["accepted"] and m["rounds"] == 24
     assert m["clean_labels_reused"] == 48  # the second pass ran on the first pass's clean labels
+    assert m["batches_staged"] >= 12  # of 24 (24 here: pass 2's first batch too, staged after the end-of-pass marker)
     torch.testing.assert_close(rho, ref, rtol=0, atol=1e-6)
 
 

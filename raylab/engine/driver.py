@@ -18,7 +18,7 @@ its worker every time fails the run with one line naming it); readers seek to
 the position they are asked for. Every ``checkpoint_every`` rounds ρ, the
 reader positions and the counters are written atomically to the output
 location; a rerun with the same output location resumes from there and ends
-with the same ρ. The finished run is evaluated on the workers and written as
+with the same ρ. The finished run is evaluated on the workers (:mod:`.testset`) and written as
 one :class:`~raylab.record.RunRecord` (:func:`raylab.record.write_run`).
 """
 
@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import ray
-import torch
 from torch import Tensor
 
 from ..config import EngineConfig
@@ -51,7 +50,7 @@ from .state import (
     CHECKPOINT, PaperRule, Rule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, fingerprint,
     record_marker,
 )
-from .transport import to_wire
+from .testset import WorkerPredict
 from .workers import Update, WorkerActor
 
 
@@ -101,10 +100,8 @@ class Engine:
         self.reader_shards = [[s.name for s in self.manifest.shards[w::config.workers]] for w in range(config.workers)]
         self.workers: list[Any] = []
         self.readers: list[Any] = []
-        self._clean: Tensor | None = None
         #: C(x) of the stream's batches, handed back on their later passes (non-targeted runs of several passes)
         self.labels = CleanLabels() if isinstance(self.target.criterion, Untargeted) and (config.max_passes or 1) > 1 else None
-        self._test_refs: list[Any] | None = None
         self.compute = self.idle = 0.0  # worker seconds computing and waiting, this session
         self.recent: deque[float] = deque(maxlen=20)  # seconds of the last updates, for the hang deadline
         self.replaced = 0
@@ -171,6 +168,7 @@ class Engine:
                 static_shapes=c.static, compile=c.compile)
             for w in range(c.workers)
         ]
+        self.predict = WorkerPredict(self.workers, self.target.medical.test_images, self.clip)
 
     def _read_checkpoint(self) -> RunState | None:
         """The state to resume from, if the output location holds this run's checkpoint; InputError for another run's."""
@@ -392,34 +390,11 @@ class Engine:
                 f"skipped {len(distinct(state.skipped))} | worker idle {idle_frac:.0%}")
 
     # -- evaluation and outputs -----------------------------------------------------------------------------------
-    def _predict(self, images: Tensor, rho: Tensor | None) -> Tensor:
-        """Labels of the medical test images under ρ, computed in parallel on the workers.
-
-        The test images go into the object store once per run (one chunk per worker) and every evaluation reuses
-        them, so the driver's node holds the model and the test set, nothing that grows with evaluations or the stream.
-        """
-        if self._test_refs is None or images is not self.target.medical.test_images:
-            # clone: a chunk is a view, and a pickled view carries its whole base tensor
-            refs = [ray.put(to_wire(chunk.clone())) for chunk in images.chunk(len(self.workers))]
-            if images is self.target.medical.test_images:
-                self._test_refs = refs
-        else:
-            refs = self._test_refs
-        rho_ref = None if rho is None else ray.put(rho)
-        futures = [self.workers[i].predict.remote(chunk, rho_ref, self.clip) for i, chunk in enumerate(refs)]
-        return torch.cat(ray.get(futures))
-
-    def _clean_labels(self) -> Tensor:
-        """C(x) of the medical test images: computed once, they do not depend on ρ."""
-        if self._clean is None:
-            self._clean = self._predict(self.target.medical.test_images, None)
-        return self._clean
-
     def _evaluate(self, rho: Tensor) -> Evaluation:
         t, c = self.target, self.config
-        return evaluate(self._predict, rho, test_images=t.medical.test_images, test_labels=t.medical.test_labels,
+        return evaluate(self.predict, rho, test_images=t.medical.test_images, test_labels=t.medical.test_labels,
                         class_names=t.class_names, target=t.target, radius=t.radius, p=c.p, seed=c.seed,
-                        clean=self._clean_labels())
+                        clean=self.predict.clean())
 
     def _rates(self, rho: Tensor) -> dict[str, float]:
         """R_f (or R_s) of ρ on the test set, for the ``eval_every`` history."""

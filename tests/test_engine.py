@@ -198,8 +198,8 @@ def test_staged_batches_give_the_unstaged_runs_uap(cluster, models, shards, tmp_
     m = run_engine(_config(models, shards, tmp_path / "staged", workers=2, batch_size=4, eval_every=3, stage="on"),
                    log=lambda s: None).metrics()
     assert m["config"]["stage"] == "on" and m["stats"] == two_worker_run["metrics"]["stats"]
-    # a batch's stage call reaches its worker once the batch is decoded, before the driver has its meta: all 12 were
-    # staged here; at least half, whatever the machine's load
+    # a batch's stage call reaches its worker as soon as the batch is decoded, before the driver submits its update:
+    # all 12 were staged here; at least half, whatever the machine's load
     assert 6 <= m["batches_staged"] <= 12 and two_worker_run["metrics"]["batches_staged"] == 0
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "staged" / "uap.npy")), two_worker_run["rho"], rtol=0, atol=0)
 

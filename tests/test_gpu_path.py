@@ -152,7 +152,7 @@ def test_the_overlapped_copy_gives_the_same_uap(trained_cnn, natural_gray, pneum
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="staging a batch on the GPU needs a CUDA device")
 def test_a_batch_staged_from_another_thread_arrives_intact_on_the_update_s_stream(natural_gray) -> None:
     """The engine worker's staging (engine/staging.py) on a GPU: batches copied on a side stream from the staging
-    thread while the update's stream is busy are read intact there, and memory is not reused under a pending read."""
+    thread while the update's stream is busy arrive intact on that stream."""
     import threading
 
     from raylab.engine.staging import Staging

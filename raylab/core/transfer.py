@@ -28,6 +28,24 @@ def gather(images: Tensor, idx: Tensor, out: Tensor) -> Tensor:
     return view
 
 
+def copy_on(stream: torch.cuda.Stream, host: Tensor, device: torch.device) -> tuple[Tensor, torch.cuda.Event]:
+    """``host`` copied to ``device`` on ``stream`` (a side stream), and the event that marks the copy done."""
+    with torch.cuda.stream(stream):
+        x = host.to(device, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(stream)
+    return x, done
+
+
+def ready_here(x: Tensor, done: torch.cuda.Event, device: torch.device) -> Tensor:
+    """``x``, copied by :func:`copy_on`, made safe to read on the current stream: it waits for that copy alone, and
+    ``x``'s memory (allocated on the side stream) is not reused before the current stream is done with it."""
+    current = torch.cuda.current_stream(device)
+    current.wait_event(done)
+    x.record_stream(current)
+    return x
+
+
 def device_batches(images: Tensor, order: Tensor, batch_size: int, *, device: torch.device,
                    overlap: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
     """``(idx, images[idx] on device)`` for each batch of ``order`` split into ``batch_size``.
@@ -53,20 +71,13 @@ def _overlapped(images: Tensor, chunks: tuple[Tensor, ...], device: torch.device
         slot = k % 2
         if copied[slot] is not None:
             copied[slot].synchronize()  # the buffer's previous copy (batch k-2) has left it: safe to overwrite
-        host = gather(images, chunks[k], staging[slot])
-        with torch.cuda.stream(side):
-            x = host.to(device, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(side)
+        x, done = copy_on(side, gather(images, chunks[k], staging[slot]), device)
         copied[slot] = done
         return x, done
 
     ahead = start(0)
-    current = torch.cuda.current_stream(device)
     for k, idx in enumerate(chunks):
-        x, done = ahead
-        current.wait_event(done)
-        x.record_stream(current)  # allocated on the side stream, read on this one: not reused before it is done
+        x = ready_here(*ahead, device)
         if k + 1 < len(chunks):
             ahead = start(k + 1)  # its copy runs while the caller computes on x
         yield idx, x

@@ -6,7 +6,7 @@ measured here), against about 51 ms of compute per batch at the 5,000 images/s g
 next batch a round ahead (its reader decodes it while this round computes), so it also hands that batch to the
 worker's ``stage`` method, which runs in a thread of its own (a Ray concurrency group) and copies it to the device on
 a side stream while this round's update computes; the next update takes it from :class:`Staging`, ready, its stream
-waiting on that copy's event alone.
+waiting on that copy's event alone (the side-stream copy of :mod:`raylab.core.transfer`).
 
 Keys are the driver's numbers of a worker's batches, increasing. An update whose batch is not staged (its stage
 call came late or failed, or the worker was restarted and lost what it held) copies the batch itself and makes a
@@ -19,6 +19,8 @@ import threading
 
 import torch
 from torch import Tensor
+
+from ..core.transfer import copy_on, ready_here
 
 
 class Staging:
@@ -65,11 +67,7 @@ class Staging:
         if staged is None:
             return None
         x, copied = staged
-        if copied is not None:
-            current = torch.cuda.current_stream(self.device)
-            current.wait_event(copied)
-            x.record_stream(current)  # allocated on the side stream, read on this one: not reused before it is done
-        return x
+        return x if copied is None else ready_here(x, copied, self.device)
 
     def held(self) -> int:
         """How many staged batches are held (at most the next one or two)."""
@@ -79,9 +77,5 @@ class Staging:
     def _copy(self, images: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
         if self._stream is None or images.device.type == "cuda":
             return images.to(self.device), None  # nothing to copy: a CPU worker reads the store's memory as it is
-        with torch.cuda.stream(self._stream):
-            # from the store's pageable memory: the copy holds this (staging) thread, not the update's stream
-            x = images.to(self.device, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record(self._stream)
-        return x, copied
+        # from the store's pageable memory: the copy holds this (staging) thread, not the update's stream
+        return copy_on(self._stream, images, self.device)

@@ -358,11 +358,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     if a.engine:
+        config = build(EngineBenchConfig, a)  # refused in one line before Ray starts
         _local_ray_on_loopback(None)
         _init_ray(None)
         from .bench import run_engine_bench
 
-        return _print_figures(run_engine_bench(build(EngineBenchConfig, a)), a.out)
+        return _print_figures(run_engine_bench(config), a.out)
     from .bench import run_bench
 
     return _print_figures(run_bench(build(BenchConfig, a)), a.out)

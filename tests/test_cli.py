@@ -152,6 +152,25 @@ def test_bad_input_is_one_clear_line_before_compute(models, tmp_path, capsys, ar
     assert not (tmp_path / "x" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+        (["--peak-tflops", "-1"], "peak_tflops must be >= 0"),
+        (["--device", "tpu"], "device must be 'cpu' or 'cuda', got 'tpu'"),
+        (["--engine", "--cpus-per-reader", "0"], "cpus_per_worker and cpus_per_reader must be > 0"),
+        (["--engine", "--workers", "0"], "workers must be counts >= 1, got [0]"),
+    ],
+)
+def test_bad_bench_options_are_one_line_before_ray_starts(tmp_path, capsys, args, message) -> None:
+    import ray
+
+    assert main(["bench", "--no-art", "--out", str(tmp_path / "b.json"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b.json").exists() and not ray.is_initialized()
+
+
 def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")

@@ -427,7 +427,8 @@ def test_bench_engine_measures_both_methods_against_their_kernels(cluster, tmp_p
     out = tmp_path / "bench.json"
     assert main(["bench", "--engine", "--arch", "small_cnn", "--image-size", "28", "--images", "48", "--batch-size", "16",
                  "--workers", "1", "--channels", "3", "--shard-format", "jpg", "--decode-on", "reader", "worker",
-                 "--out", str(out)]) == 0  # an RGB model: the bench repeats the gray X-rays to RGB for it (gpu.sh's run)
+                 "--cpus-per-reader", "2", "--out", str(out)]) == 0  # an RGB model: the bench repeats the gray
+    # X-rays to RGB for it, and gives each reader 2 decode threads (as gpu.sh's run gives it 4)
     f = json.loads(out.read_text())
     for key in ("engine_1w_images_per_s", "engine_sgd_1w_images_per_s", "engine_1w_over_bare_kernel",
                 "engine_sgd_1w_over_bare_kernel", "decode_images_per_s_per_core_stored_resized",
@@ -438,6 +439,7 @@ def test_bench_engine_measures_both_methods_against_their_kernels(cluster, tmp_p
     assert f["engine_1w_batches_staged"] == 0 and f["engine_stage_on_1w_batches_staged"] > 0  # staging: on for cuda only
     assert f["transport_batch_mib"] == 16 * 3 * 28 * 28 / 2**20  # one engine batch of the run's shape
     assert f["decode_on"] == ["reader", "worker"] and f["shard_format"] == "jpg"
+    assert f["decode_threads_per_reader"] == 2 and f["decode_images_per_s_one_reader_stored_resized"] > 0
 
 
 def test_sgd_resumes_on_its_schedule_and_survives_a_killed_worker(cluster, models, shards, tmp_path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DECODE_PLACES, option
+from ..config import DECODE_PLACES, check, option
 from ..errors import InputError
 from ..models import ModelSpec, build_model, for_inference
 from .kernels import bare_kernel, bare_sgd_kernel
@@ -26,12 +26,18 @@ class EngineBenchConfig(BenchConfig):
     """``raylab bench --engine``: the engine end to end vs its bare kernel, decode rates, W workers vs one."""
 
     workers: tuple[int, ...] = option((1, 2), "with --engine: the worker counts to compare")
-    cpus_per_worker: float = 1.0
-    cpus_per_reader: float = 1.0
+    cpus_per_worker: float = option(1.0, "with --engine: CPUs each worker asks Ray for (and its torch threads)")
+    cpus_per_reader: float = option(1.0, "with --engine: CPUs each reader asks Ray for (and its decode threads)")
     shard_format: str = option("png", "with --engine: how the shards store the resized photos (jpg: what a GPU needs)",
                                choices=("png", "jpg"))
     decode_on: tuple[str, ...] = option(("reader",), "with --engine: where the engine decodes JPEGs (worker: on its "
                                                       "device; both: reader worker)", choices=DECODE_PLACES)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(bool(self.workers) and min(self.workers) >= 1, f"workers must be counts >= 1, got {list(self.workers)}")
+        check(self.cpus_per_worker > 0 and self.cpus_per_reader > 0,
+              f"cpus_per_worker and cpus_per_reader must be > 0, got {self.cpus_per_worker} and {self.cpus_per_reader}")
 
 
 def decode_rate(urls: list[str], *, channels: int, size: int, threads: int = 1) -> float:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DEFAULT_DATA, option
+from ..config import DEFAULT_DATA, check, finite, option
 from ..core import SGDUAP, UAP, to_model_space, zeta_radius
 from ..data.medical import load_medmnist
 from ..data.natural import load_image_folder
@@ -63,6 +63,15 @@ class BenchConfig:
     profile: str = option("", "profile two static-shape batched updates with torch.profiler: the op table to this "
                               "file, a Chrome trace beside it (.json), the top ops' shares in the figures")
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("eps", "zeta", "peak_tflops"):
+            finite(name, getattr(self, name))
+        check(self.images >= 1, f"images must be >= 1, got {self.images}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.eps > 0 and self.zeta > 0, f"eps and zeta must be > 0, got eps={self.eps}, zeta={self.zeta}")
+        check(self.peak_tflops >= 0, f"peak_tflops must be >= 0 (0: not reported), got {self.peak_tflops}")
+        check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
 
 def decision_agreement(exact: torch.nn.Module, fast: torch.nn.Module, images: torch.Tensor, *, radius: float, eps: float,

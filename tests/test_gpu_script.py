@@ -1,0 +1,95 @@
+"""benchmarks/gpu.sh, issue 18's one-shot device measurement, checked here so that a lent GPU's few minutes are not
+spent on a renamed option: every `raylab bench` line it runs parses and validates as the CLI would, its time limits
+fit the device call, and its pytest selection still selects the GPU-only tests."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raylab.bench import BenchConfig, EngineBenchConfig
+from raylab.cli import _parser
+from raylab.options import build
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu.sh"
+DEVICE_CALL_S = 580  # the `run` timeout the script's header names; its own limits must leave time to start
+GPU_ONLY_TESTS = 6  # nvJPEG, 2 CUDA-graph UAPs, 2 overlapped copies, 1 staged batch: what the CPU suite skips
+
+
+def _lines() -> list[str]:
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _words(line: str, name: str = "") -> list[str]:
+    line = line.split(" > ")[0].replace("${DATA:-shared/data}", "shared/data").replace("$OUT", "out")
+    return shlex.split(line.replace("$name", name))
+
+
+def bench_runs() -> list[tuple[str, int, list[str]]]:
+    """(name, time limit, raylab's argv) for every bench the script runs, through its `bench` helper or directly."""
+    lines = _lines()
+    template = next(ln for ln in lines if "-m raylab bench" in ln and '"$@"' in ln)
+    runs = []
+    for ln in lines:
+        if ln.startswith("bench "):
+            _, name, limit, *args = shlex.split(ln)
+            words = _words(template, name)
+            at = words.index("$@")
+            words[at:at + 1] = args
+            runs.append((name, int(limit), words[words.index("raylab") + 1:]))
+        elif re.match(r"timeout \d+ \$PY -m raylab ", ln):
+            words = _words(ln)
+            out = words[words.index("--out") + 1]
+            runs.append((Path(out).stem, int(words[1]), words[words.index("raylab") + 1:]))
+    return runs
+
+
+def test_the_script_is_valid_bash() -> None:
+    for script in (SCRIPT, SCRIPT.with_name("gpu_prepare.sh")):
+        done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, f"{script.name}: {done.stderr}"
+
+
+@pytest.mark.parametrize("run", bench_runs(), ids=lambda r: r[0])
+def test_every_bench_line_parses_and_validates(run) -> None:
+    name, _, argv = run
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"gpu.sh's {name}: raylab refuses its options: {' '.join(argv)}")
+    config = build(EngineBenchConfig if args.engine else BenchConfig, args)  # the configs' own checks, as the CLI
+    assert config.device == "cuda" and args.out == Path("out") / f"{name}.json"
+
+
+def test_the_runs_are_the_measurement_issue_18_asks_for() -> None:
+    runs = {name: argv for name, _, argv in bench_runs()}
+    archs = {argv[argv.index("--arch") + 1] for argv in runs.values()}
+    assert archs == {"inception_v3", "resnet50", "vgg16"}
+    assert sum("--engine" in argv for argv in runs.values()) == 1
+    assert any("--compile" in argv for argv in runs.values())
+    assert all("--peak-tflops" in argv for argv in runs.values() if "--engine" not in argv)
+
+
+def test_the_time_limits_fit_one_device_call() -> None:
+    limits = [limit for _, limit, _ in bench_runs()]
+    limits += [int(m) for m in re.findall(r"timeout (\d+) \$PY -m pytest", SCRIPT.read_text())]
+    assert len(limits) == len(bench_runs()) + 1
+    assert sum(limits) <= DEVICE_CALL_S - 10, f"gpu.sh's limits add up to {sum(limits)} s"
+
+
+def test_its_pytest_selection_selects_the_gpu_only_tests() -> None:
+    line = next(ln for ln in _lines() if "-m pytest" in ln)
+    words = shlex.split(line.split(" > ")[0])
+    select = words[words.index("-k") + 1]
+    path = next(w for w in words if w.startswith("tests/"))
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", path,
+                           "-k", select], cwd=ROOT, capture_output=True, text=True)
+    collected = [ln for ln in done.stdout.splitlines() if "::" in ln]
+    assert done.returncode == 0 and len(collected) >= GPU_ONLY_TESTS, done.stdout[-2000:]

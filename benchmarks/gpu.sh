@@ -14,10 +14,15 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/bench}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
+# the carried wheels go to a folder of their own, as the device notes do it (the image's Python may not be writable)
+SITE=${SITE:-/tmp/site}
+export PYTHONPATH=$SITE:$PWD
 if ! $PY -c "import ray, webdataset" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps .whl/*.whl || { echo "cannot install the carried wheels in .whl/"; exit 2; }
+  # a failure here is reported, not fatal: what does not need the missing piece is still measured
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    || echo "cannot install the carried wheels in .whl/ (gpu_prepare.sh makes them)"
+  $PY -c "import ray, webdataset; print('ray', ray.__version__)" || echo "ray or webdataset does not import"
 fi
-export PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu-machine.txt"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu-machine.txt"
 

@@ -7,13 +7,23 @@
 # Prepare here: benchmarks/gpu_prepare.sh (Ray's slim wheel and the wheels it lacks there into .whl/, the data into
 # shared/data/: only the checkout travels). Run there (device tool):
 #   run command="bash benchmarks/gpu.sh" carry=[".whl", "shared"] timeout_s=580
-# The JSON comes back under $OUT; copy it into docs/bench/ here. --peak-tflops: 790 is the bf16 matrix rate measured
-# on the H200 (device notes); 395, half of it, stands for TF32 convolutions in float32.
+# Everything comes back in one archive, $OUT/gpu-bench.tar.gz (the tool returns at most 8 files); unpack it here:
+#   tar xzf <files_at>/gpu-bench.tar.gz -C docs/bench
+# --peak-tflops: 790 is the bf16 matrix rate measured on the H200 (device notes); 395, half of it, stands for TF32
+# convolutions in float32.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-docs/bench}
+OUT=${OUT:-docs/bench}  # the device's $OUT, from which the tool returns at most 8 files: so one archive goes there
+W=${WORK:-/tmp/gpu-bench}  # every figure, log and profile, packed into $OUT/gpu-bench.tar.gz after each step
 PY=${PYTHON:-python3}
-mkdir -p "$OUT"
+rm -rf "$W" && mkdir -p "$W" "$OUT"
+pack() {  # a run cut off at its limit still returns what it measured; the Chrome trace is dropped if it is too big
+  tar czf "$OUT/gpu-bench.partial.tgz" -C "$W" . || return
+  if [ "$(stat -c %s "$OUT/gpu-bench.partial.tgz")" -gt $((15 * 1024 * 1024)) ]; then
+    tar czf "$OUT/gpu-bench.partial.tgz" -C "$W" --exclude='*-profile.json' .
+  fi
+  mv "$OUT/gpu-bench.partial.tgz" "$OUT/gpu-bench.tar.gz"
+}
 # the carried wheels go to a folder of their own, as the device notes do it (the image's Python may not be writable)
 SITE=${SITE:-/tmp/site}
 export PYTHONPATH=$SITE:$PWD
@@ -23,16 +33,18 @@ if ! $PY -c "import ray, webdataset" 2>/dev/null; then
     || echo "cannot install the carried wheels in .whl/ (gpu_prepare.sh makes them)"
   $PY -c "import ray, webdataset; print('ray', ray.__version__)" || echo "ray or webdataset does not import"
 fi
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu-machine.txt"
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu-machine.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$W/gpu-machine.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$W/gpu-machine.txt"
+pack
 
 bench() {  # name, seconds, bench arguments...
   local name=$1 limit=$2; shift 2
   echo "== $name"
   timeout "$limit" $PY -m raylab bench --device cuda --no-art --data-dir "${DATA:-shared/data}" "$@" \
-    --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 || echo "   $name failed or ran out of time: see $OUT/$name.log"
+    --out "$W/$name.json" > "$W/$name.log" 2>&1 || echo "   $name failed or ran out of time: see $W/$name.log"
   grep -E '"(batched|static|compiled|graphed|static_plain_copy|faithful|faithful_static|faithful_graphed|faithful_graphed_amp|bare_kernel)_(images_per_s|fraction_of_peak)"|decision_agreement|later_pass_over|rho_max_abs_diff_vs_static|prefetch_over_plain_copy' \
-    "$OUT/$name.json" 2>/dev/null | sed 's/^/   /'
+    "$W/$name.json" 2>/dev/null | sed 's/^/   /'
+  pack
 }
 # InceptionV3 at 299 px (the paper's main model): float32 eager (today's baseline), then autocast
 # with the static-shape update and torch.compile, each side by side with the eager batched mode in the same run; the
@@ -40,7 +52,7 @@ bench() {  # name, seconds, bench arguments...
 bench gpu-inception-299-fp32 60 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
   --no-faithful --peak-tflops 395
 bench gpu-inception-299-amp 150 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
-  --amp --compile --no-faithful --peak-tflops 790 --profile "$OUT/gpu-inception-299-amp-profile.txt"
+  --amp --compile --no-faithful --peak-tflops 790 --profile "$W/gpu-inception-299-amp-profile.txt"
 # The faithful mode (batch 1, launch-bound) eager, static-shape and replayed from CUDA graphs, float32 and autocast.
 bench gpu-inception-299-faithful-amp 100 --arch inception_v3 --image-size 299 --channels 3 --images 300 \
   --batch-size 256 --amp --peak-tflops 790
@@ -56,13 +68,15 @@ echo "== gpu-engine-inception-299-amp"
 timeout 130 $PY -m raylab bench --engine --device cuda --no-art --data-dir "${DATA:-shared/data}" --arch inception_v3 \
   --image-size 299 --channels 3 --images 500 --batch-size 256 --amp --workers 1 --cpus-per-worker 4 \
   --cpus-per-reader 4 --shard-format jpg --decode-on reader worker \
-  --out "$OUT/gpu-engine-inception-299-amp.json" > "$OUT/gpu-engine-inception-299-amp.log" 2>&1 \
-  || echo "   the engine run failed or ran out of time: see $OUT/gpu-engine-inception-299-amp.log"
+  --out "$W/gpu-engine-inception-299-amp.json" > "$W/gpu-engine-inception-299-amp.log" 2>&1 \
+  || echo "   the engine run failed or ran out of time: see $W/gpu-engine-inception-299-amp.log"
 grep -E '"(engine|engine_decode_on_worker|engine_stage_off)_1w_(images_per_s|over_bare_kernel|worker_idle_fraction)"|staged_over_unstaged|decode_images_per_s|transport_tensor_over' \
-  "$OUT/gpu-engine-inception-299-amp.json" 2>/dev/null | sed 's/^/   /'
+  "$W/gpu-engine-inception-299-amp.json" 2>/dev/null | sed 's/^/   /'
+pack
 # The GPU-only tests: nvJPEG against the reader's pixels (a level or so), the CUDA-graph UAP against the eager one,
 # the overlapped copy's UAP against the plain copy's, a batch staged from another thread (pytest and hypothesis are
 # in the image)
-timeout 30 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "nvjpeg or cuda_graphs or overlapped or staged" > "$OUT/gpu-only-tests.log" 2>&1; \
-  tail -1 "$OUT/gpu-only-tests.log" | sed 's/^/   GPU-only tests: /'
-ls -la "$OUT"
+timeout 30 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "nvjpeg or cuda_graphs or overlapped or staged" > "$W/gpu-only-tests.log" 2>&1; \
+  tail -1 "$W/gpu-only-tests.log" | sed 's/^/   GPU-only tests: /'
+pack
+ls -la "$W" "$OUT"

@@ -1,6 +1,7 @@
 """benchmarks/gpu.sh, issue 18's one-shot device measurement, checked here so that a lent GPU's few minutes are not
-spent on a renamed option: every `raylab bench` line it runs parses and validates as the CLI would, its time limits
-fit the device call, and its pytest selection still selects the GPU-only tests."""
+spent on a renamed option or a lost file: every `raylab bench` line it runs parses and validates as the CLI would, its
+time limits fit the device call, its pytest selection still selects the GPU-only tests, and what it measured comes
+back as one archive (the device tool returns at most 8 files)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 DEVICE_CALL_S = 580  # the `run` timeout the script's header names; its own limits must leave time to start
 GPU_ONLY_TESTS = 6  # nvJPEG, 2 CUDA-graph UAPs, 2 overlapped copies, 1 staged batch: what the CPU suite skips
+FILES_BACK = 8  # the most files the device tool returns from $OUT
 
 
 def _lines() -> list[str]:
@@ -28,7 +31,7 @@ def _lines() -> list[str]:
 
 
 def _words(line: str, name: str = "") -> list[str]:
-    line = line.split(" > ")[0].replace("${DATA:-shared/data}", "shared/data").replace("$OUT", "out")
+    line = line.split(" > ")[0].replace("${DATA:-shared/data}", "shared/data").replace("$W/", "out/")
     return shlex.split(line.replace("$name", name))
 
 
@@ -93,3 +96,33 @@ def test_its_pytest_selection_selects_the_gpu_only_tests() -> None:
                            "-k", select], cwd=ROOT, capture_output=True, text=True)
     collected = [ln for ln in done.stdout.splitlines() if "::" in ln]
     assert done.returncode == 0 and len(collected) >= GPU_ONLY_TESTS, done.stdout[-2000:]
+
+
+# Stands in for the device's python3 in the glue test below: each `raylab bench --out F` writes a figure to F, pytest
+# prints a summary line, every other call succeeds (the real command lines are checked by the parse test above).
+STAND_IN = """#!/bin/bash
+if [ "$1 $2" = "-m raylab" ]; then
+  while [ $# -gt 0 ]; do [ "$1" = --out ] && printf '{"batched_images_per_s": 1.0}' > "$2"; shift; done
+elif [ "$1 $2" = "-m pytest" ]; then echo "6 passed"; fi
+exit 0
+"""
+
+
+def test_what_it_measures_comes_back_as_one_archive(tmp_path) -> None:
+    writes = re.findall(r'"\$OUT/([^"]+)"', SCRIPT.read_text())
+    assert writes and all(w.startswith("gpu-bench.") for w in writes), writes
+    py = tmp_path / "python3"
+    py.write_text(STAND_IN)
+    py.chmod(0o755)
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = subprocess.run(["bash", str(SCRIPT)], env={"PATH": "/usr/bin:/bin", "OUT": str(out), "WORK": str(work),
+                                                      "PYTHON": str(py)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    back = [f for f in out.iterdir() if f.is_file()]
+    assert [f.name for f in back] == ["gpu-bench.tar.gz"] and len(back) <= FILES_BACK
+    with tarfile.open(out / "gpu-bench.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    for name, _, _ in bench_runs():
+        assert {f"{name}.json", f"{name}.log"} <= names, name
+    assert {"gpu-machine.txt", "gpu-only-tests.log"} <= names
+    assert "GPU-only tests: 6 passed" in done.stdout

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -162,13 +165,20 @@ def test_bad_input_is_one_clear_line_before_compute(models, tmp_path, capsys, ar
         (["--engine", "--workers", "0"], "workers must be counts >= 1, got [0]"),
     ],
 )
-def test_bad_bench_options_are_one_line_before_ray_starts(tmp_path, capsys, args, message) -> None:
-    import ray
-
+def test_bad_bench_options_are_one_line_before_compute(tmp_path, capsys, args, message) -> None:
     assert main(["bench", "--no-art", "--out", str(tmp_path / "b.json"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "b.json").exists() and not ray.is_initialized()
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_bad_engine_bench_option_is_refused_before_ray_starts(tmp_path) -> None:
+    """In a process of its own, whose Ray would write its session under RAY_TMPDIR: nothing is written there."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(tmp_path / "ray")}
+    done = subprocess.run([sys.executable, "-m", "raylab", "bench", "--engine", "--no-art", "--workers", "0"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == "raylab bench: error: workers must be counts >= 1, got [0]"
+    assert not (tmp_path / "ray").exists()
 
 
 def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys) -> None:

@@ -126,3 +126,4 @@ def test_what_it_measures_comes_back_as_one_archive(tmp_path) -> None:
         assert {f"{name}.json", f"{name}.log"} <= names, name
     assert {"gpu-machine.txt", "gpu-only-tests.log"} <= names
     assert "GPU-only tests: 6 passed" in done.stdout
+

@@ -18,7 +18,8 @@ from raylab.bench import BenchConfig, EngineBenchConfig
 from raylab.cli import _parser
 from raylab.options import build
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
+
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 DEVICE_CALL_S = 580  # the `run` timeout the script's header names; its own limits must leave time to start
 GPU_ONLY_TESTS = 6  # nvJPEG, 2 CUDA-graph UAPs, 2 overlapped copies, 1 staged batch: what the CPU suite skips
@@ -126,4 +127,3 @@ def test_what_it_measures_comes_back_as_one_archive(tmp_path) -> None:
         assert {f"{name}.json", f"{name}.log"} <= names, name
     assert {"gpu-machine.txt", "gpu-only-tests.log"} <= names
     assert "GPU-only tests: 6 passed" in done.stdout
-

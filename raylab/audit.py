@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import DEFAULT_MEDICAL, METHODS, SOURCE_TRAIN, UAPConfig, check, finite, option
+from .config import DEFAULT_MEDICAL, METHODS, SOURCE_TRAIN, UAPConfig, check, check_device, finite, option
 from .core import Untargeted, fooling_rate, label_composition, predict_labels, success_rate
 from .evaluation import ModelCheck, by_class
 from .record import ResultsKey
@@ -136,7 +136,7 @@ class AuditConfig:
         check(bool(self.targets), "targets: give class names or indices, 'all' or 'none'")
         check(self.name is None or (bool(self.name) and all(c.isalnum() or c in "._-" for c in self.name)),
               f"name may hold letters, digits and . _ - only, got {self.name!r}")
-        check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check_device(self.device)
         check(self.cpus_per_uap > 0, f"cpus_per_uap must be > 0, got {self.cpus_per_uap}")
 
     @property

@@ -65,6 +65,10 @@ def finite(name: str, value: Any) -> None:
           f"{name} must be a finite number, got {value!r}")
 
 
+def check_device(device: str) -> None:
+    check(device == "cpu" or device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+
+
 def norm(p: Any) -> Norm:
     try:
         return parse_norm(p)
@@ -127,7 +131,7 @@ class AttackConfig:
         check(self.max_passes >= 1, f"max_passes (i_max) must be >= 1, got {self.max_passes}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.step_norm in STEP_NORMS, f"step_norm must be one of {STEP_NORMS}, got {self.step_norm!r}")
-        check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check_device(self.device)
         check(self.examples >= 0, f"examples must be >= 0, got {self.examples}")
 
     def to_dict(self) -> dict[str, Any]:

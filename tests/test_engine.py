@@ -125,12 +125,12 @@ def test_starved_workers_are_told_how_many_reader_cpus_would_feed_them(cluster, 
     the run says so once, from its own measured rates."""
     from raylab.data.shards import write_shards
 
-    originals = tmp_path / "originals"
+    large = tmp_path / "large"
     # 448 px PNGs: a reader takes ~4x a worker's time per batch here, and still ~3x with the CPUs oversubscribed
     # (500 px JPEGs decode in draft mode straight to 28 px: only ~1.5x, which a loaded CI machine once erased)
-    write_shards(IMAGENET, originals, shard_size=24, sample=48, seed=0, size=448, channels=3)
+    write_shards(IMAGENET, large, shard_size=24, sample=48, seed=0, size=448, channels=3)
     lines: list[str] = []
-    m = run_engine(_config(models, originals, tmp_path / "run", workers=1, batch_size=4, cpus_per_reader=0.25),
+    m = run_engine(_config(models, large, tmp_path / "run", workers=1, batch_size=4, cpus_per_reader=0.25),
                    log=lines.append).metrics()
     warnings = [line for line in lines if "waited for data" in line]
     assert len(warnings) == 1 and "--cpus-per-reader" in warnings[0] and "--decode-on worker" in warnings[0]

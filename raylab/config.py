@@ -152,7 +152,7 @@ class UAPConfig(AttackConfig):
                               "(the medical training set) or 'random' (the control)")
     out: Path = option(help="output directory")
     mode: Mode = option("batched", "faithful: per image, ART's semantics; batched: B images per update", choices=("faithful", "batched"))
-    chunk_size: int = option(1000, "images per chunk; rho is carried from chunk to chunk (the paper streamed 100 x 1,000)")
+    chunk_size: int = option(1000, "images per chunk; rho is carried from chunk to chunk (the authors' code streamed 100 x 1,000)")
     limit: int | None = option(None, "use a seeded random sample of this many source images")
     balance: bool = option(False, "resample the source so every label the model predicts for it is equally frequent "
                                   "(the control the paper's Discussion proposes)")

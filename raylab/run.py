@@ -115,7 +115,7 @@ def attack_for(config: UAPConfig, radius: float) -> UAP | SGDUAP:
 
 def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterion: Criterion, radius: float, *,
              progress: bool = False, telemetry: Telemetry | None = None) -> tuple[Tensor, StepStats, int]:
-    """The UAP over ``images``, ρ carried from chunk to chunk (the paper streamed 100 x 1,000).
+    """The UAP over ``images``, ρ carried from chunk to chunk (the authors' code streamed 100 x 1,000).
 
     The paper's method runs chunk by chunk (each chunk its i_max passes); the stochastic-gradient method makes its
     epochs over all the images, one schedule for the whole run. Returns ρ, the counts over every pass and chunk,

@@ -1,6 +1,6 @@
 """The fast gradient sign method (Goodfellow et al. 2015), the UAP's inner step.
 
-Paper, Section 2.2: each update "obtains an adversarial perturbation for an
+Paper, Section 2.2: ρ is updated "by additively obtaining an adversarial perturbation for an
 input image x ... through the fast gradient sign method with the attack
 strength parameter ε". The authors passed only ``eps`` to ART's FGSM, so the
 step is the L∞ sign step ``ε·sign(∇)`` for both p=2 and p=∞ UAPs (the outer p

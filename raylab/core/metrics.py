@@ -58,7 +58,7 @@ def success_rate(adversarial: Tensor, target: int) -> float:
 def confusion_matrix(clean: Tensor, adversarial: Tensor, *, num_classes: int, normalize: bool = True) -> Tensor:
     """Rows: clean prediction; columns: adversarial prediction. Row-normalized by default.
 
-    Row normalization "accounts for imbalanced datasets" (Section 2.3); a class
+    Row normalization is "to account for imbalanced datasets" (Section 2.3); a class
     never predicted on clean images gets a row of zeros.
     """
     counts = torch.bincount(clean * num_classes + adversarial, minlength=num_classes**2)

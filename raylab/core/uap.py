@@ -84,10 +84,12 @@ class UAP:
         p: 2 or "inf": the norm of the projection.
         eps: the FGSM step size ε.
         max_passes: i_max, passes over the input images (the paper used 1).
-        delta: stop once the score on the inputs reaches 1 - δ. The authors'
-            loop never updated its fooling rate, so every run made i_max
-            passes; δ=0 reproduces that (it stops only when every input is
-            fooled, after which no further pass could change ρ).
+        delta: stop once the score on the inputs reaches 1 - δ. The copy of
+            ART's loop in the authors' repository (Natural_UAP,
+            ``art/attacks/universal_perturbation.py``) never updated its
+            fooling rate, so every run made i_max passes; δ=0 reproduces that
+            (it stops only when every input is fooled, after which no further
+            pass could change ρ).
         mode: "faithful" (per image, ART's semantics) or "batched".
         batch_size: B for the batched mode.
         step_norm: "sign" (the authors' L∞ FGSM step) or "l2".

@@ -36,7 +36,7 @@ def main() -> int:
     p.add_argument("--zeta", type=float, default=0.04)
     p.add_argument("--eps", type=float, default=0.008, help="the paper's method: FGSM step")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32, 128, 512, 1024])
-    p.add_argument("--passes", type=int, nargs="+", default=[1, 5], help="passes of the paper's method (sgd: epochs)")
+    p.add_argument("--passes", type=int, nargs="+", default=[1, 3], help="passes of the paper's method (sgd: epochs)")
     p.add_argument("--methods", nargs="+", default=["paper", "sgd"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=None)

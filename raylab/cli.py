@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -257,8 +258,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .engine import run_engine
 
     config = build(EngineConfig, a)
-    _init_ray(a.address)
-    record = run_engine(config, log=lambda line: print(line, flush=True))
+    record = run_engine(config, log=lambda line: print(line, flush=True), connect=lambda: _init_ray(a.address))
     print(record.summary(), flush=True)
     print(f"wrote {config.out}: uap.npy, metrics.json, checkpoint.pt, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
     return 0
@@ -314,31 +314,19 @@ def cmd_import_model(a: argparse.Namespace) -> int:
 
 
 def cmd_results(a: argparse.Namespace) -> int:
-    from .results import read_results, select_best, summary_table
+    from .results import filter_value, read_results, select_best, summary_table
 
     filters: dict = {}
     for f in a.filter:
         if "=" not in f:
             raise InputError(f"--filter takes COLUMN=VALUE, got {f!r}")
         k, v = f.split("=", 1)
-        filters[k] = _parse_value(v)
+        filters[k] = filter_value(k, v)
     table = read_results(a.location, filters=filters or None)
     if a.select == "best":
         table = select_best(table)
     print(summary_table(table, columns=a.columns.split(",") if a.columns else None))
     return 0
-
-
-def _parse_value(v: str):
-    """Filter values: numbers as numbers, 'none' as null, anything else as text."""
-    if v.lower() in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -383,11 +371,14 @@ def cmd_audit(a: argparse.Namespace) -> int:
 def _rates(text: str) -> float | dict[str, float]:
     """``970`` or ``inception_v3=1400,resnet50=1355``: update rates in images/s."""
     try:
-        if "=" not in text:
-            return float(text)
-        return {k.strip(): float(v) for k, v in (part.split("=", 1) for part in text.split(",") if part.strip())}
+        rates = (float(text) if "=" not in text else
+                 {k.strip(): float(v) for k, v in (part.split("=", 1) for part in text.split(",") if part.strip())})
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a rate or arch=rate list: {text!r}") from None
+    for rate in rates.values() if isinstance(rates, dict) else (rates,):
+        if not (math.isfinite(rate) and rate > 0):
+            raise argparse.ArgumentTypeError(f"a rate must be a finite number of images/s > 0, got {rate:g} in {text!r}")
+    return rates
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:

@@ -65,6 +65,16 @@ def finite(name: str, value: Any) -> None:
           f"{name} must be a finite number, got {value!r}")
 
 
+#: Seeds are drawn from [0, 2**32): every generator raylab seeds (torch's, NumPy's, Python's) takes them, and so does
+#: ``seed + 1`` (the random control's).
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed: Any) -> None:
+    check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT - 1,
+          f"seed must be an integer in [0, {SEED_LIMIT - 1}), got {seed!r}")
+
+
 def check_device(device: str) -> None:
     check(device == "cpu" or device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
 
@@ -132,6 +142,7 @@ class AttackConfig:
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.step_norm in STEP_NORMS, f"step_norm must be one of {STEP_NORMS}, got {self.step_norm!r}")
         check_device(self.device)
+        check_seed(self.seed)
         check(self.examples >= 0, f"examples must be >= 0, got {self.examples}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,7 +240,10 @@ class EngineConfig(AttackConfig):
         super().__post_init__()
         object.__setattr__(self, "medical", Path(self.medical))
         check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
+        for name in ("cpus_per_worker", "cpus_per_reader", "progress_every", "restart_timeout"):
+            finite(name, getattr(self, name))
         check(self.cpus_per_worker > 0 and self.cpus_per_reader > 0, "cpus_per_worker and cpus_per_reader must be > 0")
+        check(self.progress_every >= 0, f"progress_every must be >= 0 (seconds; 0: every round), got {self.progress_every}")
         check(self.prefetch >= 1, f"prefetch must be >= 1, got {self.prefetch}")
         check(self.decode_on in DECODE_PLACES, f"decode_on must be one of {', '.join(DECODE_PLACES)}, got {self.decode_on!r}")
         check(self.stage in STAGE_MODES, f"stage must be one of {', '.join(STAGE_MODES)}, got {self.stage!r}")

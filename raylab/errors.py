@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class RaylabError(Exception):
     """Base class of every error raylab raises on purpose."""
@@ -19,11 +21,16 @@ class OutputError(RaylabError, OSError):
     """An output location that cannot be written (read-only, full, unreachable); names the location."""
 
 
+_ADDRESS = re.compile(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>")
+
+
 def one_line(e: BaseException | str, limit: int = 200, *, with_type: bool = False) -> str:
     """An exception (or text) as one line of at most ``limit`` characters, for messages that name a file.
 
-    Whitespace runs collapse to one space; webdataset's `` @ <stream>`` suffix is dropped; ``with_type``
-    puts the exception's class name in front (``OSError: ...``).
+    Whitespace runs collapse to one space; webdataset's `` @ <stream>`` suffix is dropped; an object's repr with its
+    memory address (PIL's ``cannot identify image file <_io.BytesIO object at 0x7f...>``) becomes its type
+    (``<BytesIO>``), so a message recorded in metrics.json is the same in every run; ``with_type`` puts the
+    exception's class name in front (``OSError: ...``).
     """
     if isinstance(e, str):
         text = e
@@ -31,7 +38,7 @@ def one_line(e: BaseException | str, limit: int = 200, *, with_type: bool = Fals
         first = e.args[0] if e.args else None
         text = first if isinstance(first, str) else str(e)
         text = text.split(" @ ")[0]  # webdataset appends " @ <stream>" to its messages
-    text = " ".join(text.split())
+    text = _ADDRESS.sub(r"<\1>", " ".join(text.split()))
     if isinstance(e, BaseException) and (with_type or not text):
         text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

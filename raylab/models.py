@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .core.pixels import to_unit_range
+from .core.pixels import MAX_IMAGE_SIZE, to_unit_range
 from .errors import InputError, one_line
 
 Normalize = Literal["none", "imagenet", "lite", "card"]
@@ -78,8 +78,8 @@ class ModelSpec:
         if (self.arch in ARCHIVES or is_external(self.arch)) and not self.image_size:
             raise InputError(f"a {self.arch} model needs its input size (image_size)")
         size = self.image_size or ARCHITECTURES[self.arch]
-        if size < MIN_SIZE.get(self.arch, 1):
-            raise InputError(f"{self.arch} needs images of at least {MIN_SIZE.get(self.arch, 1)} px, got {size}")
+        if not MIN_SIZE.get(self.arch, 1) <= size <= MAX_IMAGE_SIZE:
+            raise InputError(f"{self.arch} takes images of {MIN_SIZE.get(self.arch, 1)} to {MAX_IMAGE_SIZE} px, got {size}")
         if self.num_classes < 2:
             raise InputError(f"a classifier needs at least 2 classes, got {self.num_classes}")
         if self.in_channels not in (1, 3):
@@ -343,27 +343,52 @@ def load_classifier(path: str | Path | bytes, *, map_location: str = "cpu", name
         try:
             obj = torch.load(io.BytesIO(path), map_location=map_location, weights_only=True)
         except Exception as e:
-            raise InputError(f"{path_name}: cannot read weights ({type(e).__name__}: {one_line(e, 160)})") from None
+            raise _unreadable(path_name, e) from None
         path = Path(path_name)
     else:
         path = Path(path)
         obj = _read(path, map_location)
     if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
         raise InputError(f"{path}: not a raylab classifier checkpoint (torchvision weights go to `raylab train --backbone`)")
-    s = dict(obj["spec"])
-    for k in ("class_names", "mean", "std"):
-        s[k] = tuple(s.get(k) or ())
-    if s["arch"] in ARCHIVES:
+    spec = _stored_spec(obj, path)
+    state = obj.get("state_dict")
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: a damaged raylab checkpoint (no state_dict of tensors)")
+    if spec.arch in ARCHIVES:
         try:
-            return ArchiveClassifier(ModelSpec(**s), obj["state_dict"]["archive"].numpy().tobytes()).to(map_location).eval()
+            return ArchiveClassifier(spec, state["archive"].numpy().tobytes()).to(map_location).eval()
         except Exception as e:
-            raise InputError(f"{path}: cannot load its {s['arch']} program ({one_line(e, 300)})") from None
-    model = Classifier(ModelSpec(**s))
+            raise InputError(f"{path}: cannot load its {spec.arch} program ({one_line(e, 300)})") from None
+    model = Classifier(spec)
     try:
-        model.load_state_dict(obj["state_dict"])
-    except RuntimeError as e:
-        raise InputError(f"{path}: weights do not fit {s['arch']} ({one_line(e, 400)})") from None
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise InputError(f"{path}: weights do not fit {spec.arch} ({one_line(e, 400)})") from None
     return model.to(map_location).eval()
+
+
+def _stored_spec(obj: dict[str, Any], path: str | Path) -> ModelSpec:
+    """The :class:`ModelSpec` a checkpoint stores; InputError naming the file when it is missing or not a spec."""
+    try:
+        s = dict(obj["spec"])
+        for k in ("class_names", "mean", "std"):
+            s[k] = tuple(s.get(k) or ())
+        return ModelSpec(**s)
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: a damaged raylab checkpoint (its model spec: {type(e).__name__}: {one_line(e, 200)})") from None
+
+
+def _unreadable(where: str | Path, e: Exception) -> InputError:
+    """The one-line refusal of a file ``torch.load(weights_only=True)`` could not read. For a pickle of anything but
+    tensors, torch's own message begins by suggesting ``weights_only=False``, which raylab never does: only its
+    reason is kept (an unsupported operand, a blocked global such as ``posix.system``)."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        reasons = [p.strip() for p in text.split("\n\n")[1:] if p.strip() and not p.strip().startswith("Check the documentation")]
+        text = f"not plain tensors, refused unread: {reasons[-1] if reasons else 'unsupported content'}"
+    elif isinstance(e, EOFError):
+        text = "the file ends before its data: empty or cut short"
+    return InputError(f"{where}: cannot read weights ({type(e).__name__}: {one_line(text, 200)})")
 
 
 def for_inference(model: nn.Module, *, device: str = "cpu", amp: bool = False, compile: bool = False) -> nn.Module:
@@ -392,8 +417,7 @@ def checkpoint_spec(path: str | Path) -> ModelSpec | None:
     except Exception:
         return None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        s = dict(obj["spec"])
-        return ModelSpec(**{**s, **{k: tuple(s.get(k) or ()) for k in ("class_names", "mean", "std")}})
+        return _stored_spec(obj, path)
     return None
 
 
@@ -403,4 +427,4 @@ def _read(path: Path, map_location: str = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise InputError(f"{path}: cannot read weights ({type(e).__name__}: {one_line(e, 160)})") from None
+        raise _unreadable(path, e) from None

@@ -110,8 +110,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .errors import InputError
-from .store import Store, is_url
+from .errors import InputError, one_line
+from .store import Store, filesystem, is_url
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -384,6 +384,19 @@ def _trial_files(fs: fsspec.AbstractFileSystem, root: str, sweep: str | None, ve
     return sorted(files)
 
 
+def filter_value(name: str, text: str) -> Any:
+    """A filter's value typed as its column (``zeta=0.04`` a double, ``sweep=5`` the text ``"5"``); ``none`` or
+    ``null`` is null. An unknown column's text is left as it is, for :func:`read_results` to refuse."""
+    if text.lower() in ("none", "null"):
+        return None
+    if name not in SCHEMA.names or pa.types.is_list(SCHEMA.field(name).type) or name == "p":
+        return text
+    try:
+        return pa.scalar(text).cast(SCHEMA.field(name).type).as_py()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise InputError(f"filter {name}={text!r} does not match the column's type {SCHEMA.field(name).type}") from None
+
+
 def _filter_expr(filters: dict[str, Any]) -> ds.Expression | None:
     expr = None
     for name, want in filters.items():
@@ -420,13 +433,13 @@ def read_results(location: str | Path, *, filters: dict[str, Any] | None = None)
 
     ``filters`` keeps rows whose columns equal the given values (``{"p": "2", "zeta": 0.04}``);
     a list, tuple or set means "any of", ``None`` means null, and ``p`` accepts ``2``/``"l2"``/``"linf"``.
-    A missing location, an unknown filter column or a schema version other than 3 or 2 raises
-    :class:`InputError`. Hidden files (temporary names of unfinished writes) are ignored.
+    A missing location, an unknown filter column, a schema version other than 3 or 2, a damaged trial file (named)
+    or one sweep's folder given as the location raises :class:`InputError`. Hidden files (temporary names of unfinished writes) are ignored.
     """
     loc = str(location).rstrip("/")
     if not is_url(loc):
         loc = str(Path(loc).resolve())
-    fs, root = fsspec.core.url_to_fs(loc)
+    fs, root = filesystem(loc)
     if not fs.exists(root):
         raise InputError(f"results location {loc} does not exist")
     if not fs.isdir(root):
@@ -440,14 +453,33 @@ def read_results(location: str | Path, *, filters: dict[str, Any] | None = None)
     sweep = filters.get("sweep")
     files = _trial_files(fs, root, sweep if isinstance(sweep, str) else None, version or SCHEMA_VERSION)
     if not files:
+        if version is None and fs.glob(f"{root.rstrip('/')}/trial-*.parquet"):
+            parent, _, name = loc.rpartition("/")
+            raise InputError(f"{loc} is one sweep's folder: read the location above it, {parent}, filtered on "
+                             f"sweep={name}")
         return SCHEMA.empty_table()
     try:
-        dataset = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs, partitioning=None)
-        table = dataset.to_table(filter=expr)
+        table = _read_files(fs, files, expr)
     except (pa.ArrowInvalid, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot read results at {loc}: {first}") from None
+        bad = _first_unreadable(fs, files)
+        why = f"{bad}; move that file aside to read the rest" if bad else one_line(e)
+        raise InputError(f"cannot read results at {loc}: {why}") from None
     return table.combine_chunks()
+
+
+def _read_files(fs: fsspec.AbstractFileSystem, files: list[str], expr: ds.Expression | None = None) -> pa.Table:
+    return ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs, partitioning=None).to_table(filter=expr)
+
+
+def _first_unreadable(fs: fsspec.AbstractFileSystem, files: list[str]) -> str | None:
+    """``<file>: <why>`` of the first trial file that cannot be read on its own (damaged, or columns of another
+    type); None when each reads alone."""
+    for f in files:
+        try:
+            _read_files(fs, [f])
+        except (pa.ArrowInvalid, OSError) as e:
+            return f"{f}: {one_line(e)}"
+    return None
 
 
 # -- views ----------------------------------------------------------------------------------------------------------

@@ -169,6 +169,8 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
                              device=config.device)
     if source is None:
         source = load_source(config, target)
+    store = Store.at(config.out)
+    store.makedirs()  # an output location that cannot be one is refused now, not after the compute
     if log is not None and source.images is not None:
         n = len(source.images) if config.method == "sgd" else min(len(source.images), config.chunk_size)  # ρ per chunk
         warning = weak_regime(n, config.effective_batch_size, passes=config.max_passes or 1, method=config.method)
@@ -208,4 +210,4 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
     what = "random control" if source.images is None else f"UAP from {Path(info.location).name}"
     shown = Figures(examples=config.examples, test_images=medical.test_images,
                     title=f"{what}, L{config.p} zeta={config.zeta:g}, {evaluation.headline_text()}") if figures else None
-    return write_run(record, rho, Store.at(config.out), figures=shown, results=results)
+    return write_run(record, rho, store, figures=shown, results=results)

@@ -27,6 +27,27 @@ def is_url(location: str | Path) -> bool:
     return "://" in str(location)
 
 
+def filesystem(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec's filesystem of ``location`` and the path in it; InputError naming the location when its protocol is
+    unknown or the package for it is missing (``s3://`` without s3fs)."""
+    try:
+        return fsspec.core.url_to_fs(location)
+    except (ValueError, ImportError) as e:
+        raise InputError(f"{location}: cannot open this location ({e})") from None
+
+
+def make_folder(fs: fsspec.AbstractFileSystem, path: str, shown: str) -> None:
+    """Create the folder ``path`` (and its parents); OutputError naming ``shown`` when it cannot be one."""
+    try:
+        fs.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot create output location {shown}: a file of that name is in the way") from None
+    except NotADirectoryError:
+        raise OutputError(f"cannot create output location {shown}: a file is in the way of its path") from None
+    except OSError as e:
+        raise OutputError(f"cannot create output location {shown} ({e.strerror or e})") from None
+
+
 @dataclass(frozen=True)
 class Store:
     """Files under one location, addressed by relative names."""
@@ -68,15 +89,11 @@ class Store:
         return Store(self.path(name))
 
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, root = fsspec.core.url_to_fs(self.location)
-        return fs, root
+        return filesystem(self.location)
 
     def makedirs(self) -> None:
         fs, root = self._fs()
-        try:
-            fs.makedirs(root, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"cannot create output location {self.location} ({e.strerror or e})") from None
+        make_folder(fs, root, self.location)
 
     def exists(self, name: str) -> bool:
         self.path(name)
@@ -116,8 +133,8 @@ class Store:
         final = f"{root}/{name}"
         parent, _, leaf = final.rpartition("/")
         tmp = f"{parent}/.{leaf}.{uuid.uuid4().hex[:8]}.tmp"
+        make_folder(fs, parent, target.rpartition("/")[0])
         try:
-            fs.makedirs(parent, exist_ok=True)
             with fs.open(tmp, "wb") as f:
                 yield f
             if self.local:

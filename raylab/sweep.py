@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import (
-    DEFAULT_MEDICAL, METHODS, SOURCE_RANDOM, SOURCE_TRAIN, AttackConfig, EngineConfig, check, check_device, default_of, finite, norm, option,
+    DEFAULT_MEDICAL, METHODS, SOURCE_RANDOM, SOURCE_TRAIN, AttackConfig, EngineConfig, check, check_device, check_seed,
+    default_of, finite, norm, option,
 )
 from .record import ResultsKey, RunRecord
 
@@ -104,6 +105,11 @@ class SweepConfig:
         check(self.search in SEARCHES, f"search must be one of {SEARCHES}, got {self.search!r}")
         check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
         check(self.workers >= 1 and self.batch_size >= 1, "workers and batch_size must be >= 1")
+        for name in ("cpus_per_trial", "cpus_per_worker", "cpus_per_reader"):
+            finite(name, getattr(self, name))
+            check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        check(self.max_concurrent >= 0, f"max_concurrent must be >= 0 (0: as many as fit), got {self.max_concurrent}")
+        check_seed(self.seed)
         check_device(self.device)
         check(self.report_every >= 1, f"report_every must be >= 1, got {self.report_every}")
         check(self.early_stop_grace >= 1, f"early_stop_grace must be >= 1, got {self.early_stop_grace}")

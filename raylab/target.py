@@ -21,6 +21,7 @@ from .core import Criterion, Norm, Targeted, Untargeted, zeta_radius
 from .data.medical import MedicalSet, load_medical
 from .errors import InputError
 from .models import Classifier, load_classifier
+from .store import filesystem
 
 
 def resolve_target(target: str | int | None, class_names: tuple[str, ...]) -> int | None:
@@ -103,9 +104,8 @@ def read_model(location: str | Path) -> bytes:
     text = str(location)
     try:
         if "://" in text:
-            import fsspec
-
-            with fsspec.open(text, "rb") as f:
+            fs, path = filesystem(text)
+            with fs.open(path, "rb") as f:
                 return f.read()
         with open(text, "rb") as f:
             return f.read()
@@ -127,5 +127,8 @@ def load_target(model: str | Path | bytes, medical_path: str | Path, *, target: 
     classifier = load_classifier(model, map_location=device, name=name)
     medical = fit(classifier, load_medical(medical_path), where=medical_path, name=name)
     class_names = classifier.spec.class_names or medical.class_names
-    return Target(classifier, medical, class_names, resolve_target(target, class_names), p, zeta,
-                  zeta_radius(medical.train_images, zeta=zeta, p=p))
+    radius = zeta_radius(medical.train_images, zeta=zeta, p=p)
+    if not radius > 0:  # ζ is a share of the images' mean norm (Section 2.2): all-black images leave no budget
+        raise InputError(f"{medical_path}: every training image is all zero, so zeta={zeta:g} of their mean "
+                         f"L{p} norm is a radius of 0; the UAP budget needs real images")
+    return Target(classifier, medical, class_names, resolve_target(target, class_names), p, zeta, radius)

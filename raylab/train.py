@@ -24,7 +24,7 @@ from torch import Tensor
 from .core.metrics import predict_labels
 from .core.pixels import to_model_space
 from .data.medical import MedicalSet
-from .config import check, option
+from .config import check, check_seed, option
 from .errors import InputError
 from .models import Classifier, ModelSpec, build_model
 
@@ -52,6 +52,7 @@ class TrainConfig:
         check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_seed(self.seed)
 
 
 @dataclass(frozen=True, kw_only=True)

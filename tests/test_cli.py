@@ -144,6 +144,7 @@ def test_uap_from_the_medical_training_set(models: dict[str, Path], tmp_path: Pa
         (["--target", "COVID"], "target class 'COVID' does not exist; classes are NORMAL, PNEUMONIA"),
         (["--source", "/nonexistent/photos"], "UAP source must be a folder of images"),
         (["--cuda-graphs"], "cuda_graphs needs --device cuda, got 'cpu'"),
+        (["--seed", "99999999999999999999"], "seed must be an integer in [0, 4294967295), got 99999999999999999999"),
     ],
 )
 def test_bad_input_is_one_clear_line_before_compute(models, tmp_path, capsys, args, message) -> None:
@@ -181,6 +182,17 @@ def test_a_bad_engine_bench_option_is_refused_before_ray_starts(tmp_path) -> Non
     assert not (tmp_path / "ray").exists()
 
 
+def test_bad_generate_input_is_refused_before_ray_starts(models, tmp_path) -> None:
+    """The engine checks its inputs (here: a shard location without a manifest) before it joins or starts a Ray."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(tmp_path / "ray")}
+    done = subprocess.run([sys.executable, "-m", "raylab", "generate", "--model", str(models["model"]), "--data",
+                           str(PNEUMONIA), "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"raylab generate: error: {tmp_path / 'none'}/manifest.json: no shard manifest here (write shards first)"
+    assert not (tmp_path / "ray").exists()
+
+
 def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
@@ -192,6 +204,48 @@ def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys
     assert main(["uap", "--model", str(models["model"]), "--data", str(rgb), "--source", "random", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "3 channel(s)" in err and "expects 1" in err
+
+
+def _medical(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    np.savez(path, train_images=images, train_labels=labels, test_images=images, test_labels=labels)
+    return path
+
+
+def test_bad_files_and_locations_are_one_line_before_compute(models, natural_dir, tmp_path, capsys) -> None:
+    """Each of these was a traceback, a silent ρ = 0, or a whole UAP computed and then lost at its first write."""
+    real = np.load(PNEUMONIA)
+    images, labels = real["train_images"][:16], real["train_labels"][:16]
+    huge = labels.astype(np.int64)
+    huge[3] = 10**7
+    checkpoint = torch.load(models["model"], weights_only=True)
+    torch.save({k: v for k, v in checkpoint.items() if k != "spec"}, tmp_path / "nospec.pt")
+    torch.save({**checkpoint, "state_dict": [1, 2]}, tmp_path / "listed.pt")
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "afile").write_text("in the way")
+    cases = [
+        ({"--out": tmp_path / "afile"}, f"cannot create output location {tmp_path / 'afile'}: a file of that name is in the way"),
+        ({"--out": tmp_path / "afile" / "run"}, f"cannot create output location {tmp_path / 'afile' / 'run'}: a file is in the way of its path"),
+        ({"--model": "foo://m.pt"}, "foo://m.pt: cannot open this location (Protocol not known: foo)"),
+        ({"--model": tmp_path / "nospec.pt"}, "nospec.pt: a damaged raylab checkpoint (its model spec: KeyError: spec)"),
+        ({"--model": tmp_path / "listed.pt"}, "listed.pt: a damaged raylab checkpoint (no state_dict of tensors)"),
+        ({"--model": tmp_path / "random.pt"}, "random.pt: cannot read weights (UnpicklingError: not plain tensors, refused unread: "),
+        ({"--data": _medical(tmp_path / "black.npz", np.zeros_like(images), labels)},
+         "black.npz: every training image is all zero, so zeta=0.04 of their mean L2 norm is a radius of 0"),
+        ({"--data": _medical(tmp_path / "empty.npz", np.zeros((16, 0, 0), np.uint8), labels)},
+         "empty.npz: train_images holds images of 0 x 0 pixels"),
+        ({"--data": _medical(tmp_path / "huge.npz", images, huge)},
+         "huge.npz: label 10000000 would make 10000001 classes for 32 images; labels must be class indices 0..K-1"),
+        ({"--data": _medical(tmp_path / "objects.npz", images.astype(object), labels)},
+         "objects.npz: not a valid .npz file (it holds pickled objects, which are never unpickled)"),
+    ]
+    for override, message in cases:
+        args = {"--model": models["model"], "--data": PNEUMONIA, "--source": natural_dir, "--out": tmp_path / "x",
+                "--examples": 0, **override}
+        assert main(["uap", *(str(v) for kv in args.items() for v in kv)]) == 2, message
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert "weights_only` set to `False" not in err and "allow_pickle" not in err  # no advice to load unsafely
+    assert not (tmp_path / "x").exists() and (tmp_path / "afile").read_text() == "in the way"
 
 
 def test_shard_in_one_process_and_as_ray_tasks_writes_the_same_files(cluster, natural_dir: Path, tmp_path: Path,

@@ -309,14 +309,22 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path: Path) -> None:
     assert isinstance(skipped, SkipReport) and skipped.count == 3
     assert sorted(name for name, _ in skipped.skipped) == ["empty.jpg", "sub/noise.png", "truncated.JPEG"]
     assert all("cannot decode" in why and "\n" not in why for _, why in skipped.skipped)
+    # PIL names the bytes by their object's repr; a memory address would make every run's metrics.json differ
+    assert dict(skipped.skipped)["empty.jpg"] == "cannot decode image (UnidentifiedImageError: cannot identify image file <BytesIO>)"
 
 
 def test_folder_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="UAP source must be a folder of images"):
+    with pytest.raises(InputError) as e:
         list_images(tmp_path / "missing")
+    _assert_one_line(e, f"{tmp_path / 'missing'}: not a folder of images (no such folder)")
     with pytest.raises(InputError) as e:
         list_images(tmp_path)
     _assert_one_line(e, str(tmp_path), "no image files")
+    (tmp_path / "shard-000000.tar").write_bytes(b"")  # shards whose manifest.json is missing
+    with pytest.raises(InputError) as e:
+        list_images(tmp_path)
+    _assert_one_line(e, f"{tmp_path}: no image files, but 1 .tar file(s); shards are read through the manifest.json")
+    (tmp_path / "shard-000000.tar").unlink()
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(InputError) as e:
         load_image_folder(tmp_path, channels=1, size=8)

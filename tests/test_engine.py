@@ -27,7 +27,7 @@ from raylab.core import UAP, Targeted, Untargeted, zeta_radius
 from raylab.data.medical import load_medmnist
 from raylab.data.shards import ShardReport, decode_stream, iter_samples, read_manifest
 from raylab.engine import Engine, RoundReport, run_engine
-from raylab.errors import InputError, RaylabError
+from raylab.errors import InputError, OutputError, RaylabError
 from raylab.models import load_classifier
 
 from .conftest import IMAGENET, PNEUMONIA, ROOT, submit_and_wait
@@ -273,6 +273,11 @@ def test_bad_engine_input_is_refused_before_any_actor_starts(models, shards, tmp
         _config(models, shards, tmp_path / "z", eps=0)
     with pytest.raises(InputError, match="stage must be one of auto, on, off, got 'yes'"):
         _config(models, shards, tmp_path / "z", stage="yes")
+    with pytest.raises(InputError, match=r"^progress_every must be a finite number, got nan$"):
+        _config(models, shards, tmp_path / "z", progress_every=float("nan"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OutputError, match=r"^cannot create output location \S+/afile: a file of that name is in the way$"):
+        Engine(_config(models, shards, tmp_path / "afile"))
     assert _config(models, shards, tmp_path / "z", device="cuda").staged and not _config(models, shards, tmp_path / "z").staged
 
 

@@ -163,7 +163,8 @@ def test_unsafe_or_unreadable_files_are_never_unpickled(tmp_path) -> None:
     ("spec", "message"),
     [
         (ModelSpec("alexnet", 2), "unknown architecture 'alexnet'"),
-        (ModelSpec("inception_v3", 2, image_size=64), "at least 75 px"),
+        (ModelSpec("inception_v3", 2, image_size=64), "inception_v3 takes images of 75 to 4096 px, got 64"),
+        (ModelSpec("resnet18", 2, image_size=60000), "resnet18 takes images of 32 to 4096 px, got 60000"),
         (ModelSpec("resnet18", 1), "at least 2 classes"),
         (ModelSpec("resnet18", 2, in_channels=4), "in_channels must be 1"),
         (ModelSpec("resnet18", 2, class_names=("a",)), "1 class names for 2 classes"),

@@ -212,6 +212,11 @@ def test_missing_pieces_and_the_paper_estimate(tmp_path, capsys) -> None:
     assert abs(e["gpu_hours"] - (n["inception_v3"] / 970 + n["resnet50"] / 1940 + n["vgg16"] / 485) / 3600) < 1e-9
     assert main(["reproduce", "--preset", "paper", "--data-dir", str(DATA), "--estimate", "inception_v3=970,resnet50=1940"]) == 2
     assert "no update rate for vgg16" in capsys.readouterr().err
+    for rate in ("0", "nan", "-5", "inception_v3=970,resnet50=0,vgg16=358"):  # a division by zero, or hours < 0 or nan
+        with pytest.raises(SystemExit):
+            main(["reproduce", "--preset", "paper", "--data-dir", str(DATA), "--estimate", rate])
+        err = capsys.readouterr().err
+        assert "a rate must be a finite number of images/s > 0" in err and "Traceback" not in err
 
 
 def test_a_difference_within_the_seeds_spread_is_not_called_a_finding(tiny) -> None:

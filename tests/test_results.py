@@ -21,7 +21,7 @@ from raylab.config import AttackConfig
 from raylab.errors import InputError
 from raylab.evaluation import Evaluation, Rates
 from raylab.record import Build, RunRecord, Source
-from raylab.results import SCHEMA, SCHEMA_VERSION, read_results, select_best, summary_table, write_rows
+from raylab.results import SCHEMA, SCHEMA_VERSION, filter_value, read_results, select_best, summary_table, write_rows
 
 def record_for(p: Any, zeta: float, eps: float, target: str | None, fooling: float, success: float | None,
                *, model: str = "runs/demo/model.pt", max_passes: int = 3) -> RunRecord:
@@ -246,6 +246,29 @@ def test_read_errors(tmp_path: Path) -> None:
             read_results(tmp_path / name)
         with pytest.raises(InputError, match=f"schema version {version}"):
             write_rows(tmp_path / name, make_rows()[:1])
+
+
+def test_a_damaged_trial_file_is_named_and_a_sweep_folder_is_pointed_to_its_location(tmp_path: Path) -> None:
+    loc = tmp_path / "r"
+    write_rows(loc, make_rows())
+    (loc / "grid-a" / "trial-t1.parquet").write_bytes(b"PAR1cut")  # a file cut short by hand
+    with pytest.raises(InputError) as e:
+        read_results(loc)
+    msg = str(e.value)
+    assert "\n" not in msg and f"{loc / 'grid-a' / 'trial-t1.parquet'}: " in msg and msg.endswith("move that file aside to read the rest")
+    (loc / "grid-a" / "trial-t1.parquet").unlink()
+    assert read_results(loc).num_rows == len(TRIALS) - 1  # the rest, once it is moved aside
+    with pytest.raises(InputError, match=rf"^{loc / 'grid-b'} is one sweep's folder: read the location above it, {loc}, "
+                                         r"filtered on sweep=grid-b$"):
+        read_results(loc / "grid-b")
+
+
+def test_a_filter_value_takes_its_column_type() -> None:
+    """The CLI's ``--filter COLUMN=VALUE`` text: a sweep named ``5`` stays text, numbers become numbers."""
+    assert filter_value("sweep", "5") == "5" and filter_value("zeta", "4e-2") == 0.04 and filter_value("seed", "2") == 2
+    assert filter_value("amp", "true") is True and filter_value("target", "none") is None and filter_value("p", "inf") == "inf"
+    with pytest.raises(InputError, match=r"^filter seed='2.5' does not match the column's type int64$"):
+        filter_value("seed", "2.5")
 
 
 def test_select_best(location: str) -> None:

@@ -176,6 +176,9 @@ def test_jpg_format_stores_resized_jpeg_close_to_the_original(tmp_path: Path) ->
         assert stored.shape == (3, 64, 64) and (stored - expected).abs().mean() < 4  # quality 95: small loss
     with pytest.raises(InputError, match="image_format must be 'png' or 'jpg'"):
         write_shards(IMAGENET, tmp_path / "x", sample=2, size=64, image_format="webp")
+    with pytest.raises(InputError, match=r"^size must be 1 to 4096 px, got 60000$"):  # not a MemoryError per image
+        write_shards(IMAGENET, tmp_path / "x", sample=2, size=60000)
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("channels", [3, 1])

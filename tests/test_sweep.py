@@ -153,3 +153,7 @@ def test_bad_sweep_input_is_refused(models, shards, tmp_path) -> None:
         SweepConfig(**base, p=("3",))
     with pytest.raises(InputError, match="not 'train', 'random' or a shard location"):
         SweepConfig(**{**base, "sources": (str(tmp_path),)})
+    with pytest.raises(InputError, match=r"^cpus_per_trial must be a finite number, got inf$"):  # Tune would wait forever
+        SweepConfig(**base, cpus_per_trial=float("inf"))
+    with pytest.raises(InputError, match=r"^seed must be an integer in \[0, 4294967295\), got -1$"):
+        SweepConfig(**base, seed=-1)

@@ -15,6 +15,9 @@ OFFSET = 128.0
 SCALE = 128.0
 #: The valid range of a mapped image: 0 -> -1.0, 255 -> 127/128.
 VALID_RANGE = ((0.0 - OFFSET) / SCALE, (255.0 - OFFSET) / SCALE)
+#: The largest side, in pixels, of an image a model takes or a shard stores (the paper's models take 224-299 px;
+#: a larger size is a typo that would exhaust memory decoding every image).
+MAX_IMAGE_SIZE = 4096
 
 
 def to_model_space(x: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .natural import decode_image
 
 _SPLITS = ("train", "val", "test")
@@ -140,7 +140,17 @@ def _default_names(path: Path, labels: list[torch.Tensor]) -> tuple[str, ...]:
         return names
     if "pneumoniamnist" in path.stem.lower():  # as before the table: e.g. pneumoniamnist_small.npz
         return _COMPAT_NAMES["pneumoniamnist"]
+    return _numbered_names(path, labels)
+
+
+def _numbered_names(where: Path, labels: list[torch.Tensor]) -> tuple[str, ...]:
+    """``class0`` .. ``class{K-1}`` for labels that are bare indices, K the largest label + 1; InputError when K is
+    more than the set has images (a label that is not a class index, which would make millions of classes)."""
     top = max((int(y.max()) for y in labels if len(y)), default=0)
+    images = sum(len(y) for y in labels)
+    if top + 1 > images:
+        raise InputError(f"{where}: label {top} would make {top + 1} classes for {images} images; labels must be "
+                         "class indices 0..K-1")
     return tuple(f"class{i}" for i in range(top + 1))
 
 
@@ -174,6 +184,8 @@ def _npz_images(path: Path, key: str, arr: np.ndarray) -> torch.Tensor:
         arr = arr.transpose(0, 3, 1, 2)
     else:
         raise InputError(f"{path}: {key} has shape {arr.shape}; expected N x H x W or N x H x W x 3")
+    if not (arr.shape[2] and arr.shape[3]):
+        raise InputError(f"{path}: {key} holds images of {arr.shape[2]} x {arr.shape[3]} pixels")
     if arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"{path}: {key} has dtype {arr.dtype}; expected uint8 pixels 0..255")
@@ -210,14 +222,20 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise InputError(f"{path}: not a valid .npz file ({type(e).__name__}: {' '.join(str(e).split())})") from e
+        raise _not_npz(path, e) from e
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise InputError(f"{path}: not a valid .npz file (a single .npy array, not an archive)")
     try:
         with z:
             return {k: z[k] for k in z.files}
     except Exception as e:
-        raise InputError(f"{path}: not a valid .npz file ({type(e).__name__}: {' '.join(str(e).split())})") from e
+        raise _not_npz(path, e) from e
+
+
+def _not_npz(path: Path, e: Exception) -> InputError:
+    """NumPy's refusal of pickled content advises loading it unsafely; raylab never does, so it says only what it is."""
+    why = "it holds pickled objects, which are never unpickled" if "allow_pickle" in str(e) else one_line(e, with_type=True)
+    return InputError(f"{path}: not a valid .npz file ({why})")
 
 
 def load_medmnist(path: str | Path, class_names: tuple[str, ...] | None = None, size: int | None = None) -> MedicalSet:
@@ -295,8 +313,7 @@ def _csv_labels(
         for split, y in labels.items():
             if len(y) and int(y.min()) < 0:
                 raise InputError(f"{root / f'{split}_pre.csv'}: negative label {int(y.min())}")
-        top = max(int(y.max()) for y in labels.values() if len(y))
-        return labels, tuple(class_names) if class_names is not None else tuple(f"class{i}" for i in range(top + 1))
+        return labels, tuple(class_names) if class_names is not None else _numbered_names(root, list(labels.values()))
     names = tuple(class_names) if class_names is not None else tuple(sorted(set(raw)))
     index = {name: i for i, name in enumerate(names)}
     labels = {}

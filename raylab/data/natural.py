@@ -129,12 +129,16 @@ def list_images(root: str | Path) -> list[Path]:
     """Image files under ``root`` (recursive, hidden names skipped), sorted by relative path."""
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"UAP source must be a folder of images, a 'train' or 'random': {root} is not a directory")
+        raise InputError(f"{root}: not a folder of images ({'not a directory' if root.exists() else 'no such folder'})")
     files = [
         p for p in root.rglob("*")
         if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     if not files:
+        tars = sum(1 for _ in root.glob("*.tar"))
+        if tars:
+            raise InputError(f"{root}: no image files, but {tars} .tar file(s); shards are read through the "
+                             "manifest.json that raylab shard writes beside them, and this folder has none")
         raise InputError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 

@@ -429,10 +429,17 @@ class Engine:
 
 
 def run_engine(config: EngineConfig, *, on_round: Callable[[RoundReport], None] | None = None,
-               log: Callable[[str], None] = print, results: ResultsKey | None = None) -> RunRecord:
-    """Run one distributed UAP (Ray must be initialized, or a local Ray is started) and return its record."""
+               log: Callable[[str], None] = print, results: ResultsKey | None = None,
+               connect: Callable[[], object] | None = None) -> RunRecord:
+    """Run one distributed UAP and return its record.
+
+    Every input is checked first, then ``connect`` joins the cluster (the CLI's: ``--address``, the job's cluster or a
+    new local Ray); without it a local Ray is started unless one is initialized. Bad input never waits for Ray.
+    """
     engine = Engine(config, on_round=on_round, log=log, results=results)  # every input check happens here, before any actor
-    if not ray.is_initialized():
+    if connect is not None:
+        connect()
+    elif not ray.is_initialized():
         ray.init()
     try:
         return engine.run()

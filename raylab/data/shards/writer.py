@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
 
+from ...core.pixels import MAX_IMAGE_SIZE
 from ...errors import InputError, one_line
-from ...store import Store
+from ...store import Store, filesystem
 from ..medical import load_medmnist
 from ..natural import IMAGE_SUFFIXES, decode_image, list_images
 from .manifest import FORMAT, MANIFEST_NAME, Manifest, ShardInfo, _clean_location
@@ -92,7 +92,7 @@ def _npz_items(path: Path, split: str) -> list[_Item]:
 
 def _url_items(url: str) -> list[_Item]:
     """Image files under a folder URL (s3://, gs://, memory://), read through fsspec."""
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = filesystem(url)
     root = root.rstrip("/")
     if not fs.isdir(root):
         raise InputError(f"{url}: shard source URL is not a folder")
@@ -281,8 +281,8 @@ def write_shards(
         raise InputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     if not isinstance(shard_size, int) or shard_size < 1:
         raise InputError(f"shard_size must be >= 1, got {shard_size!r}")
-    if size is not None and (not isinstance(size, int) or size < 1):
-        raise InputError(f"size must be >= 1, got {size!r}")
+    if size is not None and (not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE):
+        raise InputError(f"size must be 1 to {MAX_IMAGE_SIZE} px, got {size!r}")
     if channels not in (None, 1, 3):
         raise InputError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
     if sample is not None and (not isinstance(sample, int) or sample < 1):

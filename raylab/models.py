@@ -375,7 +375,7 @@ def _stored_spec(obj: dict[str, Any], path: str | Path) -> ModelSpec:
             s[k] = tuple(s.get(k) or ())
         return ModelSpec(**s)
     except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{path}: a damaged raylab checkpoint (its model spec: {type(e).__name__}: {one_line(e, 200)})") from None
+        raise InputError(f"{path}: a damaged raylab checkpoint (its model spec: {one_line(e, with_type=True)})") from None
 
 
 def _unreadable(where: str | Path, e: Exception) -> InputError:
@@ -384,7 +384,8 @@ def _unreadable(where: str | Path, e: Exception) -> InputError:
     reason is kept (an unsupported operand, a blocked global such as ``posix.system``)."""
     text = str(e)
     if "Weights only load failed" in text:
-        reasons = [p.strip() for p in text.split("\n\n")[1:] if p.strip() and not p.strip().startswith("Check the documentation")]
+        parts = [p.strip() for p in text.split("\n\n")[1:]]
+        reasons = [p for p in parts if p and not p.startswith("Check the documentation")]
         text = f"not plain tensors, refused unread: {reasons[-1] if reasons else 'unsupported content'}"
     elif isinstance(e, EOFError):
         text = "the file ends before its data: empty or cut short"

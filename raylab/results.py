@@ -434,7 +434,8 @@ def read_results(location: str | Path, *, filters: dict[str, Any] | None = None)
     ``filters`` keeps rows whose columns equal the given values (``{"p": "2", "zeta": 0.04}``);
     a list, tuple or set means "any of", ``None`` means null, and ``p`` accepts ``2``/``"l2"``/``"linf"``.
     A missing location, an unknown filter column, a schema version other than 3 or 2, a damaged trial file (named)
-    or one sweep's folder given as the location raises :class:`InputError`. Hidden files (temporary names of unfinished writes) are ignored.
+    or one sweep's folder given as the location raises :class:`InputError`. Hidden files (temporary names of
+    unfinished writes) are ignored.
     """
     loc = str(location).rstrip("/")
     if not is_url(loc):

@@ -234,7 +234,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _not_npz(path: Path, e: Exception) -> InputError:
     """NumPy's refusal of pickled content advises loading it unsafely; raylab never does, so it says only what it is."""
-    why = "it holds pickled objects, which are never unpickled" if "allow_pickle" in str(e) else one_line(e, with_type=True)
+    pickled = "allow_pickle" in str(e)
+    why = "it holds pickled objects, which are never unpickled" if pickled else one_line(e, with_type=True)
     return InputError(f"{path}: not a valid .npz file ({why})")
 
 

@@ -39,7 +39,10 @@ def zeta_radius(train_images: Tensor, *, zeta: float, p: Norm) -> float:
 
     Section 2.2 ("ζ was set based on the ratio of the Lp norm of the UAP to the
     average Lp norm of an image in the dataset"); /128 maps the radius into
-    model space (:mod:`raylab.core.pixels`). Norms are taken in float64.
+    model space (:mod:`raylab.core.pixels`). Each norm is over the whole image,
+    every channel, as the authors' ``run_Natural_UAP.py`` computes it
+    (``np.linalg.norm(img)``, ``abs(img).max()`` over the raw training images).
+    Norms are taken in float64.
     """
     if not zeta > 0:
         raise ValueError(f"zeta must be > 0, got {zeta}")

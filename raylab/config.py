@@ -65,8 +65,8 @@ def finite(name: str, value: Any) -> None:
           f"{name} must be a finite number, got {value!r}")
 
 
-#: Seeds are drawn from [0, 2**32): every generator raylab seeds (torch's, NumPy's, Python's) takes them, and so does
-#: ``seed + 1`` (the random control's).
+#: Seeds lie in [0, 2**32 - 1), so that the seed and ``seed + 1`` (the random control's) are both taken by every
+#: generator raylab seeds (torch's, NumPy's, Python's).
 SEED_LIMIT = 2**32
 
 

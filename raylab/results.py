@@ -386,7 +386,8 @@ def _trial_files(fs: fsspec.AbstractFileSystem, root: str, sweep: str | None, ve
 
 def filter_value(name: str, text: str) -> Any:
     """A filter's value typed as its column (``zeta=0.04`` a double, ``sweep=5`` the text ``"5"``); ``none`` or
-    ``null`` is null. An unknown column's text is left as it is, for :func:`read_results` to refuse."""
+    ``null`` is null. Text that is not a value of its column (or of no column) is left as it is, for
+    :func:`read_results` to refuse with the column's type."""
     if text.lower() in ("none", "null"):
         return None
     if name not in SCHEMA.names or pa.types.is_list(SCHEMA.field(name).type) or name == "p":
@@ -394,7 +395,7 @@ def filter_value(name: str, text: str) -> Any:
     try:
         return pa.scalar(text).cast(SCHEMA.field(name).type).as_py()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        raise InputError(f"filter {name}={text!r} does not match the column's type {SCHEMA.field(name).type}") from None
+        return text
 
 
 def _filter_expr(filters: dict[str, Any]) -> ds.Expression | None:

@@ -263,12 +263,13 @@ def test_a_damaged_trial_file_is_named_and_a_sweep_folder_is_pointed_to_its_loca
         read_results(loc / "grid-b")
 
 
-def test_a_filter_value_takes_its_column_type() -> None:
+def test_a_filter_value_takes_its_column_type(tmp_path: Path) -> None:
     """The CLI's ``--filter COLUMN=VALUE`` text: a sweep named ``5`` stays text, numbers become numbers."""
     assert filter_value("sweep", "5") == "5" and filter_value("zeta", "4e-2") == 0.04 and filter_value("seed", "2") == 2
     assert filter_value("amp", "true") is True and filter_value("target", "none") is None and filter_value("p", "inf") == "inf"
+    write_rows(tmp_path / "r", make_rows())
     with pytest.raises(InputError, match=r"^filter seed='2.5' does not match the column's type int64$"):
-        filter_value("seed", "2.5")
+        read_results(tmp_path / "r", filters={"seed": filter_value("seed", "2.5")})
 
 
 def test_select_best(location: str) -> None:

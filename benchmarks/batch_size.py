@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
-from raylab.bench import write_figures  # noqa: E402
+from raylab.bench import cpu_name, write_figures  # noqa: E402
 from raylab.config import UAPConfig  # noqa: E402
 from raylab.run import load_source, run_uap  # noqa: E402
 from raylab.target import load_target  # noqa: E402
@@ -42,7 +41,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    figures: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU, torch {torch.__version__}",
+    figures: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, CPU, torch {torch.__version__}",
                      "model": a.model, "source": a.source, "p": "2", "zeta": a.zeta, "eps": a.eps, "seeds": a.seeds,
                      "runs": []}
     with tempfile.TemporaryDirectory() as tmp:

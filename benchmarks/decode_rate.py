@@ -16,13 +16,12 @@ import argparse
 import io
 import multiprocessing
 import os
-import platform
 import time
 from pathlib import Path
 
 from PIL import Image
 
-from raylab.bench import write_figures
+from raylab.bench import cpu_name, write_figures
 from raylab.data.natural import decode_image, list_images
 from raylab.data.shards import Cursor, RawSample, ShardReport, decode_stream
 
@@ -63,7 +62,7 @@ def main() -> None:
     png = [_resized(b, a.size, a.channels, "PNG") for b in blobs]
     jpg = [_resized(b, a.size, a.channels, "JPEG") for b in blobs]
     _rate(jpg[:4], a.channels, a.size)  # warm-up: torchvision's image extension loads on first use
-    fig = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "images": len(blobs),
+    fig = {"machine": f"{cpu_name()}, {os.cpu_count()} cores", "images": len(blobs),
            "size": a.size, "channels": a.channels}
     for name, data in (("original_jpeg", blobs), ("stored_resized_png", png), ("stored_resized_jpeg_q95", jpg)):
         fig[f"{name}_per_core"] = _rate(data, a.channels, a.size)

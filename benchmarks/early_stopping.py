@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray on 127.0.0.1 only
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from raylab.bench import write_figures  # noqa: E402
+from raylab.bench import cpu_name, write_figures  # noqa: E402
 from raylab.data.shards import write_shards  # noqa: E402
 from raylab.models import checkpoint_spec  # noqa: E402
 from raylab.results import read_results, select_best  # noqa: E402
@@ -47,7 +46,7 @@ def main() -> int:
 
     spec = checkpoint_spec(a.model)
     assert spec is not None, f"{a.model} is not a raylab checkpoint"
-    figures: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU",
+    figures: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, CPU",
                      "model": f"{spec.arch} {spec.in_channels}x{spec.image_size}", "grid": {"eps": a.eps, "p": a.p},
                      "zeta": a.zeta, "i_max": a.i_max, "batch_size": a.batch_size, "grace_images": a.grace}
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from raylab.bench import cpu_name  # noqa: E402
 from raylab.data.medical import load_medical  # noqa: E402
 from raylab.models import ModelSpec, save_classifier  # noqa: E402
 from raylab.train import TrainConfig, finetune  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> int:
             train(size, lr, "imagenet", a.epochs)
     pick = max((r for r in runs if r["transfer"]), key=lambda r: r["val_accuracy"])
     twin = train(pick["size"], pick["lr"], None, a.scratch_epochs or a.epochs)
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    result = {"machine": f"{cpu_name()}, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "data": str(a.data), "runs": runs, "pick": pick, "scratch": twin,
               "medmnist_v2_benchmark_test_accuracy": {"ResNet-18 (28)": 0.854, "ResNet-18 (224)": 0.864,
                                                       "ResNet-50 (28)": 0.854, "ResNet-50 (224)": 0.884}}

@@ -10,7 +10,6 @@ ones users get from ``raylab uap --method paper|sgd``.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from raylab.bench import write_figures  # noqa: E402
+from raylab.bench import cpu_name, write_figures  # noqa: E402
 import torch  # noqa: E402
 
 from raylab.run import load_source, run_uap  # noqa: E402
@@ -41,7 +40,7 @@ def main() -> int:
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
-    figures: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU, torch {torch.__version__}",
+    figures: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, CPU, torch {torch.__version__}",
                      "model": a.model, "source": a.source, "p": a.p, "zeta": a.zeta, "batch_size": a.batch_size, "seeds": a.seeds}
     methods = {"paper": dict(method="paper", eps=a.eps, max_passes=a.passes)}
     for k, lr in enumerate(a.lrs):

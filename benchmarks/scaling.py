@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every address
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from raylab.bench import write_figures  # noqa: E402
+from raylab.bench import cpu_name, write_figures  # noqa: E402
 from raylab.config import EngineConfig  # noqa: E402
 from raylab.data.shards import write_shards  # noqa: E402
 from raylab.engine import Engine  # noqa: E402
@@ -60,7 +59,7 @@ def main() -> int:
     from ray.cluster_utils import Cluster
 
     spec = ModelSpec(arch="small_cnn", num_classes=2, in_channels=1, image_size=28, class_names=("NORMAL", "PNEUMONIA"))
-    figures: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only; "
+    figures: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, CPU only; "
                                 f"a Ray head with 0 CPUs and {a.nodes} worker nodes on 127.0.0.1",
                      "model": "small_cnn 1x28x28 (compute ~ 0)", "method": a.method, "batch_size": a.batch_size,
                      "passes": a.passes, "runs": []}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every address
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from raylab.bench import write_figures  # noqa: E402
+from raylab.bench import cpu_name, write_figures  # noqa: E402
 from raylab.data.shards import write_shards  # noqa: E402
 from raylab.engine.sharding import ray_map  # noqa: E402
 
@@ -44,7 +43,7 @@ def main() -> int:
     from ray.cluster_utils import Cluster
 
     kw = dict(shard_size=a.shard_size, sample=a.sample, seed=0, size=a.size, channels=3, image_format=a.format)
-    figures: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
+    figures: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, CPU only",
                      "photos": a.sample, "size": a.size, "format": a.format, "shard_size": a.shard_size,
                      "cpus_per_node": a.cpus, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 
 import ray
 
 from common import DATA
-from raylab.bench import write_figures
+from raylab.bench import cpu_name, write_figures
 from raylab.bench.engine import transport_seconds
 from raylab.data.natural import load_image_folder
 
@@ -33,7 +32,7 @@ def main() -> None:
     a = ap.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every address 127.0.0.1
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    fig: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "ray": ray.__version__}
+    fig: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores", "ray": ray.__version__}
     try:
         for name, channels, size, batch in SHAPES:
             images, _, _ = load_image_folder(a.images, channels=channels, size=size, limit=batch, seed=0)

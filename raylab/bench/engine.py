@@ -5,7 +5,6 @@ array."""
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from ..config import DECODE_PLACES, check, option
 from ..errors import InputError
 from ..models import ModelSpec, build_model, for_inference
+from .figures import cpu_name
 from .kernels import bare_kernel, bare_sgd_kernel
 from .modes import BenchConfig
 
@@ -139,7 +139,7 @@ def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
                      class_names=("NORMAL", "PNEUMONIA")).validate()
     model = build_model(spec, seed=cfg.seed).eval()
     figures: dict[str, Any] = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
                    + (torch.cuda.get_device_name() if cfg.device.startswith("cuda") else "CPU"),
         "model": f"{cfg.arch} {cfg.channels}x{cfg.image_size}x{cfg.image_size} (random init)",
         "images": cfg.images, "batch_size_per_worker": cfg.batch_size, "device": cfg.device, "amp": cfg.amp,

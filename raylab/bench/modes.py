@@ -19,7 +19,6 @@ whose accept/reject decision under ``--amp`` equals float32's against the same Ï
 from __future__ import annotations
 
 import dataclasses
-import platform
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..core import SGDUAP, UAP, to_model_space, zeta_radius
 from ..data.medical import load_medmnist
 from ..data.natural import load_image_folder
 from ..models import ModelSpec, build_model, for_inference, load_classifier
-from .figures import timed
+from .figures import cpu_name, timed
 from .kernels import bare_kernel, bare_sgd_kernel, update_flops
 from .profile import profile_update
 
@@ -116,7 +115,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     radius = zeta_radius(medical.train_images, zeta=cfg.zeta, p=2)
     n = len(images)
     figures: dict[str, Any] = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads, "
                    + (torch.cuda.get_device_name() if cfg.device.startswith("cuda") else "CPU"),
         "model": f"{cfg.arch} {cfg.channels}x{cfg.image_size}x{cfg.image_size} "
                  + (f"({cfg.model})" if cfg.model else "(random init)"),

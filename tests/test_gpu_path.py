@@ -77,6 +77,24 @@ def test_a_compiled_model_gives_the_same_uap(trained_cnn, natural_gray, pneumoni
     torch.testing.assert_close(got.rho, ref.rho, rtol=0, atol=1e-4)
 
 
+def test_channels_last_memory_gives_the_nchw_uap(trained_cnn, natural_gray, pneumonia) -> None:
+    """for_inference puts a model in channels-last memory on every device, CPUs included (faster there for most
+    architectures, docs/bench/cpu-memory-format.json); the UAP is the NCHW model's."""
+    import copy
+
+    from raylab.models import for_inference
+
+    nchw = copy.deepcopy(trained_cnn).eval()
+    last = for_inference(copy.deepcopy(trained_cnn))
+    convs = [w for w in last.parameters() if w.dim() == 4 and w.shape[1] > 1 and w.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    radius = zeta_radius(pneumonia["train_x"], zeta=0.04, p=2)
+    attack = UAP(radius=radius, p=2, eps=0.02, mode="batched", batch_size=16, max_passes=2)
+    ref, got = attack(nchw, natural_gray, seed=0), attack(last, natural_gray, seed=0)
+    assert got.stats == ref.stats and ref.stats.accepted > 0
+    torch.testing.assert_close(got.rho, ref.rho, rtol=0, atol=1e-5)
+
+
 def test_cuda_graphs_are_refused_off_a_gpu(trained_cnn, natural_gray) -> None:
     """Asked for on a CPU model, the graphed step is one clear error before any compute, not a silent eager run."""
     from raylab.core.graphs import CapturedStep

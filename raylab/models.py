@@ -392,21 +392,31 @@ def _unreadable(where: str | Path, e: Exception) -> InputError:
     return InputError(f"{where}: cannot read weights ({type(e).__name__}: {one_line(text, 200)})")
 
 
-def for_inference(model: nn.Module, *, device: str = "cpu", compile: bool = False) -> nn.Module:
-    """Eval mode on ``device`` in channels-last memory; on CUDA, cuDNN's autotuner (``cudnn.benchmark``, set for the
-    process: a worker holds one model, and the static-shape update gives it one shape per batch size).
+#: Architectures that stay in NCHW memory on a CPU: channels-last was not faster for their update there (ResNet-18
+#: 0.88x, ResNet-50 0.97x at 64 px on the Intel Xeon of docs/bench/cpu-memory-format.json).
+NCHW_ON_CPU = frozenset({"resnet18", "resnet50"})
+
+
+def for_inference(model: nn.Module, *, device: str = "cpu", amp: bool = False, compile: bool = False) -> nn.Module:
+    """Eval mode on ``device`` in channels-last memory (on a CPU in float32, except the architectures in
+    :data:`NCHW_ON_CPU`); on CUDA, cuDNN's autotuner (``cudnn.benchmark``, set for the process: a worker holds one model, and the static-shape
+    update gives it one shape per batch size).
 
     Channels-last lets convolutions use the matrix units (tensor cores on GPUs, AMX on recent x86 CPUs), and in
     float32 on a CPU it is still the faster layout for most architectures: oneDNN's NHWC kernels, and max-pooling
     (PyTorch's NCHW max-pooling ran about 10x slower). ``benchmarks/memory_format.py`` measures both layouts side by
     side per architecture (``docs/bench/cpu-memory-format.json``, a 2-core Intel Xeon: the update 1.25-1.64x faster
-    for six of eight architectures, ResNet-50 even, ResNet-18 0.88x).
+    for six of eight architectures; the ResNets were not faster, their small late feature maps slower in oneDNN's
+    channels-last convolutions).
 
     ``compile``: ``torch.compile`` with static shapes (Inductor; on CUDA in ``max-autotune-no-cudagraphs`` mode). The
     compiled module keeps the model's parameters and eval mode; the first batch of each shape pays the compilation.
     """
     cuda = str(device).startswith("cuda")
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    model = model.to(device).eval()
+    spec = getattr(model, "spec", None)
+    if cuda or amp or getattr(spec, "arch", None) not in NCHW_ON_CPU:
+        model = model.to(memory_format=torch.channels_last)
     if cuda:
         torch.backends.cudnn.benchmark = True
     if compile:

@@ -63,6 +63,8 @@ def test_projection_inside_the_ball_is_the_identity_without_a_host_read() -> Non
 
 def test_a_compiled_model_gives_the_same_uap(trained_cnn, natural_gray, pneumonia) -> None:
     """torch.compile (Inductor, static shapes) on the static-shape update: the reference UAP."""
+    import copy
+
     from raylab.models import for_inference
 
     radius = zeta_radius(pneumonia["train_x"], zeta=0.04, p=2)
@@ -70,24 +72,33 @@ def test_a_compiled_model_gives_the_same_uap(trained_cnn, natural_gray, pneumoni
     attack = UAP(radius=radius, p=2, eps=0.02, mode="batched", batch_size=16, static_shapes=True)
     clean = predict_labels(trained_cnn, images)  # given: no compilation for a second shape
     ref = attack(trained_cnn, images, clean_labels=clean, seed=0)
-    compiled = for_inference(trained_cnn, compile=True)
+    compiled = for_inference(copy.deepcopy(trained_cnn), compile=True)  # a copy: for_inference moves the module itself
     assert type(compiled).__name__ == "OptimizedModule" and not compiled.training
     got = attack(compiled, images, clean_labels=clean, seed=0)
     assert got.stats == ref.stats and ref.stats.accepted > 0
     torch.testing.assert_close(got.rho, ref.rho, rtol=0, atol=1e-4)
 
 
+def _convs_channels_last(model: torch.nn.Module) -> bool | None:
+    """True if every 3x3-or-larger convolution weight is in channels-last memory, False if all are NCHW."""
+    convs = [w for w in model.parameters() if w.dim() == 4 and w.shape[1] > 1 and w.shape[-1] > 1]
+    last = {w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs}
+    return last.pop() if convs and len(last) == 1 else None
+
+
 def test_channels_last_memory_gives_the_nchw_uap(trained_cnn, natural_gray, pneumonia) -> None:
-    """for_inference puts a model in channels-last memory on every device, CPUs included (faster there for most
-    architectures, docs/bench/cpu-memory-format.json); the UAP is the NCHW model's."""
+    """for_inference puts a model in channels-last memory on CPUs too (faster there for most architectures,
+    docs/bench/cpu-memory-format.json), the ResNets excepted unless --amp; the UAP is the NCHW model's."""
     import copy
 
-    from raylab.models import for_inference
+    from raylab.models import NCHW_ON_CPU, ModelSpec, build_model, for_inference
 
-    nchw = copy.deepcopy(trained_cnn).eval()
-    last = for_inference(copy.deepcopy(trained_cnn))
-    convs = [w for w in last.parameters() if w.dim() == 4 and w.shape[1] > 1 and w.shape[-1] > 1]
-    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    nchw = copy.deepcopy(trained_cnn).eval().to(memory_format=torch.contiguous_format)
+    last = for_inference(copy.deepcopy(nchw))
+    assert _convs_channels_last(last) is True and _convs_channels_last(nchw) is False
+    resnet = ModelSpec(arch="resnet18", num_classes=2, in_channels=1, image_size=32)
+    assert "resnet18" in NCHW_ON_CPU and _convs_channels_last(for_inference(build_model(resnet))) is False
+    assert _convs_channels_last(for_inference(build_model(resnet), amp=True)) is True  # bf16 on AMX wants NHWC
     radius = zeta_radius(pneumonia["train_x"], zeta=0.04, p=2)
     attack = UAP(radius=radius, p=2, eps=0.02, mode="batched", batch_size=16, max_passes=2)
     ref, got = attack(nchw, natural_gray, seed=0), attack(last, natural_gray, seed=0)

@@ -109,9 +109,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     images, _, _ = load_image_folder(cfg.data_dir / "imagenet-samples", channels=cfg.channels, size=cfg.image_size,
                                      limit=cfg.images, seed=cfg.seed)
     # Faithful mode and ART run the plain float32 model (NCHW, as ART would); batched mode and its bare kernel
-    # run it as raylab's runs do: channels-last memory (for_inference), with --amp's autocast when asked.
+    # run it as raylab's runs do (for_inference: channels-last memory but for NCHW_ON_CPU), with --amp's autocast when asked.
     model = network().to(cfg.device).eval()
-    fast = for_inference(network(), device=cfg.device)
+    fast = for_inference(network(), device=cfg.device, amp=cfg.amp)
     radius = zeta_radius(medical.train_images, zeta=cfg.zeta, p=2)
     n = len(images)
     figures: dict[str, Any] = {
@@ -156,7 +156,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             figures.update(graphed_images_per_s=n / t_g, graphed_over_static=t_s / t_g,
                            graphed_rho_max_abs_diff_vs_static=float((res_g.rho - res_s.rho).abs().max()))
     if cfg.compile:
-        compiled = for_inference(network(), device=cfg.device, compile=True)
+        compiled = for_inference(network(), device=cfg.device, amp=cfg.amp, compile=True)
         _, t_warm = timed(lambda: static(compiled, images, seed=cfg.seed))  # pays the compilation of every shape
         res_c, t_c = timed(lambda: static(compiled, images, seed=cfg.seed))
         figures.update(compiled_images_per_s=n / t_c, compiled_accepted=res_c.stats.accepted,

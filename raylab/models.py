@@ -393,7 +393,7 @@ def _unreadable(where: str | Path, e: Exception) -> InputError:
 
 
 #: Architectures that stay in NCHW memory on a CPU: channels-last was not faster for their update there (ResNet-18
-#: 0.88x, ResNet-50 0.97x at 64 px on the Intel Xeon of docs/bench/cpu-memory-format.json).
+#: 0.86-0.88x, ResNet-50 0.97-1.01x at 64 px on the Intel Xeon of docs/bench/cpu-memory-format.json).
 NCHW_ON_CPU = frozenset({"resnet18", "resnet50"})
 
 

@@ -178,7 +178,7 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
             log(warning)
     telemetry = telemetry if telemetry is not None else Telemetry()
     telemetry.skipped(images=len(source.source.skipped))
-    model = for_inference(target.model, device=config.device, compile=config.compile)
+    model = for_inference(target.model, device=config.device, amp=config.amp, compile=config.compile)
     started = time.perf_counter()
     stats, passes = StepStats(), 0
     if source.images is None:

@@ -163,7 +163,7 @@ def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
         report = ShardReport()
         images = torch.stack([x for _, x in decode_stream(iter_samples(small.urls, report=report), channels=cfg.channels,
                                                           size=cfg.image_size, report=report)])
-        m = for_inference(model, device=cfg.device)
+        m = for_inference(model, device=cfg.device, amp=cfg.amp)
         bare_kernel(m, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)  # warm-up
         t_bare = bare_kernel(m, images, batch_size=cfg.batch_size, amp=cfg.amp)
         figures["bare_kernel_images_per_s"] = len(images) / t_bare

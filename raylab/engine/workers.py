@@ -55,7 +55,7 @@ class UAPWorker:
         self.device = torch.device(device)
         classifier = load_classifier(checkpoint, map_location=str(self.device), name=name)
         self.channels = classifier.spec.in_channels
-        self.model = for_inference(classifier, device=str(self.device), compile=compile)
+        self.model = for_inference(classifier, device=str(self.device), amp=amp, compile=compile)
         self.amp, self.static_shapes = amp, static_shapes
         self.staging = Staging(self.device)
         self.last_end: float | None = None

@@ -6,8 +6,9 @@ Why :func:`raylab.models.for_inference` puts models in channels-last memory on C
 :data:`raylab.models.NCHW_ON_CPU`: for each architecture, the same weights run the update's bare kernel (clean forward,
 forward/backward to the input, acceptance forward: :func:`raylab.bench.kernels.bare_kernel`) over the same ImageNet
 photos in NCHW and in channels-last memory, the two layouts alternating ``--repeats`` times (the best of each is
-kept, as the machine's speed wanders); each row also says which layout ``for_inference`` gives it. Also PyTorch's max-pooling alone in both layouts (small_cnn's first pooling, a batch of
-256), the operation that makes the largest difference on this project's CPU.
+kept, as the machine's speed wanders); each row also says which layout ``for_inference`` gives it. Also
+PyTorch's max-pooling alone in both layouts (small_cnn's first pooling, a batch of 256), the operation that makes
+the largest difference on this project's CPU.
 """
 
 from __future__ import annotations

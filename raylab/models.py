@@ -399,13 +399,13 @@ NCHW_ON_CPU = frozenset({"resnet18", "resnet50"})
 
 def for_inference(model: nn.Module, *, device: str = "cpu", amp: bool = False, compile: bool = False) -> nn.Module:
     """Eval mode on ``device`` in channels-last memory (on a CPU in float32, except the architectures in
-    :data:`NCHW_ON_CPU`); on CUDA, cuDNN's autotuner (``cudnn.benchmark``, set for the process: a worker holds one model, and the static-shape
-    update gives it one shape per batch size).
+    :data:`NCHW_ON_CPU`); on CUDA, cuDNN's autotuner (``cudnn.benchmark``, set for the process: a worker holds one
+    model, and the static-shape update gives it one shape per batch size).
 
     Channels-last lets convolutions use the matrix units (tensor cores on GPUs, AMX on recent x86 CPUs), and in
     float32 on a CPU it is still the faster layout for most architectures: oneDNN's NHWC kernels, and max-pooling
     (PyTorch's NCHW max-pooling ran about 10x slower). ``benchmarks/memory_format.py`` measures both layouts side by
-    side per architecture (``docs/bench/cpu-memory-format.json``, a 2-core Intel Xeon: the update 1.25-1.64x faster
+    side per architecture (``docs/bench/cpu-memory-format.json``, a 2-core Intel Xeon: the update 1.1-1.7x faster
     for six of eight architectures; the ResNets were not faster, their small late feature maps slower in oneDNN's
     channels-last convolutions).
 

@@ -109,7 +109,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     images, _, _ = load_image_folder(cfg.data_dir / "imagenet-samples", channels=cfg.channels, size=cfg.image_size,
                                      limit=cfg.images, seed=cfg.seed)
     # Faithful mode and ART run the plain float32 model (NCHW, as ART would); batched mode and its bare kernel
-    # run it as raylab's runs do (for_inference: channels-last memory but for NCHW_ON_CPU), with --amp's autocast when asked.
+    # run it as raylab's runs do (for_inference: channels-last memory, but NCHW for NCHW_ON_CPU on a CPU in
+    # float32), with --amp's autocast when asked.
     model = network().to(cfg.device).eval()
     fast = for_inference(network(), device=cfg.device, amp=cfg.amp)
     radius = zeta_radius(medical.train_images, zeta=cfg.zeta, p=2)

@@ -73,19 +73,26 @@ def fooled_examples_png(images: Tensor, rho: Tensor, clean_pred: Tensor, adv_pre
     return examples_png(images[order], rho, clean_pred[order], adv_pred[order], class_names)
 
 
-def confusion_png(matrix: Tensor, class_names: tuple[str, ...], *, title: str = "") -> bytes:
-    """Row-normalized confusion matrix: rows = clean prediction, columns = prediction under the UAP (Figure 5)."""
-    m = matrix.detach().cpu().numpy()
+def draw_confusion(ax, m: np.ndarray, class_names, *, fontsize: float | None = None) -> None:
+    """A row-normalized confusion matrix on ``ax``: rows = the model's label of the clean image, columns = its label
+    under the UAP (the paper's Figure 5; R_f counts the mass off the diagonal)."""
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 * k + 2.2, 1.0 * k + 1.6))
     ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="white" if m[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), class_names, rotation=30, ha="right")
-    ax.set_yticks(range(k), class_names)
-    ax.set_xlabel("prediction with UAP")
-    ax.set_ylabel("clean prediction")
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="white" if m[i, j] > 0.5 else "black",
+                    fontsize=fontsize)
+    ax.set_xticks(range(k), class_names, rotation=30, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(k), class_names, fontsize=fontsize)
+    ax.set_xlabel("prediction with UAP", fontsize=fontsize)
+    ax.set_ylabel("clean prediction", fontsize=fontsize)
+
+
+def confusion_png(matrix: Tensor, class_names: tuple[str, ...], *, title: str = "") -> bytes:
+    """Row-normalized confusion matrix: rows = clean prediction, columns = prediction under the UAP (Figure 5)."""
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 * k + 2.2, 1.0 * k + 1.6))
+    draw_confusion(ax, matrix.detach().cpu().numpy(), class_names)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .plots import png_bytes
+from .plots import draw_confusion, png_bytes
 from .reproduce import parse_trial
 from .spread import Spread, clearly_above, spread
 from .store import Store
@@ -154,6 +154,15 @@ def _uap_grid(items: list[tuple[str, str]], title: str) -> bytes:
     return png_bytes(fig, dpi=100)
 
 
+def _wall_time(study: dict[str, Any]) -> str:
+    """The study's wall time, summed over the runs of the command (a rerun resumes it, or renders the report again)."""
+    runs = study.get("runs", 1)
+    if runs == 1:
+        return f"Wall time {study['seconds'] / 60:.1f} min."
+    return (f"Wall time {study['seconds'] / 60:.1f} min over {runs} runs of the command (the last, resuming, "
+            f"{study['last_run_seconds'] / 60:.1f} min).")
+
+
 def _fig5(rows: list[dict[str, Any]], model: str, zeta: float, class_names: list[str]) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -165,14 +174,7 @@ def _fig5(rows: list[dict[str, Any]], model: str, zeta: float, class_names: list
             ax.axis("off")
             continue
         m = np.mean([np.array(r["confusion_matrix"]) for r in found], axis=0)  # over seeds
-        ax.imshow(m, vmin=0, vmax=1, cmap="Blues")
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="white" if m[i, j] > 0.5 else "black", fontsize=9)
-        ax.set_xticks(range(len(class_names)), class_names, fontsize=7)
-        ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
-        ax.set_xlabel("label under the UAP", fontsize=8)
-        ax.set_ylabel("clean label", fontsize=8)
+        draw_confusion(ax, m, class_names, fontsize=8)
         ax.set_title(LABELS[s], fontsize=8)
     fig.suptitle(f"Figure 5: row-normalized confusion matrices, {model}, ζ = {100 * zeta:g} % (mean over seeds)", fontsize=9)
     fig.tight_layout()
@@ -224,7 +226,7 @@ def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
         f"**Every number is the mean ± sd over {seeds} seeds** of the UAP (its image order; the random control's noise), "
         "for both methods; the figures draw the sd as error bars, and a figure of one UAP shows the first seed's.",
         "",
-        f"Wall time {study['seconds'] / 60:.1f} min.",
+        _wall_time(study),
         "",
         "## Models and the ε, p selection",
         "",

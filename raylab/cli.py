@@ -419,7 +419,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         c = preset(a.preset, data_dir=a.data_dir, out=dest, **over, **({"medical": medical} if medical else {}))
         study = run_reproduce(c)
         path = render_report(dest, a.report if len(medicals) == 1 and a.report else dest / "report")
-        print(f"study done in {study['seconds'] / 60:.1f} min; report: {path}")
+        total = f" ({study['seconds'] / 60:.1f} min over its {study['runs']} runs)" if study["runs"] > 1 else ""
+        print(f"study done in {study['last_run_seconds'] / 60:.1f} min{total}; report: {path}")
     return 0
 
 

@@ -389,7 +389,11 @@ def _identity(c: ReproduceConfig) -> dict[str, Any]:
 
 
 def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the study; returns the summary the report is rendered from (also ``study.json``)."""
+    """Run (or resume) the study; returns the summary the report is rendered from (also ``study.json``).
+
+    ``seconds`` is the wall time summed over the runs of the command that finished (``runs``), so a rerun that
+    resumes the study, or only renders its report again, adds its own time (``last_run_seconds``) instead of
+    replacing the study's."""
     from tqdm import tqdm
 
     from .results import read_results
@@ -428,6 +432,7 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
         if trial_id(*job) not in done:
             run_one(ctx, *job)  # one row per UAP, written as it finishes: a crash loses nothing
     rows = read_results(results, filters={"sweep": c.sweep}).to_pylist()
+    before = json.loads(store.read_text("study.json")) if store.exists("study.json") else {}
     study = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
         "class_names": list(medical.class_names),
@@ -436,8 +441,10 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
         "composition": _composition(ctx),
         "cross_arch": _cross_arch(ctx, rows) if c.cross_arch and len(c.archs) > 1 else [],
         "natural_images": {s: ctx.sources[(s, "")].source.used for s in ("natural_a", "natural_b")},
-        "seconds": time.perf_counter() - started,
     }
+    last = time.perf_counter() - started
+    study.update(seconds=before.get("seconds", 0.0) + last, runs=before.get("runs", 1 if before else 0) + 1,
+                 last_run_seconds=last)
     store.write_text("study.json", json.dumps(study, indent=2, default=str))
     return study
 

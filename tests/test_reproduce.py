@@ -147,10 +147,20 @@ def test_a_rerun_with_other_settings_is_refused_and_targets_take_indices(tiny, n
 def test_a_rerun_resumes_without_redoing_anything(tiny, natural_dir, capsys) -> None:
     files = sorted((tiny / "results").rglob("*.parquet"))
     stamps = [f.stat().st_mtime_ns for f in files]
+    first = json.loads((tiny / "study.json").read_text())
+    assert first["runs"] == 1  # the only test that reruns the module's study in place
+    assert f"Wall time {first['seconds'] / 60:.1f} min.\n" in (tiny / "report" / "report.md").read_text()
     assert _rerun(tiny, natural_dir) == 0
     assert sorted((tiny / "results").rglob("*.parquet")) == files
     assert [f.stat().st_mtime_ns for f in files] == stamps
-    assert "pretraining" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pretraining" not in out
+    # the rerun adds its time to the study's instead of replacing it, and the report and the last line say so
+    study = json.loads((tiny / "study.json").read_text())
+    assert study["runs"] == first["runs"] + 1
+    assert study["seconds"] == pytest.approx(first["seconds"] + study["last_run_seconds"])
+    assert f"over {study['runs']} runs of the command (the last, resuming, " in (tiny / "report" / "report.md").read_text()
+    assert f"min over its {study['runs']} runs); report:" in out
 
 
 def test_findings_are_worded_from_their_outcome(tiny) -> None:

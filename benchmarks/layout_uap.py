@@ -14,7 +14,6 @@ layout's effect beside the seeds' spread.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import raylab.models  # noqa: E402
 from raylab.bench import cpu_name, write_figures  # noqa: E402
 from raylab.config import UAPConfig  # noqa: E402
 from raylab.run import load_source, run_uap  # noqa: E402
+from raylab.spread import spread  # noqa: E402
 from raylab.target import load_target  # noqa: E402
 
 from benchmarks.common import uap_arguments  # noqa: E402
@@ -61,10 +61,10 @@ def main() -> int:
                                      source=source, progress=False, figures=False)
                     rates.append(record.evaluation.uap.fooling_rate)
                     accepted.append(record.build.accepted)
-                figures["layouts"][layout] = {
-                    "fooling_rates": rates, "fooling_rate_mean": statistics.mean(rates),
-                    "fooling_rate_sd": statistics.stdev(rates) if len(rates) > 1 else 0.0, "accepted": accepted}
-                print(f"{layout:13s} R_f {statistics.mean(rates):.3f} ± {figures['layouts'][layout]['fooling_rate_sd']:.3f}"
+                r_f = spread(rates)
+                figures["layouts"][layout] = {"fooling_rates": rates, "fooling_rate_mean": r_f["mean"],
+                                              "fooling_rate_sd": r_f["sd"], "accepted": accepted}
+                print(f"{layout:13s} R_f {r_f['mean']:.3f} ± {r_f['sd']:.3f}"
                       f"  per seed {', '.join(f'{r:.3f}' for r in rates)}  accepted {accepted}", flush=True)
     finally:
         raylab.models.NCHW_ON_CPU = default_nchw

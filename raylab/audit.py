@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -242,6 +242,8 @@ class Audit:
     selected: dict[str, dict[str, Any]]
     val_images: Tensor | None = None
     validation: str = ""
+    #: The test labels under each random control predicted so far (:func:`raylab.run.run_uap`'s ``controls``).
+    controls: dict[tuple, Tensor] = field(default_factory=dict)
 
     @property
     def check(self) -> ModelCheck:
@@ -343,8 +345,8 @@ def run_job(audit: Audit, job: Job) -> None:
     drawn = job.source == "natural" and job.target is None and job.zeta == c.zeta and job.seed == 0
     config = audit.uap_config(job, out=out)
     budget = audit.target.with_budget(zeta=job.zeta, p=config.p, target=config.target)
-    run_uap(config, target=budget, source=audit.sources[job.source], clean=audit.clean, progress=False, figures=drawn,
-            results=ResultsKey(c.results_location, c.sweep, job.trial_id))
+    run_uap(config, target=budget, source=audit.sources[job.source], clean=audit.clean, controls=audit.controls,
+            progress=False, figures=drawn, results=ResultsKey(c.results_location, c.sweep, job.trial_id))
 
 
 def done_trials(config: AuditConfig) -> set[str]:

@@ -111,9 +111,11 @@ class Evaluation(ModelCheck):
     target: str | None
     uap: Rates
     random: Rates
-    #: Clean and adversarial labels of the test images (for the examples figure; not serialized).
+    #: Clean and adversarial labels of the test images (for the examples figure; not serialized), and the labels under
+    #: the random control (which callers may reuse for the next UAP at the same radius, p and seed).
     clean: Tensor
     adversarial: Tensor
+    controlled: Tensor
 
     @property
     def headline(self) -> float:
@@ -133,16 +135,19 @@ class Evaluation(ModelCheck):
 
 
 def evaluate(predict: Predict, rho: Tensor, *, test_images: Tensor, test_labels: Tensor, class_names: tuple[str, ...],
-             target: int | None, radius: float, p: Norm, seed: int, clean: Tensor | None = None) -> Evaluation:
+             target: int | None, radius: float, p: Norm, seed: int, clean: Tensor | None = None,
+             controlled: Tensor | None = None) -> Evaluation:
     """R_f, R_s and confusion matrices of ``rho`` and of the random control on the test set.
 
-    ``clean`` (C(x) of the test images) may be passed in: it does not depend on ρ, so callers that evaluate many
-    UAPs on one model compute it once.
+    ``clean`` (C(x) of the test images) and ``controlled`` (C(x + the random control)) may be passed in: neither
+    depends on ρ, so callers that evaluate many UAPs on one model compute each once (the control once per radius,
+    p and seed).
     """
     clean = predict(test_images, None) if clean is None else clean
-    control = random_control(tuple(rho.shape), radius=radius, p=p, seed=seed)
-    adv, adv_random = predict(test_images, rho), predict(test_images, control)
+    if controlled is None:
+        controlled = predict(test_images, random_control(tuple(rho.shape), radius=radius, p=p, seed=seed))
+    adv = predict(test_images, rho)
     return Evaluation(**ModelCheck.of(clean, test_labels, class_names).fields(),
                       target=None if target is None else class_names[target],
-                      uap=Rates.of(clean, adv, class_names), random=Rates.of(clean, adv_random, class_names), clean=clean,
-                      adversarial=adv)
+                      uap=Rates.of(clean, adv, class_names), random=Rates.of(clean, controlled, class_names), clean=clean,
+                      adversarial=adv, controlled=controlled)

@@ -175,6 +175,8 @@ class Context:
     model_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     selected: dict[str, dict[str, Any]] = field(default_factory=dict)
     clean: dict[str, Tensor] = field(default_factory=dict)
+    #: Per model key, the test labels under each random control predicted so far (``run_uap``'s ``controls``).
+    controls: dict[str, dict[tuple, Tensor]] = field(default_factory=dict)
     sources: dict[tuple[str, str], SourceImages] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
@@ -269,7 +271,8 @@ def run_one(ctx: Context, key: str, source: str, zeta: float, target: str | None
                         out=ctx.config.out / "uaps" / trial, method=method, seed=seed)
     budget = ctx.targets[key].with_budget(zeta=zeta, p=config.p, target=target)
     run_uap(config, target=budget, source=source_images(ctx, key, source, config), clean=ctx.clean_test_labels(key),
-            progress=False, figures=False, results=ResultsKey(str(ctx.config.out / "results"), ctx.config.sweep, trial))
+            controls=ctx.controls.setdefault(key, {}), progress=False, figures=False,
+            results=ResultsKey(str(ctx.config.out / "results"), ctx.config.sweep, trial))
 
 
 # --------------------------------------------------------------------------- models

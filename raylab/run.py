@@ -155,14 +155,17 @@ def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterio
 
 
 def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceImages | None = None,
-            clean: Tensor | None = None, progress: bool = True, telemetry: Telemetry | None = None,
-            figures: bool = True, results: ResultsKey | None = None,
+            clean: Tensor | None = None, controls: dict[tuple, Tensor] | None = None, progress: bool = True,
+            telemetry: Telemetry | None = None, figures: bool = True, results: ResultsKey | None = None,
             log: Callable[[str], None] | None = None) -> RunRecord:
     """Run one UAP end to end and write its files into ``config.out`` (and its row into ``results``).
 
     ``target``, ``source`` and ``clean`` (the clean test labels) may be handed in already loaded, as the
-    reproduction does for its many UAPs; otherwise they are loaded and checked here, before any compute. ``log``
-    gets the warning of a configuration in the weak regime (:func:`raylab.core.weak_regime`).
+    reproduction does for its many UAPs; otherwise they are loaded and checked here, before any compute.
+    ``controls``, a dict the caller keeps per model, holds the test labels under each random control this run and
+    the caller's earlier runs predicted, by radius, p, seed and prediction settings: the UAPs of an audit share a
+    few controls, which are then predicted once. ``log`` gets the warning of a configuration in the weak regime
+    (:func:`raylab.core.weak_regime`).
     """
     if target is None:
         target = load_target(config.model, config.medical, target=config.target, zeta=config.zeta, p=config.p,
@@ -193,9 +196,12 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
     def predict(images: Tensor, rho: Tensor | None) -> Tensor:
         return predict_labels(model, images, rho=rho, clip=clip, amp=config.amp)
 
+    control = (target.radius, str(config.p), config.seed, config.clip, config.amp, config.compile)
     evaluation = evaluate(predict, rho, test_images=medical.test_images, test_labels=medical.test_labels,
                           class_names=target.class_names, target=target.target, radius=target.radius, p=config.p,
-                          seed=config.seed, clean=clean)
+                          seed=config.seed, clean=clean, controlled=None if controls is None else controls.get(control))
+    if controls is not None:
+        controls[control] = evaluation.controlled
     info = source.source
     if source.images is not None:
         composition = label_composition(predict(source.images, None), num_classes=len(target.class_names))

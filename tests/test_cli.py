@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,8 +15,10 @@ import torch
 from PIL import Image
 
 from raylab.cli import main
+from raylab.config import UAPConfig
 from raylab.core import lp_norm, zeta_radius
 from raylab.data.medical import load_medmnist
+from raylab.run import run_uap
 
 from .conftest import PNEUMONIA
 
@@ -280,3 +283,23 @@ def test_a_batch_as_large_as_the_stream_is_warned_about(cluster, models: dict[st
                             workers=2, batch_size=32, eps=0.01, examples=0, cpus_per_worker=0.5, cpus_per_reader=0.5),
                log=lines.append)
     assert any("48 images x 1 pass(es) at an effective batch of 64 make 1 update(s)" in line for line in lines)
+
+
+def test_uaps_sharing_a_random_control_predict_it_once(models: dict[str, Path], natural_dir: Path, tmp_path: Path) -> None:
+    """run_uap's ``controls``: the second UAP at the same radius, p and seed takes the control's test labels from the
+    cache (a planted entry shows it is read, not recomputed), and a cached run's rates equal an uncached run's."""
+    config = UAPConfig(model=models["model"], medical=PNEUMONIA, source=str(natural_dir), out=tmp_path / "a", zeta=0.08,
+                       eps=0.02, seed=3)
+    controls: dict = {}
+    first = run_uap(config, controls=controls, progress=False, figures=False).evaluation
+    plain = run_uap(dataclasses.replace(config, out=tmp_path / "b"), progress=False, figures=False).evaluation
+    assert len(controls) == 1 and first.random == plain.random and torch.equal(first.controlled, plain.controlled)
+    (key,) = controls
+    controls[key] = torch.ones_like(first.controlled)  # every image "predicted" PNEUMONIA under the control
+    second = run_uap(dataclasses.replace(config, out=tmp_path / "c", eps=0.01), controls=controls, progress=False,
+                     figures=False).evaluation
+    assert second.random.success_rate["PNEUMONIA"] == 1.0 != plain.random.success_rate["PNEUMONIA"]
+    assert second.random.fooling_rate == pytest.approx(float((first.clean != 1).float().mean()))
+    other = run_uap(dataclasses.replace(config, out=tmp_path / "d", seed=4), controls=controls, progress=False,
+                    figures=False).evaluation
+    assert len(controls) == 2 and other.random.success_rate["PNEUMONIA"] < 1.0  # another seed, another control

@@ -35,7 +35,7 @@ def record_for(p: Any, zeta: float, eps: float, target: str | None, fooling: flo
     evaluation = Evaluation(class_names=names, target=target, test_images=624, clean_accuracy=0.9166666865348816,
                             balanced_accuracy=0.89, majority_accuracy=0.625, class_accuracy={"NORMAL": 0.85, "PNEUMONIA": 0.93},
                             clean_label_composition={"NORMAL": 0.378, "PNEUMONIA": 0.622}, uap=uap, random=random,
-                            clean=labels, adversarial=labels)
+                            clean=labels, adversarial=labels, controlled=labels)
     attack = AttackConfig(p=p, zeta=zeta, eps=eps, max_passes=max_passes, target=target, batch_size=32)
     return RunRecord(attack=attack, config=attack.to_dict(), model=model, arch="small_cnn", image_size=28,
                      medical="../shared/data/pneumoniamnist.npz", radius=3.0128293480635735,

@@ -188,6 +188,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def own_ports() -> list[str]:
+    """``ray start`` options giving a head's agents and managers free ports of their own. Without them the dashboard
+    agent takes Ray's fixed default, 52365, and where another Ray on the machine holds it (a developer's own cluster,
+    an orphaned agent) this head's agent cannot start and every job submitted to it fails with "No available agent
+    to submit job"."""
+    return [f"--{k}={_free_port()}" for k in ("metrics-export-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                              "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     """A real Ray head on 127.0.0.1 with the dashboard (Jobs API) on a free loopback port.
@@ -198,8 +207,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": str(ROOT)}
     gcs, dash = _free_port(), _free_port()
-    head = start_head(gcs, ["--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"],
-                      env, tmp_path_factory.mktemp("ray") / "head.log")
+    head = start_head(gcs, ["--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                            *own_ports()], env, tmp_path_factory.mktemp("ray") / "head.log")
     address = f"127.0.0.1:{gcs}"
     import ray
 

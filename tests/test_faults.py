@@ -137,7 +137,7 @@ def test_a_stream_larger_than_the_object_store_flows_through(cluster, tmp_path) 
     from raylab.data.shards import write_shards
     from raylab.models import save_classifier
 
-    from .conftest import IMAGENET, _free_port, start_head, stop_head
+    from .conftest import IMAGENET, _free_port, own_ports, start_head, stop_head
 
     shards = tmp_path / "shards"
     write_shards(IMAGENET, shards, shard_size=250, size=64, channels=3)
@@ -151,10 +151,8 @@ def test_a_stream_larger_than_the_object_store_flows_through(cluster, tmp_path) 
     with np.load(PNEUMONIA) as z:
         np.savez(medical, **{k: np.repeat(v[..., None], 3, -1) if k.endswith("_images") else v for k, v in z.items()})
     gcs = _free_port()
-    ports = [f"--{k}={_free_port()}" for k in ("metrics-export-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                               "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
     store_bytes = 75 * 1024 * 1024
-    head = start_head(gcs, ["--num-cpus=2", f"--object-store-memory={store_bytes}", "--include-dashboard=false", *ports],
+    head = start_head(gcs, ["--num-cpus=2", f"--object-store-memory={store_bytes}", "--include-dashboard=false", *own_ports()],
                       cluster["env"], tmp_path / "head.log", timeout=120)
     try:
         out = tmp_path / "run"

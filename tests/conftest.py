@@ -182,10 +182,27 @@ def stop_head(head: subprocess.Popen, grace: float = 5.0) -> None:
     head.wait(timeout=60)
 
 
+_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, never given before in this session, and below the kernel's ephemeral range: a port
+    that ``bind(0)`` handed out and got back is soon handed out again, to the next process that binds port 0; a Ray
+    head binds several that way (its dashboard's metrics server once took the port meant for its runtime-env agent,
+    and the head died). Ray's workers take 10002-19999."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        top = int(f.read().split()[0])
+    while True:
+        port = 20000 + secrets.randbelow(top - 20000) if top > 21000 else 0  # 0: no room below it, the kernel's pick
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def own_ports() -> list[str]:

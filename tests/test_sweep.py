@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from raylab.cli import main
+from raylab.config import EngineConfig
+from raylab.engine import run_engine
 from raylab.errors import InputError
 from raylab.results import SCHEMA, read_results
 from raylab.sweep import SweepConfig, outcome, run_sweep
@@ -102,6 +105,8 @@ def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_
 
 
 def test_tune_ranks_trials_and_sees_them_progress(cluster, models, shards, tmp_path) -> None:
+    """Also: the second trial runs in the first one's process (Tune's reuse_actors) and makes the UAP that a fresh
+    process makes with its settings."""
     s = SweepConfig(name="ranked", medical=str(PNEUMONIA), models=(str(models["model"]),), sources=(str(shards),),
                     eps=(0.005, 0.02), zeta=(0.08,), results=str(tmp_path / "results"), out=str(tmp_path / "sweeps"),
                     batch_size=4, cpus_per_worker=0.5, cpus_per_reader=0.5, max_concurrent=1, report_every=2)
@@ -113,6 +118,13 @@ def test_tune_ranks_trials_and_sees_them_progress(cluster, models, shards, tmp_p
         progress = r.metrics_dataframe
         assert len(progress) == 12 // 2 + 1  # a report every 2 of the 12 rounds, then the final one
         assert list(progress["stream_images"].dropna()) == [8.0 * k for k in range(1, 7)]
+    assert len({r.metrics["pid"] for r in grid}) == 1  # one trial process for both trials
+    fresh = run_engine(EngineConfig(model=s.models[0], medical=Path(s.medical), shards=s.sources[0], out=str(tmp_path / "fresh"),
+                                    eps=0.02, zeta=0.08, batch_size=4, cpus_per_worker=0.5, cpus_per_reader=0.5, examples=4),
+                       log=lambda line: None)
+    reused = next(r for r in rows if r["eps"] == 0.02)
+    assert fresh.evaluation.uap.fooling_rate == reused["fooling_rate"]
+    np.testing.assert_array_equal(np.load(fresh.uap_uri), np.load(reused["uap_uri"]))
 
 
 def test_early_stopping_stops_the_trailing_trial_of_its_group(cluster, models, shards, tmp_path, capsys) -> None:

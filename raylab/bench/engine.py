@@ -123,6 +123,18 @@ def _medical_with(npz: Path, channels: int, root: Path) -> Path:
 
 
 def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
+    """Measure; torch's intra-op threads are the worker's (``cpus_per_worker``) for the kernels, and the caller's
+    again after: the bench runs in the caller's process (the CLI's, a test's), whose later work would otherwise run
+    on one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    try:
+        return _engine_bench(cfg, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _engine_bench(cfg: EngineBenchConfig, log) -> dict[str, Any]:
     import tempfile
 
     import ray
@@ -134,7 +146,6 @@ def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
 
     if cfg.model:
         raise InputError("--model is not used with --engine, which measures a random-init --arch")
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     spec = ModelSpec(arch=cfg.arch, num_classes=2, in_channels=cfg.channels, image_size=cfg.image_size,
                      class_names=("NORMAL", "PNEUMONIA")).validate()
     model = build_model(spec, seed=cfg.seed).eval()

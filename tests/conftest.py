@@ -42,10 +42,23 @@ IMAGENET = DATA / "imagenet-samples"
 FLICKR = DATA / "flickr8k-samples"
 
 
+#: torch's intra-op threads in the test process, as on the 2-core CI machine
+THREADS = 2
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     if not PNEUMONIA.exists():
         raise pytest.UsageError(f"real test data not found at {DATA} (clone the repo beside ../shared)")
+
+
+@pytest.fixture(autouse=True)
+def _threads_kept():
+    """Code that a test runs in this process must leave torch's thread count as it found it: every later test would
+    run on the count it left (`raylab bench --engine` once left 1, and the tiny reproduction's setup took 47 s
+    instead of 27 s)."""
+    yield
+    assert torch.get_num_threads() == THREADS, f"torch's thread count left at {torch.get_num_threads()}, not {THREADS}"
 
 
 _EXIT_STATUS: list[int] = []
@@ -167,7 +180,7 @@ def start_head(port: int, args: list[str], env: dict[str, str], log: Path, timeo
     return head
 
 
-def stop_head(head: subprocess.Popen, grace: float = 5.0) -> None:
+def stop_head(head: subprocess.Popen, grace: float = 1.0) -> None:
     """Stop a ``ray start --head --block`` started in its own process group, and everything it started (an
     autoscaler's nodes too): SIGTERM, then SIGKILL to the group after ``grace`` seconds (a graceful stop takes ~30 s)."""
     os.killpg(head.pid, signal.SIGTERM)

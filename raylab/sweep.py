@@ -315,8 +315,9 @@ def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
             trainable,
             param_space=param_space(s),
             # reuse_actors: a trial whose placement group equals a finished one's runs in that trial's process, not
-            # a new one (about 3 s less per trial here: process start, torch, Tune and the model's imports; on a GPU
-            # node also the CUDA context). Every trial seeds its own generators, so its UAP is the same either way.
+            # a new one (about 2 s less per trial on a 2-core CPU: process start, torch, Tune and the model's
+            # imports; on a GPU node also the CUDA context). Every trial seeds its own generators, so its UAP is the
+            # same either way.
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=s.num_samples if s.search == "random" else 1,
                                         max_concurrent_trials=s.max_concurrent or None, reuse_actors=True,
                                         scheduler=grouped_asha(s) if s.early_stop else None),

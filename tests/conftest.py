@@ -55,8 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _threads_kept():
     """Code that a test runs in this process must leave torch's thread count as it found it: every later test would
-    run on the count it left (`raylab bench --engine` once left 1, and the tiny reproduction's setup took 47 s
-    instead of 27 s)."""
+    run on the count it left (`raylab bench --engine` once left 1, and the tiny reproduction's setup after it took 33
+    to 36 s instead of 21 s)."""
     yield
     assert torch.get_num_threads() == THREADS, f"torch's thread count left at {torch.get_num_threads()}, not {THREADS}"
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -278,7 +279,23 @@ def _init_ray(address: str | None) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", logging_level="ERROR")
+        given = address or os.environ.get("RAY_ADDRESS")
+        if given:
+            _answers(given, "--address" if address else "RAY_ADDRESS")
+        ray.init(address=given or "local", logging_level="ERROR")
+
+
+def _answers(address: str, name: str, timeout: float = 5.0) -> None:
+    """Refuse, in one line, a cluster address where nothing answers: Ray would retry it for ever, printing a
+    warning every few seconds. ``auto`` and addresses without a port are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise InputError(f"{name} {address}: no Ray cluster answers there ({e.strerror or e}); start one with `ray start "
+                         f"--head`, or give no address for a local Ray") from None
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from raylab.core import lp_norm, zeta_radius
 from raylab.data.medical import load_medmnist
 from raylab.run import run_uap
 
-from .conftest import PNEUMONIA
+from .conftest import PNEUMONIA, _free_port
 
 
 def test_train_writes_weights_and_accuracy(models: dict[str, Path]) -> None:
@@ -194,6 +194,21 @@ def test_bad_generate_input_is_refused_before_ray_starts(models, tmp_path) -> No
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == f"raylab generate: error: {tmp_path / 'none'}/manifest.json: no shard manifest here (write shards first)"
     assert not (tmp_path / "ray").exists()
+
+
+@pytest.mark.parametrize("given", ["--address", "RAY_ADDRESS"])
+def test_an_address_where_no_cluster_answers_is_one_line_not_a_hang(given, models, shards, tmp_path) -> None:
+    """Ray retries a cluster address where nothing answers for ever (a mistyped port, a head not started yet);
+    raylab refuses it in one line, from --address or from RAY_ADDRESS (here a loopback port nothing listens on)."""
+    address = f"127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | ({"RAY_ADDRESS": address} if given == "RAY_ADDRESS" else {})
+    done = subprocess.run([sys.executable, "-m", "raylab", "generate", "--model", str(models["model"]), "--data", str(PNEUMONIA),
+                           "--shards", str(shards), "--out", str(tmp_path / "out"),
+                           *(["--address", address] if given == "--address" else [])],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == (f"raylab generate: error: {given} {address}: no Ray cluster answers there (Connection refused); "
+                                   "start one with `ray start --head`, or give no address for a local Ray")
 
 
 def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys) -> None:

@@ -286,8 +286,8 @@ def _init_ray(address: str | None) -> None:
 
 
 def _answers(address: str, name: str, timeout: float = 5.0) -> None:
-    """Refuse, in one line, a cluster address where nothing answers: Ray would retry it for ever, printing a
-    warning every few seconds. ``auto`` and addresses without a port are left to Ray."""
+    """Refuse, in one line, a cluster address where nothing answers: Ray keeps retrying it, a warning every few
+    seconds (over six minutes in one try, until killed). ``auto`` and addresses without a port are left to Ray."""
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
         return

@@ -198,7 +198,7 @@ def test_bad_generate_input_is_refused_before_ray_starts(models, tmp_path) -> No
 
 @pytest.mark.parametrize("given", ["--address", "RAY_ADDRESS"])
 def test_an_address_where_no_cluster_answers_is_one_line_not_a_hang(given, models, shards, tmp_path) -> None:
-    """Ray retries a cluster address where nothing answers for ever (a mistyped port, a head not started yet);
+    """Ray keeps retrying a cluster address where nothing answers (a mistyped port, a head not started yet);
     raylab refuses it in one line, from --address or from RAY_ADDRESS (here a loopback port nothing listens on)."""
     address = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | ({"RAY_ADDRESS": address} if given == "RAY_ADDRESS" else {})

@@ -1,0 +1,30 @@
+"""Sweep results: one Parquet row per UAP, in one dataset that pandas, pyarrow, DuckDB, Polars and Ray Data open.
+
+One concern a module:
+
+- :mod:`~raylab.results.schema`: the row's columns (:data:`SCHEMA`, each one documented) and its validation;
+- :mod:`~raylab.results.dataset`: the files of a results location, :func:`write_rows` and :func:`read_results`;
+- :mod:`~raylab.results.filters`: ``--filter column=value`` typed as its column, and the rows it keeps;
+- :mod:`~raylab.results.summary`: the plain-text table ``raylab results`` prints;
+- :mod:`~raylab.results.select`: the paper's selection of ε and p, :func:`select_best`.
+"""
+
+from .dataset import read_results, write_rows
+from .filters import filter_value
+from .schema import METHODS, SCHEMA, SCHEMA_VERSION, SOURCE_KINDS
+from .select import BEST_GROUP, select_best
+from .summary import SUMMARY_COLUMNS, summary_table
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SCHEMA",
+    "SOURCE_KINDS",
+    "METHODS",
+    "SUMMARY_COLUMNS",
+    "BEST_GROUP",
+    "write_rows",
+    "read_results",
+    "filter_value",
+    "summary_table",
+    "select_best",
+]

@@ -2,7 +2,7 @@
 
 Rendered from :func:`raylab.audit.summarize`'s summary (``audit.json``) as one self-contained HTML page (its
 figures inline as data URIs, no external file or address) and as Markdown with PNGs beside it. The content is one
-list of blocks, written out by :func:`to_markdown` and :func:`to_html`, so the two never disagree.
+list of blocks (:func:`blocks`), written out by :mod:`raylab.page`, so the two never disagree.
 
 Every sentence that compares two numbers is chosen by the comparison (:func:`raylab.spread.clearly_above`: the difference
 exceeds both spreads and 2 points), never worded the same whatever the outcome.
@@ -10,20 +10,16 @@ exceeds both spreads and 2 points), never worded the same whatever the outcome.
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 from typing import Any
 
+from .page import Block, to_html, to_markdown
 from .plots import png_bytes
 from .spread import clearly_above
 from .store import Store
 
 METHOD_NAMES = {"paper": "the paper's method", "sgd": "the stochastic-gradient method"}
 SOURCE_NAMES = {"natural": "natural images", "train": "the model's training images"}
-#: A difference smaller than this (2 points of rate) is never called a difference, whatever the spreads.
-
-Block = tuple[Any, ...]
 
 
 def pct(stats: dict[str, float] | None) -> str:
@@ -255,7 +251,7 @@ def _fig_composition(summary: dict[str, Any]) -> bytes:
     return png_bytes(fig, dpi=100)
 
 
-# --------------------------------------------------------------------------- blocks, Markdown, HTML
+# --------------------------------------------------------------------------- the content
 
 
 def _seed_table(keys: list[str], cells: list[tuple[list[str], dict[str, Any]]], rate: str) -> Block:
@@ -348,63 +344,6 @@ def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
                      f"{summary['uap_seconds'] / 60:.1f} min; this run of the audit {summary.get('seconds', 0) / 60:.1f} min "
                      "(a resumed audit does not redo the UAPs it finds)."))
     return out
-
-
-def to_markdown(content: list[Block]) -> str:
-    lines: list[str] = []
-    for b in content:
-        kind = b[0]
-        if kind == "h1":
-            lines += [f"# {b[1]}", ""]
-        elif kind == "h2":
-            lines += [f"## {b[1]}", ""]
-        elif kind == "verdict":
-            lines += [f"> **Verdict.** {b[1]}", ""]
-        elif kind == "warning":
-            lines += [f"> **Warning.** {b[1]}", ""]
-        elif kind == "p":
-            lines += [b[1], ""]
-        elif kind == "list":
-            lines += [f"- {item}" for item in b[1]] + [""]
-        elif kind == "table":
-            lines += ["| " + " | ".join(b[1]) + " |", "|" + " --- |" * len(b[1])]
-            lines += ["| " + " | ".join(row) + " |" for row in b[2]] + [""]
-        elif kind == "figure":
-            lines += [f"![{b[2]}]({b[1]})", ""]
-    return "\n".join(lines)
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.45}
-h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
-.verdict{background:#fdecea;border-left:6px solid #c62828;padding:.8rem 1rem;font-size:1.1rem}
-.warning{background:#fff8e1;border-left:6px solid #f9a825;padding:.6rem 1rem}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
-th{background:#f4f4f4}figure{margin:1rem 0}img{max-width:100%}figcaption{font-size:.85rem;color:#555}"""
-
-
-def to_html(content: list[Block], figures: dict[str, bytes]) -> str:
-    """One self-contained page: inline CSS, every figure a ``data:`` URI."""
-    e = html.escape
-    title = next((b[1] for b in content if b[0] == "h1"), "raylab audit")
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}</title><style>{CSS}</style></head><body>"]
-    for b in content:
-        kind = b[0]
-        if kind in ("h1", "h2"):
-            parts.append(f"<{kind}>{e(b[1])}</{kind}>")
-        elif kind in ("verdict", "warning"):
-            parts.append(f"<p class={kind}><strong>{kind.capitalize()}.</strong> {e(b[1])}</p>")
-        elif kind == "p":
-            parts.append(f"<p>{e(b[1]).replace('`', '')}</p>")
-        elif kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b[1]) + "</ul>")
-        elif kind == "table":
-            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b[2]) + "</table>")
-        elif kind == "figure":
-            data = base64.b64encode(figures[b[1]]).decode()
-            parts.append(f"<figure><img alt=\"{e(b[2])}\" src=\"data:image/png;base64,{data}\">"
-                         f"<figcaption>{e(b[2])}</figcaption></figure>")
-    return "\n".join(parts) + "\n</body></html>\n"
 
 
 def render_audit(out: str | Path, summary: dict[str, Any]) -> Path:

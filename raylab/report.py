@@ -1,4 +1,5 @@
-"""The reproduction's report: Markdown with PNG figures, our numbers beside the paper's.
+"""The reproduction's report: our numbers beside the paper's, as one self-contained HTML page and as Markdown with
+PNG figures (one list of blocks, written out by :mod:`raylab.page`).
 
 Rendered from a :func:`raylab.reproduce.run_reproduce` output folder (its
 Parquet results and ``study.json``). Figure and table numbers follow the
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .page import Block, to_html, to_markdown
 from .plots import draw_confusion, png_bytes
 from .reproduce import parse_trial
 from .spread import Spread, clearly_above, spread
@@ -200,11 +202,45 @@ def _fig2(study: dict[str, Any], row: dict[str, Any]) -> bytes:
 
 
 def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
-    """Write ``report.md`` and its PNGs into ``dest`` (default ``<out>/report``); returns the Markdown's path."""
+    """Write ``report.html`` (one self-contained page), ``report.md`` and its PNGs into ``dest`` (default
+    ``<out>/report``); returns the HTML page's path."""
     out = Path(out)
     dest = Path(dest) if dest is not None else out / "report"
-    figures = Store.at(dest)
     study, rows = _load(out)
+    figures = _figures(study, rows)
+    content = blocks(study, rows, figures)
+    store = Store.at(dest)
+    for name, data in figures.items():
+        store.write_bytes(name, data)
+    store.write_text("report.md", to_markdown(content))
+    return Path(store.write_text("report.html", to_html(content, figures)))
+
+
+def _figures(study: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, bytes]:
+    """The report's PNGs by name; a figure whose UAPs the study did not make is left out."""
+    c = study["config"]
+    archs, pz = list(c["archs"]), c["paper_zeta"]
+    first = f"{archs[0]}-transfer"
+    out = {"figure1.png": _fig1(rows, first), "figure3.png": _fig3(rows, [f"{a}-transfer" for a in archs], pz)}
+    ex = _one(rows, model=first, source="natural_a", zeta=pz, target=None)
+    if ex is not None:
+        out["figure2.png"] = _fig2(study, ex)
+    items = [(LABELS[s], r["uap_uri"]) for s in ("train", "natural_a", "natural_b")
+             if (r := _one(rows, model=first, source=s, zeta=pz, target=None))]
+    if items:
+        out["figure4.png"] = _uap_grid(items, f"Figure 4: non-targeted UAPs ({first}, ζ = {100 * pz:g} %, first seed), "
+                                              "scaled to 0..1")
+    out["figure5.png"] = _fig5(rows, first, pz, study["class_names"])
+    titems = [(f"{t} / {LABELS[s]}", r["uap_uri"]) for t in c["targets"] for s in ("train", "natural_a", "natural_b")
+              if (r := _one(rows, model=first, source=s, zeta=pz, target=t))]
+    if titems:
+        out["figure6.png"] = _uap_grid(titems, f"Figure 6: targeted UAPs ({first}, ζ = {100 * pz:g} %, first seed), "
+                                               "scaled to 0..1")
+    return out
+
+
+def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str, bytes]) -> list[Block]:
+    """The report's content, in order (:mod:`raylab.page` writes it as Markdown and as HTML)."""
     c = study["config"]
     archs, pz, sz = list(c["archs"]), c["paper_zeta"], c["scratch_zeta"]
     first = f"{archs[0]}-transfer"
@@ -212,31 +248,27 @@ def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
     seeds = len(c.get("seeds", ()))
     sgd_sources = list(c.get("sgd_sources", ()))
     origins = "; ".join(f"{key}: {info.get('origin', info['regime'])}" for key, info in study["models"].items())
-    lines = [f"# raylab reproduction report: preset `{c['preset']}`", ""]
-    lines += baseline_warnings(rows)
-    lines += [
-        "Reproduces Minagi, Hirano & Takemoto (J. Imaging 2022) with `raylab reproduce`. **Data and scale of our numbers**: "
-        f"medical set `{Path(c['medical']).name}` at {c['image_size']} px; natural set A = `{c['natural_a']}` "
-        f"({study['natural_images']['natural_a']} photos), natural set B = `{c['natural_b']}` ({study['natural_images']['natural_b']} photos; "
-        f"the paper's second set was Open Images), both converted to the models' channels; models ({origins}), "
-        f"fine-tuned {c['train_epochs']} epochs; UAPs from {c['train_limit'] or 'all'} training images or the natural sets, "
-        f"{c['max_passes']} pass(es), batched mode (batch {c['batch_size']}). The paper's values are its chest X-ray figures "
-        "(InceptionV3/ResNet50/VGG16 at 299/224 px, ImageNet weights, 10,000 training images, 100,000-image natural sets).",
-        "",
-        f"**Every number is the mean ± sd over {seeds} seeds** of the UAP (its image order; the random control's noise), "
-        "for both methods; the figures draw the sd as error bars, and a figure of one UAP shows the first seed's.",
-        "",
-        _wall_time(study),
-        "",
-        "## Models and the ε, p selection",
-        "",
-        "ε and p were picked per model and source kind by the paper's grid search (Section 2.2) at ζ = "
-        f"{100 * pz:g} %, scored by R_f on the medical **validation** split (never the test set), with the study's first seed.",
-        "",
-        "| model | test accuracy | ε, p for natural images (val R_f) | ε, p for training images (val R_f) "
-        "| SGD: p for natural images (val R_f) | SGD: p for training images (val R_f) |",
-        "| --- | --- | --- | --- | --- | --- |",
+    out: list[Block] = [("h1", f"raylab reproduction report: preset `{c['preset']}`")]
+    out += [("warning", w) for w in baseline_warnings(rows)]
+    out += [
+        ("p", "Reproduces Minagi, Hirano & Takemoto (J. Imaging 2022) with `raylab reproduce`. **Data and scale of our "
+              f"numbers**: medical set `{Path(c['medical']).name}` at {c['image_size']} px; natural set A = "
+              f"`{c['natural_a']}` ({study['natural_images']['natural_a']} photos), natural set B = `{c['natural_b']}` "
+              f"({study['natural_images']['natural_b']} photos; the paper's second set was Open Images), both converted to "
+              f"the models' channels; models ({origins}), fine-tuned {c['train_epochs']} epochs; UAPs from "
+              f"{c['train_limit'] or 'all'} training images or the natural sets, {c['max_passes']} pass(es), batched mode "
+              f"(batch {c['batch_size']}). The paper's values are its chest X-ray figures (InceptionV3/ResNet50/VGG16 at "
+              "299/224 px, ImageNet weights, 10,000 training images, 100,000-image natural sets)."),
+        ("p", f"**Every number is the mean ± sd over {seeds} seeds** of the UAP (its image order; the random control's "
+              "noise), for both methods; the figures draw the sd as error bars, and a figure of one UAP shows the first "
+              "seed's."),
+        ("p", _wall_time(study)),
+        ("h2", "Models and the ε, p selection"),
+        ("p", "ε and p were picked per model and source kind by the paper's grid search (Section 2.2) at ζ = "
+              f"{100 * pz:g} %, scored by R_f on the medical **validation** split (never the test set), with the study's "
+              "first seed."),
     ]
+    table = []
     for key, info in study["models"].items():
         cells = []
         for name in (f"{key}/natural", f"{key}/train", f"{key}/natural/sgd", f"{key}/train/sgd"):
@@ -247,116 +279,111 @@ def render_report(out: str | Path, dest: str | Path | None = None) -> Path:
             best = max(g["val_fooling_rate"] for g in sel["grid"])
             step = "" if name.endswith("/sgd") else f"ε={sel['eps']:g}, "
             cells.append(f"{step}p={sel['p']} ({_pct(best)} %)")
-        lines.append(f"| {key} | {_pct(info['test_accuracy'])} % | " + " | ".join(cells) + " |")
+        table.append([key, f"{_pct(info['test_accuracy'])} %", *cells])
+    out.append(("table", ["model", "test accuracy", "ε, p for natural images (val R_f)", "ε, p for training images (val R_f)",
+                          "SGD: p for natural images (val R_f)", "SGD: p for training images (val R_f)"], table))
     paper_selected = {k: v for k, v in study["selected"].items() if not k.endswith("/sgd")}
-
     grid_keys = [(g["p"], g["eps"]) for g in next(iter(paper_selected.values()))["grid"]]
-    lines += ["", "The whole grid (validation R_f %, ζ = " + f"{100 * pz:g} %):", "",
-              "| model / images | " + " | ".join(f"p={p_}, ε={e:g}" for p_, e in grid_keys) + " |",
-              "| --- |" + " --- |" * len(grid_keys)]
+    table = []
     for key, sel in paper_selected.items():
         vals = {(g["p"], g["eps"]): g["val_fooling_rate"] for g in sel["grid"]}
-        lines.append(f"| {key} | " + " | ".join(_pct(vals.get(k)) for k in grid_keys) + " |")
+        table.append([key, *(_pct(vals.get(k)) for k in grid_keys)])
+    out += [("p", f"The whole grid (validation R_f %, ζ = {100 * pz:g} %):"),
+            ("table", ["model / images", *(f"p={p_}, ε={e:g}" for p_, e in grid_keys)], table)]
 
-    figures.write_bytes("figure1.png", _fig1(rows, first))
-    lines += ["", "## Figure 1: R_f against ζ", "", f"Paper (Fig. 1c): {PAPER_FIG1}.", "",
-              f"The paper's method (solid), and the stochastic-gradient UAP (SGD, dotted; {c.get('sgd_epochs')} epochs, lr "
-              f"{c.get('sgd_lr')} of the radius), against {first}.", "", "![Figure 1](figure1.png)", "",
-              "| ζ (%) | " + " | ".join(LABELS[s] for s in ("train", "natural_a", "natural_b", "random"))
-              + "".join(f" | {LABELS[s]}, SGD" for s in sgd_sources) + " |",
-              "| --- | --- | --- | --- | --- |" + " --- |" * len(sgd_sources)]
+    table = []
     for z in sorted(set(c["zetas"]) | set(c.get("sgd_zetas", ()))):
         vals = [_stat(rows, model=first, source=s, zeta=z, target=None) for s in ("train", "natural_a", "natural_b", "random")]
         sgd = [_stat(rows, method="sgd", model=first, source=s, zeta=z, target=None) for s in sgd_sources]
-        lines.append(f"| {100 * z:g} | " + " | ".join(_pm(v) for v in vals + sgd) + " |")
+        table.append([f"{100 * z:g}", *(_pm(v) for v in vals + sgd)])
+    out += [("h2", "Figure 1: R_f against ζ"), ("p", f"Paper (Fig. 1c): {PAPER_FIG1}."),
+            ("p", f"The paper's method (solid), and the stochastic-gradient UAP (SGD, dotted; {c.get('sgd_epochs')} "
+                  f"epochs, lr {c.get('sgd_lr')} of the radius), against {first}."),
+            ("figure", "figure1.png", "Figure 1"),
+            ("table", ["ζ (%)", *(LABELS[s] for s in ("train", "natural_a", "natural_b", "random")),
+                       *(f"{LABELS[s]}, SGD" for s in sgd_sources)], table)]
 
     models = [f"{a}-transfer" for a in archs]
-    figures.write_bytes("figure3.png", _fig3(rows, models, pz))
-    lines += ["", f"## Figure 3: R_f by architecture at ζ = {100 * pz:g} %", "",
-              "Paper (Fig. 3c): ≈ 50 % for natural images, independent of the architecture.", "", "![Figure 3](figure3.png)", "",
-              "| model | " + " | ".join(LABELS[s] for s in ("train", "natural_a", "natural_b", "natural_a_balanced", "random"))
-              + "".join(f" | {LABELS[s]}, SGD" for s in sgd_sources) + " |",
-              "| --- |" + " --- |" * (5 + len(sgd_sources))]
+    table = []
     for m in models:
         vals = [_stat(rows, model=m, source=s, zeta=pz, target=None)
                 for s in ("train", "natural_a", "natural_b", "natural_a_balanced", "random")]
         sgd = [_stat(rows, method="sgd", model=m, source=s, zeta=pz, target=None) for s in sgd_sources]
-        lines.append(f"| {m} | " + " | ".join(_pm(v) for v in vals + sgd) + " |")
-    lines.append("")
+        table.append([m, *(_pm(v) for v in vals + sgd)])
+    out += [("h2", f"Figure 3: R_f by architecture at ζ = {100 * pz:g} %"),
+            ("p", "Paper (Fig. 3c): ≈ 50 % for natural images, independent of the architecture."),
+            ("figure", "figure3.png", "Figure 3"),
+            ("table", ["model", *(LABELS[s] for s in ("train", "natural_a", "natural_b", "natural_a_balanced", "random")),
+                       *(f"{LABELS[s]}, SGD" for s in sgd_sources)], table)]
 
-    ex = _one(rows, model=first, source="natural_a", zeta=pz, target=None)
-    if ex is not None:
-        figures.write_bytes("figure2.png", _fig2(study, ex))
-        lines += [f"## Figure 2: clean and adversarial test images (natural set A UAP, {first}, ζ = {100 * pz:g} %, first seed)", "",
-                  "Predicted labels above each image; fooled examples first.", "", "![Figure 2](figure2.png)", ""]
+    if "figure2.png" in figures:
+        out += [("h2", f"Figure 2: clean and adversarial test images (natural set A UAP, {first}, ζ = {100 * pz:g} %, "
+                       "first seed)"),
+                ("p", "Predicted labels above each image; fooled examples first."), ("figure", "figure2.png", "Figure 2")]
+    if "figure4.png" in figures:
+        out += [("h2", "Figure 4: the non-targeted UAPs, scaled to 0..1"), ("figure", "figure4.png", "Figure 4")]
+    out += [("h2", "Figure 5: confusion matrices"),
+            ("p", "Paper (Fig. 5c): natural-image UAPs send most test images to NORMAL; training-image UAPs misclassify "
+                  "almost all."),
+            ("figure", "figure5.png", "Figure 5")]
+    if "figure6.png" in figures:
+        out += [("h2", "Figure 6: the targeted UAPs, scaled to 0..1"), ("figure", "figure6.png", "Figure 6")]
 
-    items = [(LABELS[s], r["uap_uri"]) for s in ("train", "natural_a", "natural_b")
-             if (r := _one(rows, model=first, source=s, zeta=pz, target=None))]
-    if items:
-        figures.write_bytes("figure4.png", _uap_grid(items, f"Figure 4: non-targeted UAPs ({first}, ζ = {100 * pz:g} %, first seed), scaled to 0..1"))
-        lines += ["## Figure 4: the non-targeted UAPs, scaled to 0..1", "", "![Figure 4](figure4.png)", ""]
-    figures.write_bytes("figure5.png", _fig5(rows, first, pz, names))
-    lines += ["## Figure 5: confusion matrices", "",
-              "Paper (Fig. 5c): natural-image UAPs send most test images to NORMAL; training-image UAPs misclassify almost all.", "",
-              "![Figure 5](figure5.png)", ""]
-    titems = [(f"{t} / {LABELS[s]}", r["uap_uri"]) for t in c["targets"] for s in ("train", "natural_a", "natural_b")
-              if (r := _one(rows, model=first, source=s, zeta=pz, target=t))]
-    if titems:
-        figures.write_bytes("figure6.png", _uap_grid(titems, f"Figure 6: targeted UAPs ({first}, ζ = {100 * pz:g} %, first seed), scaled to 0..1"))
-        lines += ["## Figure 6: the targeted UAPs, scaled to 0..1", "", "![Figure 6](figure6.png)", ""]
-
-    lines += [f"## Table 1: targeted success rates R_s (%) at ζ = {100 * pz:g} %", "",
-              "Ours, with the paper's InceptionV3 / ResNet50 / VGG16 values in brackets (natural set A ↔ ImageNet, B ↔ Open Images).", "",
-              "| target | UAP from | " + " | ".join(models) + " | paper (IncV3 / RN50 / VGG16) |", "| --- | --- |" + " --- |" * (len(models) + 1)]
+    table = []
     for t in c["targets"]:
         for s in ("train", "natural_a", "natural_b", "natural_a_balanced", "random"):
             vals = [_stat(rows, "success_rate", model=m, source=s, zeta=pz, target=t) for m in models]
             if all(v is None for v in vals):
                 continue
             paper = PAPER_TABLE1.get((t, s))
-            lines.append(f"| {t} | {LABELS[s]} | " + " | ".join(_pm(v) for v in vals) + f" | {' / '.join(map(str, paper)) if paper else '–'} |")
+            table.append([t, LABELS[s], *(_pm(v) for v in vals), " / ".join(map(str, paper)) if paper else "–"])
         for s in sgd_sources:
             sgd = [_stat(rows, "success_rate", method="sgd", model=m, source=s, zeta=pz, target=t) for m in models]
             if any(sgd):
-                lines.append(f"| {t} | {LABELS[s]}, SGD | " + " | ".join(_pm(v) for v in sgd) + " | – |")
+                table.append([t, f"{LABELS[s]}, SGD", *(_pm(v) for v in sgd), "–"])
+    out += [("h2", f"Table 1: targeted success rates R_s (%) at ζ = {100 * pz:g} %"),
+            ("p", "Ours, with the paper's InceptionV3 / ResNet50 / VGG16 values in brackets (natural set A ↔ ImageNet, "
+                  "B ↔ Open Images)."),
+            ("table", ["target", "UAP from", *models, "paper (IncV3 / RN50 / VGG16)"], table)]
 
     if c["scratch"]:
         scratch = f"{archs[0]}-scratch"
-        lines += ["", f"## Table 2: models trained from random initialization, R_f (%) at ζ = {100 * sz:g} %", "",
-                  "| UAP from | " + f"{archs[0]} from scratch | {archs[0]} transfer learning | paper (IncV3 from scratch) |", "| --- | --- | --- | --- |"]
+        table = []
         for s in ("train", "natural_a", "random"):
             a = _stat(rows, model=scratch, source=s, zeta=sz, target=None)
             b = _stat(rows, model=first, source=s, zeta=sz, target=None)
-            lines.append(f"| {LABELS[s]} | {_pm(a)} | {_pm(b)} | {PAPER_TABLE2.get(s, '–')} |")
-        lines.append(f"\nTest accuracy from scratch {_pct(study['models'][scratch]['test_accuracy'])} % vs transfer "
-                     f"{_pct(study['models'][first]['test_accuracy'])} % (paper: 97.8 % vs 97.6 %).")
+            table.append([LABELS[s], _pm(a), _pm(b), str(PAPER_TABLE2.get(s, "–"))])
+        out += [("h2", f"Table 2: models trained from random initialization, R_f (%) at ζ = {100 * sz:g} %"),
+                ("table", ["UAP from", f"{archs[0]} from scratch", f"{archs[0]} transfer learning",
+                           "paper (IncV3 from scratch)"], table),
+                ("p", f"Test accuracy from scratch {_pct(study['models'][scratch]['test_accuracy'])} % vs transfer "
+                      f"{_pct(study['models'][first]['test_accuracy'])} % (paper: 97.8 % vs 97.6 %).")]
 
-    lines += ["", "## Tables S1–S3: predicted-label composition of the image sets (%)", "", f"Paper (Table S3): {PAPER_S3}.", "",
-              "| model | images | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
-    for comp in study["composition"]:
-        lines.append(f"| {comp['model']} | {LABELS[comp['source']]} | " + " | ".join(_pct(comp[n]) for n in names) + " |")
+    out += [("h2", "Tables S1–S3: predicted-label composition of the image sets (%)"), ("p", f"Paper (Table S3): {PAPER_S3}."),
+            ("table", ["model", "images", *names],
+             [[comp["model"], LABELS[comp["source"]], *(_pct(comp[n]) for n in names)] for comp in study["composition"]])]
 
     if c["balanced"]:
-        lines += ["", "## Beyond the paper: label-balanced natural images", "",
-                  "Natural set A resampled so that every label the model predicts for it is equally frequent (the control the "
-                  "paper's Discussion suggests for the ~50 % ceiling and the weak PNEUMONIA-targeted UAP).", "",
-                  "| model | R_f, A | R_f, A balanced | " + " | ".join(f"R_s({t}), A | R_s({t}), A balanced" for t in c["targets"]) + " |",
-                  "| --- | --- | --- |" + " --- | --- |" * len(c["targets"])]
+        table = []
         for m in models:
             cells = [_pm(_stat(rows, model=m, source=s, zeta=pz, target=None)) for s in ("natural_a", "natural_a_balanced")]
             for t in c["targets"]:
-                cells += [_pm(_stat(rows, "success_rate", model=m, source=s, zeta=pz, target=t)) for s in ("natural_a", "natural_a_balanced")]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                cells += [_pm(_stat(rows, "success_rate", model=m, source=s, zeta=pz, target=t))
+                          for s in ("natural_a", "natural_a_balanced")]
+            table.append([m, *cells])
+        out += [("h2", "Beyond the paper: label-balanced natural images"),
+                ("p", "Natural set A resampled so that every label the model predicts for it is equally frequent (the "
+                      "control the paper's Discussion suggests for the ~50 % ceiling and the weak PNEUMONIA-targeted UAP)."),
+                ("table", ["model", "R_f, A", "R_f, A balanced",
+                           *(x for t in c["targets"] for x in (f"R_s({t}), A", f"R_s({t}), A balanced"))], table)]
     if study["cross_arch"]:
-        lines += ["", f"## Beyond the paper: cross-architecture transfer, R_f (%) at ζ = {100 * pz:g} %", "",
-                  "The natural set A UAP made on the row's architecture, applied to the column's (a gray-box attack).", "",
-                  "| made on \\ applied to | " + " | ".join(archs) + " |", "| --- |" + " --- |" * len(archs)]
-        for a in archs:
-            cells = [_pm(spread(x["fooling_rate"] for x in study["cross_arch"] if x["made_on"] == a and x["applied_to"] == b))
-                     for b in archs]
-            lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    lines += ["", "## Findings at this scale", ""] + [f"- {f}" for f in findings(study, rows)]
-    return Path(figures.write_text("report.md", "\n".join(lines) + "\n"))
+        table = [[a, *(_pm(spread(x["fooling_rate"] for x in study["cross_arch"] if x["made_on"] == a and x["applied_to"] == b))
+                       for b in archs)] for a in archs]
+        out += [("h2", f"Beyond the paper: cross-architecture transfer, R_f (%) at ζ = {100 * pz:g} %"),
+                ("p", "The natural set A UAP made on the row's architecture, applied to the column's (a gray-box attack)."),
+                ("table", ["made on \\ applied to", *archs], table)]
+    out += [("h2", "Findings at this scale"), ("list", findings(study, rows))]
+    return out
 
 
 def baseline_warnings(rows: list[dict[str, Any]]) -> list[str]:
@@ -370,9 +397,9 @@ def baseline_warnings(rows: list[dict[str, Any]]) -> list[str]:
             continue
         seen.add(r["model"])
         if r["clean_accuracy"] <= r["majority_accuracy"] + BASELINE_MARGIN:
-            out += [f"> **Warning**: model `{Path(r['model']).stem}` has test accuracy {_pct(r['clean_accuracy'])} %, not "
-                    f"above always answering the most frequent class ({_pct(r['majority_accuracy'])} %; balanced accuracy "
-                    f"{_pct(r['balanced_accuracy'])} %): its fooling rates below mean little.", ""]
+            out.append(f"model `{Path(r['model']).stem}` has test accuracy {_pct(r['clean_accuracy'])} %, not above always "
+                       f"answering the most frequent class ({_pct(r['majority_accuracy'])} %; balanced accuracy "
+                       f"{_pct(r['balanced_accuracy'])} %): its fooling rates below mean little.")
     return out
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from raylab.models import load_classifier
 from raylab.results import read_results
 
 from .conftest import PNEUMONIA, submit_and_wait
+from .html_page import Page
 
 #: Small enough for the suite (small_cnn at 28 px, the 40 photos and a corrupt one): 2 ζ x 2 sources x 2 methods x 2 seeds, plus one target.
 SMALL = ["--budget", "quick", "--limit", "50", "--zetas", "0.04", "0.08", "--seeds", "2", "--targets", "PNEUMONIA"]
@@ -120,34 +120,15 @@ def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, mod
     assert f"seed {head['kept']['seed']}, kept on validation) on test images" in page
 
 
-class _Page(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.refs: list[str] = []
-        self.images: list[str] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        for k, v in attrs:
-            if k in ("src", "href"):
-                self.refs.append(v or "")
-                if tag == "img":
-                    self.images.append(v or "")
-
-    def handle_data(self, data) -> None:
-        self.text.append(data)
-
-
 def test_the_report_is_one_self_contained_page_with_the_verdict_the_cli_printed(audited, capsys) -> None:
     summary = _summary(audited)
-    page = _Page()
-    page.feed((audited / "report" / "report.html").read_text())
+    page = Page((audited / "report" / "report.html").read_text())
     assert page.refs and all(r.startswith("data:image/png;base64,") for r in page.refs)  # nothing outside the page
     assert len(page.images) == 4  # R_f against ζ, the examples of the headline UAP, targeted R_s, label composition
     for src in page.images:
         image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
         assert image.format == "PNG" and image.width > 300
-    text = " ".join("".join(page.text).split())
+    text = page.plain()
     line = verdict(summary)
     assert line in text and line in (audited / "report" / "report.md").read_text()
     assert "Natural-image UAPs at L2 ζ = 4 %" in line and "mean ± sd over 2 seeds" in line
@@ -158,7 +139,8 @@ def test_the_report_is_one_self_contained_page_with_the_verdict_the_cli_printed(
 
 
 def test_a_model_near_the_majority_baseline_is_warned_about_at_the_top(audited) -> None:
-    from raylab.audit_report import blocks, to_html, to_markdown
+    from raylab.audit_report import blocks
+    from raylab.page import to_html, to_markdown
 
     summary = _summary(audited)
     assert summary["check"]["warning"] is None  # this model is well above always answering PNEUMONIA

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -15,9 +16,11 @@ from PIL import Image
 from raylab.cli import main
 from raylab.run import balanced_by_prediction
 from raylab.reproduce import preset, study_jobs, trial_id
+from raylab.report import _load, findings
 from raylab.results import read_results
 
 from .conftest import DATA
+from .html_page import Page
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,29 @@ def test_the_report_has_the_papers_figures_and_tables_with_numbers(tiny) -> None
         assert f"({name}.png)" in md
         img = np.asarray(Image.open(tiny / "report" / f"{name}.png").convert("L"), dtype=np.float32)
         assert img.shape[0] > 150 and img.std() > 10, name  # a drawn figure, not a blank canvas
+
+
+def test_the_report_is_also_one_self_contained_page_with_the_markdowns_tables(tiny) -> None:
+    md = (tiny / "report" / "report.md").read_text()
+    page = Page((tiny / "report" / "report.html").read_text())
+    assert page.refs and all(r.startswith("data:image/png;base64,") for r in page.refs)  # nothing outside the page
+    linked = re.findall(r"!\[[^]]*\]\((figure\d\.png)\)", md)
+    assert len(linked) == 6 and [base64.b64decode(src.split(",", 1)[1]) for src in page.images] == [
+        (tiny / "report" / name).read_bytes() for name in linked]  # the same figures, in the same places
+    md_tables, table = [], None
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if table is None:
+                table = []
+                md_tables.append(table)
+            if not line.startswith("| ---"):
+                table.append([re.sub(r"`|\*\*", "", c.strip()) for c in line.strip("|").split("|")])
+        else:
+            table = None
+    assert len(md_tables) >= 8 and page.tables == md_tables  # every table, cell by cell
+    text = page.plain()
+    for finding in findings(*_load(tiny)):
+        assert " ".join(re.sub(r"`|\*\*", "", finding).split()) in text
 
 
 def test_the_stochastic_gradient_rows_are_one_per_seed_and_stronger(tiny) -> None:
@@ -165,8 +191,6 @@ def test_a_rerun_resumes_without_redoing_anything(tiny, natural_dir, capsys) -> 
 
 def test_findings_are_worded_from_their_outcome(tiny) -> None:
     """Each claim reads one way when the numbers support it and the other way when they do not."""
-    from raylab.report import _load, findings
-
     study, rows = _load(tiny)
     for flip in (False, True):
         changed = [dict(r) for r in rows]
@@ -183,7 +207,8 @@ def test_findings_are_worded_from_their_outcome(tiny) -> None:
 
 
 def test_a_model_no_better_than_the_majority_class_is_warned_about_at_the_top(tiny) -> None:
-    from raylab.report import _load, baseline_warnings
+    from raylab.page import to_markdown
+    from raylab.report import baseline_warnings, blocks
 
     study, rows = _load(tiny)
     assert all(r["majority_accuracy"] is not None and 0.5 <= r["majority_accuracy"] < 1 for r in rows)
@@ -191,8 +216,11 @@ def test_a_model_no_better_than_the_majority_class_is_warned_about_at_the_top(ti
     assert baseline_warnings(fine) == []
     weak = [dict(r, clean_accuracy=r["majority_accuracy"]) for r in fine]
     warned = baseline_warnings(weak)
-    assert len([w for w in warned if w]) == len({r["model"] for r in fine})
-    assert all("not above always answering the most frequent class" in w for w in warned if w)
+    assert len(warned) == len({r["model"] for r in fine})
+    assert all("not above always answering the most frequent class" in w for w in warned)
+    content = blocks(study, weak, {})  # at the top of the report, under its title
+    assert content[1:1 + len(warned)] == [("warning", w) for w in warned] and content[1 + len(warned)][0] == "p"
+    assert to_markdown(content).splitlines()[2] == f"> **Warning.** {warned[0]}"
 
 
 def test_balanced_source_equalizes_the_predicted_labels() -> None:
@@ -231,8 +259,6 @@ def test_missing_pieces_and_the_paper_estimate(tmp_path, capsys) -> None:
 
 def test_a_difference_within_the_seeds_spread_is_not_called_a_finding(tiny) -> None:
     """Natural-image R_f 0.20 and 0.50 over two seeds (sd 0.21) is not clearly above a random control of 0.25."""
-    from raylab.report import _load, findings
-
     study, rows = _load(tiny)
     changed = [dict(r) for r in rows]
     for r in changed:

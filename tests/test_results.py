@@ -305,6 +305,10 @@ def test_the_two_methods_are_two_groups_and_an_sgd_row_has_no_eps() -> None:
     assert sgd["method"] == "sgd" and sgd["eps"] is None and sgd["lr"] == 0.2
     best = select_best(pa.Table.from_pylist([paper, sgd], schema=SCHEMA))
     assert sorted(best["method"].to_pylist()) == ["paper", "sgd"]  # each method keeps its best, for comparison
+    # a tie between two steps of the stochastic-gradient method goes to the smaller lr, as the paper's to the smaller ε
+    larger = dataclasses.replace(sgd_record, attack=dataclasses.replace(sgd_record.attack, lr=0.5)).row(sweep="s", trial_id="a2")
+    best = select_best(pa.Table.from_pylist([paper, larger, sgd], schema=SCHEMA))
+    assert [(r["trial_id"], r["lr"]) for r in best.to_pylist() if r["method"] == "sgd"] == [("b", 0.2)]
 
 
 def test_select_best_never_ranks_two_models_or_two_i_max_against_each_other() -> None:

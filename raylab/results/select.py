@@ -19,11 +19,11 @@ def select_best(table: pa.Table) -> pa.Table:
     """The paper's selection: per :data:`BEST_GROUP` (ε and p compete, the model never), the row with the best score.
 
     The score is ``fooling_rate`` for a non-targeted row and ``success_rate`` when
-    ``target`` is set (a null score ranks last). Ties go to the smaller ``eps``, then
-    ``p`` ("2" before "inf"), then ``trial_id``. The result has the input's schema,
+    ``target`` is set (a null score ranks last). Ties go to the smaller step (``eps`` of the
+    paper's method, ``lr`` of the stochastic-gradient one), then ``p`` ("2" before "inf"), then ``trial_id``. The result has the input's schema,
     one row per group, sorted by sweep, zeta, p, eps.
     """
-    need = set(BEST_GROUP) | {"fooling_rate", "success_rate", "eps", "p", "trial_id"}
+    need = set(BEST_GROUP) | {"fooling_rate", "success_rate", "eps", "lr", "p", "trial_id"}
     missing = sorted(need - set(table.column_names))
     if missing:
         raise InputError(f"select_best: table has no column {missing[0]!r}")
@@ -34,8 +34,8 @@ def select_best(table: pa.Table) -> pa.Table:
         score = cols["success_rate"][i] if cols["target"][i] is not None else cols["fooling_rate"][i]
         if score is None or (isinstance(score, float) and math.isnan(score)):
             score = -math.inf
-        eps = cols["eps"][i]
-        rank = (-score, math.inf if eps is None else eps, cols["p"][i] or "", cols["trial_id"][i] or "")
+        step = cols["eps"][i] if cols["eps"][i] is not None else cols["lr"][i]
+        rank = (-score, math.inf if step is None else step, cols["p"][i] or "", cols["trial_id"][i] or "")
         if group not in best or rank < best[group][0]:
             best[group] = (rank, i)
     chosen = table.take(pa.array(sorted(i for _, i in best.values()), type=pa.int64()))

@@ -7,13 +7,13 @@ The paper's protocol (Sections 2.2-2.3) on one classifier, at a size the user pi
    fooled by nothing.
 2. Each method's step (ε for the paper's, the first step for the stochastic-gradient one) and p are chosen by the
    paper's grid search at the headline ζ, scored by R_f on the medical **validation** split, never the test split
-   (:func:`select_on_validation`, which the reproduction uses too).
+   (:func:`raylab.selection.select_on_validation`, which the reproduction uses too).
 3. Non-targeted UAPs over the ζ grid from the natural images and from the model's own training images (the upper
    reference), each evaluated beside the random control of the same radius (the lower reference); targeted UAPs
    toward every class at the headline ζ (R_s); every one with both methods and several seeds of the image order,
    so that every headline number is a mean ± sd. The stronger method is the headline: an audit that reports only
    the weaker attack calls a model safer than it is. For the same reason the verdict also gives the strongest of
-   the seeds' UAPs, kept by its R_f on validation (:func:`kept_on_validation`): seeds can land in different
+   the seeds' UAPs, kept by its R_f on validation (:func:`raylab.selection.kept_on_validation`): seeds can land in different
    directions, and the mean then under-states what an attacker who makes a few UAPs gets. Targeted UAPs keep
    theirs the same way, by R_s toward their class on validation.
 4. The predicted-label composition of the natural images (the paper's Tables S1-S3), which explains which targets
@@ -40,10 +40,11 @@ import torch
 from torch import Tensor
 
 from .config import DEFAULT_MEDICAL, METHODS, SOURCE_TRAIN, UAPConfig, check, check_device, finite, option
-from .core import Untargeted, fooling_rate, label_composition, predict_labels, success_rate
+from .core import fooling_rate, label_composition, predict_labels, success_rate
 from .evaluation import ModelCheck, by_class
 from .record import ResultsKey
-from .run import SourceImages, generate, run_uap, source_images
+from .run import SourceImages, run_uap, source_images
+from .selection import best, kept_on_validation, seeded_subset, select_on_validation, validation_images
 from .spread import spread
 from .store import Store, guard_resume
 from .target import Target, load_target, resolve_target
@@ -51,8 +52,6 @@ from .target import Target, load_target, resolve_target
 #: The two image sources of an audit: the natural images under audit and the model's own training images (the upper
 #: reference). The random control (the lower reference) is evaluated beside every UAP at the same radius.
 SOURCES = ("natural", "train")
-#: Share of the training images held out for the ε, p selection when the dataset has no validation split.
-HELD_OUT = 0.1
 
 
 @dataclass(frozen=True)
@@ -197,35 +196,6 @@ def audit_targets(config: AuditConfig, class_names: tuple[str, ...]) -> tuple[in
     return tuple(dict.fromkeys(t for t in found if t is not None))
 
 
-# --------------------------------------------------------------------------- ε, p selection on validation
-
-
-def select_on_validation(target: Target, images: Tensor, val_images: Tensor, candidates: list[UAPConfig], *,
-                         zeta: float) -> list[dict[str, Any]]:
-    """Section 2.2's grid search: a non-targeted UAP per candidate configuration, scored by R_f on ``val_images``.
-
-    Returns one row per candidate (``p``, ``eps``, ``lr``, ``val_fooling_rate``), in the candidates' order.
-    """
-    clean = predict_labels(target.model, val_images)
-    grid = []
-    for config in candidates:
-        radius = target.with_budget(zeta=zeta, p=config.p, target=None).radius
-        rho, _, _ = generate(config, target.model, images, Untargeted(), radius)
-        grid.append({"p": str(config.p), "eps": config.eps, "lr": config.lr,
-                     "val_fooling_rate": fooling_rate(clean, predict_labels(target.model, val_images, rho=rho))})
-    return grid
-
-
-def best(grid: list[dict[str, Any]]) -> dict[str, Any]:
-    """The grid's row with the highest validation R_f (the first of equals)."""
-    return max(grid, key=lambda r: r["val_fooling_rate"])
-
-
-def seeded_subset(images: Tensor, n: int, seed: int) -> Tensor:
-    """``n`` of ``images`` (all when fewer) in a seeded random order."""
-    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
-
-
 # --------------------------------------------------------------------------- the audit's state
 
 
@@ -273,16 +243,6 @@ class Audit:
                                                                                          for lr in plan.lr_grid]
         return [self._config(source, method, out=self.config.out, seed=0, zeta=self.config.zeta, p=p, **s)
                 for p in plan.p_grid for s in steps]
-
-
-def validation_images(target: Target, seed: int) -> tuple[Tensor, str]:
-    """The medical validation images, or a held-out share of the training images when the dataset has none."""
-    m = target.medical
-    if len(m.val_images):
-        return m.val_images, f"the validation split ({len(m.val_images)} images)"
-    n = max(1, int(HELD_OUT * len(m.train_images)))
-    return (seeded_subset(m.train_images, n, seed),
-            f"{n} training images held out at random (the dataset has no validation split)")
 
 
 def prepare(config: AuditConfig, *, log: Callable[[str], None] = print) -> Audit:
@@ -396,19 +356,6 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
 
 
 # --------------------------------------------------------------------------- the summary
-
-
-def kept_on_validation(model: torch.nn.Module, val_images: Tensor, rows: list[dict[str, Any]], *,
-                       score: Callable[[Tensor], float], rate: str = "fooling_rate") -> dict[str, Any]:
-    """The strongest of a cell's UAPs, found without the test split: each seed's ρ (its ``uap.npy``) scored on the
-    validation images by ``score`` of their labels under it (R_f, or R_s toward the cell's target), as the ε, p
-    selection scores its grid; the highest is kept (the first of equals) and its test ``rate`` reported. The mean over
-    seeds is what one UAP does on average; this is what an attacker who makes as many and keeps the best does, and
-    the audit must not under-report it."""
-    val = [score(predict_labels(model, val_images, rho=torch.from_numpy(np.load(r["uap_uri"])))) for r in rows]
-    k = max(range(len(rows)), key=lambda i: val[i])
-    return {"validation": val, "seed": rows[k]["seed"], "val_rate": val[k], "rate": rows[k][rate],
-            "uap_uri": rows[k]["uap_uri"]}
 
 
 def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audit import best, seeded_subset, select_on_validation, validation_images
+from .selection import best, seeded_subset, select_on_validation, validation_images
 from .run import SourceImages, load_source, run_uap, with_balance
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig, check, finite, norm
 from .core import fooling_rate, label_composition, predict_labels
@@ -237,7 +237,7 @@ def source_images(ctx: Context, key: str, source: str, config: UAPConfig) -> Sou
 
 def select_eps_p(ctx: Context, key: str, kind: str, method: str = "paper") -> dict[str, Any]:
     """Section 2.2's grid search over ε and p at the paper's ζ, scored on the medical validation split
-    (:func:`raylab.audit.select_on_validation`, as every audit does).
+    (:func:`raylab.selection.select_on_validation`, as every audit does).
 
     For the stochastic-gradient method the grid is p alone (its step is ``sgd_lr`` of the radius).
     """

@@ -1,0 +1,74 @@
+"""What an audit chooses on the medical **validation** split, never the test split (Sections 2.2-2.3).
+
+- Each method's step and p: the paper's grid search (Section 2.2, ε and p "selected using a grid search to maximize
+  the performance of the UAPs"), one non-targeted UAP per candidate, scored by R_f on the validation images
+  (:func:`select_on_validation`, :func:`best`); the audit and the reproduction both choose this way.
+- The strongest of a cell's seeds (:func:`kept_on_validation`), which the audit's verdict gives beside the mean.
+
+A dataset without a validation split lends a seeded share of its training images (:func:`validation_images`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import UAPConfig
+from .core import Untargeted, fooling_rate, predict_labels
+from .run import generate
+from .target import Target
+
+#: Share of the training images held out for the ε, p selection when the dataset has no validation split.
+HELD_OUT = 0.1
+
+
+def validation_images(target: Target, seed: int) -> tuple[Tensor, str]:
+    """The medical validation images, or a held-out share of the training images when the dataset has none."""
+    m = target.medical
+    if len(m.val_images):
+        return m.val_images, f"the validation split ({len(m.val_images)} images)"
+    n = max(1, int(HELD_OUT * len(m.train_images)))
+    return (seeded_subset(m.train_images, n, seed),
+            f"{n} training images held out at random (the dataset has no validation split)")
+
+
+def select_on_validation(target: Target, images: Tensor, val_images: Tensor, candidates: list[UAPConfig], *,
+                         zeta: float) -> list[dict[str, Any]]:
+    """Section 2.2's grid search: a non-targeted UAP per candidate configuration, scored by R_f on ``val_images``.
+
+    Returns one row per candidate (``p``, ``eps``, ``lr``, ``val_fooling_rate``), in the candidates' order.
+    """
+    clean = predict_labels(target.model, val_images)
+    grid = []
+    for config in candidates:
+        radius = target.with_budget(zeta=zeta, p=config.p, target=None).radius
+        rho, _, _ = generate(config, target.model, images, Untargeted(), radius)
+        grid.append({"p": str(config.p), "eps": config.eps, "lr": config.lr,
+                     "val_fooling_rate": fooling_rate(clean, predict_labels(target.model, val_images, rho=rho))})
+    return grid
+
+
+def best(grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """The grid's row with the highest validation R_f (the first of equals)."""
+    return max(grid, key=lambda r: r["val_fooling_rate"])
+
+
+def seeded_subset(images: Tensor, n: int, seed: int) -> Tensor:
+    """``n`` of ``images`` (all when fewer) in a seeded random order."""
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def kept_on_validation(model: torch.nn.Module, val_images: Tensor, rows: list[dict[str, Any]], *,
+                       score: Callable[[Tensor], float], rate: str = "fooling_rate") -> dict[str, Any]:
+    """The strongest of a cell's UAPs, found without the test split: each seed's ρ (its ``uap.npy``) scored on the
+    validation images by ``score`` of their labels under it (R_f, or R_s toward the cell's target), as the ε, p
+    selection scores its grid; the highest is kept (the first of equals) and its test ``rate`` reported. The mean over
+    seeds is what one UAP does on average; this is what an attacker who makes as many and keeps the best does, and
+    the audit must not under-report it."""
+    val = [score(predict_labels(model, val_images, rho=torch.from_numpy(np.load(r["uap_uri"])))) for r in rows]
+    k = max(range(len(rows)), key=lambda i: val[i])
+    return {"validation": val, "seed": rows[k]["seed"], "val_rate": val[k], "rate": rows[k][rate],
+            "uap_uri": rows[k]["uap_uri"]}

@@ -98,7 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("results", help="summarize a Parquet results location, filtered by any column")
     r.add_argument("location", help="results location (path or fsspec URL)")
     r.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE", help="keep rows where COLUMN equals VALUE (repeatable)")
-    r.add_argument("--select", choices=["best"], default=None, help="best: the eps and p with the highest R_f (R_s) per zeta")
+    r.add_argument("--select", choices=["best"], default=None,
+                   help="best: the eps and p with the highest R_f (R_s) per zeta, by the mean over seeds")
+    r.add_argument("--over-seeds", action="store_true",
+                   help="one line per grid point, each rate as mean ± sd over its seeds (rows that differ only by seed)")
     r.add_argument("--columns", default=None, help="comma-separated columns to show")
 
     d = sub.add_parser("demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, then audit it (raylab audit "
@@ -300,7 +303,7 @@ def _answers(address: str, name: str, timeout: float = 5.0) -> None:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     _local_ray_on_loopback(a.address)
-    from .results import read_results, select_best, summary_table
+    from .results import over_seeds, read_results, select_best, summary_table
     from .sweep import outcome, run_sweep
 
     config = build(SweepConfig, a)
@@ -308,7 +311,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     grid = run_sweep(config)
     outcomes = [outcome(r) for r in grid]
     table = read_results(config.results, filters={"sweep": config.name})
-    print(summary_table(select_best(table) if a.select == "best" else table))
+    table = select_best(table) if a.select == "best" else table
+    print(summary_table(over_seeds(table) if len(config.seeds) > 1 else table))
     print(f"{len(grid)} trial(s), {outcomes.count('failed')} failed"
           + (f", {outcomes.count('stopped')} stopped early" if "stopped" in outcomes else "")
           + f"; results in {config.results} (sweep={config.name})")
@@ -331,7 +335,7 @@ def cmd_import_model(a: argparse.Namespace) -> int:
 
 
 def cmd_results(a: argparse.Namespace) -> int:
-    from .results import filter_value, read_results, select_best, summary_table
+    from .results import filter_value, over_seeds, read_results, select_best, summary_table
 
     filters: dict = {}
     for f in a.filter:
@@ -342,6 +346,8 @@ def cmd_results(a: argparse.Namespace) -> int:
     table = read_results(a.location, filters=filters or None)
     if a.select == "best":
         table = select_best(table)
+    if a.over_seeds:
+        table = over_seeds(table)
     print(summary_table(table, columns=a.columns.split(",") if a.columns else None))
     return 0
 

@@ -77,7 +77,8 @@ class SweepConfig:
     cpus_per_worker: float = option(default_of(EngineConfig, "cpus_per_worker"), "CPUs each engine worker asks for")
     cpus_per_reader: float = option(default_of(EngineConfig, "cpus_per_reader"), "CPUs each engine reader asks for")
     max_concurrent: int = option(0, "trials at once (0: as many as fit)")
-    seed: int = option(default_of(AttackConfig, "seed"), "seed of every trial")
+    seeds: tuple[int, ...] = option((default_of(AttackConfig, "seed"),), "seeds: every grid point runs once per seed "
+                                    "(its image order, the random control's noise); results give mean ± sd over them")
     report_every: int = option(5, "engine rounds between a trial's reports to Tune (its running stream rate)")
     early_stop: bool = option(False, "stop trials whose running rate trails the others' of the same zeta, source, "
                                      "target, model and i_max (ASHA)")
@@ -109,7 +110,9 @@ class SweepConfig:
             finite(name, getattr(self, name))
             check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         check(self.max_concurrent >= 0, f"max_concurrent must be >= 0 (0: as many as fit), got {self.max_concurrent}")
-        check_seed(self.seed)
+        check(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds), f"give one or more distinct seeds, got {self.seeds}")
+        for seed in self.seeds:
+            check_seed(seed)
         check_device(self.device)
         check(self.report_every >= 1, f"report_every must be >= 1, got {self.report_every}")
         check(self.early_stop_grace >= 1, f"early_stop_grace must be >= 1, got {self.early_stop_grace}")
@@ -173,7 +176,7 @@ class StreamReporter:
 
 
 def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
-    """One Tune trial: one UAP with the config's ε, p, ζ, source, target, model and i_max; one results row."""
+    """One Tune trial: one UAP with the config's ε, p, ζ, source, target, model, i_max and seed; one results row."""
     from ray import tune
 
     from .run import run_uap
@@ -185,7 +188,7 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
     trial_id = tune.get_context().get_trial_id()
     out = f"{s.out}/{s.name}/{trial_id}"
     attack = dict(**config["attack"], p=config["p"], zeta=config["zeta"], max_passes=config["max_passes"],
-                  target=config["target"], batch_size=s.batch_size, seed=s.seed, device=s.device, amp=s.amp, examples=4)
+                  target=config["target"], batch_size=s.batch_size, seed=config["seed"], device=s.device, amp=s.amp, examples=4)
     results = ResultsKey(s.results, s.name, trial_id)
     source = config["source"]
     if source in (SOURCE_TRAIN, SOURCE_RANDOM):
@@ -212,7 +215,7 @@ def param_space(s: SweepConfig) -> dict[str, Any]:
     attacks = [{"method": m, **({"eps": e} if m == "paper" else {"lr": e})}
                for m in s.methods for e in (s.eps if m == "paper" else s.lr)]
     axes = {"model": list(s.models), "source": list(s.sources), "attack": attacks, "p": list(s.p), "zeta": list(s.zeta),
-            "target": list(s.targets), "max_passes": list(s.max_passes)}
+            "target": list(s.targets), "max_passes": list(s.max_passes), "seed": list(s.seeds)}
     pick = tune.grid_search if s.search == "grid" else tune.choice
     return {k: pick(v) for k, v in axes.items()}
 

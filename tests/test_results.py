@@ -21,7 +21,8 @@ from raylab.config import AttackConfig
 from raylab.errors import InputError
 from raylab.evaluation import Evaluation, Rates
 from raylab.record import Build, RunRecord, Source
-from raylab.results import SCHEMA, SCHEMA_VERSION, filter_value, read_results, select_best, summary_table, write_rows
+from raylab.results import (SCHEMA, SCHEMA_VERSION, filter_value, over_seeds, read_results, select_best, summary_table,
+                            write_rows)
 
 def record_for(p: Any, zeta: float, eps: float, target: str | None, fooling: float, success: float | None,
                *, model: str = "runs/demo/model.pt", max_passes: int = 3) -> RunRecord:
@@ -295,6 +296,36 @@ def test_select_best_keeps_groups_apart() -> None:
     ids = sorted(select_best(table)["trial_id"].to_pylist())
     assert ids == ["t1", "t2", "t5", "t6", "t7"]
     assert select_best(SCHEMA.empty_table()).num_rows == 0
+
+
+def test_select_best_scores_a_grid_point_by_its_mean_over_seeds_not_its_luckiest_seed() -> None:
+    base = make_rows()[1]  # grid-a, zeta 0.02, p 2
+    rows = [dict(base, trial_id=f"{name}-s{seed}", eps=eps, seed=seed, fooling_rate=rate)
+            for name, eps, seed, rate in [("lucky", 0.001, 0, 0.90), ("lucky", 0.001, 1, 0.10),  # mean 0.50
+                                          ("steady", 0.002, 0, 0.60), ("steady", 0.002, 1, 0.62)]]  # mean 0.61
+    best = select_best(pa.Table.from_pylist(rows, schema=SCHEMA))
+    assert best["trial_id"].to_pylist() == ["steady-s0", "steady-s1"]  # every seed of the chosen point
+    one = select_best(pa.Table.from_pylist(rows[:1] + rows[2:3], schema=SCHEMA))  # one seed each: as before
+    assert one["trial_id"].to_pylist() == ["lucky-s0"]
+
+
+def test_rows_that_differ_only_by_seed_are_one_grid_point_with_mean_and_sd() -> None:
+    rows = make_rows()
+    seeded = [dict(rows[1], trial_id=f"t1-s{seed}", seed=seed, fooling_rate=rate, random_fooling_rate=0.01)
+              for seed, rate in [(2, 0.40), (1, 0.20)]]
+    table = over_seeds(pa.Table.from_pylist([rows[0], rows[1], *seeded, rows[4]], schema=SCHEMA))
+    points = {(r["sweep"], r["eps"], r["target"]): r for r in table.to_pylist()}
+    assert len(points) == 3 and "trial_id" not in table.column_names and "seed" not in table.column_names
+    t1 = points[("grid-a", 0.002, None)]
+    assert t1["seeds"] == [0, 1, 2] and t1["fooling_rate"] == pytest.approx(0.3)
+    assert t1["fooling_rate_sd"] == pytest.approx(0.1) and t1["success_rate"] is None and t1["success_rate_sd"] is None
+    alone = points[("grid-a", 0.001, None)]
+    assert alone["seeds"] == [0] and alone["fooling_rate"] == 0.10 and alone["fooling_rate_sd"] == 0.0
+    assert points[("grid-b", 0.001, "NORMAL")]["success_rate"] == pytest.approx(0.40)
+    lines = summary_table(table).splitlines()
+    header = lines[0].split()
+    assert header[header.index("seeds") + 1:header.index("seeds") + 4] == ["fooling_rate", "±", "sd"]
+    assert "[0, 1, 2]" in lines[3] and "0.3 ± 0.1" in lines[3] and "0.1 ± 0" in lines[2]
 
 
 def test_the_two_methods_are_two_groups_and_an_sgd_row_has_no_eps() -> None:

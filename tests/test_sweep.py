@@ -93,15 +93,27 @@ def test_a_resumed_sweep_with_other_settings_is_refused(cluster, models, tmp_pat
     assert main([*args, "--eps", "0.01", "--max-concurrent", "1"]) == 0  # where trials run may change
 
 
-def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_path) -> None:
-    """The training-image and random trials run inside the trial: workers the cluster cannot give do not block them."""
+def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_path, capsys) -> None:
+    """The training-image and random trials run inside the trial: workers the cluster cannot give do not block them.
+    Also: ``seeds`` runs every grid point once per seed, and the results give each point's mean ± sd over them."""
     s = SweepConfig(name="light", medical=str(PNEUMONIA), models=(str(models["model"]),), sources=("random", "train"),
                     eps=(0.01,), zeta=(0.08,), results=str(tmp_path / "results"), out=str(tmp_path / "sweeps"),
-                    workers=2, cpus_per_worker=64.0)
+                    workers=2, cpus_per_worker=64.0, seeds=(0, 1))
     assert s.bundles("random") == [{"CPU": 0.25}] and len(s.bundles("/some/shards")) == 5
     grid = run_sweep(s, log=lambda line: None)
-    assert [outcome(r) for r in grid] == ["finished", "finished"]
-    assert read_results(tmp_path / "results", filters={"sweep": "light"}).num_rows == 2
+    assert [outcome(r) for r in grid] == ["finished"] * 4
+    rows = read_results(tmp_path / "results", filters={"sweep": "light"}).to_pylist()
+    assert sorted((r["source_kind"], r["seed"]) for r in rows) == [("random", 0), ("random", 1), ("train", 0), ("train", 1)]
+    train = sorted((r for r in rows if r["source_kind"] == "train"), key=lambda r: r["seed"])
+    assert not np.array_equal(*(np.load(r["uap_uri"]) for r in train))  # two seeds, two image orders, two UAPs
+    capsys.readouterr()  # Tune's own lines
+    assert main(["results", str(tmp_path / "results"), "--filter", "sweep=light", "--over-seeds"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    mean = sum(r["fooling_rate"] for r in train) / 2
+    assert len(lines) == 4 and all("[0, 1]" in line for line in lines[2:])  # header, rule, one line per grid point
+    assert any(line.split()[2] == "train" and f"{mean:.3g} ± " in line for line in lines[2:])
+    with pytest.raises(InputError, match="give one or more distinct seeds"):
+        SweepConfig(**{**{k: getattr(s, k) for k in ("name", "medical", "models", "sources")}, "seeds": (1, 1)})
 
 
 def test_tune_ranks_trials_and_sees_them_progress(cluster, models, shards, tmp_path) -> None:
@@ -168,4 +180,4 @@ def test_bad_sweep_input_is_refused(models, shards, tmp_path) -> None:
     with pytest.raises(InputError, match=r"^cpus_per_trial must be a finite number, got inf$"):  # Tune would wait forever
         SweepConfig(**base, cpus_per_trial=float("inf"))
     with pytest.raises(InputError, match=r"^seed must be an integer in \[0, 4294967295\), got -1$"):
-        SweepConfig(**base, seed=-1)
+        SweepConfig(**base, seeds=(-1,))

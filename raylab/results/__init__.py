@@ -5,6 +5,7 @@ One concern a module:
 - :mod:`~raylab.results.schema`: the row's columns (:data:`SCHEMA`, each one documented) and its validation;
 - :mod:`~raylab.results.dataset`: the files of a results location, :func:`write_rows` and :func:`read_results`;
 - :mod:`~raylab.results.filters`: ``--filter column=value`` typed as its column, and the rows it keeps;
+- :mod:`~raylab.results.seeds`: rows that differ only by their seed as one grid point, mean ± sd over seeds;
 - :mod:`~raylab.results.summary`: the plain-text table ``raylab results`` prints;
 - :mod:`~raylab.results.select`: the paper's selection of ε and p, :func:`select_best`.
 """
@@ -12,6 +13,7 @@ One concern a module:
 from .dataset import read_results, write_rows
 from .filters import filter_value
 from .schema import METHODS, SCHEMA, SCHEMA_VERSION, SOURCE_KINDS
+from .seeds import over_seeds
 from .select import BEST_GROUP, select_best
 from .summary import SUMMARY_COLUMNS, summary_table
 
@@ -27,4 +29,5 @@ __all__ = [
     "filter_value",
     "summary_table",
     "select_best",
+    "over_seeds",
 ]

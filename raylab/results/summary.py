@@ -1,4 +1,5 @@
-"""The results as plain text: an aligned table of chosen columns (``raylab results``)."""
+"""The results as plain text: an aligned table of chosen columns (``raylab results``), per trial or, for a table of
+:func:`raylab.results.seeds.over_seeds`, per grid point with each rate as mean ± sd over its seeds."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from ..errors import InputError
 
 SUMMARY_COLUMNS = ("sweep", "trial_id", "arch", "source_kind", "method", "p", "zeta", "eps", "lr", "target",
                    "fooling_rate", "success_rate", "random_fooling_rate", "images_per_second")
+#: The default columns of a table over seeds (no trial id: a row is every seed's trial of one grid point).
+SEED_SUMMARY_COLUMNS = ("sweep", "arch", "source_kind", "method", "p", "zeta", "eps", "lr", "target", "seeds",
+                        "fooling_rate", "success_rate", "random_fooling_rate", "images_per_second")
 
 
 def _cell(v: Any) -> str:
@@ -39,11 +43,14 @@ def sorted_indices(table: pa.Table) -> list[int]:
 
 
 def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
-    """A plain-text, aligned table of ``columns`` (default :data:`SUMMARY_COLUMNS`), sorted by sweep, zeta, p, eps.
+    """A plain-text, aligned table of ``columns`` (default :data:`SUMMARY_COLUMNS`, or :data:`SEED_SUMMARY_COLUMNS`
+    for a table over seeds), sorted by sweep, zeta, p, eps.
 
-    Floats have 3 significant digits, nulls print as ``-``; numbers are right-aligned.
+    Floats have 3 significant digits, nulls print as ``-``; numbers are right-aligned. A column with an ``<name>_sd``
+    beside it prints as ``mean ± sd`` under the header ``<name> ± sd``.
     """
-    cols = list(SUMMARY_COLUMNS if columns is None else columns)
+    over_seeds = "seeds" in table.column_names
+    cols = list((SEED_SUMMARY_COLUMNS if over_seeds else SUMMARY_COLUMNS) if columns is None else columns)
     for c in cols:
         if c not in table.column_names:
             raise InputError(f"summary: unknown column {c!r}; columns are {', '.join(table.column_names)}")
@@ -53,14 +60,22 @@ def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
     data = {c: table.column(c).to_pylist() for c in cols}
     numeric = {c: pa.types.is_integer(table.schema.field(c).type) or pa.types.is_floating(table.schema.field(c).type)
                for c in cols}
-    cells = [[_cell(data[c][i]) for c in cols] for i in order]
-    widths = [max([len(c)] + [len(r[j]) for r in cells]) for j, c in enumerate(cols)]
+    sd = {c: table.column(f"{c}_sd").to_pylist() for c in cols if f"{c}_sd" in table.column_names}
+
+    def cell(c: str, i: int) -> str:
+        if c in sd and data[c][i] is not None:
+            return f"{data[c][i]:.3g} ± {sd[c][i]:.2g}"
+        return _cell(data[c][i])
+
+    cells = [[cell(c, i) for c in cols] for i in order]
+    heads = [f"{c} ± sd" if c in sd else c for c in cols]
+    widths = [max([len(h)] + [len(r[j]) for r in cells]) for j, h in enumerate(heads)]
 
     def line(values: list[str]) -> str:
         return "  ".join(v.rjust(w) if numeric[c] else v.ljust(w)
                          for v, w, c in zip(values, widths, cols)).rstrip()
 
-    out = [line(cols), "  ".join("-" * w for w in widths)]
+    out = [line(heads), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in cells]
     if not cells:
         out.append("(no results)")

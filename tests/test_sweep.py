@@ -116,6 +116,30 @@ def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_
         SweepConfig(**{**{k: getattr(s, k) for k in ("name", "medical", "models", "sources")}, "seeds": (1, 1)})
 
 
+def test_a_trials_engine_actors_use_the_bundles_it_reserved(cluster, models, shards, tmp_path) -> None:
+    """The trial's placement group holds 3.25 of the cluster's 4 CPUs (itself, a 1.5-CPU worker, a 1.5-CPU reader):
+    actors that left it (Ray's SPREAD strategy did) would ask for 3 CPUs more and never start."""
+    args = [sys.executable, str(ROOT / "jobs" / "sweep.py"), "--name", "tight", "--model", str(models["model"]),
+            "--data", str(PNEUMONIA), "--source", str(shards), "--eps", "0.02", "--zeta", "0.08", "--batch-size", "8",
+            "--cpus-per-trial", "0.25", "--cpus-per-worker", "1.5", "--cpus-per-reader", "1.5",
+            "--results", str(tmp_path / "results"), "--out", str(tmp_path / "sweeps"), "--address", cluster["address"]]
+    done = subprocess.run(args, env=cluster["env"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = read_results(tmp_path / "results", filters={"sweep": "tight"}).to_pylist()
+    assert len(rows) == 1 and rows[0]["images_processed"] == 48
+
+
+def test_each_engine_actor_takes_a_bundle_of_its_own_shape() -> None:
+    from raylab.engine.placement import bundle_indices
+
+    trial, worker, reader = {"CPU": 0.25}, {"CPU": 0.5, "GPU": 1.0}, {"CPU": 0.5}
+    bundles = [trial, worker, worker, reader, reader]  # SweepConfig.bundles of 2 workers on a GPU
+    assert bundle_indices(bundles, [dict(worker, memory=0)] * 2 + [reader] * 2) == [1, 2, 3, 4]
+    # the head bundle is the trial's own, even when a worker has its shape; a shape no bundle has goes anywhere
+    assert bundle_indices([trial, trial], [trial, trial]) == [1, -1]
+    assert bundle_indices(bundles, [{"CPU": 2.0}]) == [-1]
+
+
 def test_tune_ranks_trials_and_sees_them_progress(cluster, models, shards, tmp_path) -> None:
     """Also: the second trial runs in the first one's process (Tune's reuse_actors) and makes the UAP that a fresh
     process makes with its settings."""

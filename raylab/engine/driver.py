@@ -45,6 +45,7 @@ from ..target import Target, load_target, medical_digest, read_model
 from ..telemetry import Telemetry, ray_sink, run_tags
 from .feed import FeedCheck
 from .labels import CleanLabels
+from .placement import placement
 from .readers import BatchMeta, ShardReader
 from .state import (
     CHECKPOINT, PaperRule, Rule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, fingerprint,
@@ -152,9 +153,11 @@ class Engine:
         self.model_ref = model_ref = ray.put(self.model_bytes)
         tags = run_tags(out=c.out, source=c.shards, model=c.model)
         self.telemetry = Telemetry(ray_sink(), **tags)
-        spread = {"scheduling_strategy": "SPREAD"} if c.spread else {}
+        # Workers first: in a sweep trial's placement group each actor takes a bundle of its own shape (engine.placement).
+        where = placement([{"CPU": c.cpus_per_worker, "GPU": c.num_gpus_per_worker, **c.resources}] * c.workers
+                          + [{"CPU": c.cpus_per_reader, **c.resources}] * c.workers, spread=c.spread)
         self.readers = [
-            ShardReader.options(num_cpus=c.cpus_per_reader, resources=dict(c.resources), **spread).remote(
+            ShardReader.options(num_cpus=c.cpus_per_reader, resources=dict(c.resources), **where[c.workers + w]).remote(
                 [self.manifest.url(i) for i in range(w, len(self.manifest.shards), c.workers)],
                 counts=[s.count for s in self.manifest.shards[w::c.workers]], passes=c.max_passes,
                 channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size, prefetch=c.prefetch,
@@ -163,7 +166,7 @@ class Engine:
         ]
         self.workers = [
             WorkerActor.options(num_cpus=c.cpus_per_worker, num_gpus=c.num_gpus_per_worker, resources=dict(c.resources),
-                                **spread).remote(
+                                **where[w]).remote(
                 model_ref, device=c.device, amp=c.amp, threads=int(c.cpus_per_worker), name=c.model, index=w, tags=tags,
                 static_shapes=c.static, compile=c.compile)
             for w in range(c.workers)

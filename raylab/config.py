@@ -214,6 +214,8 @@ class EngineConfig(AttackConfig):
     workers: int = option(1, "worker actors (one per GPU, or per CPU slot)")
     cpus_per_worker: float = option(1.0, "CPUs each worker actor asks Ray for")
     cpus_per_reader: float = option(1.0, "CPUs each reader actor asks Ray for")
+    shuffle: bool = option(True, "visit the images in a seeded random order (--seed): each pass's shards and each "
+                                 "shard's samples, as the paper draws its images; --no-shuffle streams them in shard order")
     prefetch: int = option(4, "batches each reader decodes ahead (bounded: flat memory)")
     decode_threads: int = option(0, "decode threads per reader (0: one per CPU it asks for, --cpus-per-reader)")
     decode_on: str = option("reader", "where JPEGs stored at the model's size are decoded: reader (CPU threads) or "

@@ -26,6 +26,7 @@ from raylab.config import EngineConfig
 from raylab.core import UAP, Targeted, Untargeted, zeta_radius
 from raylab.data.medical import load_medmnist
 from raylab.data.shards import ShardReport, decode_stream, iter_samples, read_manifest
+from raylab.data.shards.order import shuffled_samples
 from raylab.engine import Engine, RoundReport, run_engine
 from raylab.errors import InputError, OutputError, RaylabError
 from raylab.models import load_classifier
@@ -35,9 +36,12 @@ from .conftest import IMAGENET, PNEUMONIA, ROOT, submit_and_wait
 ZETA, EPS = 0.08, 0.02
 
 
-def _stream(urls: list[str]) -> torch.Tensor:
+def _stream(urls: list[str], *, seed: int | None = None, stream: int = 0, pass_: int = 0) -> torch.Tensor:
+    """The images of ``urls`` as a reader streams them: in shard order, or (``seed``) in its seeded order."""
     report = ShardReport()
-    return torch.stack([img for _, img in decode_stream(iter_samples(urls, report=report), channels=1, size=28, report=report)])
+    samples = (iter_samples(urls, report=report) if seed is None else
+               shuffled_samples(urls, [None] * len(urls), seed=seed, stream=stream, pass_=pass_, report=report))
+    return torch.stack([img for _, img in decode_stream(samples, channels=1, size=28, report=report)])
 
 
 def _core_in_order(model, images: torch.Tensor, *, batch_size: int, seed: int = 0, p=2, zeta=ZETA,
@@ -52,8 +56,10 @@ def _core_in_order(model, images: torch.Tensor, *, batch_size: int, seed: int = 
 
 
 def _config(models, shards, out, **kw) -> EngineConfig:
+    """The engine's mechanics are tested on the stream in shard order (``shuffle=False``), which the references here
+    take; the seeded order has its own tests (``test_the_seeded_order_...``)."""
     base = dict(model=str(models["model"]), medical=PNEUMONIA, shards=str(shards), out=str(out), zeta=ZETA, eps=EPS,
-                cpus_per_worker=0.5, cpus_per_reader=0.5, progress_every=0.0, examples=2)
+                cpus_per_worker=0.5, cpus_per_reader=0.5, progress_every=0.0, examples=2, shuffle=False)
     return EngineConfig(**{**base, **kw})
 
 
@@ -84,6 +90,27 @@ def test_targeted_linf_engine_equals_the_core(cluster, models, shards, tmp_path)
     assert m["stats"]["accepted"] == first.stats.accepted + second.stats.accepted > 0
     assert rho.abs().max() <= m["radius"] + 1e-6
     torch.testing.assert_close(rho, second.rho, rtol=0, atol=1e-5)
+
+
+def test_the_seeded_order_is_the_papers_random_order_and_each_seed_draws_its_own(cluster, models, shards, tmp_path) -> None:
+    """By default the readers visit their images in a seeded random order, drawn anew each pass (the paper: each image
+    "selected randomly from X without replacement"): the engine's UAP is the core's over that order, pass by pass, and
+    another seed makes another UAP (in shard order every seed made the same one)."""
+    rhos = {}
+    for seed in (0, 1):
+        run_engine(_config(models, shards, tmp_path / f"s{seed}", workers=1, batch_size=4, max_passes=2, shuffle=True,
+                           seed=seed), log=lambda s: None)
+        rhos[seed] = torch.from_numpy(np.load(tmp_path / f"s{seed}" / "uap.npy"))
+    urls, model = read_manifest(shards).urls, load_classifier(models["model"])
+    first = _core_in_order(model, _stream(urls, seed=0, pass_=0), batch_size=4)
+    perm = random.Random(0).sample(range(48), 48)
+    inverse = torch.empty(48, dtype=torch.long)
+    inverse[torch.tensor(perm)] = torch.arange(48)
+    second = UAP(radius=zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=ZETA, p=2), p=2, eps=EPS, mode="batched",
+                 batch_size=4)(model, _stream(urls, seed=0, pass_=1)[inverse], seed=0, rho=first.rho)
+    torch.testing.assert_close(rhos[0], second.rho, rtol=0, atol=1e-5)
+    assert not torch.equal(_stream(urls, seed=0, pass_=0), _stream(urls))  # not the shard order
+    assert (rhos[0] - rhos[1]).abs().max() > 1e-3
 
 
 def _cut_one_jpeg(tar: Path, index: int) -> str:
@@ -231,7 +258,8 @@ def test_a_killed_worker_is_restarted_and_its_batch_redone(cluster, models, shar
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "kill" / "uap.npy")), two_worker_run["rho"], rtol=0, atol=0)
 
 
-def test_a_killed_driver_resumes_from_its_checkpoint(cluster, models, shards, tmp_path, two_worker_run) -> None:
+def test_a_killed_driver_resumes_from_its_checkpoint(cluster, models, shards, tmp_path) -> None:
+    """In the command's default seeded order: the readers' positions in it, checkpointed, name the same images again."""
     out = tmp_path / "resume"
     args = [sys.executable, str(ROOT / "jobs" / "generate_uap.py"), "--model", str(models["model"]), "--data", str(PNEUMONIA),
             "--shards", str(shards), "--out", str(out), "--zeta", str(ZETA), "--eps", str(EPS), "--workers", "2",
@@ -250,8 +278,10 @@ def test_a_killed_driver_resumes_from_its_checkpoint(cluster, models, shards, tm
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resuming from" in second.stdout and "at round 3" in second.stdout
     m = json.loads((out / "metrics.json").read_text())
-    assert m["stats"]["images"] == 48
-    torch.testing.assert_close(torch.from_numpy(np.load(out / "uap.npy")), two_worker_run["rho"], rtol=0, atol=0)
+    assert m["stats"]["images"] == 48 and m["config"]["shuffle"]
+    run_engine(_config(models, shards, tmp_path / "whole", workers=2, batch_size=4, shuffle=True), log=lambda s: None)
+    torch.testing.assert_close(torch.from_numpy(np.load(out / "uap.npy")),
+                               torch.from_numpy(np.load(tmp_path / "whole" / "uap.npy")), rtol=0, atol=0)
 
 
 def test_job_submitted_through_the_jobs_api(cluster, models, shards, tmp_path) -> None:

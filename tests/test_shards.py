@@ -400,6 +400,36 @@ def test_resume_at_shard_boundaries(small_shards: Manifest) -> None:
         iter_samples(m, start=Cursor(-1, 0))
 
 
+def test_the_seeded_order_visits_every_sample_once_and_a_cursor_in_it_resumes_it(small_shards: Manifest,
+                                                                                 tmp_path: Path) -> None:
+    """The paper's "randomly without replacement" over a stream: every sample once a pass, in an order set by the seed,
+    the reader (stream) and the pass, the same for the same ones; and from any batch's cursor, exactly the rest."""
+    from raylab.data.shards.order import shuffled_samples
+
+    _bad_shard(tmp_path / "bad.tar")
+    urls = small_shards.urls[:2] + [str(tmp_path / "bad.tar")] + small_shards.urls[2:]
+    counts = [None] * len(urls)
+    plain = [r.key for r in iter_samples(urls)]
+
+    def keys(**kw) -> list[str]:
+        return [r.key for r in shuffled_samples(urls, counts, **kw)]
+
+    first = keys(seed=0, stream=0, pass_=0)
+    assert sorted(first) == sorted(plain) and len(first) == len(plain) == 44  # each raw sample once
+    assert first == keys(seed=0, stream=0, pass_=0)  # the same order for the same seed, stream and pass
+    others = [keys(seed=1, stream=0, pass_=0), keys(seed=0, stream=1, pass_=0), keys(seed=0, stream=0, pass_=1)]
+    assert first != plain and all(o != first and sorted(o) == sorted(first) for o in others)
+    report = ShardReport()
+    full = list(batches(decode_stream(shuffled_samples(urls, counts, seed=0, stream=0, pass_=0, report=report),
+                                      channels=3, size=32, report=report), 5))
+    assert report.images.count == 2 and sum(len(b.keys) for b in full) == 42  # bad.tar: one cut, one without image
+    for k, b in enumerate(full):
+        again = ShardReport()
+        resumed = batches(decode_stream(shuffled_samples(urls, counts, seed=0, stream=0, pass_=0, start=b.cursor_after,
+                                                         report=again), channels=3, size=32, report=again), 5)
+        assert [(x.keys, x.cursor_after) for x in resumed] == [(c.keys, c.cursor_after) for c in full[k + 1:]]
+
+
 # --------------------------------------------------------------------------- damage
 
 

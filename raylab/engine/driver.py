@@ -161,7 +161,8 @@ class Engine:
                 [self.manifest.url(i) for i in range(w, len(self.manifest.shards), c.workers)],
                 counts=[s.count for s in self.manifest.shards[w::c.workers]], passes=c.max_passes,
                 channels=spec.in_channels, size=spec.image_size, batch_size=c.batch_size, prefetch=c.prefetch,
-                threads=c.reader_threads, device_jpegs=c.decode_on == "worker", index=w, tags=tags)
+                threads=c.reader_threads, device_jpegs=c.decode_on == "worker", seed=c.seed if c.shuffle else None,
+                index=w, tags=tags)
             for w in range(c.workers)
         ]
         self.workers = [

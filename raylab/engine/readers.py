@@ -1,7 +1,8 @@
 """Reader actors: webdataset shards -> decoded, fixed-size batches, decoded ahead of the workers.
 
 Each reader owns a list of shards (its share of the stream, repeated for
-i_max passes) and a background thread that decodes up to ``prefetch`` batches
+i_max passes, each pass in its own seeded random order of shards and of each shard's samples unless ``seed`` is None:
+:mod:`raylab.data.shards.order`) and a background thread that decodes up to ``prefetch`` batches
 ahead (back-pressure: a full queue blocks the thread, so memory stays flat),
 with ``threads`` decode threads (one per CPU the reader asks for, by default:
 decoding runs free of Python's lock, so one reader feeds a fast GPU). With
@@ -26,6 +27,7 @@ import torch
 
 from ..data.jpeg import EncodedBatch
 from ..data.shards import Cursor, RawSample, ShardReport, batches, decode_stream, iter_samples
+from ..data.shards.order import shuffled_samples
 from ..errors import RaylabError, one_line
 from ..telemetry import Telemetry, ray_sink
 from .transport import to_wire
@@ -76,9 +78,11 @@ class _Producer(threading.Thread):
     """Decodes batches from ``start`` into a bounded queue until the stream ends or it is told to stop."""
 
     def __init__(self, urls: list[str], counts: list[int | None], start: Position, passes: int, channels: int, size: int,
-                 batch_size: int, prefetch: int, threads: int = 1, device_jpegs: bool = False) -> None:
+                 batch_size: int, prefetch: int, threads: int = 1, device_jpegs: bool = False, seed: int | None = None,
+                 stream: int = 0) -> None:
         super().__init__(daemon=True)
         self.urls, self.counts, self.start_at, self.passes, self.threads = urls, counts, start, passes, threads
+        self.seed, self.stream = seed, stream
         self.device_jpegs = device_jpegs
         self.channels, self.size, self.batch_size = channels, size, batch_size
         self.out: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -114,8 +118,10 @@ class _Producer(threading.Thread):
             cursor = pos.cursor if pass_ == pos.pass_ else Cursor(0, 0)
             report = ShardReport()
             seen_images, seen_shards = 0, 0
-            stream = batches(decode_stream(self._counted(iter_samples(self.urls, start=cursor, report=report,
-                                                                        counts=self.counts)),
+            samples = (iter_samples(self.urls, start=cursor, report=report, counts=self.counts) if self.seed is None else
+                       shuffled_samples(self.urls, self.counts, seed=self.seed, stream=self.stream, pass_=pass_,
+                                        start=cursor, report=report))
+            stream = batches(decode_stream(self._counted(samples),
                                            channels=self.channels, size=self.size, report=report, threads=self.threads,
                                            device_jpegs=self.device_jpegs),
                              self.batch_size)
@@ -149,13 +155,13 @@ class ShardReader:
     """A Ray actor that reads and decodes its shards (see the module docstring)."""
 
     def __init__(self, urls: list[str], *, counts: list[int | None] | None = None, passes: int, channels: int, size: int,
-                 batch_size: int, prefetch: int, threads: int = 1, device_jpegs: bool = False, index: int = 0,
-                 tags: dict[str, str] | None = None) -> None:
+                 batch_size: int, prefetch: int, threads: int = 1, device_jpegs: bool = False, seed: int | None = None,
+                 index: int = 0, tags: dict[str, str] | None = None) -> None:
         torch.set_num_threads(1)
         self.index, self.telemetry = index, Telemetry(ray_sink(), **(tags or {}))
         self.args = dict(urls=list(urls), counts=list(counts) if counts is not None else [None] * len(urls), passes=passes,
                          channels=channels, size=size, batch_size=batch_size, prefetch=prefetch, threads=threads,
-                         device_jpegs=device_jpegs)
+                         device_jpegs=device_jpegs, seed=seed, stream=index)
         self.producer: _Producer | None = None
         self.head: Position | None = None
 

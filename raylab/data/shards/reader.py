@@ -86,7 +86,7 @@ def _complete(held: dict[str, Any], previous: frozenset[str] | None, last_starte
     return "name.txt" in members and any(e in members for e in IMAGE_EXTS)  # write_shards' layout
 
 
-def _read_shard(
+def read_shard(
     url: str, index: int, skip: int, expected: int | None, report: ShardReport
 ) -> Iterator[RawSample]:
     """Samples of one shard after the first ``skip``; problems go to ``report``, never raised.
@@ -197,4 +197,4 @@ def _iterate(urls: list[str], counts: list[int | None], start: Cursor, report: S
         expected = counts[i]
         if skip and expected is not None and skip >= expected:
             continue  # the cursor is at (or past) the end of this shard
-        yield from _read_shard(urls[i], i, skip, expected, report)
+        yield from read_shard(urls[i], i, skip, expected, report)

@@ -31,20 +31,26 @@ def point(row: dict[str, Any]) -> tuple:
     return tuple(row.get(n) for n in POINT if n in row)
 
 
+def by_point(rows: list[dict[str, Any]]) -> dict[tuple, list[int]]:
+    """The indices of ``rows`` per grid point, points in the order of their first row."""
+    points: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        points.setdefault(point(r), []).append(i)
+    return points
+
+
 def over_seeds(table: pa.Table) -> pa.Table:
     """One row per grid point: its :data:`POINT` columns, ``seeds`` (the sorted seeds) and, for each of
     :data:`OVER_SEEDS`, the mean over the seeds and ``<name>_sd`` (the sample sd; 0 for one seed; null where the rate
     is null, e.g. ``success_rate`` of a non-targeted point). Points keep the order of their first row."""
     rows = table.to_pylist()
-    points: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        points.setdefault(point(r), []).append(r)
     fields = [SCHEMA.field(n) for n in POINT if n in table.column_names]
     fields.append(pa.field("seeds", pa.list_(pa.int64())))
     for n in OVER_SEEDS:
         fields += [pa.field(n, pa.float64()), pa.field(f"{n}_sd", pa.float64())]
     out = []
-    for rs in points.values():
+    for members in by_point(rows).values():
+        rs = [rows[i] for i in members]
         row: dict[str, Any] = {f.name: rs[0][f.name] for f in fields if f.name in rs[0]}
         row["seeds"] = sorted(r["seed"] for r in rs)
         for n in OVER_SEEDS:

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..spread import spread
-from .seeds import point
+from .seeds import by_point
 from .summary import sorted_indices
 
 
@@ -32,11 +32,8 @@ def select_best(table: pa.Table) -> pa.Table:
     if missing:
         raise InputError(f"select_best: table has no column {missing[0]!r}")
     rows = table.to_pylist()
-    points: dict[tuple, list[int]] = {}
-    for i, r in enumerate(rows):
-        points.setdefault(point(r), []).append(i)
     best: dict[tuple, tuple[tuple, list[int]]] = {}
-    for members in points.values():
+    for members in by_point(rows).values():
         first = rows[members[0]]
         group = tuple(first[c] for c in BEST_GROUP)
         scores = [rows[i]["success_rate"] if first["target"] is not None else rows[i]["fooling_rate"] for i in members]

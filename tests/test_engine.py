@@ -44,15 +44,20 @@ def _stream(urls: list[str], *, seed: int | None = None, stream: int = 0, pass_:
     return torch.stack([img for _, img in decode_stream(samples, channels=1, size=28, report=report)])
 
 
-def _core_in_order(model, images: torch.Tensor, *, batch_size: int, seed: int = 0, p=2, zeta=ZETA,
-                   criterion=Untargeted()):
-    """The core attack made to visit ``images`` in the given order (its pass order is random.Random(seed).sample)."""
+def _for_core_order(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``images`` rearranged so that the core's pass order (``random.Random(seed).sample``) visits them as given."""
     perm = random.Random(seed).sample(range(len(images)), len(images))
     inverse = torch.empty(len(images), dtype=torch.long)
     inverse[torch.tensor(perm)] = torch.arange(len(images))
+    return images[inverse]
+
+
+def _core_in_order(model, images: torch.Tensor, *, batch_size: int, seed: int = 0, p=2, zeta=ZETA,
+                   criterion=Untargeted()):
+    """The core attack made to visit ``images`` in the given order (its pass order is random.Random(seed).sample)."""
     radius = zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=zeta, p=p)
     attack = UAP(radius=radius, p=p, eps=EPS, mode="faithful" if batch_size == 1 else "batched", batch_size=batch_size)
-    return attack(model, images[inverse], seed=seed, criterion=criterion)
+    return attack(model, _for_core_order(images, seed), seed=seed, criterion=criterion)
 
 
 def _config(models, shards, out, **kw) -> EngineConfig:
@@ -81,11 +86,8 @@ def test_targeted_linf_engine_equals_the_core(cluster, models, shards, tmp_path)
     # two passes over the same stream order: the core's pass order differs per pass, so run it pass by pass
     model = load_classifier(models["model"])
     first = _core_in_order(model, stream, batch_size=4, p="inf", zeta=0.03, criterion=Targeted(0))
-    perm = random.Random(0).sample(range(48), 48)
-    inverse = torch.empty(48, dtype=torch.long)
-    inverse[torch.tensor(perm)] = torch.arange(48)
     second = UAP(radius=zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=0.03, p="inf"), p="inf", eps=EPS,
-                 mode="batched", batch_size=4)(model, stream[inverse], seed=0, rho=first.rho, criterion=Targeted(0))
+                 mode="batched", batch_size=4)(model, _for_core_order(stream), seed=0, rho=first.rho, criterion=Targeted(0))
     assert m["target"] == "NORMAL" and m["stats"]["images"] == 96
     assert m["stats"]["accepted"] == first.stats.accepted + second.stats.accepted > 0
     assert rho.abs().max() <= m["radius"] + 1e-6
@@ -103,11 +105,8 @@ def test_the_seeded_order_is_the_papers_random_order_and_each_seed_draws_its_own
         rhos[seed] = torch.from_numpy(np.load(tmp_path / f"s{seed}" / "uap.npy"))
     urls, model = read_manifest(shards).urls, load_classifier(models["model"])
     first = _core_in_order(model, _stream(urls, seed=0, pass_=0), batch_size=4)
-    perm = random.Random(0).sample(range(48), 48)
-    inverse = torch.empty(48, dtype=torch.long)
-    inverse[torch.tensor(perm)] = torch.arange(48)
     second = UAP(radius=zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=ZETA, p=2), p=2, eps=EPS, mode="batched",
-                 batch_size=4)(model, _stream(urls, seed=0, pass_=1)[inverse], seed=0, rho=first.rho)
+                 batch_size=4)(model, _for_core_order(_stream(urls, seed=0, pass_=1)), seed=0, rho=first.rho)
     torch.testing.assert_close(rhos[0], second.rho, rtol=0, atol=1e-5)
     assert not torch.equal(_stream(urls, seed=0, pass_=0), _stream(urls))  # not the shard order
     assert (rhos[0] - rhos[1]).abs().max() > 1e-3
@@ -425,15 +424,12 @@ def _sgd_core_by_pass(model, images: torch.Tensor, *, batch_size: int, passes: i
     """The core's SGD-UAP made to visit ``images`` in the given order on every pass, ρ and the schedule carried."""
     from raylab.core import SGDUAP
 
-    perm = random.Random(0).sample(range(len(images)), len(images))
-    inverse = torch.empty(len(images), dtype=torch.long)
-    inverse[torch.tensor(perm)] = torch.arange(len(images))
     attack = SGDUAP(radius=zeta_radius(load_medmnist(PNEUMONIA).train_images, zeta=zeta, p=p), p=p, max_passes=1,
                     batch_size=batch_size)
     steps = -(-len(images) // batch_size)
     rho = None
     for k in range(passes):
-        rho = attack(model, images[inverse], rho=rho, seed=0, first_step=k * steps, total_steps=passes * steps).rho
+        rho = attack(model, _for_core_order(images), rho=rho, seed=0, first_step=k * steps, total_steps=passes * steps).rho
     return rho
 
 

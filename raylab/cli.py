@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--over-seeds", action="store_true",
                    help="one line per grid point, each rate as mean ± sd over its seeds (rows that differ only by seed)")
     r.add_argument("--columns", default=None, help="comma-separated columns to show")
+    r.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw each rate over --x as curves, mean ± sd over seeds, random control dotted (path or URL)")
+    r.add_argument("--x", default="zeta", help="the column the plot's rates are drawn over (default: zeta; also eps, lr, ...)")
 
     d = sub.add_parser("demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, then audit it (raylab audit "
                                      "--budget quick) with UAPs from ImageNet photos")
@@ -336,6 +339,8 @@ def cmd_import_model(a: argparse.Namespace) -> int:
 
 def cmd_results(a: argparse.Namespace) -> int:
     from .results import filter_value, over_seeds, read_results, select_best, summary_table
+    from .results.curves import SELECTED, curves, curves_png
+    from .store import Store
 
     filters: dict = {}
     for f in a.filter:
@@ -346,9 +351,12 @@ def cmd_results(a: argparse.Namespace) -> int:
     table = read_results(a.location, filters=filters or None)
     if a.select == "best":
         table = select_best(table)
-    if a.over_seeds:
-        table = over_seeds(table)
-    print(summary_table(table, columns=a.columns.split(",") if a.columns else None))
+    found = curves(table, a.x, chosen=SELECTED if a.select == "best" else ()) if a.plot else []  # refused before printing
+    print(summary_table(over_seeds(table) if a.over_seeds else table, columns=a.columns.split(",") if a.columns else None))
+    if a.plot:
+        store, name = Store.beside(a.plot)
+        store.write_bytes(name, curves_png(found, a.x, title=a.location))
+        print(f"plot: {a.plot} ({len(found)} curve(s) over {a.x})")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import uuid
 from datetime import datetime, timezone
@@ -10,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 import raylab
 from raylab.config import AttackConfig
@@ -23,6 +27,7 @@ from raylab.evaluation import Evaluation, Rates
 from raylab.record import Build, RunRecord, Source
 from raylab.results import (SCHEMA, SCHEMA_VERSION, filter_value, over_seeds, read_results, select_best, summary_table,
                             write_rows)
+from raylab.results.curves import SELECTED, curves, curves_png
 
 def record_for(p: Any, zeta: float, eps: float, target: str | None, fooling: float, success: float | None,
                *, model: str = "runs/demo/model.pt", max_passes: int = 3) -> RunRecord:
@@ -326,6 +331,56 @@ def test_rows_that_differ_only_by_seed_are_one_grid_point_with_mean_and_sd() -> 
     header = lines[0].split()
     assert header[header.index("seeds") + 1:header.index("seeds") + 4] == ["fooling_rate", "±", "sd"]
     assert "[0, 1, 2]" in lines[3] and "0.3 ± 0.1" in lines[3] and "0.1 ± 0" in lines[2]
+
+
+def _three_seeds(rows: list[dict[str, Any]]) -> pa.Table:
+    """Every row of :data:`TRIALS` run with seeds 0, 1, 2, whose rates are the row's, +0.02 and -0.02."""
+    return pa.Table.from_pylist([dict(r, trial_id=f"{r['trial_id']}-s{s}", seed=s, fooling_rate=r["fooling_rate"] + d,
+                                      success_rate=None if r["success_rate"] is None else r["success_rate"] - d)
+                                 for r in rows for s, d in [(0, 0.0), (1, 0.02), (2, -0.02)]], schema=SCHEMA)
+
+
+def test_curves_draw_each_grid_point_over_zeta_as_mean_and_sd_over_its_seeds() -> None:
+    found = {c.label: c for c in curves(_three_seeds(make_rows()))}
+    assert list(found) == ["sweep=grid-a, p=2, ε=0.001", "sweep=grid-a, p=2, ε=0.002", "sweep=grid-a, p=inf, ε=0.001",
+                           "sweep=grid-b, p=2, ε=0.001, target=NORMAL", "sweep=grid-b, p=inf, ε=0.004, target=NORMAL"]
+    two = found["sweep=grid-a, p=2, ε=0.002"]  # t1 at zeta 0.02 and t3 at 0.04: one curve of two points
+    assert two.x == [0.02, 0.04] and two.rate == pytest.approx([0.30, 0.50]) and two.sd == pytest.approx([0.02, 0.02])
+    assert two.random == pytest.approx([0.014423, 0.014423], abs=1e-6) and two.seeds == [3, 3] and not two.targeted
+    targeted = found["sweep=grid-b, p=inf, ε=0.004, target=NORMAL"]  # R_s toward the target, not R_f
+    assert targeted.targeted and targeted.rate == pytest.approx([0.85]) and targeted.random == pytest.approx([0.2125])
+    over_eps = curves(_three_seeds(make_rows()), "eps")  # another x: zeta now names the curves
+    assert [c.label for c in over_eps if c.x == [0.001, 0.002]] == ["sweep=grid-a, p=2, ζ=0.02"]
+
+
+def test_after_select_best_a_curve_is_one_group_labelled_with_its_chosen_step_per_zeta() -> None:
+    found = curves(select_best(_three_seeds(make_rows())), chosen=SELECTED)
+    assert [(c.label, c.x, c.notes) for c in found] == [
+        ("sweep=grid-a", [0.02, 0.04], ["ε=0.002 p=2", "ε=0.001 p=inf"]),  # the ζ=0.04 tie went to the smaller ε
+        ("sweep=grid-b, target=NORMAL", [0.04], ["ε=0.004 p=inf"])]
+    assert found[0].rate == pytest.approx([0.30, 0.50])
+
+
+def test_curves_are_drawn_in_one_panel_per_kind_of_rate() -> None:
+    table = _three_seeds(make_rows())
+    both = np.asarray(Image.open(io.BytesIO(curves_png(curves(table)))).convert("RGB")).astype(int)
+    one = np.asarray(Image.open(io.BytesIO(curves_png(curves(table.filter(pc.is_null(table["target"])))))).convert("RGB"))
+    assert both.shape == (520, 1280, 3) and one.shape == (520, 640, 3)  # R_f beside R_s; R_f alone
+    for color in [(31, 119, 180), (255, 127, 14)]:  # tab10's first two curves are drawn
+        assert (np.abs(one.astype(int) - color).sum(axis=2) < 30).sum() > 100
+
+
+def test_a_plot_without_a_curve_is_refused_in_one_line() -> None:
+    table = _three_seeds(make_rows())
+    with pytest.raises(InputError, match="cannot plot over 'trial_id'; choose one of zeta, eps"):
+        curves(table, "trial_id")
+    with pytest.raises(InputError, match=r"every row has zeta=0.04, so there is no curve over it; the rows vary in eps"):
+        curves(table.filter(pc.equal(table["zeta"], 0.04)))
+    with pytest.raises(InputError, match="no rows to plot"):
+        curves(table.slice(0, 0))
+    sgd = [dict(r, method="sgd", eps=None, lr=0.5) for r in table.to_pylist()]
+    with pytest.raises(InputError, match="no row has a value of 'eps'"):
+        curves(pa.Table.from_pylist(sgd, schema=SCHEMA), "eps")
 
 
 def test_the_two_methods_are_two_groups_and_an_sgd_row_has_no_eps() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from PIL import Image
 
 from raylab.cli import main
 from raylab.config import EngineConfig
@@ -95,23 +96,29 @@ def test_a_resumed_sweep_with_other_settings_is_refused(cluster, models, tmp_pat
 
 def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_path, capsys) -> None:
     """The training-image and random trials run inside the trial: workers the cluster cannot give do not block them.
-    Also: ``seeds`` runs every grid point once per seed, and the results give each point's mean ± sd over them."""
+    Also: ``seeds`` runs every grid point once per seed, and the results give each point's mean ± sd over them, in
+    a table and drawn over ζ."""
     s = SweepConfig(name="light", medical=str(PNEUMONIA), models=(str(models["model"]),), sources=("random", "train"),
-                    eps=(0.01,), zeta=(0.08,), results=str(tmp_path / "results"), out=str(tmp_path / "sweeps"),
+                    eps=(0.01,), zeta=(0.04, 0.08), results=str(tmp_path / "results"), out=str(tmp_path / "sweeps"),
                     workers=2, cpus_per_worker=64.0, seeds=(0, 1))
     assert s.bundles("random") == [{"CPU": 0.25}] and len(s.bundles("/some/shards")) == 5
     grid = run_sweep(s, log=lambda line: None)
-    assert [outcome(r) for r in grid] == ["finished"] * 4
+    assert [outcome(r) for r in grid] == ["finished"] * 8
     rows = read_results(tmp_path / "results", filters={"sweep": "light"}).to_pylist()
-    assert sorted((r["source_kind"], r["seed"]) for r in rows) == [("random", 0), ("random", 1), ("train", 0), ("train", 1)]
-    train = sorted((r for r in rows if r["source_kind"] == "train"), key=lambda r: r["seed"])
+    assert sorted((r["source_kind"], r["zeta"], r["seed"]) for r in rows) == [
+        (kind, zeta, seed) for kind in ("random", "train") for zeta in (0.04, 0.08) for seed in (0, 1)]
+    train = sorted((r for r in rows if r["source_kind"] == "train" and r["zeta"] == 0.08), key=lambda r: r["seed"])
     assert not np.array_equal(*(np.load(r["uap_uri"]) for r in train))  # two seeds, two image orders, two UAPs
     capsys.readouterr()  # Tune's own lines
-    assert main(["results", str(tmp_path / "results"), "--filter", "sweep=light", "--over-seeds"]) == 0
+    plot = tmp_path / "plots" / "light.png"
+    assert main(["results", str(tmp_path / "results"), "--filter", "sweep=light", "--over-seeds", "--plot", str(plot)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     mean = sum(r["fooling_rate"] for r in train) / 2
-    assert len(lines) == 4 and all("[0, 1]" in line for line in lines[2:])  # header, rule, one line per grid point
-    assert any(line.split()[2] == "train" and f"{mean:.3g} ± " in line for line in lines[2:])
+    assert len(lines) == 7 and all("[0, 1]" in line for line in lines[2:6])  # header, rule, one line per grid point
+    assert any(line.split()[2] == "train" and " 0.08 " in line and f"{mean:.3g} ± " in line for line in lines[2:6])
+    assert lines[6] == f"plot: {plot} (2 curve(s) over zeta)"  # random and train, each over the two zetas
+    with Image.open(plot) as image:
+        assert image.size == (640, 520)
     with pytest.raises(InputError, match="give one or more distinct seeds"):
         SweepConfig(**{**{k: getattr(s, k) for k in ("name", "medical", "models", "sources")}, "seeds": (1, 1)})
 

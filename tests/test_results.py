@@ -365,7 +365,8 @@ def test_curves_are_drawn_in_one_panel_per_kind_of_rate() -> None:
     table = _three_seeds(make_rows())
     both = np.asarray(Image.open(io.BytesIO(curves_png(curves(table)))).convert("RGB")).astype(int)
     one = np.asarray(Image.open(io.BytesIO(curves_png(curves(table.filter(pc.is_null(table["target"])))))).convert("RGB"))
-    assert both.shape == (520, 1280, 3) and one.shape == (520, 640, 3)  # R_f beside R_s; R_f alone
+    assert both.shape[1:] == (1280, 3) and one.shape[1:] == (640, 3)  # R_f beside R_s; R_f alone
+    assert one.shape[0] > both.shape[0] > 440  # the legend below: 4 lines for one panel, 3 in 2 columns for two
     for color in [(31, 119, 180), (255, 127, 14)]:  # tab10's first two curves are drawn
         assert (np.abs(one.astype(int) - color).sum(axis=2) < 30).sum() > 100
 

@@ -45,6 +45,14 @@ def _short(column: str, value: Any) -> str:
     return f"{_SHORT.get(column, column)}={shown}"
 
 
+def _names(column: str, values: set[Any]) -> dict[Any, Any]:
+    """Paths and URLs (``source``, ``model``, ``medical``) by their last part, where that still tells them apart."""
+    if column not in ("source", "model", "medical"):
+        return {v: v for v in values}
+    last = {v: str(v).rstrip("/").rsplit("/", 1)[-1] for v in values}
+    return last if len(set(last.values())) == len(values) else {v: v for v in values}
+
+
 def curves(table: pa.Table, x: str = "zeta", *, chosen: tuple[str, ...] = ()) -> list[Curve]:
     """The curves of ``table`` (rows of a results location, one per trial) over the column ``x``.
 
@@ -66,6 +74,9 @@ def curves(table: pa.Table, x: str = "zeta", *, chosen: tuple[str, ...] = ()) ->
         raise InputError(f"results: every row has {x}={xs[0]:g}, so there is no curve over it{hint}")
     keys = [c for c in POINT if c in table.column_names and c != x and c not in chosen]
     naming = [c for c in keys if len({p[c] for p in points}) > 1]
+    if "source" in naming and "source_kind" in naming:
+        naming.remove("source_kind")  # a source's kind follows from it
+    names = {c: _names(c, {p[c] for p in points}) for c in naming}
     notes = [c for c in chosen if c in table.column_names and len({p[c] for p in points}) > 1]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for p in points:
@@ -77,12 +88,13 @@ def curves(table: pa.Table, x: str = "zeta", *, chosen: tuple[str, ...] = ()) ->
         targeted = first.get("target") is not None
         rate = "success_rate" if targeted else "fooling_rate"
         out.append(Curve(
-            label=", ".join(_short(c, first[c]) for c in naming if c != "target" or targeted) or
+            label=", ".join(_short(c, names[c][first[c]]) for c in naming if c != "target" or targeted) or
             ("targeted" if targeted else "non-targeted"),
             targeted=targeted, x=[p[x] for p in members], rate=[p[rate] for p in members],
             sd=[p[f"{rate}_sd"] for p in members], random=[p[f"random_{rate}"] for p in members],
             random_sd=[p[f"random_{rate}_sd"] for p in members], seeds=[len(p["seeds"]) for p in members],
-            notes=[" ".join(_short(c, p[c]) for c in notes) for p in members] if notes else []))
+            notes=[" ".join(_short(c, p[c]) for c in notes if p[c] is not None) for p in members]
+            if notes and first.get("source_kind") != "random" else []))  # the random control has no step
     return out
 
 
@@ -91,13 +103,16 @@ def _axis_name(x: str) -> str:
 
 
 def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "") -> bytes:
-    """The curves drawn as a PNG: a panel for R_f and one for R_s where both kinds are there; rates in %."""
+    """The curves drawn as a PNG: a panel for R_f and one for R_s where both kinds are there, one legend below
+    them (the figure grows with it); rates in %."""
     import matplotlib.pyplot as plt
 
     from ..plots import png_bytes
 
     panels = [kind for kind in (False, True) if any(c.targeted == kind for c in found)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.2), squeeze=False, sharex=True)
+    rows = len(found) + 1 if len(panels) == 1 else (len(found) + 2) // 2  # the legend's lines, the control's included
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4 + 0.17 * rows), squeeze=False,
+                             sharex=True, layout="constrained")
     colors = plt.get_cmap("tab10" if len(found) <= 10 else "tab20").colors
     scale = 100 if x == "zeta" else 1
     for ax, targeted in zip(axes[0], panels):
@@ -113,7 +128,8 @@ def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "") -> bytes
                 ax.errorbar([v for v, _, _ in rnd], [100 * r for _, r, _ in rnd], yerr=[100 * (s or 0) for _, _, s in rnd],
                             fmt=":", marker=".", color=color, alpha=0.6, capsize=2)
             for v, r, note in zip(xs, c.rate, c.notes):
-                ax.annotate(note, (v, 100 * r), textcoords="offset points", xytext=(4, 4), fontsize=6, color=color)
+                ax.annotate(note, (v, 100 * r), textcoords="offset points", xytext=(4, 4 if i % 2 else -9), fontsize=6,
+                            color=color)  # two curves that meet keep their notes apart
         seeds = sorted({n for c in found if c.targeted == targeted for n in c.seeds})
         over = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
         ax.set_title(f"{'Targeted: R_s toward the target' if targeted else 'Non-targeted: R_f'} "
@@ -122,14 +138,14 @@ def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "") -> bytes
         ax.set_ylabel(f"{'success rate R_s' if targeted else 'fooling rate R_f'} (%)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        (control,) = ax.plot([], [], ":", marker=".", color="grey")
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles + [control], labels + ["dotted: random noise of the same norm"], fontsize=7, loc="upper center",
-                  bbox_to_anchor=(0.5, -0.13), ncol=1 if len(found) > 6 else 2)
     ticks = sorted({scale * v for c in found for v in c.x})
     if len(ticks) <= 12:
         axes[0][0].set_xticks(ticks, [f"{t:g}" for t in ticks])
+    handles = [h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]]
+    labels = [lab for ax in axes[0] for lab in ax.get_legend_handles_labels()[1]]
+    (control,) = axes[0][0].plot([], [], ":", marker=".", color="grey")
+    fig.legend(handles + [control], labels + ["dotted: random noise of the same norm"], loc="outside lower center",
+               fontsize=7, ncol=len(panels), frameon=False)
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10)
     return png_bytes(fig, dpi=100)

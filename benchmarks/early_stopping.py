@@ -23,7 +23,7 @@ from raylab.bench import cpu_name, write_figures  # noqa: E402
 from raylab.data.shards import write_shards  # noqa: E402
 from raylab.models import checkpoint_spec  # noqa: E402
 from raylab.results import read_results, select_best  # noqa: E402
-from raylab.sweep import SweepConfig, outcome, run_sweep  # noqa: E402
+from raylab.sweep import SweepConfig, axes_of, outcome, run_sweep  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -64,7 +64,7 @@ def main() -> int:
             started = time.perf_counter()
             grid = run_sweep(s, log=print)
             seconds = time.perf_counter() - started
-            trials = [{"eps": r.config["attack"]["eps"], "p": r.config["p"], "outcome": outcome(r),
+            trials = [{"eps": axes_of(r.config)["attack"]["eps"], "p": r.config["p"], "outcome": outcome(r),
                        "images": int(r.metrics.get("images") or 0), "score": r.metrics.get("score")} for r in grid]
             best = select_best(read_results(root / "results", filters={"sweep": label})).to_pylist()
             figures[label] = {"wall_seconds": seconds, "images": sum(t["images"] for t in trials),

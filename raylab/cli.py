@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .audit import AuditConfig
 from .bench import BenchConfig, EngineBenchConfig
@@ -26,6 +26,9 @@ from .errors import InputError, RaylabError
 from .options import add_options, build
 from .sweep import SweepConfig
 from .train import PretrainConfig, TrainConfig
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def _model_options(p: argparse.ArgumentParser, *, out_help: str) -> None:
@@ -319,6 +322,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     print(f"{len(grid)} trial(s), {outcomes.count('failed')} failed"
           + (f", {outcomes.count('stopped')} stopped early" if "stopped" in outcomes else "")
           + f"; results in {config.results} (sweep={config.name})")
+    if len(set(table["zeta"].to_pylist())) > 1:  # the rates over zeta, drawn
+        print(_plot(table, "zeta", selected=a.select == "best")(f"{config.out}/{config.name}/curves.png", f"sweep {config.name}"))
     for r, o in zip(grid, outcomes):
         if o == "failed":
             print(f"failed: {r.path}: {' '.join(str(r.error).split())[:300]}")
@@ -337,10 +342,24 @@ def cmd_import_model(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_results(a: argparse.Namespace) -> int:
-    from .results import filter_value, over_seeds, read_results, select_best, summary_table
+def _plot(table: pa.Table, x: str, *, selected: bool) -> Callable[[str, str], str]:
+    """The curves of ``table``'s rates over ``x`` (:mod:`raylab.results.curves`; nothing to draw is refused now, in
+    one line), and a function that draws them into a location and says so."""
     from .results.curves import SELECTED, curves, curves_png
     from .store import Store
+
+    found = curves(table, x, chosen=SELECTED if selected else ())
+
+    def write(location: str, title: str) -> str:
+        store, name = Store.beside(location)
+        store.write_bytes(name, curves_png(found, x, title=title))
+        return f"plot: {location} ({len(found)} curve(s) over {x})"
+
+    return write
+
+
+def cmd_results(a: argparse.Namespace) -> int:
+    from .results import filter_value, over_seeds, read_results, select_best, summary_table
 
     filters: dict = {}
     for f in a.filter:
@@ -351,12 +370,10 @@ def cmd_results(a: argparse.Namespace) -> int:
     table = read_results(a.location, filters=filters or None)
     if a.select == "best":
         table = select_best(table)
-    found = curves(table, a.x, chosen=SELECTED if a.select == "best" else ()) if a.plot else []  # refused before printing
+    plot = _plot(table, a.x, selected=a.select == "best") if a.plot else None
     print(summary_table(over_seeds(table) if a.over_seeds else table, columns=a.columns.split(",") if a.columns else None))
-    if a.plot:
-        store, name = Store.beside(a.plot)
-        store.write_bytes(name, curves_png(found, a.x, title=a.location))
-        print(f"plot: {a.plot} ({len(found)} curve(s) over {a.x})")
+    if plot:
+        print(plot(a.plot, a.location))
     return 0
 
 

@@ -184,7 +184,7 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
     from .engine import run_engine
     from .telemetry import Telemetry, ray_sink, run_tags
 
-    s = sweep
+    s, config = sweep, axes_of(config)
     trial_id = tune.get_context().get_trial_id()
     out = f"{s.out}/{s.name}/{trial_id}"
     attack = dict(**config["attack"], p=config["p"], zeta=config["zeta"], max_passes=config["max_passes"],
@@ -207,17 +207,27 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
 def param_space(s: SweepConfig) -> dict[str, Any]:
     """Tune's search space: the axes only (the fixed settings go in through ``tune.with_parameters``).
 
-    ``attack`` is the method with its own step: ``{"method": "paper", "eps": ε}`` for each ε and
-    ``{"method": "sgd", "lr": lr}`` for each lr, so the grid holds no sgd trial per ε (sgd has no ε).
+    ``run`` is a UAP source with a method, its own step and i_max: ``{"method": "paper", "eps": ε}`` for each ε and
+    ``{"method": "sgd", "lr": lr}`` for each lr, so the grid holds no sgd trial per ε (sgd has no ε). The random
+    control has no method, step or passes (its ρ is noise drawn from the seed), so it runs once per model, p, ζ,
+    target and seed, with the first method's first step in its row, not once per step.
     """
     from ray import tune
 
     attacks = [{"method": m, **({"eps": e} if m == "paper" else {"lr": e})}
                for m in s.methods for e in (s.eps if m == "paper" else s.lr)]
-    axes = {"model": list(s.models), "source": list(s.sources), "attack": attacks, "p": list(s.p), "zeta": list(s.zeta),
-            "target": list(s.targets), "max_passes": list(s.max_passes), "seed": list(s.seeds)}
+    runs = [{"source": src, "attack": a, "max_passes": m} for src in s.sources for a in attacks for m in s.max_passes
+            if src != SOURCE_RANDOM or (a is attacks[0] and m == s.max_passes[0])]
+    axes = {"model": list(s.models), "run": runs, "p": list(s.p), "zeta": list(s.zeta), "target": list(s.targets),
+            "seed": list(s.seeds)}
     pick = tune.grid_search if s.search == "grid" else tune.choice
     return {k: pick(v) for k, v in axes.items()}
+
+
+def axes_of(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config as one flat dict of axes (``source``, ``attack``, ``max_passes`` out of ``run``); a sweep
+    started before ``run`` existed has them flat already."""
+    return {**{k: v for k, v in config.items() if k != "run"}, **config.get("run", {})}
 
 
 def grouped_asha(s: SweepConfig) -> Any:
@@ -243,7 +253,7 @@ def grouped_asha(s: SweepConfig) -> Any:
             return True
 
         def _scheduler(self, trial: Any) -> AsyncHyperBandScheduler:
-            key = tuple(str(trial.config.get(k)) for k in GROUP_AXES)
+            key = tuple(str(axes_of(trial.config).get(k)) for k in GROUP_AXES)
             if key not in self.groups:
                 self.groups[key] = AsyncHyperBandScheduler(
                     time_attr="stream_images", metric=self._metric, mode=self._mode, max_t=2**40,
@@ -283,7 +293,7 @@ def _outcomes(sweep: str) -> Any:
 
     class TrialOutcomes(tune.Callback):
         def _done(self, trial: Any, status: str) -> None:
-            c = trial.config
+            c = axes_of(trial.config)
             Telemetry(ray_sink(), **run_tags(out=trial.trial_id, source=c.get("source", ""), model=c.get("model", ""))
                       ).trial_done(sweep=sweep, status=status)  # type: ignore[arg-type]
 
@@ -308,7 +318,7 @@ def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
     guard_resume(Store.at(s.storage).child(s.name), "raylab-sweep.json", s.identity(), what=f"sweep {s.name!r}",
                  hint="use a new --name, or the settings it was started with")
     trainable = tune.with_resources(tune.with_parameters(uap_trial, sweep=s),
-                                    resources=lambda config: tune.PlacementGroupFactory(s.bundles(config["source"])))
+                                    resources=lambda config: tune.PlacementGroupFactory(s.bundles(axes_of(config)["source"])))
     path = f"{s.storage}/{s.name}"
     if tune.Tuner.can_restore(path):
         log(f"resuming sweep {s.name} from {path}")

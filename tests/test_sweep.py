@@ -19,7 +19,7 @@ from raylab.config import EngineConfig
 from raylab.engine import run_engine
 from raylab.errors import InputError
 from raylab.results import SCHEMA, read_results
-from raylab.sweep import SweepConfig, outcome, run_sweep
+from raylab.sweep import SweepConfig, axes_of, param_space, run_sweep
 
 from .conftest import PNEUMONIA, ROOT
 
@@ -38,12 +38,13 @@ def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_pat
     rc = main(["sweep", *_args(models, shards, tmp_path, cluster, "grid", model=url), "--select", "best"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "4 trial(s), 0 failed" in out and "fooling_rate" in out
+    assert "3 trial(s), 0 failed" in out and "fooling_rate" in out
     table = read_results(tmp_path / "results", filters={"sweep": "grid"})
     assert table.schema.equals(SCHEMA, check_metadata=False)
-    assert table.num_rows == 4 and len(set(table["trial_id"].to_pylist())) == 4
+    assert table.num_rows == 3 and len(set(table["trial_id"].to_pylist())) == 3
     rows = table.to_pylist()
-    assert sorted((r["source_kind"], r["eps"]) for r in rows) == [("random", 0.01), ("random", 0.02), ("shards", 0.01), ("shards", 0.02)]
+    # the random control has no step: one trial, not one per eps
+    assert sorted((r["source_kind"], r["eps"]) for r in rows) == [("random", 0.01), ("shards", 0.01), ("shards", 0.02)]
     for r in rows:
         assert r["zeta"] == 0.08 and r["p"] == "2" and r["arch"] == "small_cnn" and r["image_size"] == 28
         assert 0 <= r["fooling_rate"] <= 1 and 0 <= r["random_fooling_rate"] <= 1 and r["clean_accuracy"] > 0.6
@@ -73,12 +74,12 @@ def test_an_interrupted_sweep_resumes_without_duplicate_rows(cluster, models, sh
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
     done_before = len(list(results.glob("trial-*.parquet")))
-    assert 1 <= done_before < 4
+    assert 1 <= done_before < 3
     second = subprocess.run(args, env=cluster["env"], capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming sweep resume" in second.stdout
     table = read_results(tmp_path / "results", filters={"sweep": "resume"})
-    assert table.num_rows == 4 and len(set(table["trial_id"].to_pylist())) == 4
+    assert table.num_rows == 3 and len(set(table["trial_id"].to_pylist())) == 3
     assert isinstance(table, pa.Table)
 
 
@@ -94,6 +95,22 @@ def test_a_resumed_sweep_with_other_settings_is_refused(cluster, models, tmp_pat
     assert main([*args, "--eps", "0.01", "--max-concurrent", "1"]) == 0  # where trials run may change
 
 
+def test_the_random_control_runs_once_per_p_zeta_target_and_seed_not_once_per_step(models, shards) -> None:
+    """Its rho is noise drawn from the seed at the radius of p and zeta: a trial per method, step or i_max would
+    make the same row again (a sweep of 4 eps x 2 p x 7 zeta x 3 seeds ran 168 random-control trials for 42)."""
+    s = SweepConfig(name="grid", medical=str(PNEUMONIA), models=(str(models["model"]),),
+                    sources=(str(shards), "train", "random"), methods=("paper", "sgd"), eps=(0.01, 0.02), lr=(0.5,),
+                    max_passes=(1, 2), p=("2", "inf"), zeta=(0.04,), seeds=(0, 1))
+    runs = param_space(s)["run"]["grid_search"]
+    per_source = {src: [(r["attack"], r["max_passes"]) for r in runs if r["source"] == src] for src in s.sources}
+    assert len(per_source[str(shards)]) == len(per_source["train"]) == 3 * 2  # (paper eps 0.01, 0.02; sgd lr 0.5) x i_max
+    assert per_source["random"] == [({"method": "paper", "eps": 0.01}, 1)]
+    assert axes_of({"run": runs[0], "p": "2", "seed": 1}) == {"source": str(shards), "attack": {"method": "paper", "eps": 0.01},
+                                                             "max_passes": 1, "p": "2", "seed": 1}
+    flat = {"source": "train", "attack": {"method": "paper", "eps": 0.01}, "max_passes": None, "p": "2"}
+    assert axes_of(flat) == flat  # a trial of a sweep started before the run axis, restored
+
+
 def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_path, capsys) -> None:
     """The training-image and random trials run inside the trial: workers the cluster cannot give do not block them.
     Also: ``seeds`` runs every grid point once per seed, and the results give each point's mean ± sd over them, in
@@ -102,14 +119,20 @@ def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_
                     eps=(0.01,), zeta=(0.04, 0.08), results=str(tmp_path / "results"), out=str(tmp_path / "sweeps"),
                     workers=2, cpus_per_worker=64.0, seeds=(0, 1))
     assert s.bundles("random") == [{"CPU": 0.25}] and len(s.bundles("/some/shards")) == 5
-    grid = run_sweep(s, log=lambda line: None)
-    assert [outcome(r) for r in grid] == ["finished"] * 8
+    rc = main(["sweep", "--name", "light", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random",
+               "train", "--eps", "0.01", "--zeta", "0.04", "0.08", "--results", str(tmp_path / "results"), "--out",
+               str(tmp_path / "sweeps"), "--workers", "2", "--cpus-per-worker", "64", "--seeds", "0", "1",
+               "--address", cluster["address"]])
+    out = capsys.readouterr().out
+    assert rc == 0 and "8 trial(s), 0 failed" in out, out
+    assert f"plot: {tmp_path / 'sweeps'}/light/curves.png (2 curve(s) over zeta)" in out  # a sweep over zeta draws it
+    with Image.open(tmp_path / "sweeps" / "light" / "curves.png") as image:
+        assert image.width == 640 and image.height > 440  # one panel, R_f; a legend below it
     rows = read_results(tmp_path / "results", filters={"sweep": "light"}).to_pylist()
     assert sorted((r["source_kind"], r["zeta"], r["seed"]) for r in rows) == [
         (kind, zeta, seed) for kind in ("random", "train") for zeta in (0.04, 0.08) for seed in (0, 1)]
     train = sorted((r for r in rows if r["source_kind"] == "train" and r["zeta"] == 0.08), key=lambda r: r["seed"])
     assert not np.array_equal(*(np.load(r["uap_uri"]) for r in train))  # two seeds, two image orders, two UAPs
-    capsys.readouterr()  # Tune's own lines
     plot = tmp_path / "plots" / "light.png"
     assert main(["results", str(tmp_path / "results"), "--filter", "sweep=light", "--over-seeds", "--plot", str(plot)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -117,8 +140,7 @@ def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_
     assert len(lines) == 7 and all("[0, 1]" in line for line in lines[2:6])  # header, rule, one line per grid point
     assert any(line.split()[2] == "train" and " 0.08 " in line and f"{mean:.3g} ± " in line for line in lines[2:6])
     assert lines[6] == f"plot: {plot} (2 curve(s) over zeta)"  # random and train, each over the two zetas
-    with Image.open(plot) as image:
-        assert image.size == (640, 520)
+    assert Image.open(plot).width == 640
     with pytest.raises(InputError, match="give one or more distinct seeds"):
         SweepConfig(**{**{k: getattr(s, k) for k in ("name", "medical", "models", "sources")}, "seeds": (1, 1)})
 

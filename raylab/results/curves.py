@@ -116,6 +116,7 @@ def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "") -> bytes
     colors = plt.get_cmap("tab10" if len(found) <= 10 else "tab20").colors
     scale = 100 if x == "zeta" else 1
     for ax, targeted in zip(axes[0], panels):
+        noted = 0  # curves with notes so far: two curves that meet keep their notes apart, one above and one below
         for i, c in enumerate(found):
             if c.targeted != targeted:
                 continue
@@ -128,8 +129,9 @@ def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "") -> bytes
                 ax.errorbar([v for v, _, _ in rnd], [100 * r for _, r, _ in rnd], yerr=[100 * (s or 0) for _, _, s in rnd],
                             fmt=":", marker=".", color=color, alpha=0.6, capsize=2)
             for v, r, note in zip(xs, c.rate, c.notes):
-                ax.annotate(note, (v, 100 * r), textcoords="offset points", xytext=(4, 4 if i % 2 else -9), fontsize=6,
-                            color=color)  # two curves that meet keep their notes apart
+                ax.annotate(note, (v, 100 * r), textcoords="offset points", xytext=(4, 4 if noted % 2 else -9), fontsize=6,
+                            color=color)
+            noted += bool(c.notes)
         seeds = sorted({n for c in found if c.targeted == targeted for n in c.seeds})
         over = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
         ax.set_title(f"{'Targeted: R_s toward the target' if targeted else 'Non-targeted: R_f'} "

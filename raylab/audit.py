@@ -44,7 +44,7 @@ from .core import fooling_rate, label_composition, predict_labels, success_rate
 from .evaluation import ModelCheck, by_class
 from .record import ResultsKey
 from .run import SourceImages, run_uap, source_images
-from .selection import best, kept_on_validation, seeded_subset, select_on_validation, validation_images
+from .selection import best, kept_on_validation, select_on_validation, validation_images
 from .spread import spread
 from .store import Store, guard_resume
 from .target import Target, load_target, resolve_target
@@ -65,7 +65,6 @@ class Budget:
     eps_grid: tuple[float, ...]
     p_grid: tuple[str, ...]
     lr_grid: tuple[float, ...]
-    select_images: int
     passes: int
     sgd_epochs: int
     batch_size: int
@@ -76,12 +75,12 @@ class Budget:
 BUDGETS = {
     "quick": Budget(zetas=(0.02, 0.04, 0.08), seeds=3, natural_limit=300, train_limit=300,
                     eps_grid=(0.004, 0.008, 0.016, 0.032),
-                    p_grid=("2",), lr_grid=(1.0,), select_images=200, passes=2, sgd_epochs=3, batch_size=32),
+                    p_grid=("2",), lr_grid=(1.0,), passes=2, sgd_epochs=3, batch_size=32),
     "standard": Budget(zetas=(0.02, 0.04, 0.06, 0.08, 0.12), seeds=3, natural_limit=1000, train_limit=1000,
-                       eps_grid=(0.002, 0.004, 0.008, 0.016), p_grid=("2", "inf"), lr_grid=(0.5, 1.0), select_images=500,
+                       eps_grid=(0.002, 0.004, 0.008, 0.016), p_grid=("2", "inf"), lr_grid=(0.5, 1.0),
                        passes=2, sgd_epochs=5, batch_size=32),
     "paper": Budget(zetas=(0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.16), seeds=5, natural_limit=100_000, train_limit=None,
-                    eps_grid=(0.0005, 0.0013, 0.0026, 0.005), p_grid=("2", "inf"), lr_grid=(1.0,), select_images=10_000,
+                    eps_grid=(0.0005, 0.0013, 0.0026, 0.005), p_grid=("2", "inf"), lr_grid=(1.0,),
                     passes=1, sgd_epochs=1, batch_size=256),
 }
 
@@ -281,14 +280,13 @@ def select(audit: Audit, *, log: Callable[[str], None] = print) -> None:
     store = Store.at(audit.config.out)
     assert audit.val_images is not None
     for source in SOURCES:
-        images = audit.sources[source].images
+        images = audit.sources[source].images  # the UAPs' own images: a step chosen on fewer suits fewer updates
         assert images is not None
-        sub = seeded_subset(images, audit.config.plan.select_images, 0)
         for method in audit.config.methods:
             key = f"{source}/{method}"
             if key in audit.selected:
                 continue
-            grid = select_on_validation(audit.target, sub, audit.val_images, audit.candidates(source, method),
+            grid = select_on_validation(audit.target, images, audit.val_images, audit.candidates(source, method),
                                         zeta=audit.config.zeta)
             pick = best(grid)
             audit.selected[key] = {**pick, "grid": grid}

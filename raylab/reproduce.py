@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .selection import best, seeded_subset, select_on_validation, validation_images
+from .selection import best, select_on_validation, validation_images
 from .run import SourceImages, load_source, run_uap, with_balance
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig, check, finite, norm
 from .core import fooling_rate, label_composition, predict_labels
@@ -72,7 +72,6 @@ class ReproduceConfig:
     scratch_zeta: float = 0.08
     eps_grid: tuple[float, ...] = (0.002, 0.004, 0.008, 0.016)
     p_grid: tuple[str, ...] = ("2", "inf")
-    select_images: int = 300
     max_passes: int = 2
     batch_size: int = 32
     targets: tuple[str, ...] = ("PNEUMONIA", "NORMAL")
@@ -143,7 +142,7 @@ def preset(name: str, *, data_dir: Path, out: Path, **overrides: Any) -> Reprodu
     presets: dict[str, dict[str, Any]] = {
         "tiny": dict(archs=("small_cnn",), image_size=28, pretrain_images=100, pretrain_epochs=2, train_epochs=1,
                      natural_limit=60, train_limit=200, zetas=(0.04, 0.08), eps_grid=(0.01, 0.02), p_grid=("2",),
-                     select_images=60, max_passes=2, targets=("PNEUMONIA",), cross_arch=False, sgd_zetas=(0.04, 0.08),
+                     max_passes=2, targets=("PNEUMONIA",), cross_arch=False, sgd_zetas=(0.04, 0.08),
                      seeds=(0, 1), sgd_epochs=10),
         # Real ImageNet weights (EfficientNet-Lite0's packaged ones) and their from-scratch twin, beside the ResNet-18
         # pretrained on the 1,000 photos (the offline stand-in of before): Section 3.3 on the real thing.
@@ -153,7 +152,7 @@ def preset(name: str, *, data_dir: Path, out: Path, **overrides: Any) -> Reprodu
                           sgd_epochs=3),
         "paper": dict(archs=("inception_v3", "resnet50", "vgg16"), image_size=299, pretrain_epochs=0, train_epochs=10,
                       natural_limit=100_000, train_limit=0, eps_grid=(0.0005, 0.0013, 0.0026, 0.005), p_grid=("2", "inf"),
-                      select_images=10_000, max_passes=1, batch_size=256, device="cuda", sgd_sources=("train", "natural_a", "natural_b"),
+                      max_passes=1, batch_size=256, device="cuda", sgd_sources=("train", "natural_a", "natural_b"),
                       sgd_zetas=(0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.16), sgd_epochs=1),
     }
     if name not in presets:
@@ -249,7 +248,7 @@ def select_eps_p(ctx: Context, key: str, kind: str, method: str = "paper") -> di
     candidates = [uap_config(ctx, key, source, zeta=c.paper_zeta, p=p_text, eps=eps, target=None, out=c.out, method=method)
                   for p_text in c.p_grid for eps in (c.eps_grid if method == "paper" else c.eps_grid[:1])]
     val, _ = validation_images(target, c.seed)
-    grid = select_on_validation(target, seeded_subset(images, c.select_images, c.seed), val, candidates, zeta=c.paper_zeta)
+    grid = select_on_validation(target, images, val, candidates, zeta=c.paper_zeta)  # the UAPs' own images
     pick = best(grid)
     step = f"eps={pick['eps']:g}" if method == "paper" else f"lr={c.sgd_lr:g}"
     ctx.log(f"  {key} {kind} ({method}): {step} p={pick['p']} (validation R_f {pick['val_fooling_rate']:.3f})")
@@ -469,9 +468,10 @@ def estimate_gpu_hours(config: ReproduceConfig, *, images_per_second: float | di
     images: dict[str, int] = {a: 0 for a in config.archs}
     for key, s, _, _, m, _ in jobs:
         images[key.split("-")[0]] += per_source[s] * passes[m] * datasets
-    grid = len(config.eps_grid) * len(config.p_grid) * config.select_images * config.max_passes * 2 * datasets
-    for i, a in enumerate(config.archs):  # the ε, p selection: two source kinds per model, the scratch twin too
-        images[a] += grid * (2 if i == 0 and config.scratch else 1)
+    # the ε, p selections the jobs use (per model, source kind and method), each a UAP per candidate on its UAPs' images
+    for key, kind, method in {(j[0], "train" if j[1] == "train" else "natural_a", j[4]) for j in jobs}:
+        candidates = len(config.p_grid) * (len(config.eps_grid) if method == "paper" else 1)
+        images[key.split("-")[0]] += per_source[kind] * candidates * passes[method] * datasets
     seconds = sum(n / rates[a] for a, n in images.items())
     sgd = sum(1 for j in jobs if j[4] == "sgd") * datasets
     return {"uaps": len(jobs) * datasets, "sgd_uaps": sgd, "update_images": sum(images.values()),

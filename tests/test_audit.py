@@ -109,6 +109,9 @@ def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, mod
         assert k["validation"] == pytest.approx(got, abs=1e-9)
         i = got.index(max(got))
         assert k["seed"] == c["seeds"][i] and k["rate"] == rows[c["trials"][i]][field] == c["per_seed"][i]
+        if c["target"] is None:  # the selection built its pick as the audit builds its UAPs (their images, passes,
+            sel = summary["selected"][f"{c['source']}/{c['method']}"]  # batch): the pick is seed 0's UAP
+            assert got[c["seeds"].index(0)] == pytest.approx(sel["val_fooling_rate"], abs=1e-9)
     line = verdict(summary)
     assert ", and the strongest of the 2, kept on validation, flips " in line
     page = (audited / "report" / "report.md").read_text()

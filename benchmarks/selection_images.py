@@ -5,7 +5,7 @@ The paper's method accumulates accepted steps image by image, so how many it tak
 chosen with fewer images suits fewer updates. This runs the selection itself (``selection.select_on_validation``,
 one non-targeted UAP per candidate ε, scored by R_f on the validation split) on ``--subset`` photos (a seeded
 sample, as the audit and the reproduction did before they chose on the UAPs' own images) and on all of them, for
-each seed, and writes every validation R_f, each size's mean ± sd per ε and its pick.
+each seed (the selection's own seeds), and writes every validation R_f, each size's mean ± sd per ε and its pick.
 
     python benchmarks/selection_images.py --model runs/reproduce/cpu-small/models/efficientnet_lite0-transfer.pt \
         --out docs/bench/cpu-selection-images.json
@@ -50,17 +50,15 @@ def main() -> int:
     figures: dict = {"machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads, CPU, torch {torch.__version__}",
                      "model": a.model, "source": a.source, "validation": validation, "p": a.p, "zeta": a.zeta,
                      "passes": a.passes, "batch_size": a.batch_size, "seeds": a.seeds, "sizes": {}}
+    candidates = [UAPConfig(model=a.model, medical=Path(a.data), source=a.source, out=Path("unused"), p=a.p, zeta=a.zeta,
+                            eps=e, max_passes=a.passes, batch_size=a.batch_size, examples=0) for e in a.eps]
     for n in (a.subset, len(photos)):
-        images, runs = seeded_subset(photos, n, 0), {}
-        for seed in a.seeds:
-            candidates = [UAPConfig(model=a.model, medical=Path(a.data), source=a.source, out=Path("unused"), p=a.p,
-                                    zeta=a.zeta, eps=e, max_passes=a.passes, batch_size=a.batch_size, seed=seed, examples=0)
-                          for e in a.eps]
-            started = time.perf_counter()
-            grid = select_on_validation(target, images, val, candidates, zeta=a.zeta)
-            runs[seed] = {f"{g['eps']:g}": g["val_fooling_rate"] for g in grid}
-            print(f"{n} photos, seed {seed}: " + ", ".join(f"eps {e} {r:.3f}" for e, r in runs[seed].items())
-                  + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+        started = time.perf_counter()
+        grid = select_on_validation(target, seeded_subset(photos, n, 0), val, candidates, zeta=a.zeta, seeds=a.seeds)
+        runs = {seed: {f"{g['eps']:g}": g["val_per_seed"][i] for g in grid} for i, seed in enumerate(a.seeds)}
+        for seed, r in runs.items():
+            print(f"{n} photos, seed {seed}: " + ", ".join(f"eps {e} {v:.3f}" for e, v in r.items()), flush=True)
+        print(f"({time.perf_counter() - started:.0f} s)", flush=True)
         per_eps = {f"{e:g}": spread(runs[s][f"{e:g}"] for s in a.seeds) for e in a.eps}
         figures["sizes"][str(n)] = {"per_seed": {str(s): r for s, r in runs.items()}, "per_eps": per_eps,
                                     "pick_per_seed": {str(s): max(r, key=r.get) for s, r in runs.items()},

@@ -287,11 +287,12 @@ def select(audit: Audit, *, log: Callable[[str], None] = print) -> None:
             if key in audit.selected:
                 continue
             grid = select_on_validation(audit.target, images, audit.val_images, audit.candidates(source, method),
-                                        zeta=audit.config.zeta)
+                                        zeta=audit.config.zeta, seeds=range(audit.config.plan.seeds))
             pick = best(grid)
             audit.selected[key] = {**pick, "grid": grid}
             step = f"eps={pick['eps']:g}" if method == "paper" else f"lr={pick['lr']:g}"
-            log(f"  {source} ({method}): {step} p={pick['p']} (validation R_f {pick['val_fooling_rate']:.3f})")
+            log(f"  {source} ({method}): {step} p={pick['p']} (validation R_f {pick['val_fooling_rate']:.3f} ± "
+                f"{pick['val_fooling_rate_sd']:.3f} over {len(pick['val_per_seed'])} seeds)")
             store.write_text("selected.json", json.dumps(audit.selected, indent=2))
 
 

@@ -329,14 +329,17 @@ def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
     out.append(("h2", "Which labels the model gives natural images"))
     out.append(("figure", "composition.png", "predicted-label composition of the natural, training and test images"))
     out.append(("h2", "Each method's step and p, chosen on validation"))
-    out.append(("p", f"Chosen by the paper's grid search (Section 2.2) at ζ = {100 * z:g} %, scored by R_f on "
+    out.append(("p", f"Chosen by the paper's grid search (Section 2.2) at ζ = {100 * z:g} %, each candidate a UAP per "
+                     f"seed from the audit's own images, scored by its mean R_f (± sd over the seeds) on "
                      f"{summary['validation']}; never on the test split."))
     sel_rows = []
     for key, sel in summary["selected"].items():
         source, method = key.split("/")
         step = f"ε = {sel['eps']:g}" if method == "paper" else f"lr = {sel['lr']:g}"
         grid = "; ".join(f"p={g['p']}, {'ε' if method == 'paper' else 'lr'}={g['eps'] if method == 'paper' else g['lr']:g}: "
-                         f"{100 * g['val_fooling_rate']:.1f} %" for g in sel["grid"])
+                         f"{100 * g['val_fooling_rate']:.1f} %" + (f" ± {100 * g['val_fooling_rate_sd']:.1f}"
+                                                                     if "val_fooling_rate_sd" in g else "")
+                         for g in sel["grid"])
         sel_rows.append([SOURCE_NAMES[source], METHOD_NAMES[method], f"{step}, p = {sel['p']}", grid])
     out.append(("table", ["images", "method", "chosen", "validation R_f of the grid"], sel_rows))
     out.append(("p", f"Every UAP is one row of the Parquet results at {summary['results']} (sweep {summary['sweep']}); "

@@ -248,10 +248,11 @@ def select_eps_p(ctx: Context, key: str, kind: str, method: str = "paper") -> di
     candidates = [uap_config(ctx, key, source, zeta=c.paper_zeta, p=p_text, eps=eps, target=None, out=c.out, method=method)
                   for p_text in c.p_grid for eps in (c.eps_grid if method == "paper" else c.eps_grid[:1])]
     val, _ = validation_images(target, c.seed)
-    grid = select_on_validation(target, images, val, candidates, zeta=c.paper_zeta)  # the UAPs' own images
+    grid = select_on_validation(target, images, val, candidates, zeta=c.paper_zeta, seeds=c.seeds)  # the UAPs' images
     pick = best(grid)
     step = f"eps={pick['eps']:g}" if method == "paper" else f"lr={c.sgd_lr:g}"
-    ctx.log(f"  {key} {kind} ({method}): {step} p={pick['p']} (validation R_f {pick['val_fooling_rate']:.3f})")
+    ctx.log(f"  {key} {kind} ({method}): {step} p={pick['p']} (validation R_f {pick['val_fooling_rate']:.3f} ± "
+            f"{pick['val_fooling_rate_sd']:.3f} over {len(pick['val_per_seed'])} seeds)")
     return {"p": pick["p"], "eps": pick["eps"], "grid": grid}
 
 
@@ -468,9 +469,9 @@ def estimate_gpu_hours(config: ReproduceConfig, *, images_per_second: float | di
     images: dict[str, int] = {a: 0 for a in config.archs}
     for key, s, _, _, m, _ in jobs:
         images[key.split("-")[0]] += per_source[s] * passes[m] * datasets
-    # the ε, p selections the jobs use (per model, source kind and method), each a UAP per candidate on its UAPs' images
+    # the ε, p selections the jobs use (per model, source kind and method): a UAP per candidate and seed on its UAPs' images
     for key, kind, method in {(j[0], "train" if j[1] == "train" else "natural_a", j[4]) for j in jobs}:
-        candidates = len(config.p_grid) * (len(config.eps_grid) if method == "paper" else 1)
+        candidates = len(config.p_grid) * (len(config.eps_grid) if method == "paper" else 1) * len(config.seeds)
         images[key.split("-")[0]] += per_source[kind] * candidates * passes[method] * datasets
     seconds = sum(n / rates[a] for a, n in images.items())
     sgd = sum(1 for j in jobs if j[4] == "sgd") * datasets

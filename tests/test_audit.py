@@ -110,8 +110,10 @@ def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, mod
         i = got.index(max(got))
         assert k["seed"] == c["seeds"][i] and k["rate"] == rows[c["trials"][i]][field] == c["per_seed"][i]
         if c["target"] is None:  # the selection built its pick as the audit builds its UAPs (their images, passes,
-            sel = summary["selected"][f"{c['source']}/{c['method']}"]  # batch): the pick is seed 0's UAP
-            assert got[c["seeds"].index(0)] == pytest.approx(sel["val_fooling_rate"], abs=1e-9)
+            sel = summary["selected"][f"{c['source']}/{c['method']}"]  # batch, seeds): the pick's are the seeds' UAPs
+            assert sel["val_per_seed"] == pytest.approx([got[c["seeds"].index(s)] for s in (0, 1)], abs=1e-9)
+            assert sel["val_fooling_rate"] == pytest.approx(np.mean(got)) and sel["val_fooling_rate_sd"] == pytest.approx(
+                np.std(got, ddof=1))  # scored by the mean over the seeds, not one seed
     line = verdict(summary)
     assert ", and the strongest of the 2, kept on validation, flips " in line
     page = (audited / "report" / "report.md").read_text()

@@ -3,9 +3,9 @@
 - Each method's step and p: the paper's grid search (Section 2.2, ε and p "selected using a grid search to maximize
   the performance of the UAPs"), one non-targeted UAP per candidate and seed, scored by its mean R_f over the seeds
   on the validation images (:func:`select_on_validation`, :func:`best`); the audit and the reproduction both choose
-  this way, over their own seeds. Each candidate
-  is built from the very images (and passes, batch) the chosen step will make its UAPs from: how many steps a UAP
-  accumulates grows with its stream, so a step chosen on fewer images suits fewer updates. Chosen on 300 of the
+  this way, over their own seeds. Each candidate is built from the very images (and passes, batch) the chosen
+  step will make its UAPs from: how many steps a UAP accumulates grows with its stream, so a step chosen on fewer
+  images suits fewer updates. Chosen on 300 of the
   1,000 photos, EfficientNet-Lite0's pick was ε = 0.016 on each of 3 seeds; on all 1,000, ε = 0.008 on each, at
   nearly twice the validation R_f (``benchmarks/selection_images.py``).
 - The strongest of a cell's seeds (:func:`kept_on_validation`), which the audit's verdict gives beside the mean.
@@ -47,7 +47,7 @@ def select_on_validation(target: Target, images: Tensor, val_images: Tensor, can
     """Section 2.2's grid search: a non-targeted UAP per candidate configuration and seed from ``images`` (those its
     UAPs will be made from), scored by R_f on ``val_images``, and each candidate by its mean over the ``seeds`` (the
     image order): a fooling rate from one seed is one sample, and a step whose seeds land in different basins must
-    not win on its luckiest one.
+    not win on one of them.
 
     Returns one row per candidate (``p``, ``eps``, ``lr``, ``val_fooling_rate``: the mean, ``val_fooling_rate_sd``,
     ``val_per_seed``), in the candidates' order.

@@ -5,9 +5,9 @@
   on the validation images (:func:`select_on_validation`, :func:`best`); the audit and the reproduction both choose
   this way, over their own seeds. Each candidate is built from the very images (and passes, batch) the chosen
   step will make its UAPs from: how many steps a UAP accumulates grows with its stream, so a step chosen on fewer
-  images suits fewer updates. Chosen on 300 of the
-  1,000 photos, EfficientNet-Lite0's pick was ε = 0.016 on each of 3 seeds; on all 1,000, ε = 0.008 on each, at
-  nearly twice the validation R_f (``benchmarks/selection_images.py``).
+  images suits fewer updates. Chosen on 300 of the 1,000 photos, EfficientNet-Lite0's pick was ε = 0.016 on each
+  of 3 seeds; on all 1,000, ε = 0.008 on each, at nearly twice the validation R_f
+  (``benchmarks/selection_images.py``).
 - The strongest of a cell's seeds (:func:`kept_on_validation`), which the audit's verdict gives beside the mean.
 
 A dataset without a validation split lends a seeded share of its training images (:func:`validation_images`).

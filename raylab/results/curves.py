@@ -1,5 +1,5 @@
 """A results table as curves: each rate over one column (ζ by default), mean ± sd over seeds, one curve per grid
-point, the random control of the same norm dashed beside it (the paper's Figure 1, for any sweep).
+point, the random control of the same norm dotted beside it (the paper's Figure 1, for any sweep).
 
 A non-targeted point plots R_f, a targeted one R_s toward its target (Section 2.3); the two go to two panels.
 Every other column of the grid point that varies over the table names its curve, so two models, sources or
@@ -143,11 +143,10 @@ def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "") -> bytes
     ticks = sorted({scale * v for c in found for v in c.x})
     if len(ticks) <= 12:
         axes[0][0].set_xticks(ticks, [f"{t:g}" for t in ticks])
-    handles = [h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]]
-    labels = [lab for ax in axes[0] for lab in ax.get_legend_handles_labels()[1]]
+    entries = [entry for ax in axes[0] for entry in zip(*ax.get_legend_handles_labels())]
     (control,) = axes[0][0].plot([], [], ":", marker=".", color="grey")
-    fig.legend(handles + [control], labels + ["dotted: random noise of the same norm"], loc="outside lower center",
-               fontsize=7, ncol=len(panels), frameon=False)
+    entries.append((control, "dotted: random noise of the same norm"))
+    fig.legend(*zip(*entries), loc="outside lower center", fontsize=7, ncol=len(panels), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return png_bytes(fig, dpi=100)

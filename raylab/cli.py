@@ -163,7 +163,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_epoch(m: dict) -> None:
-    print("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()), flush=True)
+    from .train import epoch_line
+
+    print("  " + epoch_line(m), flush=True)
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:

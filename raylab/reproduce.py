@@ -280,10 +280,14 @@ def run_one(ctx: Context, key: str, source: str, zeta: float, target: str | None
 
 def _train_models(ctx: Context) -> None:
     from .data.natural import load_image_folder
-    from .train import TrainConfig, finetune, pretrain_natural
+    from .train import TrainConfig, epoch_line, finetune, pretrain_natural
 
     c, m = ctx.config, ctx.medical
     models = ctx.store.child("models")
+
+    def on_epoch(row: dict) -> None:  # training a model takes minutes on a CPU: one line per epoch says how far it is
+        ctx.log(f"    {epoch_line(row)}")
+
     rgb = None
     plan = [(arch, "transfer") for arch in c.archs] + ([(c.archs[0], "scratch")] if c.scratch else [])
     for arch, regime in plan:
@@ -303,11 +307,11 @@ def _train_models(ctx: Context) -> None:
                         rgb, _, _ = load_image_folder(c.natural_a, channels=3, size=c.image_size, limit=c.pretrain_images, seed=c.seed)
                     ctx.log(f"pretraining {arch} on {len(rgb)} natural photos ({c.pretrain_epochs} epochs)")
                     bspec = ModelSpec(arch=arch, num_classes=len(rgb), in_channels=3, image_size=c.image_size).validate()
-                    save_classifier(pretrain_natural(rgb, spec=bspec, config=TrainConfig(epochs=c.pretrain_epochs, balanced=False, seed=c.seed)),
-                                    backbone)
+                    pretrain = TrainConfig(epochs=c.pretrain_epochs, balanced=False, seed=c.seed, device=c.device)
+                    save_classifier(pretrain_natural(rgb, spec=bspec, config=pretrain, on_epoch=on_epoch), backbone)
             ctx.log(f"training {key} ({'transfer learning' if backbone else 'random initialization'}, {c.train_epochs} epochs)")
             model, metrics = finetune(m, spec=spec, config=TrainConfig(epochs=c.train_epochs, seed=c.seed, device=c.device),
-                                      backbone_weights=backbone)
+                                      backbone_weights=backbone, on_epoch=on_epoch)
             save_classifier(model, path, extra={"test_accuracy": metrics["test_accuracy"], "regime": regime})
             models.write_text(f"{key}.json", json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2, default=str))
         info = json.loads(models.read_text(f"{key}.json"))

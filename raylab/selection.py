@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from .config import UAPConfig
 from .core import Untargeted, fooling_rate, predict_labels
@@ -54,16 +55,21 @@ def select_on_validation(target: Target, images: Tensor, val_images: Tensor, can
     """
     clean = predict_labels(target.model, val_images)
     grid = []
+    # One bar over the grid's UAPs (stderr, cleared when done): at the paper's scale one selection makes 24 UAPs
+    # of 100,000 images each.
+    bar = tqdm(total=len(candidates) * len(seeds), desc="ε, p selection", unit="uap", leave=False)
     for config in candidates:
         radius = target.with_budget(zeta=zeta, p=config.p, target=None).radius
         rates = []
         for seed in seeds:
             rho, _, _ = generate(dataclasses.replace(config, seed=seed), target.model, images, Untargeted(), radius)
             rates.append(fooling_rate(clean, predict_labels(target.model, val_images, rho=rho)))
+            bar.update()
         over = spread(rates)
         assert over is not None
         grid.append({"p": str(config.p), "eps": config.eps, "lr": config.lr, "val_fooling_rate": over["mean"],
                      "val_fooling_rate_sd": over["sd"], "val_per_seed": rates})
+    bar.close()
     return grid
 
 

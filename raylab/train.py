@@ -31,6 +31,11 @@ from .models import Classifier, ModelSpec, build_model
 OnEpoch = Callable[[dict[str, Any]], None]
 
 
+def epoch_line(row: dict[str, Any]) -> str:
+    """One epoch's row of the training history as one line (``epoch=2  loss=0.3127  ...``), for progress output."""
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Fine-tuning (``raylab train``): SGD with momentum and a one-cycle schedule; class-balanced sampling and

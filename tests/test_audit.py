@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import io
 import json
 import os
@@ -19,6 +20,9 @@ from PIL import Image
 
 from raylab.audit import AuditConfig, plan_jobs
 from raylab.audit_report import findings, verdict
+from raylab.config import UAPConfig
+from raylab.selection import select_on_validation
+from raylab.target import load_target
 from raylab.spread import clearly_above
 from raylab.cli import main
 from raylab.data.shards import load_shard_images, read_manifest
@@ -123,6 +127,18 @@ def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, mod
     assert (audited / "report" / "examples.png").read_bytes() == (audited / "kept-examples.png").read_bytes()
     assert f"the headline UAP (the {'stochastic-gradient' if head['method'] == 'sgd' else 'paper'}" in page
     assert f"seed {head['kept']['seed']}, kept on validation) on test images" in page
+
+
+def test_the_selection_scores_every_candidate_over_the_seeds_and_shows_its_progress(models, tmp_path, capsys) -> None:
+    target = load_target(models["model"], PNEUMONIA, target=None, zeta=0.04, p=2)
+    config = UAPConfig(model=str(models["model"]), source="train", out=tmp_path, eps=0.02)
+    candidates = [config, dataclasses.replace(config, eps=0.08)]
+    grid = select_on_validation(target, target.medical.train_images[:48], target.medical.val_images[:64], candidates,
+                                zeta=0.04, seeds=(0, 1))
+    assert [r["eps"] for r in grid] == [0.02, 0.08] and [len(r["val_per_seed"]) for r in grid] == [2, 2]
+    assert [r["val_fooling_rate"] for r in grid] == pytest.approx([np.mean(r["val_per_seed"]) for r in grid])
+    err = capsys.readouterr().err  # a selection at the paper's scale is 24 UAPs of 100,000 images: it shows a bar
+    assert "ε, p selection" in err and "/4 " in err, err
 
 
 def test_the_report_is_one_self_contained_page_with_the_verdict_the_cli_printed(audited, capsys) -> None:

@@ -155,7 +155,9 @@ def test_a_model_whose_report_was_lost_is_trained_again(tiny, natural_dir, tmp_p
     shutil.copytree(tiny, out)
     (out / "models" / "small_cnn-transfer.json").unlink()
     assert _rerun(out, natural_dir) == 0
-    assert "training small_cnn-transfer" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "training small_cnn-transfer" in out_text
+    assert re.search(r"^ +epoch=1 +loss=[0-9.]+ +train_accuracy=[0-9.]+ .*val_accuracy=", out_text, re.M), out_text  # progress
     assert json.loads((out / "models" / "small_cnn-transfer.json").read_text())["test_accuracy"] > 0.5
 
 
@@ -280,7 +282,8 @@ def test_trial_ids_round_trip_and_the_cpu_small_study_is_planned_over_seeds(tmp_
     assert (c.backbone("efficientnet_lite0"), c.normalize("efficientnet_lite0")) == ("imagenet", "lite")
     assert (c.backbone("resnet18"), c.normalize("resnet18")) == ("natural", "none")
     jobs = study_jobs(c)
-    assert len({trial_id(*j) for j in jobs}) == len(jobs)
+    assert len({trial_id(*j) for j in jobs}) == len(jobs) == 189  # the README's count: 63 a seed, 147 + 42
+    assert sum(j[4] == "sgd" for j in jobs) == 42
     for method in ("paper", "sgd"):  # every UAP of both methods once per seed
         per = {}
         for j in jobs:

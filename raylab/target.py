@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .core import Criterion, Norm, Targeted, Untargeted, zeta_radius
+from .core import Criterion, Norm, Targeted, Untargeted, parse_norm, zeta_radius
 from .data.medical import MedicalSet, load_medical
 from .errors import InputError
 from .models import Classifier, load_classifier
@@ -113,12 +113,17 @@ def read_model(location: str | Path) -> bytes:
         raise InputError(f"cannot read model weights {text} ({e.strerror or e})") from None
 
 
-def load_target(model: str | Path | bytes, medical_path: str | Path, *, target: str | int | None, zeta: float, p: Norm,
-                device: str = "cpu", model_name: str | None = None) -> Target:
+def load_target(model: str | Path | bytes, medical_path: str | Path, *, target: str | int | None, zeta: float,
+                p: Norm | str, device: str = "cpu", model_name: str | None = None) -> Target:
     """Load the model and the medical set and check that they fit; InputError naming the first bad one.
 
-    ``model`` is a checkpoint path, an fsspec URL or a checkpoint's bytes; ``model_name`` names it in messages.
+    ``model`` is a checkpoint path, an fsspec URL or a checkpoint's bytes; ``model_name`` names it in messages;
+    ``p`` may be text ("2", "inf"), as a script's option gives it.
     """
+    try:
+        p = parse_norm(p)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asked for, but no CUDA GPU is visible")
     name = model_name or str(model)

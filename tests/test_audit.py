@@ -21,6 +21,7 @@ from PIL import Image
 from raylab.audit import AuditConfig, plan_jobs
 from raylab.audit_report import findings, verdict
 from raylab.config import UAPConfig
+from raylab.errors import InputError
 from raylab.selection import select_on_validation
 from raylab.target import load_target
 from raylab.spread import clearly_above
@@ -131,6 +132,9 @@ def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, mod
 
 def test_the_selection_scores_every_candidate_over_the_seeds_and_shows_its_progress(models, tmp_path, capsys) -> None:
     target = load_target(models["model"], PNEUMONIA, target=None, zeta=0.04, p=2)
+    assert load_target(models["model"], PNEUMONIA, target=None, zeta=0.04, p="2").radius == target.radius  # text p
+    with pytest.raises(InputError, match="p must be 2 or inf, got '3'"):
+        load_target(models["model"], PNEUMONIA, target=None, zeta=0.04, p="3")
     config = UAPConfig(model=str(models["model"]), source="train", out=tmp_path, eps=0.02)
     candidates = [config, dataclasses.replace(config, eps=0.08)]
     grid = select_on_validation(target, target.medical.train_images[:48], target.medical.val_images[:64], candidates,

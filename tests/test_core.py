@@ -30,6 +30,14 @@ def test_zeta_radius_is_the_authors_formula(pneumonia: dict[str, torch.Tensor]) 
     assert zeta_radius(x, zeta=0.04, p="inf") == pytest.approx(expected_inf, rel=1e-12)
     with pytest.raises(ValueError, match="zeta must be > 0"):
         zeta_radius(x, zeta=0.0, p=2)
+    # A p that is not 2 or "inf" is refused, never read as the other norm: the text "2" once gave the L-inf radius.
+    for bad in ("2", float("inf"), 1):
+        with pytest.raises(ValueError, match="p must be 2 or 'inf'"):
+            zeta_radius(x, zeta=0.04, p=bad)
+        with pytest.raises(ValueError, match="p must be 2 or 'inf'"):
+            project_lp(torch.ones(3), radius=1.0, p=bad)
+        with pytest.raises(ValueError, match="p must be 2 or 'inf'"):
+            random_sphere((3,), radius=1.0, p=bad, generator=torch.Generator())
 
 
 def test_projection_matches_art() -> None:

@@ -28,10 +28,18 @@ def parse_norm(p: object) -> Norm:
     raise ValueError(f"p must be 2 or inf, got {p!r}")
 
 
+def check_norm(p: object) -> Norm:
+    """``p`` itself when it is 2 or "inf"; anything else (the text "2", ``math.inf``) is a ValueError, never another
+    norm by default: a radius for the wrong norm is a silently wrong budget (:func:`parse_norm` reads text)."""
+    if p not in NORMS:
+        raise ValueError(f"p must be 2 or 'inf' (parse_norm reads '2', 'l2', 'inf', ...), got {p!r}")
+    return p  # type: ignore[return-value]
+
+
 def lp_norm(x: Tensor, p: Norm) -> Tensor:
     """Per-sample Lp norm over all but the first dimension."""
     flat = x.reshape(x.shape[0], -1)
-    return flat.norm(p=2, dim=1) if p == 2 else flat.abs().amax(dim=1)
+    return flat.norm(p=2, dim=1) if check_norm(p) == 2 else flat.abs().amax(dim=1)
 
 
 def zeta_radius(train_images: Tensor, *, zeta: float, p: Norm) -> float:
@@ -55,7 +63,7 @@ def project_lp(rho: Tensor, *, radius: float, p: Norm) -> Tensor:
 
     p=2 rescales, p=inf clips, as ART's ``projection`` does for UAPs.
     """
-    if p == "inf":
+    if check_norm(p) == "inf":
         return rho.clamp(-radius, radius)
     # rho * min(1, r / ||rho||) without reading the norm on the host: no sync on a GPU, rho itself when inside.
     return rho * (radius / rho.norm(p=2)).clamp(max=1.0)
@@ -68,7 +76,7 @@ def random_sphere(shape: tuple[int, ...], *, radius: float, p: Norm, generator: 
     every coordinate uniform in [-r, r] and one coordinate, chosen uniformly, set
     to ±r.
     """
-    if p == 2:
+    if check_norm(p) == 2:
         g = torch.randn(shape, generator=generator, dtype=torch.float64)
         return (g * (radius / g.norm())).to(torch.float32)
     u = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * radius

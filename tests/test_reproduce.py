@@ -72,6 +72,11 @@ def test_the_report_has_the_papers_figures_and_tables_with_numbers(tiny) -> None
     assert [r[0] for r in fig1] == ["4", "8"] and len(fig1[0]) == 7
     assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", c) for r in fig1 for c in r[1:])  # both methods, over 2 seeds
     assert "Every number is the mean ± sd over 2 seeds" in md
+    selection = _table(md, "## Models and the ε, p selection")  # each pick's validation R_f: mean ± sd over the seeds
+    study = json.loads((tiny / "study.json").read_text())
+    for cell, name in zip(selection[0][2:], ("natural", "train", "natural/sgd", "train/sgd")):
+        best = max(study["selected"][f"small_cnn-transfer/{name}"]["grid"], key=lambda g: g["val_fooling_rate"])
+        assert cell.endswith(f"({100 * best['val_fooling_rate']:.1f} ± {100 * best['val_fooling_rate_sd']:.1f} %)"), cell
     table1 = _table(md, "## Table 1")
     assert [r[1] for r in table1[-2:]] == ["training images (medical), SGD", "natural set A, SGD"]
     assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", r[2]) for r in table1)

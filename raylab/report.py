@@ -156,6 +156,15 @@ def _uap_grid(items: list[tuple[str, str]], title: str) -> bytes:
     return png_bytes(fig, dpi=100)
 
 
+def _sgd_steps(c: dict[str, Any]) -> str:
+    """The stochastic-gradient method's first step as the study set it: chosen on validation from ``sgd_lrs``, or the
+    one ``sgd_lr`` of a study from before it was chosen."""
+    if "sgd_lrs" not in c:
+        return f"lr {c.get('sgd_lr')}"
+    lrs = [f"{lr:g}" for lr in c["sgd_lrs"]]
+    return f"lr {lrs[0]}" if len(lrs) == 1 else f"lr chosen on validation from {', '.join(lrs)}"
+
+
 def _wall_time(study: dict[str, Any]) -> str:
     """The study's wall time, summed over the runs of the command (a rerun resumes it, or renders the report again)."""
     runs = study.get("runs", 1)
@@ -280,11 +289,12 @@ def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str,
             best = max(sel["grid"], key=lambda g: g["val_fooling_rate"])
             sd_ = best.get("val_fooling_rate_sd")  # None in a study selected on one seed, before the seeds' mean
             sd = "" if sd_ is None else f" ± {_pct(sd_)}"
-            step = "" if name.endswith("/sgd") else f"ε={sel['eps']:g}, "
+            # a study from before the first step was chosen has one lr, in its config
+            step = f"lr={sel.get('lr', c.get('sgd_lr')):g}, " if name.endswith("/sgd") else f"ε={sel['eps']:g}, "
             cells.append(f"{step}p={sel['p']} ({_pct(best['val_fooling_rate'])}{sd} %)")
         table.append([key, f"{_pct(info['test_accuracy'])} %", *cells])
     out.append(("table", ["model", "test accuracy", "ε, p for natural images (val R_f)", "ε, p for training images (val R_f)",
-                          "SGD: p for natural images (val R_f)", "SGD: p for training images (val R_f)"], table))
+                          "SGD: lr, p for natural images (val R_f)", "SGD: lr, p for training images (val R_f)"], table))
     paper_selected = {k: v for k, v in study["selected"].items() if not k.endswith("/sgd")}
     grid_keys = [(g["p"], g["eps"]) for g in next(iter(paper_selected.values()))["grid"]]
     table = []
@@ -301,7 +311,7 @@ def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str,
         table.append([f"{100 * z:g}", *(_pm(v) for v in vals + sgd)])
     out += [("h2", "Figure 1: R_f against ζ"), ("p", f"Paper (Fig. 1c): {PAPER_FIG1}."),
             ("p", f"The paper's method (solid), and the stochastic-gradient UAP (SGD, dotted; {c.get('sgd_epochs')} "
-                  f"epochs, lr {c.get('sgd_lr')} of the radius), against {first}."),
+                  f"epochs, its first step {_sgd_steps(c)} of the radius), against {first}."),
             ("figure", "figure1.png", "Figure 1"),
             ("table", ["ζ (%)", *(LABELS[s] for s in ("train", "natural_a", "natural_b", "random")),
                        *(f"{LABELS[s]}, SGD" for s in sgd_sources)], table)]

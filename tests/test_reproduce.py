@@ -61,8 +61,10 @@ def test_every_uap_of_the_study_is_one_results_row(tiny) -> None:
     study = json.loads((tiny / "study.json").read_text())
     for name, sel in study["selected"].items():  # ε, p chosen by validation R_f, the best of the grid
         best = max(sel["grid"], key=lambda g: g["val_fooling_rate"])
-        assert (best["eps"], best["p"]) == (sel["eps"], sel["p"])
-        assert {g["eps"] for g in sel["grid"]} == ({0.01} if name.endswith("/sgd") else {0.01, 0.02})  # sgd: p alone
+        assert (best["eps"], best["p"], best["lr"]) == (sel["eps"], sel["p"], sel["lr"])
+        sgd = name.endswith("/sgd")  # the paper's method: ε x p; the stochastic-gradient one: its first step x p
+        assert {g["eps"] for g in sel["grid"]} == ({0.01} if sgd else {0.01, 0.02})
+        assert {(g["p"], g["lr"]) for g in sel["grid"]} == {("2", lr) for lr in ((0.5, 1.0) if sgd else (1.0,))}  # tiny: p = 2 alone
     assert set(study["selected"]) >= {"small_cnn-transfer/natural/sgd", "small_cnn-transfer/train/sgd"}
 
 
@@ -128,7 +130,10 @@ def test_the_stochastic_gradient_rows_are_one_per_seed_and_stronger(tiny) -> Non
     paper = read_results(tiny / "results", filters={"sweep": "reproduce-tiny", "method": "paper"}).to_pylist()
     assert {r["trial_id"].rsplit("@", 1)[1] for r in paper} == {"paper0", "paper1"}
     assert {r["seed"] for r in paper} == {0, 1}
-    assert all(r["eps"] is None and r["lr"] == 1.0 and r["max_passes"] == 10 for r in rows)
+    selected = json.loads((tiny / "study.json").read_text())["selected"]
+    for r in rows:  # each UAP with the first step its selection chose (by model and source kind)
+        kind = "train" if r["trial_id"].split("-z")[0].endswith("-train") else "natural"
+        assert r["eps"] is None and r["lr"] == selected[f"small_cnn-transfer/{kind}/sgd"]["lr"] and r["max_passes"] == 10
     by = {r["trial_id"]: r for r in read_results(tiny / "results", filters={"sweep": "reproduce-tiny"}).to_pylist()}
     runs = [by[f"small_cnn-transfer-train-z0.04-u@sgd{s}"] for s in (0, 1)]
     rhos = [np.load(r["uap_uri"]) for r in runs]

@@ -42,7 +42,7 @@ from torch import Tensor
 from .config import DEFAULT_MEDICAL, METHODS, SOURCE_TRAIN, UAPConfig, check, check_device, finite, option
 from .core import fooling_rate, label_composition, predict_labels, success_rate
 from .evaluation import ModelCheck, by_class
-from .record import ResultsKey
+from .record import ResultsKey, trial_folder, trial_uap
 from .run import SourceImages, run_uap, source_images
 from .selection import best, kept_on_validation, select_on_validation, validation_images
 from .spread import spread
@@ -300,7 +300,7 @@ def run_job(audit: Audit, job: Job) -> None:
     """One UAP of the audit: one ``raylab uap`` run and one results row (the headline runs' seed 0 draws its UAP and
     confusion matrix; the report's examples are drawn for the seed kept, by :func:`draw_kept`)."""
     c = audit.config
-    out = c.out / "uaps" / job.trial_id
+    out = trial_folder(c.out, job.trial_id)
     drawn = job.source == "natural" and job.target is None and job.zeta == c.zeta and job.seed == 0
     config = audit.uap_config(job, out=out)
     budget = audit.target.with_budget(zeta=job.zeta, p=config.p, target=config.target)
@@ -365,6 +365,8 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
     c, target = audit.config, audit.target
     names = target.class_names
     rows = {r["trial_id"]: r for r in read_results(c.results_location, filters={"sweep": c.sweep}).to_pylist()}
+    for trial, r in rows.items():  # each UAP from the audit folder as it is now, which may have moved since
+        r["uap_uri"] = str(trial_uap(c.out, trial))
     groups: dict[tuple[str, str, float, int | None], list[dict[str, Any]]] = {}
     for j in jobs:
         groups.setdefault((j.source, j.method, j.zeta, j.target), []).append(rows[j.trial_id])

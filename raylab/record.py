@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -234,6 +235,18 @@ class Figures:
     examples: int = 8
     title: str = ""
     test_images: Tensor | None = field(default=None, repr=False)
+
+
+def trial_folder(out: str | Path, trial: str) -> Path:
+    """Where an audit or a reproduction writes trial ``trial``'s run: ``<out>/uaps/<trial>/``."""
+    return Path(out) / "uaps" / trial
+
+
+def trial_uap(out: str | Path, trial: str) -> Path:
+    """Trial ``trial``'s ``uap.npy`` in the study folder ``out`` *as it is now*. A row's ``uap_uri`` is where the UAP
+    was written; a study folder is self-contained, so one moved or copied since (say, from a cluster's disk to a
+    laptop) resumes and renders its report from its new place by reading its UAPs here instead."""
+    return trial_folder(out, trial) / "uap.npy"
 
 
 def write_run(record: RunRecord, rho: Tensor, store: Store, *, figures: Figures | None = Figures(),

@@ -22,7 +22,8 @@ import torch
 
 from .page import Block, to_html, to_markdown
 from .plots import draw_confusion, png_bytes
-from .reproduce import parse_trial
+from .record import trial_folder, trial_uap
+from .reproduce import model_path, parse_trial
 from .spread import Spread, clearly_above, spread
 from .store import Store
 
@@ -51,8 +52,11 @@ def _load(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
     study = json.loads(Store.at(out).read_text("study.json"))
     rows = read_results(out / "results", filters={"sweep": f"reproduce-{study['config']['preset']}"}).to_pylist()
-    for r in rows:
-        r.update(parse_trial(r["trial_id"]))
+    for r in rows:  # read every file from the study folder as it is now, which may have moved since
+        r.update(parse_trial(r["trial_id"]), uap_uri=str(trial_uap(out, r["trial_id"])))
+        r["radius"] = json.loads(Store.at(trial_folder(out, r["trial_id"])).read_text("metrics.json"))["radius"]
+    for key, info in study["models"].items():
+        info["path"] = str(model_path(out, key))
     return study, rows
 
 
@@ -154,6 +158,50 @@ def _uap_grid(items: list[tuple[str, str]], title: str) -> bytes:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return png_bytes(fig, dpi=100)
+
+
+def _budget_note(rows: list[dict[str, Any]], c: dict[str, Any]) -> list[Block]:
+    """Where the paper's method's UAPs end inside their budget. Its ε is chosen once, at the headline ζ, and one pass
+    over the images accepts a bounded number of ε-steps (Section 2.2: i_max = 1), so at a larger ζ the norm of ρ may
+    never reach the radius: that R_f is then bounded by ε and the images, not by ζ, and the same UAP's at every ζ
+    above. Said per model and source (ρ's norm as a share of the radius, mean over seeds), so that a flat curve is not
+    read as a saturated model."""
+    short: dict[tuple[str, str], list[str]] = {}
+    for m in dict.fromkeys(r["model"] for r in rows):
+        for s in ("train", "natural_a", "natural_b", "natural_a_balanced"):
+            for z in sorted({r["zeta"] for r in rows}):
+                used = spread(_norm(r) / r["radius"] for r in _pick(rows, model=m, source=s, zeta=z, target=None))
+                if used is not None and used["mean"] < 0.99:
+                    short.setdefault((m, LABELS[s]), []).append(f"{100 * z:g} % ({100 * used['mean']:.0f} %)")
+    if not short:
+        return []
+    cases = "; ".join(f"{m}, {src}: ζ = {', '.join(zs)}" for (m, src), zs in short.items())
+    return [("p", f"**Budget not reached.** These UAPs of the paper's method end inside their budget (ρ's norm as a "
+                  f"share of the radius, mean over the seeds): {cases}. Their ε, chosen at ζ = {100 * c['paper_zeta']:g} %, "
+                  f"and {c['max_passes']} pass(es) over the images bound them, not ζ, so a larger ζ gives the same UAP "
+                  "and the curve there shows that one UAP, not what the budget allows; the stochastic-gradient "
+                  "method's step scales with the radius and uses it.")]
+
+
+def _norm(row: dict[str, Any]) -> float:
+    """ρ's norm in the row's own p."""
+    return row["uap_l2"] if row["p"] == "2" else row["uap_linf"]
+
+
+def _sgd_grid(study: dict[str, Any], zeta: float) -> list[Block]:
+    """The stochastic-gradient method's selection grid (first step × p), as the paper's method's ε × p grid."""
+    sgd = {k: v for k, v in study["selected"].items() if k.endswith("/sgd")}
+    if not sgd:
+        return []
+    lr0 = study["config"].get("sgd_lr", 1.0)  # a study from before the first step was chosen has one lr
+    keys = list(dict.fromkeys((g["p"], g.get("lr", lr0)) for sel in sgd.values() for g in sel["grid"]))
+    table = []
+    for key, sel in sgd.items():
+        vals = {(g["p"], g.get("lr", lr0)): g["val_fooling_rate"] for g in sel["grid"]}
+        table.append([key.removesuffix("/sgd"), *(_pct(vals.get(k)) for k in keys)])
+    return [("p", f"The stochastic-gradient method's grid (validation R_f %, the mean over the seeds, ζ = {100 * zeta:g} %; "
+                  "lr is its first step as a fraction of the radius):"),
+            ("table", ["model / images", *(f"p={p_}, lr={lr:g}" for p_, lr in keys)], table)]
 
 
 def _sgd_steps(c: dict[str, Any]) -> str:
@@ -303,6 +351,7 @@ def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str,
         table.append([key, *(_pct(vals.get(k)) for k in grid_keys)])
     out += [("p", f"The whole grid (validation R_f %, the mean over the seeds, ζ = {100 * pz:g} %):"),
             ("table", ["model / images", *(f"p={p_}, ε={e:g}" for p_, e in grid_keys)], table)]
+    out += _sgd_grid(study, pz)
 
     table = []
     for z in sorted(set(c["zetas"]) | set(c.get("sgd_zetas", ()))):
@@ -315,6 +364,7 @@ def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str,
             ("figure", "figure1.png", "Figure 1"),
             ("table", ["ζ (%)", *(LABELS[s] for s in ("train", "natural_a", "natural_b", "random")),
                        *(f"{LABELS[s]}, SGD" for s in sgd_sources)], table)]
+    out += _budget_note(rows, c)
 
     models = [f"{a}-transfer" for a in archs]
     table = []

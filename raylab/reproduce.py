@@ -41,7 +41,7 @@ from .data.medical import MedicalSet, load_medical
 from .errors import InputError
 from .evaluation import by_class
 from .models import ModelSpec, save_classifier
-from .record import ResultsKey
+from .record import ResultsKey, trial_folder, trial_uap
 from .store import Store, guard_resume
 from .target import Target, load_target, resolve_target
 
@@ -139,7 +139,7 @@ class ReproduceConfig:
 
 
 def preset(name: str, *, data_dir: Path, out: Path, **overrides: Any) -> ReproduceConfig:
-    """``tiny`` (the test suite), ``cpu-small`` (this machine, < 45 min) or ``paper`` (a GPU cluster)."""
+    """``tiny`` (the test suite), ``cpu-small`` (a 2-core CPU, about 70 min) or ``paper`` (a GPU cluster)."""
     data_dir = Path(data_dir)
     base = dict(out=Path(out), medical=data_dir / "pneumoniamnist.npz", natural_a=data_dir / "imagenet-samples",
                 natural_b=data_dir / "flickr8k-samples")
@@ -150,7 +150,7 @@ def preset(name: str, *, data_dir: Path, out: Path, **overrides: Any) -> Reprodu
                      seeds=(0, 1), sgd_epochs=10),
         # Real ImageNet weights (EfficientNet-Lite0's packaged ones) and their from-scratch twin, beside the ResNet-18
         # pretrained on the 1,000 photos (the offline stand-in of before): Section 3.3 on the real thing.
-        # One pass, as the paper's runs, and five ζ: the study's 189 UAPs fit in 45 minutes on 2 cores.
+        # One pass, as the paper's runs, and five ζ: 189 UAPs; the whole study took 70 minutes on 2 cores (README).
         "cpu-small": dict(archs=("efficientnet_lite0", "resnet18"), backbones=("imagenet", "natural"), train_epochs=4,
                           zetas=(0.02, 0.04, 0.08, 0.12, 0.16), eps_grid=(0.004, 0.008, 0.016, 0.032), max_passes=1,
                           sgd_epochs=3),
@@ -198,6 +198,12 @@ def trial_id(key: str, source: str, zeta: float, target: str | None, method: str
     """The results row's id of one UAP of the study: ``resnet18-transfer-natural_a-z0.04-u@paper1`` for the
     paper's method with seed 1, ``...-u@sgd1`` for the stochastic-gradient one."""
     return f"{key}-{source}-z{zeta:g}-{target or 'u'}@{method}{seed}"
+
+
+def model_path(out: Path, key: str) -> Path:
+    """Where model ``key`` (``<arch>-<regime>``) is, in the study folder ``out`` as it is now (see
+    :func:`raylab.record.trial_uap`)."""
+    return Path(out) / "models" / f"{key}.pt"
 
 
 def parse_trial(trial: str) -> dict[str, Any]:
@@ -276,7 +282,7 @@ def run_one(ctx: Context, key: str, source: str, zeta: float, target: str | None
     sel = ctx.selected[selection_key(key, source, method)]
     trial = trial_id(key, source, zeta, target, method, seed)
     config = uap_config(ctx, key, source, zeta=zeta, p=sel["p"], eps=sel["eps"], target=target,
-                        out=ctx.config.out / "uaps" / trial, method=method, seed=seed, lr=sel.get("lr"))
+                        out=trial_folder(ctx.config.out, trial), method=method, seed=seed, lr=sel.get("lr"))
     budget = ctx.targets[key].with_budget(zeta=zeta, p=config.p, target=target)
     run_uap(config, target=budget, source=source_images(ctx, key, source, config), clean=ctx.clean_test_labels(key),
             controls=ctx.controls.setdefault(key, {}), progress=False, figures=False,
@@ -300,7 +306,7 @@ def _train_models(ctx: Context) -> None:
     plan = [(arch, "transfer") for arch in c.archs] + ([(c.archs[0], "scratch")] if c.scratch else [])
     for arch, regime in plan:
         key = f"{arch}-{regime}"
-        path = Path(models.path(f"{key}.pt"))
+        path = model_path(c.out, key)
         spec = ModelSpec(arch=arch, num_classes=m.num_classes, in_channels=m.channels, image_size=c.image_size,
                          normalize=c.normalize(arch), class_names=m.class_names)
         # A model is done only when both its weights and its report are there (its report is written last).
@@ -367,14 +373,14 @@ def _paper_jobs(c: ReproduceConfig) -> list[tuple[str, str, float, str | None]]:
     return list(dict.fromkeys(jobs))
 
 
-def _cross_arch(ctx: Context, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _cross_arch(ctx: Context) -> list[dict[str, Any]]:
     """R_f of the natural-set-A UAP made on architecture A, applied to architecture B (a gray-box attack), per seed."""
     c = ctx.config
     out = []
-    by = {r["trial_id"]: r for r in rows}
     for a in c.archs:
         for seed in c.seeds:
-            rho = torch.from_numpy(np.load(by[trial_id(f"{a}-transfer", "natural_a", c.paper_zeta, None, "paper", seed)]["uap_uri"]))
+            rho = torch.from_numpy(np.load(trial_uap(c.out, trial_id(f"{a}-transfer", "natural_a", c.paper_zeta, None,
+                                                                    "paper", seed))))
             for b in c.archs:
                 key = f"{b}-transfer"
                 adv = predict_labels(ctx.targets[key].model, ctx.medical.test_images, rho=rho)
@@ -446,7 +452,6 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
     for job in tqdm(jobs, desc="UAPs", unit="uap"):
         if trial_id(*job) not in done:
             run_one(ctx, *job)  # one row per UAP, written as it finishes: a crash loses nothing
-    rows = read_results(results, filters={"sweep": c.sweep}).to_pylist()
     before = json.loads(store.read_text("study.json")) if store.exists("study.json") else {}
     study = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(c).items()},
@@ -454,7 +459,7 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
         "models": {k: {**v, "path": str(v["path"])} for k, v in ctx.model_info.items()},
         "selected": ctx.selected,
         "composition": _composition(ctx),
-        "cross_arch": _cross_arch(ctx, rows) if c.cross_arch and len(c.archs) > 1 else [],
+        "cross_arch": _cross_arch(ctx) if c.cross_arch and len(c.archs) > 1 else [],
         "natural_images": {s: ctx.sources[(s, "")].source.used for s in ("natural_a", "natural_b")},
     }
     last = time.perf_counter() - started

@@ -28,6 +28,7 @@ from raylab.spread import clearly_above
 from raylab.cli import main
 from raylab.data.shards import load_shard_images, read_manifest
 from raylab.models import load_classifier
+from raylab.record import trial_uap
 from raylab.results import read_results
 
 from .conftest import PNEUMONIA, submit_and_wait
@@ -44,8 +45,12 @@ def _audit(model: Path, natural: Path, out: Path, *extra: str) -> int:
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory, models, natural_dir) -> Path:
-    out = tmp_path_factory.mktemp("audit") / "a"
-    assert _audit(models["model"], natural_dir, out) == 0
+    """The audit, made in one folder and then moved: every test below, and the rerun that resumes it, reads a moved
+    audit folder, as after copying one from a cluster's disk (nothing may be read from where it was made)."""
+    made = tmp_path_factory.mktemp("audit") / "made-here"
+    assert _audit(models["model"], natural_dir, made) == 0
+    out = made.parent / "a"
+    shutil.move(made, out)
     return out
 
 
@@ -110,7 +115,7 @@ def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, mod
         k = c["kept"]
         score, field = ((lambda adv: fooling_rate(clean, adv)), "fooling_rate") if c["target"] is None else \
             ((lambda adv: success_rate(adv, 1)), "success_rate")
-        got = [score(predict_labels(model, val, rho=torch.from_numpy(np.load(rows[t]["uap_uri"])))) for t in c["trials"]]
+        got = [score(predict_labels(model, val, rho=torch.from_numpy(np.load(trial_uap(audited, t))))) for t in c["trials"]]
         assert k["validation"] == pytest.approx(got, abs=1e-9)
         i = got.index(max(got))
         assert k["seed"] == c["seeds"][i] and k["rate"] == rows[c["trials"][i]][field] == c["per_seed"][i]

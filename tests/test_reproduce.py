@@ -16,7 +16,8 @@ from PIL import Image
 from raylab.cli import main
 from raylab.run import balanced_by_prediction
 from raylab.reproduce import preset, study_jobs, trial_id
-from raylab.report import _load, findings
+from raylab.report import _budget_note, _load, findings
+from raylab.record import trial_uap
 from raylab.results import read_results
 
 from .conftest import DATA
@@ -25,9 +26,13 @@ from .html_page import Page
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, natural_dir) -> Path:
-    """The tiny study, with natural set A = 40 ImageNet photos and one corrupt JPEG."""
-    out = tmp_path_factory.mktemp("reproduce") / "tiny"
-    assert main(["reproduce", "--preset", "tiny", "--data-dir", str(DATA), "--natural-a", str(natural_dir), "--out", str(out)]) == 0
+    """The tiny study, with natural set A = 40 ImageNet photos and one corrupt JPEG, made in one folder and then moved:
+    every test below, and the rerun that resumes it and renders its report again, reads a moved study folder, as
+    after copying one from a cluster's disk (nothing may be read from where it was made)."""
+    made = tmp_path_factory.mktemp("reproduce") / "made-here"
+    assert main(["reproduce", "--preset", "tiny", "--data-dir", str(DATA), "--natural-a", str(natural_dir), "--out", str(made)]) == 0
+    out = made.parent / "tiny"
+    shutil.move(made, out)
     return out
 
 
@@ -54,9 +59,10 @@ def test_every_uap_of_the_study_is_one_results_row(tiny) -> None:
     assert sorted(table.column("trial_id").to_pylist()) == sorted(want)
     rows = table.to_pylist()
     assert {r["source_kind"] for r in rows} == {"train", "folder", "random"}
-    for r in rows:
-        assert 0 <= r["fooling_rate"] <= 1 and Path(r["uap_uri"]).exists()
-        rho = torch.from_numpy(np.load(r["uap_uri"]))
+    for r in rows:  # uap_uri: where the UAP was written, before the study folder moved; it is read from where it is
+        uap = trial_uap(tiny, r["trial_id"])
+        assert 0 <= r["fooling_rate"] <= 1 and r["uap_uri"].endswith(f"/made-here/uaps/{r['trial_id']}/uap.npy")
+        rho = torch.from_numpy(np.load(uap))
         assert rho.shape == (1, 28, 28) and float(rho.norm()) <= r["uap_l2"] + 1e-4
     study = json.loads((tiny / "study.json").read_text())
     for name, sel in study["selected"].items():  # ε, p chosen by validation R_f, the best of the grid
@@ -79,6 +85,12 @@ def test_the_report_has_the_papers_figures_and_tables_with_numbers(tiny) -> None
     for cell, name in zip(selection[0][2:], ("natural", "train", "natural/sgd", "train/sgd")):
         best = max(study["selected"][f"small_cnn-transfer/{name}"]["grid"], key=lambda g: g["val_fooling_rate"])
         assert cell.endswith(f"({100 * best['val_fooling_rate']:.1f} ± {100 * best['val_fooling_rate_sd']:.1f} %)"), cell
+    sgd_grid = _table(md, "The stochastic-gradient method's grid")  # its first step x p, as the paper's ε x p grid
+    assert [r[0] for r in sgd_grid] == ["small_cnn-transfer/natural", "small_cnn-transfer/train"]
+    assert "| model / images | p=2, lr=0.5 | p=2, lr=1 |" in md
+    for row, name in zip(sgd_grid, ("natural/sgd", "train/sgd")):
+        grid = study["selected"][f"small_cnn-transfer/{name}"]["grid"]
+        assert row[1:] == [f"{100 * g['val_fooling_rate']:.1f}" for g in sorted(grid, key=lambda g: g["lr"])]
     table1 = _table(md, "## Table 1")
     assert [r[1] for r in table1[-2:]] == ["training images (medical), SGD", "natural set A, SGD"]
     assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", r[2]) for r in table1)
@@ -136,11 +148,11 @@ def test_the_stochastic_gradient_rows_are_one_per_seed_and_stronger(tiny) -> Non
         assert r["eps"] is None and r["lr"] == selected[f"small_cnn-transfer/{kind}/sgd"]["lr"] and r["max_passes"] == 10
     by = {r["trial_id"]: r for r in read_results(tiny / "results", filters={"sweep": "reproduce-tiny"}).to_pylist()}
     runs = [by[f"small_cnn-transfer-train-z0.04-u@sgd{s}"] for s in (0, 1)]
-    rhos = [np.load(r["uap_uri"]) for r in runs]
+    rhos = [np.load(trial_uap(tiny, r["trial_id"])) for r in runs]
     assert not np.array_equal(*rhos)  # two seeds, two image orders, two UAPs
     assert min(r["fooling_rate"] for r in runs) > by["small_cnn-transfer-random-z0.04-u@paper0"]["fooling_rate"]
     for source in ("natural_a", "random"):  # the paper's method and the random control: one UAP per seed too
-        a, b = (np.load(by[f"small_cnn-transfer-{source}-z0.04-u@paper{s}"]["uap_uri"]) for s in (0, 1))
+        a, b = (np.load(trial_uap(tiny, f"small_cnn-transfer-{source}-z0.04-u@paper{s}")) for s in (0, 1))
         assert not np.array_equal(a, b), source
 
 
@@ -156,7 +168,7 @@ def test_rows_count_every_pass_and_every_skipped_image(tiny) -> None:
     for trial, r in rows.items():
         m = json.loads((tiny / "uaps" / trial / "metrics.json").read_text())
         assert r["wall_seconds"] == m["seconds"] and r["images_processed"] == m["stats"]["images"], trial
-        assert r["images_skipped"] == m["source"]["skipped"] and Path(r["uap_uri"]) == tiny / "uaps" / trial / "uap.npy"
+        assert r["images_skipped"] == m["source"]["skipped"] and Path(r["uap_uri"]) == tiny.parent / "made-here" / "uaps" / trial / "uap.npy"
 
 
 def test_a_model_whose_report_was_lost_is_trained_again(tiny, natural_dir, tmp_path, capsys) -> None:
@@ -199,6 +211,26 @@ def test_a_rerun_resumes_without_redoing_anything(tiny, natural_dir, capsys) -> 
     assert study["seconds"] == pytest.approx(first["seconds"] + study["last_run_seconds"])
     assert f"over {study['runs']} runs of the command (the last, resuming, " in (tiny / "report" / "report.md").read_text()
     assert f"min over its {study['runs']} runs); report:" in out
+
+
+def test_a_uap_that_ends_inside_its_budget_is_said_so(tiny) -> None:
+    """The paper's method's ε is chosen at one ζ; at a larger ζ its UAP may never reach the radius, and the report
+    must say so rather than let a flat curve read as a saturated model. Shares come from each UAP's own norm and the
+    radius in its metrics.json."""
+    study, rows = _load(tiny)
+    for r in rows:
+        m = json.loads((tiny / "uaps" / r["trial_id"] / "metrics.json").read_text())
+        assert r["radius"] == m["radius"] > 0
+    md = (tiny / "report" / "report.md").read_text()
+    full = [dict(r, uap_l2=r["radius"], uap_linf=r["radius"]) for r in rows]  # every UAP on its budget: no note
+    assert _budget_note(full, study["config"]) == []
+    half = [dict(r, uap_l2=r["radius"] / 2) if r["trial_id"].startswith("small_cnn-transfer-natural_b-z0.08-u@paper")
+            else r for r in full]
+    (note,) = _budget_note(half, study["config"])
+    assert note[0] == "p" and "small_cnn-transfer, natural set B: ζ = 8 % (50 %)." in note[1]
+    assert "natural set A" not in note[1] and "ζ = 4 %, and 2 pass(es)" in note[1]
+    real = _budget_note(rows, study["config"])  # the report says it exactly when the study's own UAPs call for it
+    assert ("**Budget not reached.**" in md) == bool(real) and all(b[1] in md for b in real)
 
 
 def test_findings_are_worded_from_their_outcome(tiny) -> None:

@@ -42,7 +42,7 @@ from torch import Tensor
 from .config import DEFAULT_MEDICAL, METHODS, SOURCE_TRAIN, UAPConfig, check, check_device, finite, option
 from .core import fooling_rate, label_composition, predict_labels, success_rate
 from .evaluation import ModelCheck, by_class
-from .record import ResultsKey, trial_folder, trial_uap
+from .record import ResultsKey, budget_used, trial_folder, trial_uap
 from .run import SourceImages, run_uap, source_images
 from .selection import best, kept_on_validation, select_on_validation, validation_images
 from .spread import spread
@@ -379,7 +379,8 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
         cells.append({"source": source, "method": method, "zeta": zeta, "target": name, "p": rs[0]["p"],
                       "rate": spread([r[rate] for r in rs]), "random": spread([r[control] for r in rs]),
                       "per_seed": [r[rate] for r in rs], "seeds": [r["seed"] for r in rs],
-                      "trials": [r["trial_id"] for r in rs]})
+                      "trials": [r["trial_id"] for r in rs],
+                      "budget_used": spread([budget_used(c.out, r["trial_id"]) for r in rs])})
         if zeta == c.zeta:  # the verdict's budget (every targeted UAP's): the strongest seed beside the mean
             score = ((lambda adv: fooling_rate(val_clean, adv)) if t is None else
                      (lambda adv, t=t: success_rate(adv, t)))

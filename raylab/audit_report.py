@@ -262,6 +262,21 @@ def _seed_table(keys: list[str], cells: list[tuple[list[str], dict[str, Any]]], 
               f"{one(x['kept']['rate'])} (seed {x['kept']['seed']})"] for key, x in cells])
 
 
+def _budget_note(summary: dict[str, Any]) -> list[Block]:
+    """Where a non-targeted UAP ended inside its budget (:func:`raylab.record.budget_used`): the paper's method's ε is
+    chosen at one ζ, and at a larger one its passes may never reach the radius, so that rate is bounded by ε and the
+    images, not by ζ: said, so that it is not read as what the budget allows."""
+    short = [x for x in summary["cells"] if x["target"] is None and x.get("budget_used")
+             and x["budget_used"]["mean"] < 0.99]
+    if not short:
+        return []
+    cases = "; ".join(f"{x['source']} images, {METHOD_NAMES[x['method']]}, ζ = {100 * x['zeta']:g} % "
+                      f"({100 * x['budget_used']['mean']:.0f} % of the radius)" for x in short)
+    return [("p", f"**Budget not reached**: these UAPs end inside their budget, bounded by their step (chosen at ζ = "
+                  f"{100 * summary['config']['zeta']:g} %) and the passes over the images rather than by ζ, so their "
+                  f"rate is not what that ζ allows: {cases}.")]
+
+
 def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
     """The report's content, in order."""
     c, plan, check = summary["config"], summary["plan"], summary["check"]
@@ -297,6 +312,7 @@ def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
         row = [f"{100 * zz:g} %"] + [pct((cell(summary, s, m, zz) or {}).get("rate")) for s in ("natural", "train") for m in ms]
         table.append(row + [pct((cell(summary, "natural", h["method"], zz) or {}).get("random"))])
     out.append(("table", header, table))
+    out += _budget_note(summary)
     kept = [(s, m, x) for s in ("natural", "train") for m in ms if (x := cell(summary, s, m, z)) and x.get("kept")]
     if kept:
         out.append(("p", f"Seed by seed at ζ = {100 * z:g} %: each UAP's R_f on the test images and on the validation "

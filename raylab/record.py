@@ -249,6 +249,14 @@ def trial_uap(out: str | Path, trial: str) -> Path:
     return trial_folder(out, trial) / "uap.npy"
 
 
+def budget_used(out: str | Path, trial: str) -> float:
+    """ρ's norm, in the run's own p, as a share of its radius ζ (from the trial's ``metrics.json``). Below 1, the UAP
+    ended inside its budget: its step and the images it saw bound it, not ζ (the paper's method accepts a bounded
+    number of ε-steps in its passes, Section 2.2), so a larger ζ would give the same UAP."""
+    m = json.loads(Store.at(trial_folder(out, trial)).read_text("metrics.json"))
+    return m["uap_norms"]["l2" if str(m["config"]["p"]) == "2" else "linf"] / m["radius"]
+
+
 def write_run(record: RunRecord, rho: Tensor, store: Store, *, figures: Figures | None = Figures(),
               results: ResultsKey | None = None) -> RunRecord:
     """Write ``uap.npy``, ``metrics.json`` and the figures of a run into ``store``, and its row into ``results``.

@@ -22,7 +22,7 @@ import torch
 
 from .page import Block, to_html, to_markdown
 from .plots import draw_confusion, png_bytes
-from .record import trial_folder, trial_uap
+from .record import budget_used, trial_uap
 from .reproduce import model_path, parse_trial
 from .spread import Spread, clearly_above, spread
 from .store import Store
@@ -54,7 +54,7 @@ def _load(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rows = read_results(out / "results", filters={"sweep": f"reproduce-{study['config']['preset']}"}).to_pylist()
     for r in rows:  # read every file from the study folder as it is now, which may have moved since
         r.update(parse_trial(r["trial_id"]), uap_uri=str(trial_uap(out, r["trial_id"])))
-        r["radius"] = json.loads(Store.at(trial_folder(out, r["trial_id"])).read_text("metrics.json"))["radius"]
+        r["budget_used"] = budget_used(out, r["trial_id"])
     for key, info in study["models"].items():
         info["path"] = str(model_path(out, key))
     return study, rows
@@ -170,7 +170,7 @@ def _budget_note(rows: list[dict[str, Any]], c: dict[str, Any]) -> list[Block]:
     for m in dict.fromkeys(r["model"] for r in rows):
         for s in ("train", "natural_a", "natural_b", "natural_a_balanced"):
             for z in sorted({r["zeta"] for r in rows}):
-                used = spread(_norm(r) / r["radius"] for r in _pick(rows, model=m, source=s, zeta=z, target=None))
+                used = spread(r["budget_used"] for r in _pick(rows, model=m, source=s, zeta=z, target=None))
                 if used is not None and used["mean"] < 0.99:
                     short.setdefault((m, LABELS[s]), []).append(f"{100 * z:g} % ({100 * used['mean']:.0f} %)")
     if not short:
@@ -181,11 +181,6 @@ def _budget_note(rows: list[dict[str, Any]], c: dict[str, Any]) -> list[Block]:
                   f"and {c['max_passes']} pass(es) over the images bound them, not ζ, so a larger ζ gives the same UAP "
                   "and the curve there shows that one UAP, not what the budget allows; the stochastic-gradient "
                   "method's step scales with the radius and uses it.")]
-
-
-def _norm(row: dict[str, Any]) -> float:
-    """ρ's norm in the row's own p."""
-    return row["uap_l2"] if row["p"] == "2" else row["uap_linf"]
 
 
 def _sgd_grid(study: dict[str, Any], zeta: float) -> list[Block]:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from raylab.audit import AuditConfig, plan_jobs
-from raylab.audit_report import findings, verdict
+from raylab.audit_report import _budget_note, findings, verdict
 from raylab.config import UAPConfig
 from raylab.errors import InputError
 from raylab.selection import select_on_validation
@@ -133,6 +133,29 @@ def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, mod
     assert (audited / "report" / "examples.png").read_bytes() == (audited / "kept-examples.png").read_bytes()
     assert f"the headline UAP (the {'stochastic-gradient' if head['method'] == 'sgd' else 'paper'}" in page
     assert f"seed {head['kept']['seed']}, kept on validation) on test images" in page
+
+
+def test_a_uap_that_ends_inside_its_budget_is_said_so(audited) -> None:
+    """Each cell carries its UAPs' norm as a share of the radius (from their metrics.json), and the report says which
+    non-targeted UAPs ended inside their budget: their rate is bounded by the step, not by ζ."""
+    summary = _summary(audited)
+    for x in summary["cells"]:
+        shares = []
+        for t in x["trials"]:
+            m = json.loads((audited / "uaps" / t / "metrics.json").read_text())
+            shares.append(m["uap_norms"]["l2" if str(m["config"]["p"]) == "2" else "linf"] / m["radius"])
+        assert x["budget_used"]["mean"] == pytest.approx(sum(shares) / len(shares)) and max(shares) <= 1 + 1e-6
+    md = (audited / "report" / "report.md").read_text()
+    real = _budget_note(summary)
+    assert ("**Budget not reached**" in md) == bool(real) and all(b[1] in md for b in real)
+    full = copy.deepcopy(summary)
+    for x in full["cells"]:
+        x["budget_used"]["mean"] = 1.0
+    assert _budget_note(full) == []
+    (x8,) = [x for x in full["cells"] if (x["source"], x["method"], x["zeta"], x["target"]) == ("natural", "paper", 0.08, None)]
+    x8["budget_used"]["mean"] = 0.5
+    (note,) = _budget_note(full)
+    assert note[1].endswith("natural images, the paper's method, ζ = 8 % (50 % of the radius).")
 
 
 def test_the_selection_scores_every_candidate_over_the_seeds_and_shows_its_progress(models, tmp_path, capsys) -> None:

@@ -218,13 +218,15 @@ def test_a_uap_that_ends_inside_its_budget_is_said_so(tiny) -> None:
     must say so rather than let a flat curve read as a saturated model. Shares come from each UAP's own norm and the
     radius in its metrics.json."""
     study, rows = _load(tiny)
-    for r in rows:
+    for r in rows:  # ρ's norm in its own p over the radius, both from the UAP's metrics.json
         m = json.loads((tiny / "uaps" / r["trial_id"] / "metrics.json").read_text())
-        assert r["radius"] == m["radius"] > 0
+        assert r["budget_used"] == pytest.approx(m["uap_norms"]["l2"] / m["radius"]) and 0 < r["budget_used"] <= 1 + 1e-6
+        if r["source"] == "random":
+            assert r["budget_used"] == pytest.approx(1)  # the control is drawn on the sphere of the radius
     md = (tiny / "report" / "report.md").read_text()
-    full = [dict(r, uap_l2=r["radius"], uap_linf=r["radius"]) for r in rows]  # every UAP on its budget: no note
+    full = [dict(r, budget_used=1.0) for r in rows]  # every UAP on its budget: no note
     assert _budget_note(full, study["config"]) == []
-    half = [dict(r, uap_l2=r["radius"] / 2) if r["trial_id"].startswith("small_cnn-transfer-natural_b-z0.08-u@paper")
+    half = [dict(r, budget_used=0.5) if r["trial_id"].startswith("small_cnn-transfer-natural_b-z0.08-u@paper")
             else r for r in full]
     (note,) = _budget_note(half, study["config"])
     assert note[0] == "p" and "small_cnn-transfer, natural set B: ζ = 8 % (50 %)." in note[1]

@@ -270,7 +270,7 @@ def _budget_note(summary: dict[str, Any]) -> list[Block]:
              and x["budget_used"]["mean"] < 0.99]
     if not short:
         return []
-    cases = "; ".join(f"{x['source']} images, {METHOD_NAMES[x['method']]}, ζ = {100 * x['zeta']:g} % "
+    cases = "; ".join(f"{'training' if x['source'] == 'train' else x['source']} images, {METHOD_NAMES[x['method']]}, ζ = {100 * x['zeta']:g} % "
                       f"({100 * x['budget_used']['mean']:.0f} % of the radius)" for x in short)
     return [("p", f"**Budget not reached**: these UAPs end inside their budget, bounded by their step (chosen at ζ = "
                   f"{100 * summary['config']['zeta']:g} %) and the passes over the images rather than by ζ, so their "

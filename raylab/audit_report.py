@@ -15,6 +15,7 @@ from typing import Any
 
 from .page import Block, to_html, to_markdown
 from .plots import png_bytes
+from .record import BUDGET_REACHED
 from .spread import clearly_above
 from .store import Store
 
@@ -267,7 +268,7 @@ def _budget_note(summary: dict[str, Any]) -> list[Block]:
     chosen at one ζ, and at a larger one its passes may never reach the radius, so that rate is bounded by ε and the
     images, not by ζ: said, so that it is not read as what the budget allows."""
     short = [x for x in summary["cells"] if x["target"] is None and x.get("budget_used")
-             and x["budget_used"]["mean"] < 0.99]
+             and x["budget_used"]["mean"] < BUDGET_REACHED]
     if not short:
         return []
     cases = "; ".join(f"{'training' if x['source'] == 'train' else x['source']} images, {METHOD_NAMES[x['method']]}, ζ = {100 * x['zeta']:g} % "

@@ -249,6 +249,10 @@ def trial_uap(out: str | Path, trial: str) -> Path:
     return trial_folder(out, trial) / "uap.npy"
 
 
+#: A UAP whose :func:`budget_used` (mean over seeds) is below this ended inside its budget; both reports say so.
+BUDGET_REACHED = 0.99
+
+
 def budget_used(out: str | Path, trial: str) -> float:
     """ρ's norm, in the run's own p, as a share of its radius ζ (from the trial's ``metrics.json``). Below 1, the UAP
     ended inside its budget: its step and the images it saw bound it, not ζ (the paper's method accepts a bounded

@@ -22,7 +22,7 @@ import torch
 
 from .page import Block, to_html, to_markdown
 from .plots import draw_confusion, png_bytes
-from .record import budget_used, trial_uap
+from .record import BUDGET_REACHED, budget_used, trial_uap
 from .reproduce import model_path, parse_trial
 from .spread import Spread, clearly_above, spread
 from .store import Store
@@ -171,7 +171,7 @@ def _budget_note(rows: list[dict[str, Any]], c: dict[str, Any]) -> list[Block]:
         for s in ("train", "natural_a", "natural_b", "natural_a_balanced"):
             for z in sorted({r["zeta"] for r in rows}):
                 used = spread(r["budget_used"] for r in _pick(rows, model=m, source=s, zeta=z, target=None))
-                if used is not None and used["mean"] < 0.99:
+                if used is not None and used["mean"] < BUDGET_REACHED:
                     short.setdefault((m, LABELS[s]), []).append(f"{100 * z:g} % ({100 * used['mean']:.0f} %)")
     if not short:
         return []

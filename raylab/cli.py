@@ -254,9 +254,12 @@ def cmd_shard(a: argparse.Namespace) -> int:
     mapper = None
     if a.ray:
         _local_ray_on_loopback(a.address)
+        from .engine.capacity import refuse_on_local_ray
         from .engine.sharding import ray_map
 
-        _init_ray(a.address)
+        if _init_ray(a.address):
+            refuse_on_local_ray(f"--cpus-per-task {a.cpus_per_task:g}: one shard task would", a.cpus_per_task,
+                                fix="lower --cpus-per-task")
         mapper = partial(ray_map, cpus=a.cpus_per_task)
     source = a.source if "://" in a.source else Path(a.source)
     m = write_shards(source, a.out, shard_size=a.shard_size, sample=a.sample, seed=a.seed, size=a.image_size,
@@ -282,18 +285,21 @@ def _local_ray_on_loopback(address: str | None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def _init_ray(address: str | None) -> None:
-    """Join --address, else the job's cluster (RAY_ADDRESS, set by `ray job submit`), else start a new local Ray.
+def _init_ray(address: str | None) -> bool:
+    """Join --address, else the job's cluster (RAY_ADDRESS, set by `ray job submit`), else start a new local Ray;
+    True when it started one (a cluster no node joins).
 
     A bare ``ray.init()`` would join whatever cluster `ray start` last started on this machine instead.
     """
     import ray
 
-    if not ray.is_initialized():
-        given = address or os.environ.get("RAY_ADDRESS")
-        if given:
-            _answers(given, "--address" if address else "RAY_ADDRESS")
-        ray.init(address=given or "local", logging_level="ERROR")
+    if ray.is_initialized():
+        return False
+    given = address or os.environ.get("RAY_ADDRESS")
+    if given:
+        _answers(given, "--address" if address else "RAY_ADDRESS")
+    ray.init(address=given or "local", logging_level="ERROR")
+    return not given
 
 
 def _answers(address: str, name: str, timeout: float = 5.0) -> None:
@@ -315,7 +321,11 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from .sweep import outcome, run_sweep
 
     config = build(SweepConfig, a)
-    _init_ray(a.address)
+    if _init_ray(a.address):
+        from .engine.capacity import refuse_on_local_ray
+
+        refuse_on_local_ray("one trial (its own process, its workers and readers) would", *config.largest_trial(),
+                            fix="use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader")
     grid = run_sweep(config)
     outcomes = [outcome(r) for r in grid]
     table = read_results(config.results, filters={"sweep": config.name})
@@ -413,7 +423,11 @@ def cmd_audit(a: argparse.Namespace) -> int:
     config = build(AuditConfig, a)
     if config.ray:
         _local_ray_on_loopback(a.address)
-        _init_ray(a.address)
+        from .engine.capacity import refuse_on_local_ray
+
+        if _init_ray(a.address):
+            refuse_on_local_ray(f"--cpus-per-uap {config.cpus_per_uap:g}: one UAP task would", config.cpus_per_uap,
+                                fix="lower --cpus-per-uap")
     run_audit(config, log=lambda line: print(line, flush=True))
     return 0
 

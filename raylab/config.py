@@ -235,6 +235,8 @@ class EngineConfig(AttackConfig):
                                               "at least 120)")
     restart_timeout: float = option(300.0, "seconds to wait for Ray to restart a lost worker or reader (a node joining, "
                                            "or capacity freed) before the run fails, keeping its checkpoint")
+    start_timeout: float = option(900.0, "seconds to wait, at the start, for the cluster to place every worker and "
+                                         "reader (the autoscaler launching nodes) before the run stops, nothing computed")
     spread: bool = option(True, "spread workers and readers over the cluster's nodes (Ray's SPREAD strategy; "
                                 "--no-spread packs them)")
 
@@ -242,7 +244,7 @@ class EngineConfig(AttackConfig):
         super().__post_init__()
         object.__setattr__(self, "medical", Path(self.medical))
         check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
-        for name in ("cpus_per_worker", "cpus_per_reader", "progress_every", "restart_timeout"):
+        for name in ("cpus_per_worker", "cpus_per_reader", "progress_every", "restart_timeout", "start_timeout"):
             finite(name, getattr(self, name))
         check(self.cpus_per_worker > 0 and self.cpus_per_reader > 0, "cpus_per_worker and cpus_per_reader must be > 0")
         check(self.progress_every >= 0, f"progress_every must be >= 0 (seconds; 0: every round), got {self.progress_every}")
@@ -261,6 +263,7 @@ class EngineConfig(AttackConfig):
         check(self.max_batch_attempts >= 1, f"max_batch_attempts must be >= 1, got {self.max_batch_attempts}")
         check(self.hang_timeout is None or self.hang_timeout > 0, f"hang_timeout must be > 0, got {self.hang_timeout}")
         check(self.restart_timeout > 0, f"restart_timeout must be > 0, got {self.restart_timeout}")
+        check(self.start_timeout > 0, f"start_timeout must be > 0, got {self.start_timeout}")
         if "://" not in self.model:
             check(Path(self.model).is_file(), f"model weights not found: {self.model}")
         check(self.medical.exists(), f"medical dataset not found: {self.medical}")

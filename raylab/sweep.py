@@ -143,6 +143,11 @@ class SweepConfig:
         gpu = {"GPU": 1.0} if self.device.startswith("cuda") else {}
         return trial + [{"CPU": self.cpus_per_worker, **gpu}] * self.workers + [{"CPU": self.cpus_per_reader}] * self.workers
 
+    def largest_trial(self) -> tuple[float, float]:
+        """The CPUs and GPUs of the largest trial's placement group (over the sources)."""
+        return max((sum(b.get("CPU", 0.0) for b in bs), sum(b.get("GPU", 0.0) for b in bs))
+                   for bs in (self.bundles(s) for s in self.sources))
+
     def identity(self) -> dict[str, Any]:
         """What a resumed sweep must share with the sweep it resumes."""
         return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}

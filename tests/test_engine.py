@@ -310,6 +310,25 @@ def test_bad_engine_input_is_refused_before_any_actor_starts(models, shards, tmp
     assert _config(models, shards, tmp_path / "z", device="cuda").staged and not _config(models, shards, tmp_path / "z").staged
 
 
+def test_workers_a_cluster_cannot_place_stop_the_run_after_the_start_timeout(cluster, models, shards, tmp_path) -> None:
+    """On a cluster that may grow (one this run joined), the driver says what it waits for, waits at most
+    --start-timeout, then stops in one line; its pending actors are gone, so the cluster is free for the next run."""
+    lines: list[str] = []
+    config = _config(models, shards, tmp_path / "out", workers=2, cpus_per_worker=3.0, start_timeout=3.0)
+    t0 = time.monotonic()
+    with pytest.raises(RaylabError, match=r"^\d of 4 workers and readers not placed within 3 s \(2 worker\(s\) and their "
+                                          r"reader\(s\) need 7 CPU and 0 GPU, the cluster has 4 CPU"):
+        run_engine(config, log=lines.append)
+    assert time.monotonic() - t0 < 60
+    assert lines[0].startswith("warning: 2 worker(s) and their reader(s) need 7 CPU") and "waiting at most 3 s" in lines[0]
+    with pytest.raises(InputError, match=r"^--workers 2: .* no node will join"):
+        Engine(config).run(fixed_cluster=True)
+    deadline = time.time() + 30  # the killed actors give their CPUs back
+    while ray.available_resources().get("CPU", 0) < 4 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 4
+
+
 def test_the_jobs_api_refuses_a_request_without_the_token(cluster) -> None:
     import urllib.error
     import urllib.request

@@ -43,6 +43,7 @@ from ..record import Build, Figures, ResultsKey, RunRecord, Source, write_run
 from ..store import Store
 from ..target import Target, load_target, medical_digest, read_model
 from ..telemetry import Telemetry, ray_sink, run_tags
+from .capacity import refuse_on_local_ray, shortfall
 from .feed import FeedCheck
 from .labels import CleanLabels
 from .placement import placement
@@ -141,13 +142,21 @@ class Engine:
                                              clean=clean, staged=staged[1] if staged and staged[0] is images else None)
 
     # -- set-up ---------------------------------------------------------------------------------------------------
-    def _start_actors(self) -> None:
+    def _shortfall(self) -> str | None:
+        """What the workers and readers ask for beside what the cluster has now, when it has less; else None."""
+        c = self.config
+        short = shortfall(c.workers * (c.cpus_per_worker + c.cpus_per_reader), c.workers * c.num_gpus_per_worker)
+        return short and f"{c.workers} worker(s) and their reader(s) {short}"
+
+    def _start_actors(self, fixed_cluster: bool) -> None:
         c, spec = self.config, self.target.model.spec
-        have = ray.cluster_resources()
-        need_cpu, need_gpu = c.workers * (c.cpus_per_worker + c.cpus_per_reader), c.workers * c.num_gpus_per_worker
-        if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
-            self.log(f"warning: {c.workers} worker(s) and reader(s) need {need_cpu:g} CPU and {need_gpu:g} GPU, the cluster has "
-                     f"{have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU now; waiting for the autoscaler "
+        if fixed_cluster:
+            refuse_on_local_ray(f"--workers {c.workers}: {c.workers} worker(s) and their reader(s)",
+                                c.workers * (c.cpus_per_worker + c.cpus_per_reader), c.workers * c.num_gpus_per_worker,
+                                fix="use fewer --workers or lower --cpus-per-worker/--cpus-per-reader")
+        short = self._shortfall()
+        if short:
+            self.log(f"warning: {short} now; waiting at most {c.start_timeout:g} s (--start-timeout) for the autoscaler "
                      "(lower --cpus-per-worker/--cpus-per-reader or --workers on a fixed cluster)")
         # Held for the whole run: a restarted worker re-reads its creation arguments.
         self.model_ref = model_ref = ray.put(self.model_bytes)
@@ -191,9 +200,11 @@ class Engine:
         self.store.write_bytes(CHECKPOINT, state.to_bytes(self.fingerprint))
 
     # -- the loop -------------------------------------------------------------------------------------------------
-    def run(self) -> RunRecord:
+    def run(self, *, fixed_cluster: bool = False) -> RunRecord:
+        """The whole run; ``fixed_cluster``: Ray was started by this run, so workers it cannot place are an error at
+        once (on a cluster that can grow they are waited for, at most ``start_timeout`` seconds)."""
         c = self.config
-        self._start_actors()
+        self._start_actors(fixed_cluster)
         state = self._initial_state()
         step = f"eps={c.eps:g}" if c.method == "paper" else f"lr={c.lr:g} x radius, {c.schedule}"
         self.log(f"{c.method} UAP on {c.workers} worker(s) x batch {c.batch_size}, {self.manifest.total} images in "
@@ -202,7 +213,7 @@ class Engine:
         warning = weak_regime(self.manifest.total, c.workers * c.batch_size, passes=c.max_passes or 1, method=c.method)
         if warning:
             self.log(warning)
-        ray.get([a.pid.remote() for a in self.readers + self.workers])  # actors up (models loaded) before the clock starts
+        self._await_actors()  # actors up (models loaded) before the clock starts
         session = time.perf_counter()
         started, last_log = session - state.seconds, 0.0
         self.compute = self.idle = 0.0
@@ -368,6 +379,18 @@ class Engine:
         raise RaylabError(f"{self.batch_name(w, meta)} failed {c.max_batch_attempts} times ({type(last).__name__}: its update "
                           f"kills the worker?); stopping, the last checkpoint is {self.store.path(CHECKPOINT)}")
 
+    def _await_actors(self) -> None:
+        """Wait until every worker and reader is placed and constructed; after ``start_timeout`` the run stops with
+        one line (nothing is computed yet: a rerun resumes from the last checkpoint, if any)."""
+        refs = [a.pid.remote() for a in self.readers + self.workers]
+        _, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.config.start_timeout)
+        if waiting:
+            short = self._shortfall() or "the cluster could not place them together"
+            raise RaylabError(f"{len(waiting)} of {len(refs)} workers and readers not placed within "
+                              f"{self.config.start_timeout:g} s ({short}); use fewer --workers, lower "
+                              "--cpus-per-worker/--cpus-per-reader, or give the autoscaler longer (--start-timeout)")
+        ray.get(refs)  # an actor whose constructor failed raises here
+
     def _await_restart(self, role: str, w: int) -> None:
         """Wait until Ray has restarted worker (or reader) ``w`` — on a node that joined, or in capacity freed —
         before its batch is asked for again; after ``restart_timeout`` the run fails with one line, checkpoint kept."""
@@ -438,15 +461,19 @@ def run_engine(config: EngineConfig, *, on_round: Callable[[RoundReport], None] 
     """Run one distributed UAP and return its record.
 
     Every input is checked first, then ``connect`` joins the cluster (the CLI's: ``--address``, the job's cluster or a
-    new local Ray); without it a local Ray is started unless one is initialized. Bad input never waits for Ray.
+    new local Ray) and returns whether it started a new local Ray; without it a local Ray is started unless one is
+    initialized. Bad input never waits for Ray, and a local Ray started here that cannot hold the workers is an error
+    at once: no node will join it.
     """
     engine = Engine(config, on_round=on_round, log=log, results=results)  # every input check happens here, before any actor
+    started_here = False
     if connect is not None:
-        connect()
+        started_here = bool(connect())
     elif not ray.is_initialized():
         ray.init()
+        started_here = True
     try:
-        return engine.run()
+        return engine.run(fixed_cluster=started_here)
     finally:
         for actor in engine.workers + engine.readers:
             ray.kill(actor)

@@ -1,0 +1,28 @@
+"""Whether the cluster can hold what a run asks for, said in one line before anything waits for it.
+
+A local Ray that a command started itself (no ``--address``, no ``ray job submit``) is one node that no other will
+join, so an ask beyond it would wait forever: the commands refuse it at once. On a cluster that can grow the same
+shortfall is only a warning, since the autoscaler sees pending actors and tasks as demand.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from ..errors import InputError
+
+
+def shortfall(cpu: float, gpu: float = 0.0) -> str | None:
+    """``"need X CPU and Y GPU, the cluster has A CPU and B GPU"`` when the cluster has less than that now; else None."""
+    have = ray.cluster_resources()
+    if cpu <= have.get("CPU", 0) and gpu <= have.get("GPU", 0):
+        return None
+    return f"need {cpu:g} CPU and {gpu:g} GPU, the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU"
+
+
+def refuse_on_local_ray(what: str, cpu: float, gpu: float = 0.0, *, fix: str) -> None:
+    """InputError ``"<what> <short>: ... no node will join; <fix>"`` when this process's own local Ray cannot hold
+    ``cpu``/``gpu`` at once; call it only where the command started that Ray."""
+    short = shortfall(cpu, gpu)
+    if short:
+        raise InputError(f"{what} {short} (a local Ray started by this run: no node will join); {fix}")

@@ -181,7 +181,8 @@ class UAPConfig(AttackConfig):
         check("://" in self.model or Path(self.model).is_file(), f"model weights not found: {self.model}")
         check(self.medical.exists(), f"medical dataset not found: {self.medical}")
         if self.source not in (SOURCE_TRAIN, SOURCE_RANDOM):
-            check(Path(self.source).is_dir(), f"UAP source must be a folder of images, 'train' or 'random', got {self.source!r}")
+            check(Path(self.source).is_dir(), f"UAP source {self.source!r}: no such folder (give a folder of images, a "
+                                              "shard location from `raylab shard`, 'train' or 'random')")
         check(not (self.balance and self.source == SOURCE_RANDOM), "balance needs source images; the random control has none")
         check(not self.cuda_graphs or self.device.startswith("cuda"), f"cuda_graphs needs --device cuda, got {self.device!r}")
         check(not self.cuda_graphs or self.method == "paper", "cuda_graphs is for the paper's method (--method paper)")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 UID = "raylab-uap"
 TITLE = "raylab: UAP runs and sweeps"
@@ -163,6 +163,17 @@ def prometheus_config(*, sd_file: str = RAY_SD_FILE, targets: Sequence[str] = ()
                        "scrape_configs": jobs}, indent=2) + "\n"
 
 
+def _http_detail(body: bytes) -> str:
+    """``": <why>"`` from an error answer: Prometheus' own ``error`` field, else the body's first 300 characters (a
+    proxy's page); nothing for an empty body."""
+    text = body.decode(errors="replace").strip()
+    try:
+        text = str(json.loads(text).get("error", text))
+    except (ValueError, AttributeError):
+        pass
+    return f": {one_line(text, 300)}" if text else ""
+
+
 class Prometheus:
     """A small client of Prometheus' HTTP API (``/api/v1/query``, ``/api/v1/query_range``)."""
 
@@ -175,8 +186,8 @@ class Prometheus:
             with urllib.request.urlopen(full, timeout=30) as r:
                 doc = json.load(r)
         except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:300]
-            raise InputError(f"Prometheus at {self.url} refused {params.get('query', path)!r}: {detail}") from None
+            raise InputError(f"Prometheus at {self.url} answered HTTP {e.code} {e.reason} to {params.get('query', path)!r}"
+                             + _http_detail(e.read())) from None
         except OSError as e:
             raise InputError(f"cannot reach Prometheus at {self.url} ({e})") from None
         if doc.get("status") != "success":

@@ -145,7 +145,7 @@ def test_uap_from_the_medical_training_set(models: dict[str, Path], tmp_path: Pa
         (["--p", "3"], "p must be 2 or inf, got '3'"),
         (["--eps", "0"], "eps must be > 0"),
         (["--target", "COVID"], "target class 'COVID' does not exist; classes are NORMAL, PNEUMONIA"),
-        (["--source", "/nonexistent/photos"], "UAP source must be a folder of images"),
+        (["--source", "/nonexistent/photos"], "UAP source '/nonexistent/photos': no such folder (give a folder of images, a shard location"),
         (["--cuda-graphs"], "cuda_graphs needs --device cuda, got 'cpu'"),
         (["--seed", "99999999999999999999"], "seed must be an integer in [0, 4294967295), got 99999999999999999999"),
     ],

@@ -10,12 +10,15 @@ served on a local port, scraped directly.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import io
 import json
 import os
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -231,6 +234,30 @@ def test_every_dashboard_query_returns_series_from_the_real_run(observed, promet
     assert (tmp_path / "dashboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@contextlib.contextmanager
+def _answering(status: int, body: bytes):
+    """A real HTTP server on 127.0.0.1 that answers every request with ``status`` and ``body``; yields its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_dashboard_cli_writes_config_and_refuses_an_unreachable_prometheus(models, natural_dir, tmp_path, capsys) -> None:
     assert main(["dashboard", "prometheus-config", "--target", "127.0.0.1:9101", "--scrape-interval", "5s"]) == 0
     config = json.loads(capsys.readouterr().out)  # YAML written as JSON
@@ -243,6 +270,15 @@ def test_dashboard_cli_writes_config_and_refuses_an_unreachable_prometheus(model
     assert main(["dashboard", "render", "--prometheus", f"http://127.0.0.1:{closed}", "--out", str(tmp_path / "d.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"raylab dashboard: error: cannot reach Prometheus at http://127.0.0.1:{closed}") and "\n" not in err
+    with _answering(403, b"") as url:  # a proxy in front of Prometheus that says no, with an empty body
+        assert main(["dashboard", "render", "--prometheus", url, "--out", str(tmp_path / "d.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"raylab dashboard: error: Prometheus at {url} answered HTTP 403 Forbidden to 'sum (rate(")
+    assert err.endswith("[1m]))'") and "\n" not in err
+    with _answering(400, json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}).encode()) as url:
+        assert main(["dashboard", "render", "--prometheus", url, "--out", str(tmp_path / "d.png")]) == 2
+    assert capsys.readouterr().err.strip().endswith("answered HTTP 400 Bad Request to 'sum (rate(ray_raylab_images_processed_"
+                                                    "total{run=~\".*\"}[1m]))': parse error at char 5")
     assert main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random", "--out", str(tmp_path / "u"),
                  "--zeta", "0.08", "--examples", "0", "--metrics-port", "0", "--metrics-linger", "0"]) == 0
     assert "serving metrics on http://127.0.0.1:" in capsys.readouterr().out

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
 from raylab.core import StepStats, project_lp, sgd_step
 from raylab.engine.labels import CleanLabels
 from raylab.engine.readers import BatchMeta, Position
-from raylab.engine.state import PaperRule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, record_marker
+from raylab.engine.state import (
+    FINGERPRINT_KEYS, PaperRule, RunState, SGDRule, WorkerResult, commit_round, distinct, end_of_pass, fingerprint,
+    record_marker,
+)
 from raylab.data.shards import Cursor
-from raylab.errors import RaylabError
+from raylab.errors import InputError, RaylabError
 
 
 def _meta(pass_: int, start: int, size: int, *, skipped=(), failed=()) -> BatchMeta:
@@ -69,10 +74,28 @@ def test_pass_end_markers_and_the_delta_stop() -> None:
 def test_a_checkpoint_round_trips_and_refuses_another_run() -> None:
     state = commit_round(RunState.start((1, 2, 2), workers=1),
                          [WorkerResult(0, torch.ones(1, 2, 2), StepStats(4, 4, 2), _meta(0, 0, 4))], rule=PaperRule(1.0, 2))
-    back = RunState.from_bytes(state.to_bytes("abc"), "abc", "ckpt")
+    attack = {k: None for k in FINGERPRINT_KEYS} | {"workers": 1, "eps": 0.01, "method": "paper"}
+    shards = [("shard-000000.tar", 12, "ab" * 32)]
+    mine = fingerprint(attack, b"weights", shards, "cd" * 32)
+    assert mine == fingerprint(dict(attack), b"weights", list(shards), "cd" * 32)  # a value: the same run, the same
+    back = RunState.from_bytes(state.to_bytes(mine), mine, "ckpt")
     assert back.round == 1 and back.stats == state.stats and torch.equal(back.rho, state.rho)
-    with pytest.raises(Exception, match="checkpoint of a different run"):
-        RunState.from_bytes(state.to_bytes("abc"), "xyz", "ckpt")
+    # a resume with other settings is refused naming each difference, as a sweep's is
+    other = fingerprint(attack | {"workers": 2, "eps": 0.02}, b"weights", shards, "ef" * 32)
+    with pytest.raises(InputError, match=r"^ckpt: checkpoint of a different run \(eps=0.01 then, 0.02 now; workers=1 then, "
+                                         r"2 now; the medical data differs \(the radius comes from its training images\)\); "
+                                         r"use a new output location, or the settings it was started with$"):
+        RunState.from_bytes(state.to_bytes(mine), other, "ckpt")
+    with pytest.raises(InputError, match=r"\(the model's weights differ; the shards differ\)"):
+        RunState.from_bytes(state.to_bytes(mine), fingerprint(attack, b"other", shards[:0], "cd" * 32), "ckpt")
+    # a checkpoint written before the parts were recorded is still read, and refused in the old words
+    legacy = torch.load(io.BytesIO(state.to_bytes(mine)), weights_only=True)
+    del legacy["parts"]
+    buf = io.BytesIO()
+    torch.save(legacy, buf)
+    assert RunState.from_bytes(buf.getvalue(), mine, "ckpt").round == 1
+    with pytest.raises(InputError, match=r"\(model, shards, medical data or UAP parameters differ\)"):
+        RunState.from_bytes(buf.getvalue(), other, "ckpt")
 
 
 def test_an_sgd_round_takes_one_step_along_the_summed_gradient_with_the_scheduled_size() -> None:

@@ -68,37 +68,65 @@ class RunState:
         """The running rate on the stream: the share of visited images already fooled (or at the target)."""
         return 1 - self.stats["active"] / max(1, self.stats["images"])
 
-    def to_bytes(self, fingerprint: str) -> bytes:
+    def to_bytes(self, fingerprint: "Fingerprint") -> bytes:
         meta = {k: v for k, v in self.__dict__.items() if k != "rho"}
         buf = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "rho": self.rho,
-                    "state": json.dumps(meta)}, buf)
+        torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint.digest, "rho": self.rho,
+                    "state": json.dumps(meta), "parts": json.dumps(fingerprint.parts)}, buf)
         return buf.getvalue()
 
     @staticmethod
-    def from_bytes(data: bytes, fingerprint: str, where: str) -> "RunState":
+    def from_bytes(data: bytes, fingerprint: "Fingerprint", where: str) -> "RunState":
+        """The state in a checkpoint of this run; InputError naming what differs for another run's."""
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:
             raise InputError(f"{where}: cannot read checkpoint ({type(e).__name__})") from None
         if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
             raise InputError(f"{where}: not a raylab engine checkpoint")
-        if obj["fingerprint"] != fingerprint:
-            raise InputError(f"{where}: checkpoint of a different run (model, shards, medical data or UAP parameters "
-                             "differ); use a new output location")
+        if obj["fingerprint"] != fingerprint.digest:
+            then = json.loads(obj["parts"]) if "parts" in obj else None  # checkpoints before 2026-12 name no parts
+            raise InputError(f"{where}: checkpoint of a different run ({fingerprint.differences(then)}); use a new "
+                             "output location, or the settings it was started with")
         return RunState(rho=obj["rho"], **json.loads(obj["state"]))
 
 
-def fingerprint(attack: dict[str, Any], model_bytes: bytes, shards: Sequence[tuple[str, int, str]], medical: str) -> str:
+#: How a differing digest part is named in a refusal.
+PART_NAMES = {"model": "the model's weights differ", "shards": "the shards differ",
+              "medical": "the medical data differs (the radius comes from its training images)"}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What determines ρ: ``digest``, one hash, decides whether a checkpoint is this run's; ``parts`` (the UAP
+    parameters as given, and short digests of the model, shards and medical data) name what differs when not."""
+
+    digest: str
+    parts: dict[str, Any]
+
+    def differences(self, then: dict[str, Any] | None) -> str:
+        """``"workers=1 then, 2 now; the shards differ"``, from the parts a checkpoint recorded."""
+        if then is None:
+            return "model, shards, medical data or UAP parameters differ"
+        said = [PART_NAMES[k] if k in PART_NAMES else f"{k}={then.get(k)!r} then, {v!r} now"
+                for k, v in self.parts.items() if then.get(k) != v]
+        return "; ".join(said) or "its fingerprint differs"
+
+
+def fingerprint(attack: dict[str, Any], model_bytes: bytes, shards: Sequence[tuple[str, int, str]], medical: str) -> Fingerprint:
     """What determines ρ: the UAP parameters, the model's bytes, the shards and the medical data's digest.
 
     The medical data is part of it because the radius comes from its training images (Section 2.2).
     """
+    params = {k: attack[k] for k in FINGERPRINT_KEYS}
+    shard_list = json.dumps([list(s) for s in shards]).encode()
     h = hashlib.sha256(model_bytes)
-    h.update(json.dumps({k: attack[k] for k in FINGERPRINT_KEYS}, sort_keys=True, default=str).encode())
-    h.update(json.dumps([list(s) for s in shards]).encode())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(shard_list)
     h.update(medical.encode())
-    return h.hexdigest()
+    parts = {**json.loads(json.dumps(params, default=str)), "model": hashlib.sha256(model_bytes).hexdigest()[:16],
+             "shards": hashlib.sha256(shard_list).hexdigest()[:16], "medical": medical[:16]}
+    return Fingerprint(h.hexdigest(), parts)
 
 
 @dataclass(frozen=True)

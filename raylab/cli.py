@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="one line per grid point, each rate as mean ± sd over its seeds (rows that differ only by seed)")
     r.add_argument("--columns", default=None, help="comma-separated columns to show")
     r.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="also draw each rate over --x as curves, mean ± sd over seeds, random control dotted (path or URL)")
+                   help="also draw each rate over --x as curves, mean ± sd over seeds, random control dotted (path or "
+                        "URL; .png, or .pdf/.svg for a paper)")
     r.add_argument("--x", default="zeta", help="the column the plot's rates are drawn over (default: zeta; also eps, lr, ...)")
 
     d = sub.add_parser("demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, then audit it (raylab audit "
@@ -357,6 +358,7 @@ def cmd_import_model(a: argparse.Namespace) -> int:
 def _plot(table: pa.Table, x: str, *, selected: bool) -> Callable[[str, str], str]:
     """The curves of ``table``'s rates over ``x`` (:mod:`raylab.results.curves`; nothing to draw is refused now, in
     one line), and a function that draws them into a location and says so."""
+    from .plots import figure_format
     from .results.curves import SELECTED, curves, curves_png
     from .store import Store
 
@@ -364,7 +366,7 @@ def _plot(table: pa.Table, x: str, *, selected: bool) -> Callable[[str, str], st
 
     def write(location: str, title: str) -> str:
         store, name = Store.beside(location)
-        store.write_bytes(name, curves_png(found, x, title=title))
+        store.write_bytes(name, curves_png(found, x, title=title, fmt=figure_format(location)))
         return f"plot: {location} ({len(found)} curve(s) over {x})"
 
     return write
@@ -373,6 +375,10 @@ def _plot(table: pa.Table, x: str, *, selected: bool) -> Callable[[str, str], st
 def cmd_results(a: argparse.Namespace) -> int:
     from .results import filter_value, over_seeds, read_results, select_best, summary_table
 
+    if a.plot:
+        from .plots import figure_format
+
+        figure_format(a.plot)  # a file name it cannot write is refused before the results are read
     filters: dict = {}
     for f in a.filter:
         if "=" not in f:

@@ -141,6 +141,13 @@ def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_
     assert any(line.split()[2] == "train" and " 0.08 " in line and f"{mean:.3g} ± " in line for line in lines[2:6])
     assert lines[6] == f"plot: {plot} (2 curve(s) over zeta)"  # random and train, each over the two zetas
     assert Image.open(plot).width == 640
+    for fmt, magic in (("pdf", b"%PDF-"), ("svg", b"<?xml")):  # vector figures for a paper, by the file's extension
+        assert main(["results", str(tmp_path / "results"), "--over-seeds", "--plot", str(tmp_path / f"light.{fmt}")]) == 0
+        assert (tmp_path / f"light.{fmt}").read_bytes().startswith(magic)
+    capsys.readouterr()
+    assert main(["results", str(tmp_path / "nothing-here"), "--plot", str(tmp_path / "light.txt")]) == 2
+    assert capsys.readouterr().err.strip() == (f"raylab results: error: {tmp_path}/light.txt: a figure is written as .png, "
+                                               ".pdf, .svg; give a file name with one of those extensions")
     with pytest.raises(InputError, match="give one or more distinct seeds"):
         SweepConfig(**{**{k: getattr(s, k) for k in ("name", "medical", "models", "sources")}, "seeds": (1, 1)})
 

@@ -102,8 +102,8 @@ def _axis_name(x: str) -> str:
     return "ζ (%)" if x == "zeta" else _SHORT.get(x, x)
 
 
-def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "") -> bytes:
-    """The curves drawn as a PNG: a panel for R_f and one for R_s where both kinds are there, one legend below
+def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "", fmt: str = "png") -> bytes:
+    """The curves drawn as a PNG (or ``fmt``'s: pdf, svg): a panel for R_f and one for R_s where both kinds are there, one legend below
     them (the figure grows with it); rates in %."""
     import matplotlib.pyplot as plt
 
@@ -149,4 +149,4 @@ def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "") -> bytes
     fig.legend(*zip(*entries), loc="outside lower center", fontsize=7, ncol=len(panels), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    return png_bytes(fig, dpi=100)
+    return png_bytes(fig, dpi=100, fmt=fmt)

@@ -78,16 +78,21 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-@pytest.mark.parametrize("command", ["generate", "sweep", "shard", "audit"])
+@pytest.mark.parametrize("command", ["generate", "generate-cuda", "sweep", "shard", "audit"])
 def test_an_ask_the_commands_own_local_ray_cannot_hold_is_refused_at_once(command, models, shards, tmp_path) -> None:
     """With no cluster given, a command starts its own local Ray, which no node will ever join: workers or tasks it
     cannot hold are an error naming the option, not a wait that never ends (found running `raylab generate
     --workers 2` on 2 cores, which waited forever for CPUs)."""
+    if command == "generate-cuda" and torch.cuda.is_available():
+        pytest.skip("this machine's local Ray has a GPU")
     out = str(tmp_path / "out")
     args, first = {
         "generate": (["--model", str(models["model"]), "--data", str(PNEUMONIA), "--shards", str(shards), "--out", out,
                       "--workers", "2", "--cpus-per-worker", "1000"],
                      "--workers 2: 2 worker(s) and their reader(s) need 2002 CPU and 0 GPU, the cluster has "),
+        "generate-cuda": (["--model", str(models["model"]), "--data", str(PNEUMONIA), "--shards", str(shards), "--out", out,
+                           "--device", "cuda", "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5"],
+                          "--workers 1: 1 worker(s) and their reader(s) need 1 CPU and 1 GPU, the cluster has "),
         "sweep": (["--name", "big", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(shards),
                    "random", "--results", out, "--out", out, "--cpus-per-worker", "1000"],
                   "one trial (its own process, its workers and readers) would need 1001.25 CPU and 0 GPU, the cluster has "),
@@ -99,13 +104,15 @@ def test_an_ask_the_commands_own_local_ray_cannot_hold_is_refused_at_once(comman
     }[command]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    run = subprocess.run([sys.executable, "-m", "raylab", command, *args], env=env, capture_output=True, text=True,
+    name = command.split("-")[0]
+    run = subprocess.run([sys.executable, "-m", "raylab", name, *args], env=env, capture_output=True, text=True,
                          timeout=180, cwd=ROOT)
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"raylab {command}: error: {first}"), last
+    assert last.startswith(f"raylab {name}: error: {first}"), last
     assert last.endswith(" GPU (a local Ray started by this run: no node will join); " + {
         "generate": "use fewer --workers or lower --cpus-per-worker/--cpus-per-reader",
+        "generate-cuda": "each worker asks for a GPU under --device cuda: use --device cpu here, or fewer --workers",
         "sweep": "use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader", "shard": "lower --cpus-per-task",
         "audit": "lower --cpus-per-uap"}[command]), last
     assert not list(Path(out).glob("**/*.npy")) and not list(Path(out).glob("**/*.parquet")) and not list(Path(out).glob("*.tar"))

@@ -20,9 +20,16 @@ def shortfall(cpu: float, gpu: float = 0.0) -> str | None:
     return f"need {cpu:g} CPU and {gpu:g} GPU, the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU"
 
 
+#: What to do when the GPUs are short: every engine worker under ``--device cuda`` asks for one.
+GPU_FIX = "each worker asks for a GPU under --device cuda: use --device cpu here, or fewer --workers"
+
+
 def refuse_on_local_ray(what: str, cpu: float, gpu: float = 0.0, *, fix: str) -> None:
-    """InputError ``"<what> <short>: ... no node will join; <fix>"`` when this process's own local Ray cannot hold
-    ``cpu``/``gpu`` at once; call it only where the command started that Ray."""
+    """InputError ``"<what> <short> (...: no node will join); <fix>"`` when this process's own local Ray cannot hold
+    ``cpu``/``gpu`` at once (``fix`` when the CPUs are short, :data:`GPU_FIX` when the GPUs are); call it only where the
+    command started that Ray."""
     short = shortfall(cpu, gpu)
     if short:
-        raise InputError(f"{what} {short} (a local Ray started by this run: no node will join); {fix}")
+        have = ray.cluster_resources()
+        fixes = [f for f, lacking in ((fix, cpu > have.get("CPU", 0)), (GPU_FIX, gpu > have.get("GPU", 0))) if lacking]
+        raise InputError(f"{what} {short} (a local Ray started by this run: no node will join); {'; '.join(fixes)}")

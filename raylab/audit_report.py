@@ -148,6 +148,15 @@ def _best_targeted(summary: dict[str, Any], name: str) -> dict[str, Any] | None:
     return max(found, key=lambda c: c["rate"]["mean"]) if found else None
 
 
+def _against_clean(rate: dict[str, float], share: float, name: str) -> str:
+    """A targeted R_s beside the share of test images the model calls ``name`` with no perturbation at all, which R_s
+    counts too (Section 2.3): a UAP that does not clearly exceed it moves nothing toward its target."""
+    if clearly_above(rate, {"mean": share, "sd": 0.0, "n": 1}):
+        return f"{100 * share:.1f} % are called {name} without any perturbation"
+    return (f"no more than the {100 * share:.1f} % called {name} without any perturbation: on balance these UAPs do "
+            f"not move test images toward it")
+
+
 def _targeted_findings(summary: dict[str, Any]) -> list[str]:
     names = summary["class_names"]
     best = {n: c for n in names if (c := _best_targeted(summary, n)) is not None}
@@ -161,11 +170,13 @@ def _targeted_findings(summary: dict[str, Any]) -> list[str]:
     strongest = ("" if e.get("kept") is None else
                  f", the strongest of the {e['rate']['n']}, kept on validation, {one(e['kept']['rate'])}")
     out.append(f"The easiest target is {easiest}: a natural-image UAP {moved} test images to it beyond random noise "
-               f"(R_s {pct(e['rate'])}{strongest}; random {pct(e['random'])}; {100 * clean.get(easiest, 0):.1f} % are "
-               f"called {easiest} without any perturbation).")
+               f"(R_s {pct(e['rate'])}{strongest}; random {pct(e['random'])}; "
+               f"{_against_clean(e['rate'], clean.get(easiest, 0), easiest)}).")
     if len(best) > 1:
         hardest = min(best, key=lambda n: best[n]["rate"]["mean"])
-        out.append(f"The hardest target is {hardest}: R_s {pct(best[hardest]['rate'])} (random {pct(best[hardest]['random'])}).")
+        h = best[hardest]
+        out.append(f"The hardest target is {hardest}: R_s {pct(h['rate'])} (random {pct(h['random'])}; "
+                   f"{_against_clean(h['rate'], clean.get(hardest, 0), hardest)}).")
     comp = summary["composition"]["natural"]
     top = max(comp, key=lambda n: comp[n])
     relation = ("the easiest target is that class, as the paper's Tables S1–S3 explain" if top == easiest

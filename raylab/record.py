@@ -253,11 +253,17 @@ def trial_uap(out: str | Path, trial: str) -> Path:
 BUDGET_REACHED = 0.99
 
 
-def budget_used(out: str | Path, trial: str) -> float:
-    """ρ's norm, in the run's own p, as a share of its radius ζ (from the trial's ``metrics.json``). Below 1, the UAP
-    ended inside its budget: its step and the images it saw bound it, not ζ (the paper's method accepts a bounded
-    number of ε-steps in its passes, Section 2.2), so a larger ζ would give the same UAP."""
-    m = json.loads(Store.at(trial_folder(out, trial)).read_text("metrics.json"))
+def trial_metrics(out: str | Path, trial: str) -> dict[str, Any]:
+    """Trial ``trial``'s ``metrics.json`` in the study or audit folder ``out`` as it is now."""
+    return json.loads(Store.at(trial_folder(out, trial)).read_text("metrics.json"))
+
+
+def budget_used(out: str | Path, trial: str, metrics: dict[str, Any] | None = None) -> float:
+    """ρ's norm, in the run's own p, as a share of its radius ζ (from the trial's ``metrics.json``, or ``metrics``
+    already read). Below 1, the UAP ended inside its budget: its step and the images it saw bound it, not ζ (the
+    paper's method accepts a bounded number of ε-steps in its passes, Section 2.2), so a larger ζ would give the same
+    UAP."""
+    m = metrics if metrics is not None else trial_metrics(out, trial)
     return m["uap_norms"]["l2" if str(m["config"]["p"]) == "2" else "linf"] / m["radius"]
 
 

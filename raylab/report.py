@@ -22,7 +22,7 @@ import torch
 
 from .page import Block, to_html, to_markdown
 from .plots import draw_confusion, png_bytes
-from .record import BUDGET_REACHED, budget_used, trial_uap
+from .record import BUDGET_REACHED, budget_used, trial_metrics, trial_uap
 from .reproduce import model_path, parse_trial
 from .spread import Spread, clearly_above, spread
 from .store import Store
@@ -54,7 +54,9 @@ def _load(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rows = read_results(out / "results", filters={"sweep": f"reproduce-{study['config']['preset']}"}).to_pylist()
     for r in rows:  # read every file from the study folder as it is now, which may have moved since
         r.update(parse_trial(r["trial_id"]), uap_uri=str(trial_uap(out, r["trial_id"])))
-        r["budget_used"] = budget_used(out, r["trial_id"])
+        m = trial_metrics(out, r["trial_id"])
+        r["budget_used"] = budget_used(out, r["trial_id"], m)
+        r["clean_composition"] = m.get("clean_label_composition", {})  # the model's clean test labels, by class
     for key, info in study["models"].items():
         info["path"] = str(model_path(out, key))
     return study, rows
@@ -389,6 +391,10 @@ def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str,
 
     table = []
     for t in c["targets"]:
+        # R_s counts the test images already called the target (Section 2.3): what no perturbation at all scores
+        clean = [next((r["clean_composition"].get(t) for r in rows if r["model"] == m and r["clean_composition"]), None)
+                 for m in models]
+        table.append([t, "no perturbation (called so clean)", *(_pct(v) for v in clean), "–"])
         for s in ("train", "natural_a", "natural_b", "natural_a_balanced", "random"):
             vals = [_stat(rows, "success_rate", model=m, source=s, zeta=pz, target=t) for m in models]
             if all(v is None for v in vals):
@@ -401,7 +407,8 @@ def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str,
                 table.append([t, f"{LABELS[s]}, SGD", *(_pm(v) for v in sgd), "–"])
     out += [("h2", f"Table 1: targeted success rates R_s (%) at ζ = {100 * pz:g} %"),
             ("p", "Ours, with the paper's InceptionV3 / ResNet50 / VGG16 values in brackets (natural set A ↔ ImageNet, "
-                  "B ↔ Open Images)."),
+                  "B ↔ Open Images). R_s counts the test images the model already calls the target, so each target's "
+                  "first row, the share it calls so without any perturbation, is what doing nothing scores."),
             ("table", ["target", "UAP from", *models, "paper (IncV3 / RN50 / VGG16)"], table)]
 
     if c["scratch"]:

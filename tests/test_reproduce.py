@@ -15,7 +15,10 @@ from PIL import Image
 
 from raylab.cli import main
 from raylab.run import balanced_by_prediction
-from raylab.reproduce import preset, study_jobs, trial_id
+from raylab.core import predict_labels
+from raylab.data.medical import load_medmnist
+from raylab.models import load_classifier
+from raylab.reproduce import model_path, preset, study_jobs, trial_id
 from raylab.report import _budget_note, _load, findings
 from raylab.record import trial_uap
 from raylab.results import read_results
@@ -93,9 +96,12 @@ def test_the_report_has_the_papers_figures_and_tables_with_numbers(tiny) -> None
         assert row[1:] == [f"{100 * g['val_fooling_rate']:.1f}" for g in sorted(grid, key=lambda g: g["lr"])]
     table1 = _table(md, "## Table 1")
     assert [r[1] for r in table1[-2:]] == ["training images (medical), SGD", "natural set A, SGD"]
-    assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", r[2]) for r in table1)
-    table1 = _table(md, "## Table 1")
-    assert ["PNEUMONIA", "natural set A"] == table1[1][:2] and table1[1][-1] == "60.0 / 75.3 / 72.3"
+    assert all(re.fullmatch(r"\d+\.\d ± \d+\.\d", r[2]) for r in table1[1:])
+    # the target's first row: the share of test images the model calls PNEUMONIA with no perturbation, which R_s counts
+    model = load_classifier(model_path(tiny, "small_cnn-transfer"))
+    called = predict_labels(model, load_medmnist(DATA / "pneumoniamnist.npz").test_images)
+    assert table1[0] == ["PNEUMONIA", "no perturbation (called so clean)", f"{100 * float((called == 1).float().mean()):.1f}", "–"]
+    assert ["PNEUMONIA", "natural set A"] == table1[2][:2] and table1[2][-1] == "60.0 / 75.3 / 72.3"
     assert {r[1] for r in table1} >= {"training images (medical)", "natural set A", "natural set B", "random control"}
     table2 = _table(md, "## Table 2")
     assert [r[0] for r in table2] == ["training images (medical)", "natural set A", "random control"] and table2[1][3] == "22.2"

@@ -178,6 +178,22 @@ class RunRecord:
         }
 
     # -- view 3: what a person reads -----------------------------------------------------------------------------
+    def _step_notes(self) -> list[str]:
+        """The paper's method with an ε that never flipped an image (ρ = 0), or that left ρ inside its budget: its
+        step and passes bound it, not ζ (Section 2.2: ε and p are chosen by grid search, which this one run is not)."""
+        a, b = self.attack, self.build
+        if a.method != "paper" or not b.images:
+            return []
+        steps = f"eps = {a.eps:g} in {b.passes} pass(es) over {self.source.used} image(s)"
+        if b.accepted == 0:
+            return [f"warning: no FGSM step was accepted, so rho = 0: {steps} flipped no image; raise --eps or --i-max "
+                    "(the paper chose eps by grid search on validation images, as `raylab audit` does)"]
+        used = (self.rho_l2 if str(a.p) == "2" else self.rho_linf) / self.radius
+        if used < BUDGET_REACHED:
+            return [f"note: rho ends at {100 * used:.0f} % of its zeta radius: {steps} bound it, not zeta (a larger "
+                    "--eps or --i-max may fool more)"]
+        return []
+
     def summary(self) -> str:
         """The lines printed after a run: the source (with failed shards and lost images) and the headline rates."""
         e, b = self.evaluation, self.build
@@ -186,6 +202,7 @@ class RunRecord:
         warning = e.baseline_warning()
         if warning:
             lines.append(warning)
+        lines += self._step_notes()
         if e.target is None:
             lines.append(f"fooling rate R_f = {e.uap.fooling_rate:.3f}   random control R_f = {e.random.fooling_rate:.3f}"
                          f"   (||rho||_2 = {self.rho_l2:.3g}, clean accuracy {e.clean_accuracy:.3f}, {e.test_images} test images)")

@@ -54,6 +54,29 @@ def test_uap_from_natural_images_end_to_end(models: dict[str, Path], natural_dir
             assert im.size[0] > 100 and im.size[1] > 100
 
 
+def test_a_paper_uap_bound_by_its_step_says_so(models: dict[str, Path], natural_dir: Path, tmp_path: Path, capsys) -> None:
+    """One `raylab uap` run is not the paper's grid search over ε: an ε that flips no image leaves ρ = 0 (R_f 0 that
+    reads like a robust model), one too small for the passes leaves ρ inside its budget; both are said, with the norm
+    the run's own metrics.json records."""
+    base = ["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(natural_dir), "--zeta",
+            "0.08", "--examples", "0"]
+    assert main([*base, "--eps", "0.00001", "--out", str(tmp_path / "zero")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads((tmp_path / "zero" / "metrics.json").read_text())["stats"]["accepted"] == 0
+    assert lines[1] == ("warning: no FGSM step was accepted, so rho = 0: eps = 1e-05 in 1 pass(es) over 40 image(s) flipped "
+                        "no image; raise --eps or --i-max (the paper chose eps by grid search on validation images, as "
+                        "`raylab audit` does)")
+    assert main([*base, "--eps", "0.002", "--out", str(tmp_path / "inside")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    m = json.loads((tmp_path / "inside" / "metrics.json").read_text())
+    used = m["uap_norms"]["l2"] / m["radius"]
+    assert m["stats"]["accepted"] > 0 and used < 0.9
+    assert lines[1] == (f"note: rho ends at {100 * used:.0f} % of its zeta radius: eps = 0.002 in 1 pass(es) over 40 "
+                        "image(s) bound it, not zeta (a larger --eps or --i-max may fool more)")
+    assert main([*base, "--eps", "0.05", "--out", str(tmp_path / "full")]) == 0  # a UAP at its radius: no note
+    assert not any(line.startswith(("note:", "warning:")) for line in capsys.readouterr().out.splitlines())
+
+
 def test_targeted_uap_and_random_control(models: dict[str, Path], natural_dir: Path, tmp_path: Path) -> None:
     rc = main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(natural_dir),
                "--target", "NORMAL", "--zeta", "0.08", "--eps", "0.01", "--out", str(tmp_path / "t"), "--examples", "0"])

@@ -395,7 +395,7 @@ def summarize(audit: Audit, jobs: list[Job]) -> dict[str, Any]:
         "arch": target.model.spec.arch, "image_size": target.model.spec.image_size, "class_names": list(names),
         "check": {**check.to_dict(), "warning": check.baseline_warning()},
         "natural": {"location": nat.location, "kind": nat.kind, "images": nat.used, "skipped": len(nat.skipped),
-                    "shards_failed": len(nat.shards_failed)},
+                    "shards_failed": len(nat.shards_failed), "lost": nat.lost},
         "train_images": audit.sources["train"].source.used, "validation": audit.validation,
         "selected": audit.selected, "composition": composition, "cells": cells,
         "uaps": len(jobs), "uap_seconds": sum(rows[j.trial_id]["wall_seconds"] for j in jobs),

@@ -148,6 +148,14 @@ def _best_targeted(summary: dict[str, Any], name: str) -> dict[str, Any] | None:
     return max(found, key=lambda c: c["rate"]["mean"]) if found else None
 
 
+def _unused(nat: dict[str, Any]) -> str:
+    """`` (3 unreadable skipped; 20 lost in 2 failed shards)``: the natural images listed that no UAP saw."""
+    parts = [f"{nat['skipped']} unreadable skipped"] if nat["skipped"] else []
+    if nat.get("lost"):  # audits before 2026-12 recorded no lost images
+        parts.append(f"{nat['lost']} lost in {nat['shards_failed']} failed shard(s)")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _against_clean(rate: dict[str, float], share: float, name: str) -> str:
     """A targeted R_s beside the share of test images the model calls ``name`` with no perturbation at all, which R_s
     counts too (Section 2.3): a UAP that does not clearly exceed it moves nothing toward its target."""
@@ -300,7 +308,7 @@ def blocks(summary: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
     out.append(("verdict", verdict(summary)))
     out.append(("p", f"Model {summary['model']} ({summary['arch']}, {summary['image_size']} px), medical data "
                      f"{c['medical']}, UAPs from {nat['images']} natural images of {nat['location']}"
-                     + (f" ({nat['skipped']} unreadable skipped)" if nat["skipped"] else "")
+                     + _unused(nat)
                      + f" and {summary['train_images']} of the model's training images; budget `{c['budget']}` "
                      f"({plan['seeds']} seeds per UAP, ζ grid {', '.join(f'{100 * x:g} %' for x in plan['zetas'])}). "
                      f"Protocol of Minagi, Hirano & Takemoto (J. Imaging 2022), Sections 2.2–2.3."))

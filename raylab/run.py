@@ -81,10 +81,10 @@ def source_images(location: str, target: Target, *, limit: int | None, seed: int
             images = images[torch.randperm(len(images), generator=g)[:limit].sort().values]
         return SourceImages(images, Source(kind="train", location=SOURCE_TRAIN, images=len(images), used=len(images)))
     if (Path(location) / MANIFEST_NAME).is_file():
-        images, skipped, failed = load_shard_images(location, channels=spec.in_channels, size=spec.image_size,
-                                                    limit=limit, seed=seed)
-        return SourceImages(images, Source(kind="shards", location=location, images=len(images), used=len(images),
-                                           skipped=skipped, shards_failed=failed))
+        loaded = load_shard_images(location, channels=spec.in_channels, size=spec.image_size, limit=limit, seed=seed)
+        return SourceImages(loaded.images, Source(kind="shards", location=location, images=loaded.listed,
+                                                  used=len(loaded.images), skipped=loaded.skipped,
+                                                  shards_failed=loaded.failed))
     images, _, report = load_image_folder(location, channels=spec.in_channels, size=spec.image_size, limit=limit,
                                           seed=seed)
     return SourceImages(images, Source(kind="folder", location=location, images=len(images), used=len(images),

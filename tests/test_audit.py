@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,10 +20,11 @@ import torch
 from PIL import Image
 
 from raylab.audit import AuditConfig, plan_jobs
-from raylab.audit_report import _budget_note, findings, verdict
+from raylab.audit_report import _budget_note, _unused, findings, verdict
 from raylab.config import UAPConfig
 from raylab.errors import InputError
 from raylab.selection import select_on_validation
+from raylab.run import source_images
 from raylab.target import load_target
 from raylab.spread import clearly_above
 from raylab.cli import main
@@ -254,15 +256,32 @@ def test_a_model_trained_elsewhere_is_audited_through_its_card(models, natural_d
     assert (out / "report" / "report.html").is_file()
 
 
-def test_natural_images_from_shards(shards) -> None:
-    images, skipped, failed = load_shard_images(str(shards), channels=1, size=28)
+def test_natural_images_from_shards(models, shards, tmp_path) -> None:
+    images, skipped, failed, listed = load_shard_images(str(shards), channels=1, size=28)
     assert images.shape == (48, 1, 28, 28) and images.dtype == torch.uint8 and not skipped and not failed
-    some, _, _ = load_shard_images(str(shards), channels=1, size=28, limit=10, seed=3)
-    assert len(some) == 10 and read_manifest(str(shards)).total == 48
-    rows = {tuple(x.flatten().tolist()[:50]) for x in images}
-    assert all(tuple(x.flatten().tolist()[:50]) in rows for x in some)  # a sample of the same images
-    again, _, _ = load_shard_images(str(shards), channels=1, size=28, limit=10, seed=3)
-    assert torch.equal(some, again)
+    assert listed == 48
+    some = load_shard_images(str(shards), channels=1, size=28, limit=10, seed=3)
+    assert len(some.images) == some.listed == 10 and read_manifest(str(shards)).total == 48
+    positions = sorted(random.Random(3).sample(range(48), 10))  # the manifest's positions, in stream order
+    assert torch.equal(some.images, images[positions])
+    assert torch.equal(load_shard_images(str(shards), channels=1, size=28, limit=10, seed=3).images, some.images)
+    # a missing shard loses its own sampled images and moves no other; what it lost is counted, as the engine counts it
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shards, damaged)
+    (damaged / "shard-000001.tar").unlink()  # positions 12..23
+    part = load_shard_images(str(damaged), channels=1, size=28, limit=10, seed=3)
+    kept = [p for p in positions if not 12 <= p < 24]
+    assert part.listed == 10 and len(part.failed) == 1 and part.failed[0].startswith("shard-000001.tar: missing")
+    assert len(kept) < 10 and torch.equal(part.images, images[kept])
+    # the audit's report names them beside the unreadable ones (an older audit.json without "lost" reads as before)
+    assert _unused({"skipped": 3, "lost": 12, "shards_failed": 1}) == " (3 unreadable skipped; 12 lost in 1 failed shard(s))"
+    assert _unused({"skipped": 0, "lost": 12, "shards_failed": 1}) == " (12 lost in 1 failed shard(s))"
+    assert _unused({"skipped": 2, "shards_failed": 0}) == " (2 unreadable skipped)" and _unused({"skipped": 0}) == ""
+    target = load_target(str(models["model"]), PNEUMONIA, target=None, zeta=0.04, p=2)
+    source = source_images(str(damaged), target, limit=None, seed=0).source
+    assert (source.images, source.used, source.lost) == (48, 36, 12)
+    assert source.summary().startswith(f"source: {damaged} (48 images, 36 used, 0 skipped; 12 lost in 1 failed shard(s): "
+                                       "shard-000001.tar: missing")
 
 
 def test_the_audit_as_a_ray_job_fans_out_and_makes_the_uaps_of_a_local_run(cluster, models, shards, tmp_path) -> None:

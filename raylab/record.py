@@ -186,7 +186,8 @@ class RunRecord:
             return []
         steps = f"eps = {a.eps:g} in {b.passes} pass(es) over {self.source.used} image(s)"
         if b.accepted == 0:
-            return [f"warning: no FGSM step was accepted, so rho = 0: {steps} flipped no image; raise --eps or --i-max "
+            did = "flipped no image" if self.evaluation.target is None else "sent no image to the target"
+            return [f"warning: no FGSM step was accepted, so rho = 0: {steps} {did}; raise --eps or --i-max "
                     "(the paper chose eps by grid search on validation images, as `raylab audit` does)"]
         used = (self.rho_l2 if str(a.p) == "2" else self.rho_linf) / self.radius
         if used < BUDGET_REACHED:

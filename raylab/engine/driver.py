@@ -142,17 +142,20 @@ class Engine:
                                              clean=clean, staged=staged[1] if staged and staged[0] is images else None)
 
     # -- set-up ---------------------------------------------------------------------------------------------------
+    def _needs(self) -> tuple[float, float]:
+        """The CPUs and GPUs the workers and their readers ask for, together."""
+        c = self.config
+        return c.workers * (c.cpus_per_worker + c.cpus_per_reader), c.workers * c.num_gpus_per_worker
+
     def _shortfall(self) -> str | None:
         """What the workers and readers ask for beside what the cluster has now, when it has less; else None."""
-        c = self.config
-        short = shortfall(c.workers * (c.cpus_per_worker + c.cpus_per_reader), c.workers * c.num_gpus_per_worker)
-        return short and f"{c.workers} worker(s) and their reader(s) {short}"
+        short = shortfall(*self._needs())
+        return short and f"{self.config.workers} worker(s) and their reader(s) {short}"
 
     def _start_actors(self, fixed_cluster: bool) -> None:
         c, spec = self.config, self.target.model.spec
         if fixed_cluster:
-            refuse_on_local_ray(f"--workers {c.workers}: {c.workers} worker(s) and their reader(s)",
-                                c.workers * (c.cpus_per_worker + c.cpus_per_reader), c.workers * c.num_gpus_per_worker,
+            refuse_on_local_ray(f"--workers {c.workers}: {c.workers} worker(s) and their reader(s)", *self._needs(),
                                 fix="use fewer --workers or lower --cpus-per-worker/--cpus-per-reader")
         short = self._shortfall()
         if short:

@@ -103,8 +103,8 @@ def _axis_name(x: str) -> str:
 
 
 def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "", fmt: str = "png") -> bytes:
-    """The curves drawn as a PNG (or ``fmt``'s: pdf, svg): a panel for R_f and one for R_s where both kinds are there, one legend below
-    them (the figure grows with it); rates in %."""
+    """The curves drawn as a PNG (or ``fmt``'s: pdf, svg): a panel for R_f and one for R_s where both kinds are
+    there, one legend below them (the figure grows with it); rates in %."""
     import matplotlib.pyplot as plt
 
     from ..plots import png_bytes

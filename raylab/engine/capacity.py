@@ -12,12 +12,18 @@ import ray
 from ..errors import InputError
 
 
+def _have() -> tuple[float, float]:
+    """The cluster's CPUs and GPUs now."""
+    have = ray.cluster_resources()
+    return have.get("CPU", 0.0), have.get("GPU", 0.0)
+
+
 def shortfall(cpu: float, gpu: float = 0.0) -> str | None:
     """``"need X CPU and Y GPU, the cluster has A CPU and B GPU"`` when the cluster has less than that now; else None."""
-    have = ray.cluster_resources()
-    if cpu <= have.get("CPU", 0) and gpu <= have.get("GPU", 0):
+    have_cpu, have_gpu = _have()
+    if cpu <= have_cpu and gpu <= have_gpu:
         return None
-    return f"need {cpu:g} CPU and {gpu:g} GPU, the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU"
+    return f"need {cpu:g} CPU and {gpu:g} GPU, the cluster has {have_cpu:g} CPU and {have_gpu:g} GPU"
 
 
 #: What to do when the GPUs are short: every engine worker under ``--device cuda`` asks for one.
@@ -30,6 +36,6 @@ def refuse_on_local_ray(what: str, cpu: float, gpu: float = 0.0, *, fix: str) ->
     command started that Ray."""
     short = shortfall(cpu, gpu)
     if short:
-        have = ray.cluster_resources()
-        fixes = [f for f, lacking in ((fix, cpu > have.get("CPU", 0)), (GPU_FIX, gpu > have.get("GPU", 0))) if lacking]
+        have_cpu, have_gpu = _have()
+        fixes = [f for f, lacking in ((fix, cpu > have_cpu), (GPU_FIX, gpu > have_gpu)) if lacking]
         raise InputError(f"{what} {short} (a local Ray started by this run: no node will join); {'; '.join(fixes)}")

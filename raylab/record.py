@@ -189,7 +189,7 @@ class RunRecord:
             did = "flipped no image" if self.evaluation.target is None else "sent no image to the target"
             return [f"warning: no FGSM step was accepted, so rho = 0: {steps} {did}; raise --eps or --i-max "
                     "(the paper chose eps by grid search on validation images, as `raylab audit` does)"]
-        used = (self.rho_l2 if str(a.p) == "2" else self.rho_linf) / self.radius
+        used = share_of_radius({"l2": self.rho_l2, "linf": self.rho_linf}, a.p, self.radius)
         if used < BUDGET_REACHED:
             return [f"note: rho ends at {100 * used:.0f} % of its zeta radius: {steps} bound it, not zeta (a larger "
                     "--eps or --i-max may fool more)"]
@@ -282,7 +282,12 @@ def budget_used(out: str | Path, trial: str, metrics: dict[str, Any] | None = No
     paper's method accepts a bounded number of ε-steps in its passes, Section 2.2), so a larger ζ would give the same
     UAP."""
     m = metrics if metrics is not None else trial_metrics(out, trial)
-    return m["uap_norms"]["l2" if str(m["config"]["p"]) == "2" else "linf"] / m["radius"]
+    return share_of_radius(m["uap_norms"], m["config"]["p"], m["radius"])
+
+
+def share_of_radius(norms: dict[str, float], p: object, radius: float) -> float:
+    """ρ's norm in its own p (``norms``: ``{"l2", "linf"}``, as ``metrics.json``'s ``uap_norms``) over its radius."""
+    return norms["l2" if str(p) == "2" else "linf"] / radius
 
 
 def write_run(record: RunRecord, rho: Tensor, store: Store, *, figures: Figures | None = Figures(),

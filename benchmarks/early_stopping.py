@@ -64,7 +64,7 @@ def main() -> int:
             started = time.perf_counter()
             grid = run_sweep(s, log=print)
             seconds = time.perf_counter() - started
-            trials = [{"eps": axes_of(r.config)["attack"]["eps"], "p": r.config["p"], "outcome": outcome(r),
+            trials = [{"eps": axes_of(r.config, s.runs())["attack"]["eps"], "p": r.config["p"], "outcome": outcome(r),
                        "images": int(r.metrics.get("images") or 0), "score": r.metrics.get("score")} for r in grid]
             best = select_best(read_results(root / "results", filters={"sweep": label})).to_pylist()
             figures[label] = {"wall_seconds": seconds, "images": sum(t["images"] for t in trials),

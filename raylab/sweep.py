@@ -148,6 +148,37 @@ class SweepConfig:
         return max((sum(b.get("CPU", 0.0) for b in bs), sum(b.get("GPU", 0.0) for b in bs))
                    for bs in (self.bundles(s) for s in self.sources))
 
+    def runs(self) -> dict[str, dict[str, Any]]:
+        """The sweep's runs by label: each UAP source with each method's own steps (``{"method": "paper", "eps": ε}``
+        per ε, ``{"method": "sgd", "lr": lr}`` per lr) and each i_max.
+
+        The random control has no method, step or passes (its ρ is noise drawn from the seed), so it runs once per
+        model, p, ζ, target and seed, with the first method's first step in its row, not once per step. A label names
+        the source (``train``, ``random``; a shard location by its last path part, or its whole location where two
+        share one, and not at all where it is the sweep's only one), the method and step, and i_max when given:
+        ``paper eps=0.008``, ``sgd lr=1 i_max=5``, ``train paper eps=0.008``, ``random``; Tune's table shows 20
+        characters.
+        """
+        streams = [src for src in self.sources if src not in (SOURCE_TRAIN, SOURCE_RANDOM)]
+        short = {src: src.rstrip("/").rsplit("/", 1)[-1] for src in streams}
+        names = {src: src if src in (SOURCE_TRAIN, SOURCE_RANDOM) else "" if len(streams) == 1
+                 else short[src] if list(short.values()).count(short[src]) == 1 else src for src in self.sources}
+        attacks = [{"method": m, **({"eps": e} if m == "paper" else {"lr": e})}
+                   for m in self.methods for e in (self.eps if m == "paper" else self.lr)]
+        out: dict[str, dict[str, Any]] = {}
+        for src in self.sources:
+            for a in attacks:
+                for m in self.max_passes:
+                    if src == SOURCE_RANDOM and (a is not attacks[0] or m != self.max_passes[0]):
+                        continue
+                    parts = [names[src]]
+                    if src != SOURCE_RANDOM:
+                        parts += [a["method"], *(f"{k}={v:.12g}" for k, v in a.items() if k != "method")]
+                        parts += [f"i_max={m}"] if m is not None else []
+                    label = " ".join(p for p in parts if p)
+                    out[label] = {"source": src, "attack": a, "max_passes": m}
+        return out
+
     def identity(self) -> dict[str, Any]:
         """What a resumed sweep must share with the sweep it resumes."""
         return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
@@ -189,7 +220,7 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
     from .engine import run_engine
     from .telemetry import Telemetry, ray_sink, run_tags
 
-    s, config = sweep, axes_of(config)
+    s, config = sweep, axes_of(config, sweep.runs())
     trial_id = tune.get_context().get_trial_id()
     out = f"{s.out}/{s.name}/{trial_id}"
     attack = dict(**config["attack"], p=config["p"], zeta=config["zeta"], max_passes=config["max_passes"],
@@ -212,27 +243,24 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
 def param_space(s: SweepConfig) -> dict[str, Any]:
     """Tune's search space: the axes only (the fixed settings go in through ``tune.with_parameters``).
 
-    ``run`` is a UAP source with a method, its own step and i_max: ``{"method": "paper", "eps": ε}`` for each ε and
-    ``{"method": "sgd", "lr": lr}`` for each lr, so the grid holds no sgd trial per ε (sgd has no ε). The random
-    control has no method, step or passes (its ρ is noise drawn from the seed), so it runs once per model, p, ζ,
-    target and seed, with the first method's first step in its row, not once per step.
+    ``run`` is a UAP source with a method, its own step and i_max, named by its label (:meth:`SweepConfig.runs`), so
+    the grid holds no sgd trial per ε (sgd has no ε) and Tune's trial table reads ``paper eps=0.008``. An axis
+    of one value is a constant, not a column of that table: the table shows what tells the trials apart.
     """
     from ray import tune
 
-    attacks = [{"method": m, **({"eps": e} if m == "paper" else {"lr": e})}
-               for m in s.methods for e in (s.eps if m == "paper" else s.lr)]
-    runs = [{"source": src, "attack": a, "max_passes": m} for src in s.sources for a in attacks for m in s.max_passes
-            if src != SOURCE_RANDOM or (a is attacks[0] and m == s.max_passes[0])]
-    axes = {"model": list(s.models), "run": runs, "p": list(s.p), "zeta": list(s.zeta), "target": list(s.targets),
-            "seed": list(s.seeds)}
+    axes = {"model": list(s.models), "run": list(s.runs()), "p": list(s.p), "zeta": list(s.zeta),
+            "target": list(s.targets), "seed": list(s.seeds)}
     pick = tune.grid_search if s.search == "grid" else tune.choice
-    return {k: pick(v) for k, v in axes.items()}
+    return {k: pick(v) if len(v) > 1 else v[0] for k, v in axes.items()}
 
 
-def axes_of(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's config as one flat dict of axes (``source``, ``attack``, ``max_passes`` out of ``run``); a sweep
-    started before ``run`` existed has them flat already."""
-    return {**{k: v for k, v in config.items() if k != "run"}, **config.get("run", {})}
+def axes_of(config: dict[str, Any], runs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A trial's config as one flat dict of axes: ``source``, ``attack`` and ``max_passes`` out of ``run``, a label of
+    ``runs`` (:meth:`SweepConfig.runs`). A trial restored from an older sweep holds the run itself, or (before ``run``
+    existed) the axes flat already."""
+    run = config.get("run", {})
+    return {**{k: v for k, v in config.items() if k != "run"}, **((runs or {})[run] if isinstance(run, str) else run)}
 
 
 def grouped_asha(s: SweepConfig) -> Any:
@@ -244,6 +272,8 @@ def grouped_asha(s: SweepConfig) -> Any:
     images, the random control) are never stopped.
     """
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    runs = s.runs()
 
     class GroupedASHA(FIFOScheduler):
         def __init__(self) -> None:
@@ -258,7 +288,7 @@ def grouped_asha(s: SweepConfig) -> Any:
             return True
 
         def _scheduler(self, trial: Any) -> AsyncHyperBandScheduler:
-            key = tuple(str(axes_of(trial.config).get(k)) for k in GROUP_AXES)
+            key = tuple(str(axes_of(trial.config, runs).get(k)) for k in GROUP_AXES)
             if key not in self.groups:
                 self.groups[key] = AsyncHyperBandScheduler(
                     time_attr="stream_images", metric=self._metric, mode=self._mode, max_t=2**40,
@@ -287,7 +317,7 @@ def grouped_asha(s: SweepConfig) -> Any:
     return GroupedASHA()
 
 
-def _outcomes(sweep: str) -> Any:
+def _outcomes(sweep: str, runs: dict[str, dict[str, Any]]) -> Any:
     """A Tune callback (in the sweep's driver) counting finished, stopped and failed trials as ``raylab_trials``.
 
     Tune pickles it with the experiment (cloudpickle), so a restored sweep keeps counting.
@@ -298,7 +328,7 @@ def _outcomes(sweep: str) -> Any:
 
     class TrialOutcomes(tune.Callback):
         def _done(self, trial: Any, status: str) -> None:
-            c = axes_of(trial.config)
+            c = axes_of(trial.config, runs)
             Telemetry(ray_sink(), **run_tags(out=trial.trial_id, source=c.get("source", ""), model=c.get("model", ""))
                       ).trial_done(sweep=sweep, status=status)  # type: ignore[arg-type]
 
@@ -322,8 +352,9 @@ def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
         ray.init()
     guard_resume(Store.at(s.storage).child(s.name), "raylab-sweep.json", s.identity(), what=f"sweep {s.name!r}",
                  hint="use a new --name, or the settings it was started with")
+    runs = s.runs()
     trainable = tune.with_resources(tune.with_parameters(uap_trial, sweep=s),
-                                    resources=lambda config: tune.PlacementGroupFactory(s.bundles(axes_of(config)["source"])))
+                                    resources=lambda config: tune.PlacementGroupFactory(s.bundles(axes_of(config, runs)["source"])))
     path = f"{s.storage}/{s.name}"
     if tune.Tuner.can_restore(path):
         log(f"resuming sweep {s.name} from {path}")
@@ -340,7 +371,7 @@ def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
                                         max_concurrent_trials=s.max_concurrent or None, reuse_actors=True,
                                         scheduler=grouped_asha(s) if s.early_stop else None),
             run_config=tune.RunConfig(name=s.name, storage_path=s.storage, verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=1), callbacks=[_outcomes(s.name)]),
+                                      failure_config=tune.FailureConfig(max_failures=1), callbacks=[_outcomes(s.name, runs)]),
         )
     return tuner.fit()
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,8 @@ def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_pat
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "3 trial(s), 0 failed" in out and "fooling_rate" in out
+    # Tune's trial table names each trial's run by its label (it showed "...ax_passes': None}" for every trial)
+    assert "paper eps=0.02" in out and "paper eps=0.01" in out and "'max_passes'" not in out
     table = read_results(tmp_path / "results", filters={"sweep": "grid"})
     assert table.schema.equals(SCHEMA, check_metadata=False)
     assert table.num_rows == 3 and len(set(table["trial_id"].to_pylist())) == 3
@@ -95,18 +99,28 @@ def test_a_resumed_sweep_with_other_settings_is_refused(cluster, models, tmp_pat
     assert main([*args, "--eps", "0.01", "--max-concurrent", "1"]) == 0  # where trials run may change
 
 
-def test_the_random_control_runs_once_per_p_zeta_target_and_seed_not_once_per_step(models, shards) -> None:
+def test_the_random_control_runs_once_per_p_zeta_target_and_seed_not_once_per_step(models, shards, tmp_path) -> None:
     """Its rho is noise drawn from the seed at the radius of p and zeta: a trial per method, step or i_max would
     make the same row again (a sweep of 4 eps x 2 p x 7 zeta x 3 seeds ran 168 random-control trials for 42)."""
     s = SweepConfig(name="grid", medical=str(PNEUMONIA), models=(str(models["model"]),),
                     sources=(str(shards), "train", "random"), methods=("paper", "sgd"), eps=(0.01, 0.02), lr=(0.5,),
                     max_passes=(1, 2), p=("2", "inf"), zeta=(0.04,), seeds=(0, 1))
-    runs = param_space(s)["run"]["grid_search"]
-    per_source = {src: [(r["attack"], r["max_passes"]) for r in runs if r["source"] == src] for src in s.sources}
+    space, runs = param_space(s), s.runs()
+    assert space["run"]["grid_search"] == list(runs) and space["model"] == s.models[0]  # one model: a constant
+    per_source = {src: [(r["attack"], r["max_passes"]) for r in runs.values() if r["source"] == src] for src in s.sources}
     assert len(per_source[str(shards)]) == len(per_source["train"]) == 3 * 2  # (paper eps 0.01, 0.02; sgd lr 0.5) x i_max
     assert per_source["random"] == [({"method": "paper", "eps": 0.01}, 1)]
-    assert axes_of({"run": runs[0], "p": "2", "seed": 1}) == {"source": str(shards), "attack": {"method": "paper", "eps": 0.01},
-                                                             "max_passes": 1, "p": "2", "seed": 1}
+    # Tune's trial table shows the label, which says what the trial computes
+    assert list(runs)[:3] == ["paper eps=0.01 i_max=1", "paper eps=0.01 i_max=2", "paper eps=0.02 i_max=1"]
+    assert "sgd lr=0.5 i_max=2" in runs and "train sgd lr=0.5 i_max=1" in runs and list(runs)[-1] == "random"
+    other = Path(shutil.copytree(shards, tmp_path / shards.name))  # a second location: each named, by its whole path if need be
+    two = replace(s, sources=(str(shards), "s3://bucket/photos-b/", str(other)), methods=("paper",), eps=(0.0080001,),
+                  max_passes=(None,)).runs()
+    assert list(two) == [f"{shards} paper eps=0.0080001", "photos-b paper eps=0.0080001", f"{other} paper eps=0.0080001"]
+    assert axes_of({"run": list(runs)[0], "p": "2", "seed": 1}, runs) == {
+        "source": str(shards), "attack": {"method": "paper", "eps": 0.01}, "max_passes": 1, "p": "2", "seed": 1}
+    old = {"run": runs["random"], "p": "2"}  # a trial of a sweep started before runs had labels, restored
+    assert axes_of(old) == {"source": "random", "attack": {"method": "paper", "eps": 0.01}, "max_passes": 1, "p": "2"}
     flat = {"source": "train", "attack": {"method": "paper", "eps": 0.01}, "max_passes": None, "p": "2"}
     assert axes_of(flat) == flat  # a trial of a sweep started before the run axis, restored
 

@@ -1,0 +1,30 @@
+"""Tune's search space of a sweep (:func:`param_space`) and a trial's axes read back from its config (:func:`axes_of`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import SweepConfig
+
+
+def param_space(s: SweepConfig) -> dict[str, Any]:
+    """Tune's search space: the axes only (the fixed settings go in through ``tune.with_parameters``).
+
+    ``run`` is a UAP source with a method, its own step and i_max, named by its label (:meth:`SweepConfig.runs`), so
+    the grid holds no sgd trial per ε (sgd has no ε) and Tune's trial table reads ``paper eps=0.008``. An axis
+    of one value is a constant, not a column of that table: the table shows what tells the trials apart.
+    """
+    from ray import tune
+
+    axes = {"model": list(s.models), "run": list(s.runs()), "p": list(s.p), "zeta": list(s.zeta),
+            "target": list(s.targets), "seed": list(s.seeds)}
+    pick = tune.grid_search if s.search == "grid" else tune.choice
+    return {k: pick(v) if len(v) > 1 else v[0] for k, v in axes.items()}
+
+
+def axes_of(config: dict[str, Any], runs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A trial's config as one flat dict of axes: ``source``, ``attack`` and ``max_passes`` out of ``run``, a label of
+    ``runs`` (:meth:`SweepConfig.runs`). A trial restored from an older sweep holds the run itself, or (before ``run``
+    existed) the axes flat already."""
+    run = config.get("run", {})
+    return {**{k: v for k, v in config.items() if k != "run"}, **((runs or {})[run] if isinstance(run, str) else run)}

@@ -309,7 +309,7 @@ def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str,
               f"numbers**: medical set `{Path(c['medical']).name}` at {c['image_size']} px; natural set A = "
               f"`{c['natural_a']}` ({study['natural_images']['natural_a']} photos), natural set B = `{c['natural_b']}` "
               f"({study['natural_images']['natural_b']} photos; the paper's second set was Open Images), both converted to "
-              f"the models' channels; models ({origins}), fine-tuned {c['train_epochs']} epochs; UAPs from "
+              f"the models' channels; models ({origins}), fine-tuned {c['train_epochs']} epoch(s); UAPs from "
               f"{c['train_limit'] or 'all'} training images or the natural sets, {c['max_passes']} pass(es), batched mode "
               f"(batch {c['batch_size']}). The paper's values are its chest X-ray figures (InceptionV3/ResNet50/VGG16 at "
               "299/224 px, ImageNet weights, 10,000 training images, 100,000-image natural sets)."),
@@ -363,6 +363,11 @@ def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str,
                        *(f"{LABELS[s]}, SGD" for s in sgd_sources)], table)]
     out += _budget_note(rows, c)
 
+    if "figure2.png" in figures:
+        out += [("h2", f"Figure 2: clean and adversarial test images (natural set A UAP, {first}, ζ = {100 * pz:g} %, "
+                       "first seed)"),
+                ("p", "Predicted labels above each image; fooled examples first."), ("figure", "figure2.png", "Figure 2")]
+
     models = [f"{a}-transfer" for a in archs]
     table = []
     for m in models:
@@ -376,10 +381,6 @@ def blocks(study: dict[str, Any], rows: list[dict[str, Any]], figures: dict[str,
             ("table", ["model", *(LABELS[s] for s in ("train", "natural_a", "natural_b", "natural_a_balanced", "random")),
                        *(f"{LABELS[s]}, SGD" for s in sgd_sources)], table)]
 
-    if "figure2.png" in figures:
-        out += [("h2", f"Figure 2: clean and adversarial test images (natural set A UAP, {first}, ζ = {100 * pz:g} %, "
-                       "first seed)"),
-                ("p", "Predicted labels above each image; fooled examples first."), ("figure", "figure2.png", "Figure 2")]
     if "figure4.png" in figures:
         out += [("h2", "Figure 4: the non-targeted UAPs, scaled to 0..1"), ("figure", "figure4.png", "Figure 4")]
     out += [("h2", "Figure 5: confusion matrices"),

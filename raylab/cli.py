@@ -319,7 +319,7 @@ def _answers(address: str, name: str, timeout: float = 5.0) -> None:
 def cmd_sweep(a: argparse.Namespace) -> int:
     _local_ray_on_loopback(a.address)
     from .results import over_seeds, read_results, select_best, summary_table
-    from .sweep import outcome, run_sweep
+    from .sweep import outcome, run_sweep, tally
 
     config = build(SweepConfig, a)
     if _init_ray(a.address):
@@ -328,19 +328,21 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         refuse_on_local_ray("one trial (its own process, its workers and readers) would", *config.largest_trial(),
                             fix="use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader")
     grid = run_sweep(config)
-    outcomes = [outcome(r) for r in grid]
+    t = tally(grid, config)
     table = read_results(config.results, filters={"sweep": config.name})
     table = select_best(table) if a.select == "best" else table
     print(summary_table(over_seeds(table) if len(config.seeds) > 1 else table))
-    print(f"{len(grid)} trial(s), {outcomes.count('failed')} failed"
-          + (f", {outcomes.count('stopped')} stopped early" if "stopped" in outcomes else "")
-          + f"; results in {config.results} (sweep={config.name})")
+    print(f"{t.total} trial(s), {t.failed} failed" + (f", {t.stopped} stopped early" if t.stopped else "")
+          + (f", {t.unfinished} not finished" if t.unfinished else "") + f"; results in {config.results} (sweep={config.name})")
     if len(set(table["zeta"].to_pylist())) > 1:  # the rates over zeta, drawn
         print(_plot(table, "zeta", selected=a.select == "best")(f"{config.out}/{config.name}/curves.png", f"sweep {config.name}"))
-    for r, o in zip(grid, outcomes):
-        if o == "failed":
+    for r in grid:
+        if outcome(r) == "failed":
             print(f"failed: {r.path}: {' '.join(str(r.error).split())[:300]}")
-    return 1 if "failed" in outcomes else 0
+    if t.unfinished:  # Tune caught a Ctrl-C, saved its state and returned
+        print(f"raylab sweep: interrupted; {INTERRUPTED['sweep']}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    return 1 if t.failed else 0
 
 
 def cmd_import_model(a: argparse.Namespace) -> int:
@@ -521,6 +523,18 @@ COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard
             "dashboard": cmd_dashboard, "reproduce": cmd_reproduce, "import-model": cmd_import_model, "audit": cmd_audit}
 
 
+#: What an interrupted command (Ctrl-C) keeps, said in its one last line.
+INTERRUPTED = {
+    "generate": "rerun with the same --out to resume",
+    "sweep": "finished trials are kept: rerun the same command to resume",
+    "audit": "every UAP finished so far is kept: rerun the same command to resume",
+    "reproduce": "every model, selection and UAP finished so far is kept: rerun the same command to resume",
+    "demo": "every step finished so far is kept: rerun to resume",
+    "shard": "the manifest is written last, so no run reads the half-written location: rerun to write it",
+}
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command killed by Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -528,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RaylabError as e:
         print(f"raylab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = INTERRUPTED.get(args.command)
+        print(f"raylab {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -55,31 +55,30 @@ def select_on_validation(target: Target, images: Tensor, val_images: Tensor, can
     ``val_per_seed``), in the candidates' order.
     """
     grid = []
-    # One bar over the grid's UAPs (stderr, cleared when done): at the paper's scale one selection makes 24 UAPs
-    # of 100,000 images each.
-    bar = tqdm(total=len(candidates) * len(seeds), desc="ε, p selection", unit="uap", leave=False)
-    prepared: dict[tuple[str, bool, bool], tuple[torch.nn.Module, Tensor]] = {}
-    for config in candidates:
-        # the model as the candidate's UAPs run it (``run.run_uap``): the same memory layout, so the same rounding; a
-        # stochastic-gradient UAP made in another layout parts ways with them (cpu-small's Lite0: validation R_f
-        # 0.336 here against 0.303 for the study's own UAP of the same seed, before this). Prepared, and the clean
-        # validation labels predicted, once per setting the candidates share (a compiled model compiles once).
-        setting = (config.device, config.amp, config.compile)
-        if setting not in prepared:
-            model = for_inference(target.model, device=config.device, amp=config.amp, compile=config.compile)
-            prepared[setting] = model, predict_labels(model, val_images)
-        model, clean = prepared[setting]
-        radius = target.with_budget(zeta=zeta, p=config.p, target=None).radius
-        rates = []
-        for seed in seeds:
-            rho, _, _ = generate(dataclasses.replace(config, seed=seed), model, images, Untargeted(), radius)
-            rates.append(fooling_rate(clean, predict_labels(model, val_images, rho=rho)))
-            bar.update()
-        over = spread(rates)
-        assert over is not None
-        grid.append({"p": str(config.p), "eps": config.eps, "lr": config.lr, "val_fooling_rate": over["mean"],
-                     "val_fooling_rate_sd": over["sd"], "val_per_seed": rates})
-    bar.close()
+    # One bar over the grid's UAPs (stderr, cleared when done or interrupted): at the paper's scale one selection
+    # makes 24 UAPs of 100,000 images each.
+    with tqdm(total=len(candidates) * len(seeds), desc="ε, p selection", unit="uap", leave=False) as bar:
+        prepared: dict[tuple[str, bool, bool], tuple[torch.nn.Module, Tensor]] = {}
+        for config in candidates:
+            # the model as the candidate's UAPs run it (``run.run_uap``): the same memory layout, so the same rounding; a
+            # stochastic-gradient UAP made in another layout parts ways with them (cpu-small's Lite0: validation R_f
+            # 0.336 here against 0.303 for the study's own UAP of the same seed, before this). Prepared, and the clean
+            # validation labels predicted, once per setting the candidates share (a compiled model compiles once).
+            setting = (config.device, config.amp, config.compile)
+            if setting not in prepared:
+                model = for_inference(target.model, device=config.device, amp=config.amp, compile=config.compile)
+                prepared[setting] = model, predict_labels(model, val_images)
+            model, clean = prepared[setting]
+            radius = target.with_budget(zeta=zeta, p=config.p, target=None).radius
+            rates = []
+            for seed in seeds:
+                rho, _, _ = generate(dataclasses.replace(config, seed=seed), model, images, Untargeted(), radius)
+                rates.append(fooling_rate(clean, predict_labels(model, val_images, rho=rho)))
+                bar.update()
+            over = spread(rates)
+            assert over is not None
+            grid.append({"p": str(config.p), "eps": config.eps, "lr": config.lr, "val_fooling_rate": over["mean"],
+                         "val_fooling_rate_sd": over["sd"], "val_per_seed": rates})
     return grid
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -257,28 +258,41 @@ def test_a_killed_worker_is_restarted_and_its_batch_redone(cluster, models, shar
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "kill" / "uap.npy")), two_worker_run["rho"], rtol=0, atol=0)
 
 
-def test_a_killed_driver_resumes_from_its_checkpoint(cluster, models, shards, tmp_path) -> None:
-    """In the command's default seeded order: the readers' positions in it, checkpointed, name the same images again."""
+def test_an_interrupted_or_killed_driver_resumes_from_its_checkpoint(cluster, models, shards, tmp_path) -> None:
+    """Ctrl-C (SIGINT; `ray job stop`'s SIGTERM takes the same path) checkpoints the last committed round, not only the
+    last periodic checkpoint, and exits 130 in one line; a SIGKILL keeps the last periodic one. In the command's
+    default seeded order: the readers' positions in it, checkpointed, name the same images again."""
     out = tmp_path / "resume"
     args = [sys.executable, str(ROOT / "jobs" / "generate_uap.py"), "--model", str(models["model"]), "--data", str(PNEUMONIA),
             "--shards", str(shards), "--out", str(out), "--zeta", str(ZETA), "--eps", str(EPS), "--workers", "2",
-            "--batch-size", "4", "--checkpoint-every", "1", "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5",
-            "--address", cluster["address"], "--progress-every", "0"]
-    first = subprocess.Popen(args, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    assert first.stdout is not None
-    for line in first.stdout:  # kill it once it has committed (and checkpointed) round 3
-        if line.startswith("round 3 ") or time.time() > deadline:
-            first.send_signal(signal.SIGKILL)
-            break
-    first.wait(timeout=60)
-    assert first.returncode == -signal.SIGKILL and (out / "checkpoint.pt").exists() and not (out / "uap.npy").exists()
-    second = subprocess.run(args, env=cluster["env"], capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resuming from" in second.stdout and "at round 3" in second.stdout
+            "--batch-size", "2", "--checkpoint-every", "2", "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5",
+            "--address", cluster["address"], "--progress-every", "0"]  # 12 rounds, a checkpoint every even one
+
+    def stop(sig: int, at: Callable[[int], bool]) -> tuple[int, str]:
+        """Start the driver, send ``sig`` once it prints a round ``at`` accepts; its exit code and output."""
+        run = subprocess.Popen(args, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert run.stdout is not None
+        seen, deadline = [], time.time() + 120
+        for line in run.stdout:
+            seen.append(line)
+            if (line.startswith("round ") and at(int(line.split()[1]))) or time.time() > deadline:
+                run.send_signal(sig)
+                break
+        return run.wait(timeout=60), "".join(seen) + run.stdout.read()
+
+    code, log = stop(signal.SIGINT, lambda r: r == 3)
+    assert code == 130 and "raylab generate: interrupted; rerun with the same --out to resume" in log, log[-2000:]
+    interrupted = int(log.split("interrupted after round ")[1].split()[0])  # 3, or 4 if it committed one more
+    assert interrupted >= 3 and (out / "checkpoint.pt").exists() and not (out / "uap.npy").exists()
+    code, log = stop(signal.SIGKILL, lambda r: r > interrupted and r % 2 == 0)
+    assert code == -signal.SIGKILL and f"at round {interrupted} " in log  # an odd round: only the interrupt wrote it
+    killed = int([line for line in log.splitlines() if line.startswith("round ")][-1].split()[1])
+    last = subprocess.run(args, env=cluster["env"], capture_output=True, text=True, timeout=300)
+    assert last.returncode == 0, last.stderr[-2000:]
+    assert f"resuming from {out / 'checkpoint.pt'} at round {killed} " in last.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert m["stats"]["images"] == 48 and m["config"]["shuffle"]
-    run_engine(_config(models, shards, tmp_path / "whole", workers=2, batch_size=4, shuffle=True), log=lambda s: None)
+    run_engine(_config(models, shards, tmp_path / "whole", workers=2, batch_size=2, shuffle=True), log=lambda s: None)
     torch.testing.assert_close(torch.from_numpy(np.load(out / "uap.npy")),
                                torch.from_numpy(np.load(tmp_path / "whole" / "uap.npy")), rtol=0, atol=0)
 

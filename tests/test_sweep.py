@@ -67,21 +67,35 @@ def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_pat
 
 
 def test_an_interrupted_sweep_resumes_without_duplicate_rows(cluster, models, shards, tmp_path) -> None:
+    """Ctrl-C (Tune catches it, saves its state and returns as if done) says so and exits 130, where the sweep said
+    '2 trial(s), 0 failed, 1 stopped early' and exited 0; then a SIGKILL; each rerun resumes."""
     args = [sys.executable, str(ROOT / "jobs" / "sweep.py"), *_args(models, shards, tmp_path, cluster, "resume"),
             "--max-concurrent", "1"]
-    first = subprocess.Popen(args, env=cluster["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = tmp_path / "results" / "resume"
-    deadline = time.time() + 240
-    while not (results.exists() and len(list(results.glob("trial-*.parquet"))) >= 1):
-        assert first.poll() is None and time.time() < deadline, "the first sweep ended or stalled before one trial finished"
-        time.sleep(0.5)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=60)
-    done_before = len(list(results.glob("trial-*.parquet")))
-    assert 1 <= done_before < 3
-    second = subprocess.run(args, env=cluster["env"], capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming sweep resume" in second.stdout
+
+    def stop(sig: int, rows: int) -> subprocess.Popen:
+        """Start the sweep, send ``sig`` once ``rows`` trials have written their rows."""
+        run = subprocess.Popen(args, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 240
+        while not (results.exists() and len(list(results.glob("trial-*.parquet"))) >= rows):
+            assert run.poll() is None and time.time() < deadline, "the sweep ended or stalled before its trials finished"
+            time.sleep(0.5)
+        run.send_signal(sig)
+        return run
+
+    first = stop(signal.SIGINT, 1)
+    out = first.communicate(timeout=120)[0]
+    done = len(list(results.glob("trial-*.parquet")))
+    assert first.returncode == 130 and 1 <= done < 3, out[-3000:]
+    assert "3 trial(s), 0 failed, " in out and " not finished" in out and "stopped early" not in out
+    assert "raylab sweep: interrupted; finished trials are kept: rerun the same command to resume" in out
+    if done == 1:  # (the second trial could finish before the interrupt landed)
+        second = stop(signal.SIGKILL, 2)
+        second.communicate(timeout=60)
+        assert second.returncode == -signal.SIGKILL and len(list(results.glob("trial-*.parquet"))) < 3
+    last = subprocess.run(args, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+    assert "resuming sweep resume" in last.stdout and "3 trial(s), 0 failed; results" in last.stdout
     table = read_results(tmp_path / "results", filters={"sweep": "resume"})
     assert table.num_rows == 3 and len(set(table["trial_id"].to_pylist())) == 3
     assert isinstance(table, pa.Table)

@@ -223,47 +223,55 @@ class Engine:
         self.feed = FeedCheck(c.reader_threads)
         pending = {w: self._read(w, state.positions[w]) for w in range(c.workers) if not state.done[w]}
         images_at_start, rounds_at_start = state.stats["images"], state.round
-        while not state.stopped_by_delta:
-            state, batch_for = self._next_batches(state, pending)
-            if not batch_for:
-                break
-            rho_ref = ray.put(state.rho)
-            futures = {w: self._submit(w, img, rho_ref, meta) for w, (img, meta) in batch_for.items()}
-            for w, (_, meta) in batch_for.items():  # decode the next round while this one computes
-                pending[w] = self._read(w, meta.end.to_list())
-            results = []
-            for w in sorted(futures):
-                upd = self._get_update(w, futures[w], batch_for[w], rho_ref)
-                meta = batch_for[w][1]
-                self._keep_labels(w, meta, upd)
-                self.batches_staged += upd.staged
-                if upd.skipped:  # images the worker's device could not decode count as the reader's skips
-                    meta = dataclasses.replace(meta, skipped=[*meta.skipped, *upd.skipped])
-                results.append(WorkerResult(w, upd.step, upd.stats, meta))
-                timing = upd.timing
-                self.compute, self.idle = self.compute + timing["compute_seconds"], self.idle + timing["idle_seconds"]
-                self.recent.append(timing["compute_seconds"])
-                self.feed.add(meta.decode_seconds, timing["compute_seconds"])
-            state = commit_round(state, results, rule=self.rule)
+        try:
+            while not state.stopped_by_delta:
+                state, batch_for = self._next_batches(state, pending)
+                if not batch_for:
+                    break
+                rho_ref = ray.put(state.rho)
+                futures = {w: self._submit(w, img, rho_ref, meta) for w, (img, meta) in batch_for.items()}
+                for w, (_, meta) in batch_for.items():  # decode the next round while this one computes
+                    pending[w] = self._read(w, meta.end.to_list())
+                results = []
+                for w in sorted(futures):
+                    upd = self._get_update(w, futures[w], batch_for[w], rho_ref)
+                    meta = batch_for[w][1]
+                    self._keep_labels(w, meta, upd)
+                    self.batches_staged += upd.staged
+                    if upd.skipped:  # images the worker's device could not decode count as the reader's skips
+                        meta = dataclasses.replace(meta, skipped=[*meta.skipped, *upd.skipped])
+                    results.append(WorkerResult(w, upd.step, upd.stats, meta))
+                    timing = upd.timing
+                    self.compute, self.idle = self.compute + timing["compute_seconds"], self.idle + timing["idle_seconds"]
+                    self.recent.append(timing["compute_seconds"])
+                    self.feed.add(meta.decode_seconds, timing["compute_seconds"])
+                state = commit_round(state, results, rule=self.rule)
+                state.seconds = time.perf_counter() - started
+                self._count(results)
+                self._round_telemetry(state)
+                starving = self.feed.verdict(self._idle_fraction(), state.round - rounds_at_start)
+                if starving:
+                    self.log(starving)
+                state, stop_line = end_of_pass(state, max_passes=c.max_passes, delta=c.delta)
+                if stop_line:
+                    self.log(stop_line)
+                if state.round % c.checkpoint_every == 0:
+                    self._checkpoint(state)
+                if c.eval_every and state.round % c.eval_every == 0:
+                    state.history.append({"round": state.round, "images": state.stats["images"], **self._rates(state.rho)})
+                if self.on_round is not None:
+                    round_stats = sum((r.stats for r in results), StepStats())
+                    self.on_round(RoundReport(state.round, round_stats, state.rho, dict(state.stats), state.seconds))
+                if state.seconds - last_log >= c.progress_every:
+                    last_log = state.seconds
+                    self.log(self._progress(state, images_at_start, session))
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (`ray job stop`; ray.init makes it SystemExit)
+            # `state` is the last committed round (commit_round is pure): keep it, not only the last periodic checkpoint
             state.seconds = time.perf_counter() - started
-            self._count(results)
-            self._round_telemetry(state)
-            starving = self.feed.verdict(self._idle_fraction(), state.round - rounds_at_start)
-            if starving:
-                self.log(starving)
-            state, stop_line = end_of_pass(state, max_passes=c.max_passes, delta=c.delta)
-            if stop_line:
-                self.log(stop_line)
-            if state.round % c.checkpoint_every == 0:
-                self._checkpoint(state)
-            if c.eval_every and state.round % c.eval_every == 0:
-                state.history.append({"round": state.round, "images": state.stats["images"], **self._rates(state.rho)})
-            if self.on_round is not None:
-                round_stats = sum((r.stats for r in results), StepStats())
-                self.on_round(RoundReport(state.round, round_stats, state.rho, dict(state.stats), state.seconds))
-            if state.seconds - last_log >= c.progress_every:
-                last_log = state.seconds
-                self.log(self._progress(state, images_at_start, session))
+            self._checkpoint(state)
+            self.log(f"interrupted after round {state.round} ({state.stats['images']} images): checkpoint written to "
+                     f"{self.store.path(CHECKPOINT)}; rerun with the same --out to resume")
+            raise
         state.seconds = time.perf_counter() - started
         self._checkpoint(state)
         self.log(self._progress(state, images_at_start, session))

@@ -19,9 +19,10 @@ rerun with other settings under the same name is refused.
 
 from .asha import GROUP_AXES, grouped_asha
 from .config import RESUMABLE_CHANGES, SEARCHES, SweepConfig
-from .space import axes_of, param_space
+from .space import axes_of, param_space, trial_count
 from .trial import METRIC, MODE, StreamReporter, final_report, uap_trial
-from .tuner import outcome, run_sweep
+from .tuner import Tally, outcome, run_sweep, tally
 
-__all__ = ["GROUP_AXES", "METRIC", "MODE", "RESUMABLE_CHANGES", "SEARCHES", "StreamReporter", "SweepConfig", "axes_of",
-           "final_report", "grouped_asha", "outcome", "param_space", "run_sweep", "uap_trial"]
+__all__ = ["GROUP_AXES", "METRIC", "MODE", "RESUMABLE_CHANGES", "SEARCHES", "StreamReporter", "SweepConfig", "Tally",
+           "axes_of", "final_report", "grouped_asha", "outcome", "param_space", "run_sweep", "tally", "trial_count",
+           "uap_trial"]

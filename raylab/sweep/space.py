@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .config import SweepConfig
@@ -16,10 +17,18 @@ def param_space(s: SweepConfig) -> dict[str, Any]:
     """
     from ray import tune
 
-    axes = {"model": list(s.models), "run": list(s.runs()), "p": list(s.p), "zeta": list(s.zeta),
-            "target": list(s.targets), "seed": list(s.seeds)}
     pick = tune.grid_search if s.search == "grid" else tune.choice
-    return {k: pick(v) if len(v) > 1 else v[0] for k, v in axes.items()}
+    return {k: pick(v) if len(v) > 1 else v[0] for k, v in _axes(s).items()}
+
+
+def trial_count(s: SweepConfig) -> int:
+    """The trials the sweep makes: every combination of its axes (a grid), or ``num_samples`` draws."""
+    return math.prod(len(v) for v in _axes(s).values()) if s.search == "grid" else s.num_samples
+
+
+def _axes(s: SweepConfig) -> dict[str, list[Any]]:
+    return {"model": list(s.models), "run": list(s.runs()), "p": list(s.p), "zeta": list(s.zeta),
+            "target": list(s.targets), "seed": list(s.seeds)}
 
 
 def axes_of(config: dict[str, Any], runs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:

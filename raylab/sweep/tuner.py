@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .asha import grouped_asha
 from .config import SweepConfig
-from .space import axes_of, param_space
+from .space import axes_of, param_space, trial_count
 from .trial import METRIC, MODE, uap_trial
 
 
@@ -74,3 +75,27 @@ def outcome(result: Any) -> str:
     if result.error is not None:
         return "failed"
     return "finished" if "fooling_rate" in (result.metrics or {}) else "stopped"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """How a sweep's trials ended. ``unfinished``: running when the sweep was interrupted, or never started (Tune
+    catches the first Ctrl-C, saves its state and returns as if done)."""
+
+    total: int
+    finished: int
+    stopped: int
+    failed: int
+
+    @property
+    def unfinished(self) -> int:
+        return self.total - self.finished - self.stopped - self.failed
+
+
+def tally(grid: Any, s: SweepConfig) -> Tally:
+    """The :class:`Tally` of Tune's ResultGrid of sweep ``s``. A terminated trial without a test-set score was stopped
+    early, which only ``early_stop`` does; any other terminated trial wrote its row."""
+    ended = grid.num_terminated
+    scored = sum(r.error is None and "fooling_rate" in (r.metrics or {}) for r in grid)
+    finished = min(scored, ended) if s.early_stop else ended
+    return Tally(total=trial_count(s), finished=finished, stopped=ended - finished, failed=grid.num_errors)

@@ -13,8 +13,10 @@ import argparse
 import json
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -300,7 +302,15 @@ def _init_ray(address: str | None) -> bool:
     if given:
         _answers(given, "--address" if address else "RAY_ADDRESS")
     ray.init(address=given or "local", logging_level="ERROR")
+    _sigterm_as_ctrl_c()  # again: Ray's core replaces the handler with one that dumps a C++ stack and aborts
     return not given
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (`ray job stop`, `kill`, a node being drained) takes Ctrl-C's path: what is done is kept (the engine
+    checkpoints its last round, Tune saves its state) and said in one line."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
 
 
 def _answers(address: str, name: str, timeout: float = 5.0) -> None:
@@ -523,7 +533,7 @@ COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard
             "dashboard": cmd_dashboard, "reproduce": cmd_reproduce, "import-model": cmd_import_model, "audit": cmd_audit}
 
 
-#: What an interrupted command (Ctrl-C) keeps, said in its one last line.
+#: What an interrupted command (Ctrl-C, or SIGTERM) keeps, said in its one last line.
 INTERRUPTED = {
     "generate": "rerun with the same --out to resume",
     "sweep": "finished trials are kept: rerun the same command to resume",
@@ -537,6 +547,7 @@ INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command killed by C
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _sigterm_as_ctrl_c()
     try:
         return COMMANDS[args.command](args)
     except RaylabError as e:

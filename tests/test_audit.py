@@ -285,17 +285,19 @@ def test_natural_images_from_shards(models, shards, tmp_path) -> None:
 
 
 def test_the_audit_as_a_ray_job_fans_out_and_makes_the_uaps_of_a_local_run(cluster, models, shards, tmp_path) -> None:
-    """jobs/audit.py --ray submitted through the Jobs API: its UAPs run as Ray tasks, natural images from shards."""
-    args = ["--zetas", "0.04", "--seeds", "2", "--targets", "none", "--budget", "quick"]
+    """jobs/audit.py --ray submitted through the Jobs API: its UAPs run as Ray tasks, natural images from shards.
+    (One method: a task runs either as it runs the other, and the paper's ε grid, chosen in the driver twice, took
+    most of this test's minute.)"""
+    args = ["--zetas", "0.04", "--seeds", "2", "--targets", "none", "--budget", "quick", "--methods", "sgd"]
     local, remote = tmp_path / "local", tmp_path / "ray"
     common = ["--model", str(models["model"]), "--natural", str(shards), "--data", str(PNEUMONIA), *args]
     assert main(["audit", *common, "--out", str(local)]) == 0
     logs = submit_and_wait(cluster, " ".join(["python jobs/audit.py", *common, "--out", str(remote), "--ray",
                                               "--cpus-per-uap", "0.5"]), timeout=400)
-    assert "Natural-image UAPs at L2 ζ = 4 %" in logs and "8 UAPs (0 done before)" in logs
+    assert "Natural-image UAPs at L2 ζ = 4 %" in logs and "4 UAPs (0 done before)" in logs
     a = {r["trial_id"]: r for r in read_results(local / "results").to_pylist()}
     b = {r["trial_id"]: r for r in read_results(remote / "results").to_pylist()}
-    assert sorted(a) == sorted(b) and len(a) == 2 * 2 * 2
+    assert sorted(a) == sorted(b) and len(a) == 2 * 2  # (natural, train) x 2 seeds
     assert {r["source_kind"] for r in b.values()} == {"shards", "train"}
     for t in a:  # the same UAPs, made in Ray tasks instead of this process
         np.testing.assert_allclose(np.load(b[t]["uap_uri"]), np.load(a[t]["uap_uri"]), atol=1e-6)

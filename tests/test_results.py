@@ -434,6 +434,31 @@ def test_summary_table(location: str) -> None:
         summary_table(read_results(location), columns=["colour"])
 
 
+def test_the_summary_tells_apart_rows_of_different_runs() -> None:
+    """Two checkpoints of one architecture, two shard locations, two seeds: the table printed 'resnet18 shards' for
+    all of them, rows that read the same with different rates. Now the settings that vary get columns, paths by the
+    fewest last parts that tell them apart."""
+    rows = []
+    for model in ("runs/a/models/m.pt", "runs/b/models/m.pt"):
+        for source in ("/data/imagenet/shards", "/data/flickr/shards", "random"):
+            for seed in (0, 1):
+                r = record_for(2, 0.04, 0.002, None, 0.3, None, model=model)
+                r = dataclasses.replace(r, attack=dataclasses.replace(r.attack, seed=seed), source=Source(
+                    kind="random" if source == "random" else "shards", location=source, images=100, used=100))
+                rows.append(r.row(sweep="s", trial_id=f"{model[5]}-{source[6:8]}-{seed}"))
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    lines = summary_table(table).splitlines()
+    assert lines[0].split()[:7] == ["sweep", "trial_id", "arch", "model", "source", "seed", "source_kind"]
+    cells = {tuple(line.split()[3:6]) for line in lines[2:]}
+    assert cells == {(f"{m}/models/m.pt", s, str(seed)) for m in "ab" for s in ("imagenet/shards", "flickr/shards", "random")
+                     for seed in (0, 1)}
+    over = summary_table(over_seeds(table)).splitlines()
+    assert over[0].split()[:5] == ["sweep", "arch", "model", "source", "source_kind"] and len(over) == 2 + 6
+    # one shard location beside the random control: the kind says which, so no source column
+    one = pa.Table.from_pylist([r for r in rows if "flickr" not in r["source"] and r["model"].startswith("runs/a")], schema=SCHEMA)
+    assert summary_table(one).splitlines()[0].split()[:6] == ["sweep", "trial_id", "arch", "seed", "source_kind", "method"]
+
+
 def test_created_at_is_utc_ms(tmp_path: Path) -> None:
     row = make_rows()[0]
     from datetime import timedelta

@@ -42,7 +42,8 @@ def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_pat
     assert rc == 0, out
     assert "3 trial(s), 0 failed" in out and "fooling_rate" in out
     # Tune's trial table names each trial's run by its label (it showed "...ax_passes': None}" for every trial)
-    assert "paper eps=0.02" in out and "paper eps=0.01" in out and "'max_passes'" not in out
+    rows = [line for line in out.splitlines() if "TERMINATED" in line]
+    assert any(" eps=0.02 " in r for r in rows) and any(" eps=0.01 " in r for r in rows) and "'max_passes'" not in out
     table = read_results(tmp_path / "results", filters={"sweep": "grid"})
     assert table.schema.equals(SCHEMA, check_metadata=False)
     assert table.num_rows == 3 and len(set(table["trial_id"].to_pylist())) == 3
@@ -125,12 +126,12 @@ def test_the_random_control_runs_once_per_p_zeta_target_and_seed_not_once_per_st
     assert len(per_source[str(shards)]) == len(per_source["train"]) == 3 * 2  # (paper eps 0.01, 0.02; sgd lr 0.5) x i_max
     assert per_source["random"] == [({"method": "paper", "eps": 0.01}, 1)]
     # Tune's trial table shows the label, which says what the trial computes
-    assert list(runs)[:3] == ["paper eps=0.01 i_max=1", "paper eps=0.01 i_max=2", "paper eps=0.02 i_max=1"]
-    assert "sgd lr=0.5 i_max=2" in runs and "train sgd lr=0.5 i_max=1" in runs and list(runs)[-1] == "random"
+    assert list(runs)[:3] == ["eps=0.01 i_max=1", "eps=0.01 i_max=2", "eps=0.02 i_max=1"]
+    assert "lr=0.5 i_max=2" in runs and "train lr=0.5 i_max=1" in runs and list(runs)[-1] == "random"
     other = Path(shutil.copytree(shards, tmp_path / shards.name))  # a second location: each named, by its whole path if need be
     two = replace(s, sources=(str(shards), "s3://bucket/photos-b/", str(other)), methods=("paper",), eps=(0.0080001,),
                   max_passes=(None,)).runs()
-    assert list(two) == [f"{shards} paper eps=0.0080001", "photos-b paper eps=0.0080001", f"{other} paper eps=0.0080001"]
+    assert list(two) == [f"{shards} eps=0.0080001", "photos-b eps=0.0080001", f"{other} eps=0.0080001"]
     assert axes_of({"run": list(runs)[0], "p": "2", "seed": 1}, runs) == {
         "source": str(shards), "attack": {"method": "paper", "eps": 0.01}, "max_passes": 1, "p": "2", "seed": 1}
     old = {"run": runs["random"], "p": "2"}  # a trial of a sweep started before runs had labels, restored

@@ -6,6 +6,7 @@ One concern a module:
 - :mod:`~raylab.results.dataset`: the files of a results location, :func:`write_rows` and :func:`read_results`;
 - :mod:`~raylab.results.filters`: ``--filter column=value`` typed as its column, and the rows it keeps;
 - :mod:`~raylab.results.seeds`: rows that differ only by their seed as one grid point, mean ± sd over seeds;
+- :mod:`~raylab.results.naming`: the settings that tell rows apart, paths by their last part;
 - :mod:`~raylab.results.summary`: the plain-text table ``raylab results`` prints;
 - :mod:`~raylab.results.select`: the paper's selection of ε and p, :func:`select_best`.
 """

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import InputError
+from .naming import short_names, varying
 from .seeds import POINT, over_seeds
 
 #: The numeric columns of a grid point that a rate can be drawn over.
@@ -45,14 +46,6 @@ def _short(column: str, value: Any) -> str:
     return f"{_SHORT.get(column, column)}={shown}"
 
 
-def _names(column: str, values: set[Any]) -> dict[Any, Any]:
-    """Paths and URLs (``source``, ``model``, ``medical``) by their last part, where that still tells them apart."""
-    if column not in ("source", "model", "medical"):
-        return {v: v for v in values}
-    last = {v: str(v).rstrip("/").rsplit("/", 1)[-1] for v in values}
-    return last if len(set(last.values())) == len(values) else {v: v for v in values}
-
-
 def curves(table: pa.Table, x: str = "zeta", *, chosen: tuple[str, ...] = ()) -> list[Curve]:
     """The curves of ``table`` (rows of a results location, one per trial) over the column ``x``.
 
@@ -73,10 +66,10 @@ def curves(table: pa.Table, x: str = "zeta", *, chosen: tuple[str, ...] = ()) ->
         hint = f"; the rows vary in {', '.join(others)} (--x {others[0]})" if others else ""
         raise InputError(f"results: every row has {x}={xs[0]:g}, so there is no curve over it{hint}")
     keys = [c for c in POINT if c in table.column_names and c != x and c not in chosen]
-    naming = [c for c in keys if len({p[c] for p in points}) > 1]
+    naming = varying(points, keys)
     if "source" in naming and "source_kind" in naming:
         naming.remove("source_kind")  # a source's kind follows from it
-    names = {c: _names(c, {p[c] for p in points}) for c in naming}
+    names = {c: short_names(c, (p[c] for p in points)) for c in naming}
     notes = [c for c in chosen if c in table.column_names and len({p[c] for p in points}) > 1]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for p in points:

@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
+from .naming import PATHS, short_names, varying
+from .seeds import POINT
 
 SUMMARY_COLUMNS = ("sweep", "trial_id", "arch", "source_kind", "method", "p", "zeta", "eps", "lr", "target",
                    "fooling_rate", "success_rate", "random_fooling_rate", "images_per_second")
@@ -42,15 +44,30 @@ def sorted_indices(table: pa.Table) -> list[int]:
     return pc.sort_indices(table, sort_keys=keys).to_pylist()  # nulls sort last by default
 
 
+def _default_columns(table: pa.Table, over_seeds: bool) -> list[str]:
+    base = list(SEED_SUMMARY_COLUMNS if over_seeds else SUMMARY_COLUMNS)
+    others = [c for c in (*POINT, *(() if over_seeds else ("seed",))) if c in table.column_names and c not in base]
+    rows = table.select([*others, "source_kind"]).to_pylist()
+    extra = varying(rows, others)
+    if "source" in extra and all(len({r["source"] for r in rows if r["source_kind"] == k}) == 1
+                                 for k in {r["source_kind"] for r in rows}):
+        extra.remove("source")  # each kind has one source (e.g. one shard location beside random): the kind says it
+    at = base.index("arch") + 1
+    return base[:at] + extra + base[at:]
+
+
 def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
     """A plain-text, aligned table of ``columns`` (default :data:`SUMMARY_COLUMNS`, or :data:`SEED_SUMMARY_COLUMNS`
     for a table over seeds), sorted by sweep, zeta, p, eps.
 
     Floats have 3 significant digits, nulls print as ``-``; numbers are right-aligned. A column with an ``<name>_sd``
-    beside it prints as ``mean ± sd`` under the header ``<name> ± sd``.
+    beside it prints as ``mean ± sd`` under the header ``<name> ± sd``. The default columns gain, after ``arch``,
+    every other setting that varies over the rows (two models or shard locations, i_max, the seed of rows not over
+    seeds …), so no two rows of different runs read the same; paths are shown by their last part where that still
+    tells them apart.
     """
     over_seeds = "seeds" in table.column_names
-    cols = list((SEED_SUMMARY_COLUMNS if over_seeds else SUMMARY_COLUMNS) if columns is None else columns)
+    cols = list(_default_columns(table, over_seeds) if columns is None else columns)
     for c in cols:
         if c not in table.column_names:
             raise InputError(f"summary: unknown column {c!r}; columns are {', '.join(table.column_names)}")
@@ -58,6 +75,9 @@ def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
         raise InputError("summary: no columns to show")
     order = sorted_indices(table)
     data = {c: table.column(c).to_pylist() for c in cols}
+    for c in set(cols) & set(PATHS):
+        shown = short_names(c, data[c])
+        data[c] = [shown[v] for v in data[c]]
     numeric = {c: pa.types.is_integer(table.schema.field(c).type) or pa.types.is_floating(table.schema.field(c).type)
                for c in cols}
     sd = {c: table.column(f"{c}_sd").to_pylist() for c in cols if f"{c}_sd" in table.column_names}

@@ -133,9 +133,9 @@ class SweepConfig:
         The random control has no method, step or passes (its ρ is noise drawn from the seed), so it runs once per
         model, p, ζ, target and seed, with the first method's first step in its row, not once per step. A label names
         the source (``train``, ``random``; a shard location by its last path part, or its whole location where two
-        share one, and not at all where it is the sweep's only one), the method and step, and i_max when given:
-        ``paper eps=0.008``, ``sgd lr=1 i_max=5``, ``train paper eps=0.008``, ``random``; Tune's table shows 20
-        characters.
+        share one, and not at all where it is the sweep's only one), the step, which names the method (``eps`` the
+        paper's, ``lr`` the stochastic-gradient one's), and i_max when given: ``eps=0.008``, ``lr=1 i_max=5``,
+        ``train eps=0.008``, ``photos-b eps=0.008``, ``random``; Tune's table shows their last 20 characters.
         """
         streams = [src for src in self.sources if src not in (SOURCE_TRAIN, SOURCE_RANDOM)]
         short = {src: src.rstrip("/").rsplit("/", 1)[-1] for src in streams}
@@ -150,8 +150,8 @@ class SweepConfig:
                     if src == SOURCE_RANDOM and (a is not attacks[0] or m != self.max_passes[0]):
                         continue
                     parts = [names[src]]
-                    if src != SOURCE_RANDOM:
-                        parts += [a["method"], *(f"{k}={v:.12g}" for k, v in a.items() if k != "method")]
+                    if src != SOURCE_RANDOM:  # the step names the method: eps the paper's, lr the stochastic-gradient
+                        parts += [f"{k}={v:.12g}" for k, v in a.items() if k != "method"]
                         parts += [f"i_max={m}"] if m is not None else []
                     label = " ".join(p for p in parts if p)
                     out[label] = {"source": src, "attack": a, "max_passes": m}

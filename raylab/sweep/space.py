@@ -12,7 +12,7 @@ def param_space(s: SweepConfig) -> dict[str, Any]:
     """Tune's search space: the axes only (the fixed settings go in through ``tune.with_parameters``).
 
     ``run`` is a UAP source with a method, its own step and i_max, named by its label (:meth:`SweepConfig.runs`), so
-    the grid holds no sgd trial per ε (sgd has no ε) and Tune's trial table reads ``paper eps=0.008``. An axis
+    the grid holds no sgd trial per ε (sgd has no ε) and Tune's trial table reads ``eps=0.008``. An axis
     of one value is a constant, not a column of that table: the table shows what tells the trials apart.
     """
     from ray import tune

@@ -557,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = INTERRUPTED.get(args.command)
         print(f"raylab {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return INTERRUPTED_EXIT
+    except BrokenPipeError:  # `raylab results … | head`: the reader has all it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one when Python flushes stdout at exit
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -289,6 +289,16 @@ def test_bad_files_and_locations_are_one_line_before_compute(models, natural_dir
     assert not (tmp_path / "x").exists() and (tmp_path / "afile").read_text() == "in the way"
 
 
+def test_a_reader_that_stops_reading_gets_no_traceback(tmp_path: Path) -> None:
+    """`raylab results … | head`: stdout closed by its reader is the end of the output, not a BrokenPipeError."""
+    (tmp_path / "results").mkdir()
+    run = subprocess.Popen([str(Path(sys.executable).parent / "raylab"), "results", str(tmp_path / "results")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout is not None
+    run.stdout.close()  # the reader is gone before the table is written
+    assert run.wait(timeout=120) == 141 and run.stderr.read() == ""
+
+
 def test_shard_in_one_process_and_as_ray_tasks_writes_the_same_files(cluster, natural_dir: Path, tmp_path: Path,
                                                                        capsys) -> None:
     common = [str(natural_dir), "--image-size", "28", "--channels", "1", "--shard-size", "10"]

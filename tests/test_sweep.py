@@ -128,10 +128,13 @@ def test_the_random_control_runs_once_per_p_zeta_target_and_seed_not_once_per_st
     # Tune's trial table shows the label, which says what the trial computes
     assert list(runs)[:3] == ["eps=0.01 i_max=1", "eps=0.01 i_max=2", "eps=0.02 i_max=1"]
     assert "lr=0.5 i_max=2" in runs and "train lr=0.5 i_max=1" in runs and list(runs)[-1] == "random"
-    other = Path(shutil.copytree(shards, tmp_path / shards.name))  # a second location: each named, by its whole path if need be
+    other = Path(shutil.copytree(shards, tmp_path / shards.name))  # a second location of the same name
     two = replace(s, sources=(str(shards), "s3://bucket/photos-b/", str(other)), methods=("paper",), eps=(0.0080001,),
                   max_passes=(None,)).runs()
-    assert list(two) == [f"{shards} eps=0.0080001", "photos-b eps=0.0080001", f"{other} eps=0.0080001"]
+    assert list(two) == [f"{shards.parent.name}/{shards.name} eps=0.0080001", "bucket/photos-b eps=0.0080001",
+                         f"{other.parent.name}/{other.name} eps=0.0080001"]  # the fewest last parts that tell them apart
+    assert list(replace(s, sources=(str(shards), "s3://bucket/photos-b/"), methods=("paper",), eps=(0.008,),
+                        max_passes=(None,)).runs()) == [f"{shards.name} eps=0.008", "photos-b eps=0.008"]
     assert axes_of({"run": list(runs)[0], "p": "2", "seed": 1}, runs) == {
         "source": str(shards), "attack": {"method": "paper", "eps": 0.01}, "max_passes": 1, "p": "2", "seed": 1}
     old = {"run": runs["random"], "p": "2"}  # a trial of a sweep started before runs had labels, restored

@@ -10,6 +10,7 @@ from ..config import (
     DEFAULT_MEDICAL, METHODS, SOURCE_RANDOM, SOURCE_TRAIN, AttackConfig, EngineConfig, check, check_device, check_seed,
     default_of, finite, norm, option,
 )
+from ..results.naming import short_names
 
 SEARCHES = ("grid", "random")
 #: The fixed settings a resumed sweep may change (they decide where trials run, not what they compute).
@@ -132,15 +133,15 @@ class SweepConfig:
 
         The random control has no method, step or passes (its ρ is noise drawn from the seed), so it runs once per
         model, p, ζ, target and seed, with the first method's first step in its row, not once per step. A label names
-        the source (``train``, ``random``; a shard location by its last path part, or its whole location where two
-        share one, and not at all where it is the sweep's only one), the step, which names the method (``eps`` the
+        the source (``train``, ``random``; a shard location by its fewest last path parts that tell it from the
+        others, as the results table names it, and not at all where it is the sweep's only one), the step, which
+        names the method (``eps`` the
         paper's, ``lr`` the stochastic-gradient one's), and i_max when given: ``eps=0.008``, ``lr=1 i_max=5``,
         ``train eps=0.008``, ``photos-b eps=0.008``, ``random``; Tune's table shows their last 20 characters.
         """
         streams = [src for src in self.sources if src not in (SOURCE_TRAIN, SOURCE_RANDOM)]
-        short = {src: src.rstrip("/").rsplit("/", 1)[-1] for src in streams}
-        names = {src: src if src in (SOURCE_TRAIN, SOURCE_RANDOM) else "" if len(streams) == 1
-                 else short[src] if list(short.values()).count(short[src]) == 1 else src for src in self.sources}
+        names = {SOURCE_TRAIN: SOURCE_TRAIN, SOURCE_RANDOM: SOURCE_RANDOM,
+                 **(short_names("source", streams) if len(streams) > 1 else {s: "" for s in streams})}
         attacks = [{"method": m, **({"eps": e} if m == "paper" else {"lr": e})}
                    for m in self.methods for e in (self.eps if m == "paper" else self.lr)]
         out: dict[str, dict[str, Any]] = {}

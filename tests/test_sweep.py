@@ -74,26 +74,26 @@ def test_an_interrupted_sweep_resumes_without_duplicate_rows(cluster, models, sh
             "--max-concurrent", "1"]
     results = tmp_path / "results" / "resume"
 
-    def stop(sig: int, rows: int) -> subprocess.Popen:
-        """Start the sweep, send ``sig`` once ``rows`` trials have written their rows."""
-        run = subprocess.Popen(args, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 240
-        while not (results.exists() and len(list(results.glob("trial-*.parquet"))) >= rows):
-            assert run.poll() is None and time.time() < deadline, "the sweep ended or stalled before its trials finished"
-            time.sleep(0.5)
-        run.send_signal(sig)
-        return run
+    def stop(sig: int, rows: int) -> tuple[int, str]:
+        """Run the sweep, send ``sig`` once ``rows`` trials have written their rows; its exit code and output."""
+        log = tmp_path / f"sweep-{sig}.log"
+        with open(log, "w") as sink:  # a file, not a pipe nobody reads while the sweep runs
+            run = subprocess.Popen(args, env=cluster["env"], stdout=sink, stderr=subprocess.STDOUT, text=True)
+            deadline = time.time() + 240
+            while not (results.exists() and len(list(results.glob("trial-*.parquet"))) >= rows):
+                assert run.poll() is None and time.time() < deadline, "the sweep ended or stalled before its trials finished"
+                time.sleep(0.5)
+            run.send_signal(sig)
+            return run.wait(timeout=120), log.read_text()
 
-    first = stop(signal.SIGINT, 1)
-    out = first.communicate(timeout=120)[0]
+    code, out = stop(signal.SIGINT, 1)
     done = len(list(results.glob("trial-*.parquet")))
-    assert first.returncode == 130 and 1 <= done < 3, out[-3000:]
+    assert code == 130 and 1 <= done < 3, out[-3000:]
     assert "3 trial(s), 0 failed, " in out and " not finished" in out and "stopped early" not in out
     assert "raylab sweep: interrupted; finished trials are kept: rerun the same command to resume" in out
     if done == 1:  # (the second trial could finish before the interrupt landed)
-        second = stop(signal.SIGKILL, 2)
-        second.communicate(timeout=60)
-        assert second.returncode == -signal.SIGKILL and len(list(results.glob("trial-*.parquet"))) < 3
+        code, _ = stop(signal.SIGKILL, 2)
+        assert code == -signal.SIGKILL and len(list(results.glob("trial-*.parquet"))) < 3
     last = subprocess.run(args, env=cluster["env"], capture_output=True, text=True, timeout=600)
     assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
     assert "resuming sweep resume" in last.stdout and "3 trial(s), 0 failed; results" in last.stdout

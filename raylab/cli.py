@@ -328,7 +328,8 @@ def _answers(address: str, name: str, timeout: float = 5.0) -> None:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     _local_ray_on_loopback(a.address)
-    from .results import over_seeds, read_results, select_best, summary_table
+    from .results import SCHEMA, over_seeds, read_results, select_best, summary_table
+    from .store import filesystem
     from .sweep import outcome, run_sweep, tally
 
     config = build(SweepConfig, a)
@@ -339,7 +340,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                             fix="use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader")
     grid = run_sweep(config)
     t = tally(grid, config)
-    table = read_results(config.results, filters={"sweep": config.name})
+    fs, root = filesystem(config.results)  # absent when no trial wrote a row: all failed, or interrupted before one
+    table = read_results(config.results, filters={"sweep": config.name}) if fs.exists(root) else SCHEMA.empty_table()
     table = select_best(table) if a.select == "best" else table
     print(summary_table(over_seeds(table) if len(config.seeds) > 1 else table))
     print(f"{t.total} trial(s), {t.failed} failed" + (f", {t.stopped} stopped early" if t.stopped else "")

@@ -93,9 +93,14 @@ class Tally:
 
 
 def tally(grid: Any, s: SweepConfig) -> Tally:
-    """The :class:`Tally` of Tune's ResultGrid of sweep ``s``. A terminated trial without a test-set score was stopped
-    early, which only ``early_stop`` does; any other terminated trial wrote its row."""
-    ended = grid.num_terminated
-    scored = sum(r.error is None and "fooling_rate" in (r.metrics or {}) for r in grid)
-    finished = min(scored, ended) if s.early_stop else ended
-    return Tally(total=trial_count(s), finished=finished, stopped=ended - finished, failed=grid.num_errors)
+    """The :class:`Tally` of Tune's ResultGrid of sweep ``s``. A trial with a test-set score wrote its row; one that
+    early stopping stopped has Tune's ``done`` on its last stream report. Tune marks the trials it stops on an
+    interrupt terminated too, so their status does not tell them from finished ones."""
+    finished = stopped = 0
+    for r in grid:
+        metrics = r.metrics or {}
+        if r.error is None and "fooling_rate" in metrics:
+            finished += 1
+        elif r.error is None and metrics.get("done") is True:
+            stopped += 1
+    return Tally(total=trial_count(s), finished=finished, stopped=stopped, failed=grid.num_errors)

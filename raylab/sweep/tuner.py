@@ -71,10 +71,15 @@ def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
 
 
 def outcome(result: Any) -> str:
-    """``finished``, ``stopped`` (early) or ``failed``, of one of Tune's trial results."""
+    """How one of Tune's trial results ended: ``finished`` (it wrote its row: a test-set score), ``stopped`` by early
+    stopping (Tune's ``done`` on its last stream report), ``failed``, or ``unfinished`` (running when the sweep was
+    interrupted: Tune marks those terminated too, so their status does not tell them from finished ones)."""
     if result.error is not None:
         return "failed"
-    return "finished" if "fooling_rate" in (result.metrics or {}) else "stopped"
+    metrics = result.metrics or {}
+    if "fooling_rate" in metrics:
+        return "finished"
+    return "stopped" if metrics.get("done") is True else "unfinished"
 
 
 @dataclass(frozen=True)
@@ -93,14 +98,7 @@ class Tally:
 
 
 def tally(grid: Any, s: SweepConfig) -> Tally:
-    """The :class:`Tally` of Tune's ResultGrid of sweep ``s``. A trial with a test-set score wrote its row; one that
-    early stopping stopped has Tune's ``done`` on its last stream report. Tune marks the trials it stops on an
-    interrupt terminated too, so their status does not tell them from finished ones."""
-    finished = stopped = 0
-    for r in grid:
-        metrics = r.metrics or {}
-        if r.error is None and "fooling_rate" in metrics:
-            finished += 1
-        elif r.error is None and metrics.get("done") is True:
-            stopped += 1
-    return Tally(total=trial_count(s), finished=finished, stopped=stopped, failed=grid.num_errors)
+    """The :class:`Tally` of Tune's ResultGrid of sweep ``s``, each trial counted by its :func:`outcome`."""
+    outcomes = [outcome(r) for r in grid]
+    return Tally(total=trial_count(s), finished=outcomes.count("finished"), stopped=outcomes.count("stopped"),
+                 failed=outcomes.count("failed"))

@@ -39,7 +39,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import DEFAULT_MEDICAL, METHODS, SOURCE_TRAIN, UAPConfig, check, check_device, finite, option
+from .config import (
+    DEFAULT_MEDICAL, METHODS, SOURCE_TRAIN, UAPConfig, check, check_device, check_medical, check_model, finite, option,
+)
 from .core import fooling_rate, label_composition, predict_labels, success_rate
 from .evaluation import ModelCheck, by_class
 from .record import ResultsKey, budget_used, trial_folder, trial_uap
@@ -120,9 +122,9 @@ class AuditConfig:
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else (str(value) if name == "model" else Path(value)))
         check(self.budget in BUDGETS, f"budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
-        check(Path(self.model).is_file(), f"model file not found: {self.model}")
+        check_model(self.model)
         check(self.card is None or Path(self.card).is_file(), f"model card not found: {self.card}")
-        check(self.medical.exists(), f"medical dataset not found: {self.medical}")
+        check_medical(self.medical)
         check(self.natural.is_dir(), f"natural images: {self.natural} is not a folder of photos or a shard location")
         for z in (self.zeta, *(self.zetas or ())):
             finite("zeta", z)

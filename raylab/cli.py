@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from .audit import AuditConfig
 from .bench import BenchConfig, EngineBenchConfig
-from .config import DEFAULT_DATA, DEFAULT_MEDICAL, EngineConfig, UAPConfig
+from .config import DEFAULT_DATA, DEFAULT_MEDICAL, EngineConfig, UAPConfig, check_medical
 from .errors import InputError, RaylabError
 from .options import add_options, build
 from .sweep import SweepConfig
@@ -196,6 +196,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .train import finetune
 
     config = build(TrainConfig, a)
+    check_medical(a.data)
     data = load_medical(a.data)
     backbone = None if a.backbone in (None, "", "none") else a.backbone
     normalize = a.normalize or _default_normalize(backbone, a.arch)

@@ -79,6 +79,31 @@ def check_device(device: str) -> None:
     check(device == "cpu" or device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
 
 
+def _missing(path: Path) -> str:
+    """Why ``path`` is not there, with the folder a relative path was looked up in (the defaults, such as
+    ``../shared/data``, are relative to the repository root)."""
+    return f"{path}: no such file (relative to {Path.cwd()})" if not path.is_absolute() else f"{path}: no such file"
+
+
+def check_model(model: str) -> None:
+    """A local model file exists and is a file (a folder is named as one, with the checkpoints in it); URLs are
+    checked when they are read."""
+    if "://" in model:
+        return
+    path = Path(model)
+    if path.is_dir():
+        found = sorted(q.name for q in path.iterdir() if q.suffix in (".pt", ".pth", ".pt2", ".onnx"))[:4]
+        raise InputError(f"model {model} is a folder, not a model file"
+                         + (f"; it holds {', '.join(found)}" if found else ""))
+    check(path.is_file(), f"model {_missing(path)}")
+
+
+def check_medical(medical: str | Path) -> None:
+    """The medical dataset (a MedMNIST ``.npz`` or a CSV folder) exists."""
+    path = Path(medical)
+    check(path.exists(), f"medical dataset {_missing(path)}")
+
+
 def norm(p: Any) -> Norm:
     try:
         return parse_norm(p)
@@ -178,8 +203,8 @@ class UAPConfig(AttackConfig):
         check(self.mode in ("faithful", "batched"), f"mode must be 'faithful' or 'batched', got {self.mode!r}")
         check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
         check(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
-        check("://" in self.model or Path(self.model).is_file(), f"model weights not found: {self.model}")
-        check(self.medical.exists(), f"medical dataset not found: {self.medical}")
+        check_model(self.model)
+        check_medical(self.medical)
         if self.source not in (SOURCE_TRAIN, SOURCE_RANDOM):
             check(Path(self.source).is_dir(), f"UAP source {self.source!r}: no such folder (give a folder of images, a "
                                               "shard location from `raylab shard`, 'train' or 'random')")
@@ -265,9 +290,8 @@ class EngineConfig(AttackConfig):
         check(self.hang_timeout is None or self.hang_timeout > 0, f"hang_timeout must be > 0, got {self.hang_timeout}")
         check(self.restart_timeout > 0, f"restart_timeout must be > 0, got {self.restart_timeout}")
         check(self.start_timeout > 0, f"start_timeout must be > 0, got {self.start_timeout}")
-        if "://" not in self.model:
-            check(Path(self.model).is_file(), f"model weights not found: {self.model}")
-        check(self.medical.exists(), f"medical dataset not found: {self.medical}")
+        check_model(self.model)
+        check_medical(self.medical)
 
     @property
     def reader_threads(self) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import (
     DEFAULT_MEDICAL, METHODS, SOURCE_RANDOM, SOURCE_TRAIN, AttackConfig, EngineConfig, check, check_device, check_seed,
-    default_of, finite, norm, option,
+    check_medical, check_model, default_of, finite, norm, option,
 )
 from ..results.naming import short_names
 
@@ -97,8 +97,8 @@ class SweepConfig:
         check(self.early_stop_grace >= 1, f"early_stop_grace must be >= 1, got {self.early_stop_grace}")
         check(self.early_stop_reduction > 1, f"early_stop_reduction must be > 1, got {self.early_stop_reduction}")
         for m in self.models:
-            check("://" in m or Path(m).is_file(), f"model weights not found: {m}")
-        check(Path(self.medical).exists(), f"medical dataset not found: {self.medical}")
+            check_model(m)
+        check_medical(self.medical)
         for s in self.sources:
             if s not in (SOURCE_TRAIN, SOURCE_RANDOM) and "://" not in s:
                 check((Path(s) / "manifest.json").is_file(),

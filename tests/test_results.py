@@ -28,6 +28,7 @@ from raylab.record import Build, RunRecord, Source
 from raylab.results import (SCHEMA, SCHEMA_VERSION, filter_value, over_seeds, read_results, select_best, summary_table,
                             write_rows)
 from raylab.results.curves import SELECTED, curves, curves_png
+from raylab.results.naming import short_names
 
 def record_for(p: Any, zeta: float, eps: float, target: str | None, fooling: float, success: float | None,
                *, model: str = "runs/demo/model.pt", max_passes: int = 3) -> RunRecord:
@@ -454,6 +455,10 @@ def test_the_summary_tells_apart_rows_of_different_runs() -> None:
                      for seed in (0, 1)}
     over = summary_table(over_seeds(table)).splitlines()
     assert over[0].split()[:5] == ["sweep", "arch", "model", "source", "source_kind"] and len(over) == 2 + 6
+    # each path by its own fewest parts: a third model named apart by its file alone is not given its folders
+    assert short_names("model", ["runs/a/models/m.pt", "runs/b/models/m.pt", "runs/a/models/n.pt", "random"]) == {
+        "runs/a/models/m.pt": "a/models/m.pt", "runs/b/models/m.pt": "b/models/m.pt", "runs/a/models/n.pt": "n.pt",
+        "random": "random"}
     # one shard location beside the random control: the kind says which, so no source column
     one = pa.Table.from_pylist([r for r in rows if "flickr" not in r["source"] and r["model"].startswith("runs/a")], schema=SCHEMA)
     assert summary_table(one).splitlines()[0].split()[:6] == ["sweep", "trial_id", "arch", "seed", "source_kind", "method"]

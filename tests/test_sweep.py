@@ -122,7 +122,8 @@ def test_the_random_control_runs_once_per_p_zeta_target_and_seed_not_once_per_st
                     sources=(str(shards), "train", "random"), methods=("paper", "sgd"), eps=(0.01, 0.02), lr=(0.5,),
                     max_passes=(1, 2), p=("2", "inf"), zeta=(0.04,), seeds=(0, 1))
     space, runs = param_space(s), s.runs()
-    assert space["run"]["grid_search"] == list(runs) and space["model"] == s.models[0]  # one model: a constant
+    assert space["run"]["grid_search"] == list(runs) and space["model"] == Path(s.models[0]).name  # one: a constant
+    assert axes_of({"model": space["model"], "run": "random"}, runs, s.model_labels())["model"] == s.models[0]
     per_source = {src: [(r["attack"], r["max_passes"]) for r in runs.values() if r["source"] == src] for src in s.sources}
     assert len(per_source[str(shards)]) == len(per_source["train"]) == 3 * 2  # (paper eps 0.01, 0.02; sgd lr 0.5) x i_max
     assert per_source["random"] == [({"method": "paper", "eps": 0.01}, 1)]
@@ -132,10 +133,15 @@ def test_the_random_control_runs_once_per_p_zeta_target_and_seed_not_once_per_st
     other = Path(shutil.copytree(shards, tmp_path / shards.name))  # a second location of the same name
     two = replace(s, sources=(str(shards), "s3://bucket/photos-b/", str(other)), methods=("paper",), eps=(0.0080001,),
                   max_passes=(None,)).runs()
-    assert list(two) == [f"{shards.parent.name}/{shards.name} eps=0.0080001", "bucket/photos-b eps=0.0080001",
-                         f"{other.parent.name}/{other.name} eps=0.0080001"]  # the fewest last parts that tell them apart
+    assert list(two) == [f"{shards.parent.name}/{shards.name} eps=0.0080001", "photos-b eps=0.0080001",
+                         f"{other.parent.name}/{other.name} eps=0.0080001"]  # each by the fewest last parts of its own
     assert list(replace(s, sources=(str(shards), "s3://bucket/photos-b/"), methods=("paper",), eps=(0.008,),
                         max_passes=(None,)).runs()) == [f"{shards.name} eps=0.008", "photos-b eps=0.008"]
+    # two checkpoints of one name: Tune's table shows a value's last 17 characters, so the folder goes last
+    copy = Path(shutil.copy(models["model"], tmp_path / "model.pt"))
+    labels = replace(s, models=(str(models["model"]), str(copy))).model_labels()
+    assert labels == {f"model.pt ({models['model'].parent.name})": str(models["model"]), f"model.pt ({tmp_path.name})": str(copy)}
+    assert axes_of({"model": str(copy), "run": "random"}, runs, labels)["model"] == str(copy)  # an older sweep's path
     assert axes_of({"run": list(runs)[0], "p": "2", "seed": 1}, runs) == {
         "source": str(shards), "attack": {"method": "paper", "eps": 0.01}, "max_passes": 1, "p": "2", "seed": 1}
     old = {"run": runs["random"], "p": "2"}  # a trial of a sweep started before runs had labels, restored

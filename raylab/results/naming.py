@@ -14,15 +14,21 @@ def varying(rows: list[dict[str, Any]], columns: Iterable[str]) -> list[str]:
 
 
 def short_names(column: str, values: Iterable[Any]) -> dict[Any, Any]:
-    """Each value as shown: paths and URLs (:data:`PATHS`) by their fewest last parts that still tell them apart
+    """Each value as shown: paths and URLs (:data:`PATHS`) each by its fewest last parts that no other value ends in
     (``a/models/m.pt`` and ``b/models/m.pt`` as themselves, ``x/shards`` and ``y/photos`` as ``shards`` and
-    ``photos``), anything else as it is."""
+    ``photos``, and beside those two ``m.pt`` files a third path ``c/models/n.pt`` as ``n.pt``), anything else as it
+    is."""
     values = set(values)
     if column not in PATHS:
         return {v: v for v in values}
     parts = {v: str(v).rstrip("/").split("/") for v in values}
-    for k in range(1, max((len(p) for p in parts.values()), default=0) + 1):
-        tail = {v: "/".join(p[-k:]) for v, p in parts.items()}
-        if len(set(tail.values())) == len(values):
-            return tail
-    return {v: str(v) for v in values}
+
+    def tail(v: Any, k: int) -> str:
+        return "/".join(parts[v][-k:])
+
+    names = {}
+    for v, p in parts.items():
+        others = [w for w in values if w != v]
+        k = next((k for k in range(1, len(p) + 1) if all(tail(w, k) != tail(v, k) for w in others)), None)
+        names[v] = tail(v, k) if k is not None else str(v)
+    return names

@@ -23,7 +23,7 @@ def grouped_asha(s: SweepConfig) -> Any:
     """
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
-    runs = s.runs()
+    runs, models = s.runs(), s.model_labels()
 
     class GroupedASHA(FIFOScheduler):
         def __init__(self) -> None:
@@ -38,7 +38,7 @@ def grouped_asha(s: SweepConfig) -> Any:
             return True
 
         def _scheduler(self, trial: Any) -> AsyncHyperBandScheduler:
-            key = tuple(str(axes_of(trial.config, runs).get(k)) for k in GROUP_AXES)
+            key = tuple(str(axes_of(trial.config, runs, models).get(k)) for k in GROUP_AXES)
             if key not in self.groups:
                 self.groups[key] = AsyncHyperBandScheduler(
                     time_attr="stream_images", metric=self._metric, mode=self._mode, max_t=2**40,

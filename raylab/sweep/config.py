@@ -127,6 +127,17 @@ class SweepConfig:
         return max((sum(b.get("CPU", 0.0) for b in bs), sum(b.get("GPU", 0.0) for b in bs))
                    for bs in (self.bundles(s) for s in self.sources))
 
+    def model_labels(self) -> dict[str, str]:
+        """The sweep's models by label, as Tune's trial table shows them: the file name, then the fewest folders that
+        tell it from the others (``resnet18.pt``; ``model.pt (site-a)`` and ``model.pt (site-b)``). Tune shows a
+        value's last 17 characters after an ellipsis, so what tells two models apart goes last."""
+        names = short_names("model", self.models)
+        labels = {}
+        for m in self.models:
+            *folders, name = names[m].split("/")
+            labels[f"{name} ({'/'.join(folders)})" if folders else name] = m
+        return labels
+
     def runs(self) -> dict[str, dict[str, Any]]:
         """The sweep's runs by label: each UAP source with each method's own steps (``{"method": "paper", "eps": ε}``
         per ε, ``{"method": "sgd", "lr": lr}`` per lr) and each i_max.

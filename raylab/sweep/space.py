@@ -27,13 +27,18 @@ def trial_count(s: SweepConfig) -> int:
 
 
 def _axes(s: SweepConfig) -> dict[str, list[Any]]:
-    return {"model": list(s.models), "run": list(s.runs()), "p": list(s.p), "zeta": list(s.zeta),
+    return {"model": list(s.model_labels()), "run": list(s.runs()), "p": list(s.p), "zeta": list(s.zeta),
             "target": list(s.targets), "seed": list(s.seeds)}
 
 
-def axes_of(config: dict[str, Any], runs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def axes_of(config: dict[str, Any], runs: dict[str, dict[str, Any]] | None = None,
+            models: dict[str, str] | None = None) -> dict[str, Any]:
     """A trial's config as one flat dict of axes: ``source``, ``attack`` and ``max_passes`` out of ``run``, a label of
-    ``runs`` (:meth:`SweepConfig.runs`). A trial restored from an older sweep holds the run itself, or (before ``run``
-    existed) the axes flat already."""
+    ``runs`` (:meth:`SweepConfig.runs`), and ``model`` a path, out of its label in ``models``
+    (:meth:`SweepConfig.model_labels`). A trial restored from an older sweep holds the model's path, the run itself,
+    or (before ``run`` existed) the axes flat already."""
     run = config.get("run", {})
-    return {**{k: v for k, v in config.items() if k != "run"}, **((runs or {})[run] if isinstance(run, str) else run)}
+    flat = {**{k: v for k, v in config.items() if k != "run"}, **((runs or {})[run] if isinstance(run, str) else run)}
+    if "model" in flat:
+        flat["model"] = (models or {}).get(flat["model"], flat["model"])
+    return flat

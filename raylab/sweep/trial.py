@@ -50,7 +50,7 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
     from ..run import run_uap
     from ..telemetry import Telemetry, ray_sink, run_tags
 
-    s, config = sweep, axes_of(config, sweep.runs())
+    s, config = sweep, axes_of(config, sweep.runs(), sweep.model_labels())
     trial_id = tune.get_context().get_trial_id()
     out = f"{s.out}/{s.name}/{trial_id}"
     attack = dict(**config["attack"], p=config["p"], zeta=config["zeta"], max_passes=config["max_passes"],

@@ -11,7 +11,7 @@ from .space import axes_of, param_space, trial_count
 from .trial import METRIC, MODE, uap_trial
 
 
-def _outcomes(sweep: str, runs: dict[str, dict[str, Any]]) -> Any:
+def _outcomes(sweep: str, runs: dict[str, dict[str, Any]], models: dict[str, str] | None = None) -> Any:
     """A Tune callback (in the sweep's driver) counting finished, stopped and failed trials as ``raylab_trials``.
 
     Tune pickles it with the experiment (cloudpickle), so a restored sweep keeps counting.
@@ -22,7 +22,7 @@ def _outcomes(sweep: str, runs: dict[str, dict[str, Any]]) -> Any:
 
     class TrialOutcomes(tune.Callback):
         def _done(self, trial: Any, status: str) -> None:
-            c = axes_of(trial.config, runs)
+            c = axes_of(trial.config, runs, models)
             Telemetry(ray_sink(), **run_tags(out=trial.trial_id, source=c.get("source", ""), model=c.get("model", ""))
                       ).trial_done(sweep=sweep, status=status)  # type: ignore[arg-type]
 
@@ -65,7 +65,7 @@ def run_sweep(s: SweepConfig, *, log: Callable[[str], None] = print) -> Any:
                                         max_concurrent_trials=s.max_concurrent or None, reuse_actors=True,
                                         scheduler=grouped_asha(s) if s.early_stop else None),
             run_config=tune.RunConfig(name=s.name, storage_path=s.storage, verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=1), callbacks=[_outcomes(s.name, runs)]),
+                                      failure_config=tune.FailureConfig(max_failures=1), callbacks=[_outcomes(s.name, runs, s.model_labels())]),
         )
     return tuner.fit()
 

@@ -61,7 +61,8 @@ def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
     for a table over seeds), sorted by sweep, zeta, p, eps.
 
     Floats have 3 significant digits, nulls print as ``-``; numbers are right-aligned. A column with an ``<name>_sd``
-    beside it prints as ``mean ± sd`` under the header ``<name> ± sd``. The default columns gain, after ``arch``,
+    beside it prints as ``mean ± sd`` under the header ``<name> ± sd`` (``mean (1 seed)`` for a grid point of one
+    seed, which has no sd). The default columns gain, after ``arch``,
     every other setting that varies over the rows (two models or shard locations, i_max, the seed of rows not over
     seeds …), so no two rows of different runs read the same; paths are shown by their last part where that still
     tells them apart.
@@ -81,9 +82,12 @@ def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
     numeric = {c: pa.types.is_integer(table.schema.field(c).type) or pa.types.is_floating(table.schema.field(c).type)
                for c in cols}
     sd = {c: table.column(f"{c}_sd").to_pylist() for c in cols if f"{c}_sd" in table.column_names}
+    seeds = table.column("seeds").to_pylist() if over_seeds else None
 
     def cell(c: str, i: int) -> str:
         if c in sd and data[c][i] is not None:
+            if seeds is not None and len(seeds[i]) == 1:  # one sample has no sd: '± 0' would read as a tight result
+                return f"{data[c][i]:.3g} (1 seed)"
             return f"{data[c][i]:.3g} ± {sd[c][i]:.2g}"
         return _cell(data[c][i])
 

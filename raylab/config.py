@@ -79,10 +79,11 @@ def check_device(device: str) -> None:
     check(device == "cpu" or device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
 
 
-def _missing(path: Path) -> str:
-    """Why ``path`` is not there, with the folder a relative path was looked up in (the defaults, such as
+def missing(path: str | Path) -> str:
+    """``path`` is not there, with the folder a relative path was looked up in (the defaults, such as
     ``../shared/data``, are relative to the repository root)."""
-    return f"{path}: no such file (relative to {Path.cwd()})" if not path.is_absolute() else f"{path}: no such file"
+    path = Path(path)
+    return f"{path}: does not exist (relative to {Path.cwd()})" if not path.is_absolute() else f"{path}: does not exist"
 
 
 def check_model(model: str) -> None:
@@ -95,13 +96,13 @@ def check_model(model: str) -> None:
         found = sorted(q.name for q in path.iterdir() if q.suffix in (".pt", ".pth", ".pt2", ".onnx"))[:4]
         raise InputError(f"model {model} is a folder, not a model file"
                          + (f"; it holds {', '.join(found)}" if found else ""))
-    check(path.is_file(), f"model {_missing(path)}")
+    check(path.is_file(), f"model {missing(path)}")
 
 
 def check_medical(medical: str | Path) -> None:
     """The medical dataset (a MedMNIST ``.npz`` or a CSV folder) exists."""
     path = Path(medical)
-    check(path.exists(), f"medical dataset {_missing(path)}")
+    check(path.exists(), f"medical dataset {missing(path)}")
 
 
 def norm(p: Any) -> Norm:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .selection import best, select_on_validation, validation_images
 from .run import SourceImages, load_source, run_uap, with_balance
-from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig, check, finite, norm
+from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig, check, finite, missing, norm
 from .core import fooling_rate, label_composition, predict_labels
 from .data.medical import MedicalSet, load_medical
 from .errors import InputError
@@ -96,9 +96,9 @@ class ReproduceConfig:
     sgd_lrs: tuple[float, ...] = (0.5, 1.0)
 
     def __post_init__(self) -> None:
-        missing = [f"{what} not found: {p}" for what, p in (("medical dataset", self.medical), ("natural set A", self.natural_a),
-                                                             ("natural set B", self.natural_b)) if not Path(p).exists()]
-        check(not missing, "; ".join(missing))
+        absent = [f"{what} {missing(p)}" for what, p in (("medical dataset", self.medical), ("natural set A", self.natural_a),
+                                                          ("natural set B", self.natural_b)) if not Path(p).exists()]
+        check(not absent, "; ".join(absent))
         check(bool(self.archs), "give at least one architecture")
         for z in (*self.zetas, self.paper_zeta, self.scratch_zeta):
             finite("zeta", z)

@@ -269,7 +269,7 @@ def test_bad_files_and_locations_are_one_line_before_compute(models, natural_dir
         ({"--model": "foo://m.pt"}, "foo://m.pt: cannot open this location (Protocol not known: foo)"),
         ({"--model": Path(models["model"]).parent},  # it said 'model weights not found' of a folder that is there
          f"model {Path(models['model']).parent} is a folder, not a model file; it holds backbone.pt, model.pt"),
-        ({"--data": "nowhere/chest.npz"}, f"medical dataset nowhere/chest.npz: no such file (relative to {Path.cwd()})"),
+        ({"--data": "nowhere/chest.npz"}, f"medical dataset nowhere/chest.npz: does not exist (relative to {Path.cwd()})"),
         ({"--model": tmp_path / "nospec.pt"}, "nospec.pt: a damaged raylab checkpoint (its model spec: KeyError: spec)"),
         ({"--model": tmp_path / "listed.pt"}, "listed.pt: a damaged raylab checkpoint (no state_dict of tensors)"),
         ({"--model": tmp_path / "random.pt"}, "random.pt: cannot read weights (UnpicklingError: not plain tensors, refused unread: "),

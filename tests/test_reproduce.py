@@ -287,7 +287,7 @@ def test_missing_pieces_and_the_paper_estimate(tmp_path, capsys) -> None:
     assert main(["reproduce", "--preset", "paper", "--data-dir", str(DATA), "--natural-a", str(tmp_path / "imagenet"),
                  "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
-    assert "natural set A not found" in err and err.count("\n") == 1
+    assert f"natural set A {tmp_path / 'imagenet'}: does not exist" in err and err.count("\n") == 1
     assert main(["reproduce", "--preset", "paper", "--data-dir", str(DATA), "--estimate", "970"]) == 0
     out = capsys.readouterr().out
     hours = float(re.search(r"about ([\d.]+) GPU-hours", out).group(1))

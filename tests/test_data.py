@@ -16,6 +16,7 @@ from PIL import Image
 
 from raylab.data.medical import (MedicalSet, load_csv_folder, load_medical, load_medmnist, medmnist_class_names,
                                  medmnist_info)
+from raylab.data.memory import ImageStack
 from raylab.data.natural import SkipReport, decode_image, list_images, load_image_folder
 from raylab.errors import InputError
 
@@ -306,11 +307,22 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path: Path) -> None:
     (tmp_path / "sub" / "noise.png").write_bytes(np.random.default_rng(0).bytes(3000))
     images, keys, skipped = load_image_folder(tmp_path, channels=3, size=16)
     assert images.shape == (4, 3, 16, 16) and keys == sorted(f.name for f in good)
+    assert torch.equal(images, torch.stack([decode_image(f.read_bytes(), channels=3, size=16) for f in good]))
+    # written in place into room for the 7 files listed: the skipped three leave room unused, not a second copy
+    assert images.untyped_storage().nbytes() == 7 * 3 * 16 * 16
     assert isinstance(skipped, SkipReport) and skipped.count == 3
     assert sorted(name for name, _ in skipped.skipped) == ["empty.jpg", "sub/noise.png", "truncated.JPEG"]
     assert all("cannot decode" in why and "\n" not in why for _, why in skipped.skipped)
     # PIL names the bytes by their object's repr; a memory address would make every run's metrics.json differ
     assert dict(skipped.skipped)["empty.jpg"] == "cannot decode image (UnidentifiedImageError: cannot identify image file <BytesIO>)"
+
+
+def test_an_image_stack_is_torch_stack_written_in_place_and_grows_past_what_was_announced() -> None:
+    photos = [decode_image(f.read_bytes(), channels=3, size=8) for f in sorted(IMAGENET.iterdir())[:5]]
+    stack = ImageStack(3)
+    for image in photos:  # two more than announced (a manifest that under-counts): grows rather than fails
+        stack.add(image)
+    assert stack.count == 5 and stack.shape == (3, 8, 8) and torch.equal(stack.tensor(), torch.stack(photos))
 
 
 def test_folder_errors(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..errors import InputError, one_line
 from . import jpeg
+from .memory import ImageStack
 
 #: File suffixes read as images (compared case-insensitively).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -201,16 +202,16 @@ def load_image_folder(
         files = [files[i] for i in sorted(random.Random(seed).sample(range(len(files)), limit))]
     report = SkipReport()
     keys: list[str] = []
-    images: list[torch.Tensor] = []
+    images = ImageStack(len(files))
     for key, image in iter_image_folder(root, channels=channels, size=size, files=files, skipped=report):
-        if images and image.shape != images[0].shape:
+        if images.shape is not None and tuple(image.shape) != images.shape:
             raise InputError(
-                f"{root / key}: size {tuple(image.shape[1:])} differs from {tuple(images[0].shape[1:])} "
+                f"{root / key}: size {tuple(image.shape[1:])} differs from {images.shape[1:]} "
                 f"of {keys[0]}; give a size to resize"
             )
         keys.append(key)
-        images.append(image)
-    if not images:
+        images.add(image)
+    if not images.count:
         name, reason = report.skipped[0]
         raise InputError(f"{root}: none of the {len(files)} image file(s) could be decoded (first: {name}: {reason})")
-    return torch.stack(images), keys, report
+    return images.tensor(), keys, report

@@ -23,13 +23,15 @@ Reading is a stream that never raises for bad shard content:
 :func:`iter_samples` (:mod:`.reader`) yields raw samples and records missing,
 truncated or corrupt shards in a :class:`ShardReport`; :func:`decode_stream`
 (:mod:`.decode`) decodes them (undecodable images are skipped and recorded as
-``"<shard>:<key>"``); :func:`batches` (:mod:`.batch`) stacks them. Every sample and batch carries the
+``"<shard>:<key>"``); :func:`batches` (:mod:`.batch`) stacks them, and
+:func:`load_shard_images` (:mod:`.memory`) decodes a whole location into one tensor. Every sample and batch carries the
 :class:`Cursor` after it, so a reader can resume exactly where it stopped.
 """
 
 from .manifest import FORMAT, MANIFEST_NAME, Manifest, ShardInfo, read_manifest, verify_manifest
-from .batch import Batch, batches, load_shard_images
+from .batch import Batch, batches
 from .decode import decode_stream
+from .memory import load_shard_images
 from .reader import DEFAULT_MAX_PIXELS, IMAGE_EXTS, Cursor, RawSample, ShardReport, iter_samples
 from .writer import ShardJob, write_shard, write_shards
 

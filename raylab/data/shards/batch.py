@@ -1,18 +1,15 @@
-"""Stacking decoded samples into batches that know where the stream resumes, and a whole shard set in memory."""
+"""Stacking decoded samples into batches that know where the stream resumes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 
 from ...errors import InputError
 from ..jpeg import Encoded, EncodedBatch
-from .decode import decode_stream
-from .manifest import read_manifest
-from .reader import Cursor, RawSample, ShardReport, iter_samples
+from .reader import Cursor, RawSample
 
 
 @dataclass(frozen=True)
@@ -72,44 +69,3 @@ def _make_batch(group: list[tuple[RawSample, torch.Tensor | Encoded]]) -> Batch:
         cursor_after=raws[-1].cursor_after,
         names=[r.name for r in raws],
     )
-
-
-class ShardImages(NamedTuple):
-    """A shard location's images in memory, and what of them did not arrive."""
-
-    images: torch.Tensor
-    #: ``"<shard>:<key>: reason"`` of each image that could not be decoded.
-    skipped: tuple[str, ...]
-    #: ``"<shard>: reason"`` of each shard that was missing, truncated or disagreed with its manifest.
-    failed: tuple[str, ...]
-    #: The images asked for: the manifest's total, or the sample's size; those neither decoded nor skipped were lost
-    #: with a failed shard.
-    listed: int
-
-
-def load_shard_images(location: str, *, channels: int, size: int, limit: int | None = None,
-                      seed: int = 0) -> ShardImages:
-    """The images of a shard location decoded into memory (uint8 N x C x size x size), for a single-machine run.
-
-    With ``limit`` below the manifest's total, a seeded random sample of ``limit`` of the manifest's positions is
-    decoded (the others are not): a position is its shard's offset in the manifest plus its place in the shard, so a
-    missing or cut shard loses its own sampled images and moves no other. InputError when no image decodes.
-    """
-    import random
-    from itertools import accumulate
-
-    manifest = read_manifest(location)
-    keep = None
-    if limit is not None and limit < manifest.total:
-        keep = set(random.Random(seed).sample(range(manifest.total), limit))
-    offsets = list(accumulate((s.count for s in manifest.shards), initial=0))
-    report = ShardReport()
-    samples = (s for s in iter_samples(manifest, report=report)
-               if keep is None or offsets[s.cursor_after.shard] + s.cursor_after.offset - 1 in keep)
-    images = [image for _, image in decode_stream(samples, channels=channels, size=size, report=report)]
-    skipped = tuple(f"{name}: {why}" for name, why in report.images.skipped)
-    failed = tuple(f"{name}: {why}" for name, why in report.shards_failed)
-    if not images:
-        raise InputError(f"{location}: no image of its {manifest.total} decoded"
-                         + (f" (first: {(skipped or failed)[0]})" if skipped or failed else ""))
-    return ShardImages(torch.stack(images), skipped, failed, manifest.total if keep is None else len(keep))

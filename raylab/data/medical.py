@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError, one_line
 from .natural import decode_image
+from .memory import ImageStack
 
 _SPLITS = ("train", "val", "test")
 _HEADER_WORDS = frozenset({"file", "filename", "file_name", "path", "filepath", "image", "image_path", "img",
@@ -328,7 +329,7 @@ def _csv_labels(
 
 def _csv_images(root: Path, split: str, rows: list[tuple[int, str, str]], channels: int, size: int | None) -> torch.Tensor:
     csv_path = root / f"{split}_pre.csv"
-    images = []
+    images = ImageStack(len(rows))
     for n, file, _ in rows:
         path = Path(file) if Path(file).is_absolute() else root / file
         if not path.is_file():
@@ -338,10 +339,10 @@ def _csv_images(root: Path, split: str, rows: list[tuple[int, str, str]], channe
         except OSError as e:
             raise InputError(f"{path}: cannot read ({' '.join(str(e).split())})") from e
         image = decode_image(data, channels=channels, size=size, name=str(path))
-        if images and image.shape != images[0].shape:
-            raise InputError(f"{path}: size {tuple(image.shape[1:])} differs from {tuple(images[0].shape[1:])}; give a size")
-        images.append(image)
-    return torch.stack(images)
+        if images.shape is not None and tuple(image.shape) != images.shape:
+            raise InputError(f"{path}: size {tuple(image.shape[1:])} differs from {images.shape[1:]}; give a size")
+        images.add(image)
+    return images.tensor()  # _read_csv refuses a CSV without rows
 
 
 def load_csv_folder(

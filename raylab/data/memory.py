@@ -1,9 +1,9 @@
 """Many decoded images in one tensor, written in place: no list of images beside the stacked copy.
 
-A single-machine UAP holds its source images in memory (``raylab uap``, ``raylab audit``). ``torch.stack`` of a
-list holds every image twice at its peak: 100,000 RGB images at 299 px are 27 GB as uint8, and were 54 GB while
-stacked. :class:`ImageStack` allocates the tensor for the images asked for once and writes each into its place.
-"""
+A single-machine UAP holds its source images in memory (``raylab uap``, ``raylab audit``), and every command its
+medical images (a CSV folder of ISIC photos, say). ``torch.stack`` of a list holds every image twice at its peak:
+100,000 RGB images at 299 px are 27 GB as uint8, and were 54 GB while stacked. :class:`ImageStack` allocates the
+tensor for the images asked for once and writes each into its place."""
 
 from __future__ import annotations
 

@@ -127,9 +127,9 @@ def test_rgb_npz_loads_with_three_channels(tmp_path: Path) -> None:
     assert d.resized(40).val_images.shape == (0, 3, 40, 40)
 
 
-# --- MedMNIST class names from medmnist/info.py's INFO (raylab/data/medmnist_info.json) ---------
+# --- MedMNIST class names from medmnist/info.py's INFO (raylab/data/medical/medmnist_info.json) ---------
 
-_INFO_JSON = Path(__file__).resolve().parents[1] / "raylab" / "data" / "medmnist_info.json"
+_INFO_JSON = Path(__file__).resolve().parents[1] / "raylab" / "data" / "medical" / "medmnist_info.json"
 _MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist", "breastmnist",
                 "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
 

@@ -539,6 +539,7 @@ COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard
 #: What an interrupted command (Ctrl-C, or SIGTERM) keeps, said in its one last line.
 INTERRUPTED = {
     "generate": "rerun with the same --out to resume",
+    "uap": "a single-machine UAP keeps no checkpoint; for long runs use `raylab generate`, which resumes",
     "sweep": "finished trials are kept: rerun the same command to resume",
     "audit": "every UAP finished so far is kept: rerun the same command to resume",
     "reproduce": "every model, selection and UAP finished so far is kept: rerun the same command to resume",

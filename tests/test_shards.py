@@ -153,6 +153,10 @@ def test_sources_from_a_list_file_and_from_an_fsspec_url(tmp_path: Path) -> None
     listing.write_text("# five photos\n" + "\n".join(str(f) for f in files) + "\n")
     m = write_shards(listing, tmp_path / "from-list", shard_size=10)
     assert m.total == 5 and [r.name for r in iter_samples(m)] == [f.name for f in files]
+    listing.write_text("\n".join([str(files[0]), "gone-1.jpg", str(files[1]), "", "gone-2.jpg"]) + "\n")
+    with pytest.raises(InputError) as e:  # the list named by file and line, not only the missing path
+        write_shards(listing, tmp_path / "bad-list", shard_size=10)
+    assert str(e.value) == f"{listing}: line 2: {tmp_path / 'gone-1.jpg'} is not a file (and 1 more of its 4 listed files)"
     import fsspec
 
     fs = fsspec.filesystem("memory")

@@ -116,9 +116,14 @@ def _source_items(source: Any, split: str) -> tuple[list[_Item], str, str | None
     if path.suffix.lower() == ".npz":
         return _npz_items(path, split), str(path), split
     if path.suffix.lower() == ".txt" and path.is_file():  # a list of image files, one path per line
-        lines = [line.strip() for line in path.read_text().splitlines()]
-        files = [(path.parent / f) for f in lines if f and not f.startswith("#")]
-        items, root = _list_items(files)
+        lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1)]
+        listed = [(n, path.parent / f) for n, f in lines if f and not f.startswith("#")]
+        missing = [(n, f) for n, f in listed if not f.is_file()]
+        if missing:  # every bad line counted, the first named: a list of thousands may lose many files at once
+            (n, f), more = missing[0], len(missing) - 1
+            raise InputError(f"{path}: line {n}: {f} is not a file"
+                             + (f" (and {more} more of its {len(listed)} listed files)" if more else ""))
+        items, root = _list_items([f for _, f in listed])
         return items, root, None
     if not path.is_dir():
         raise InputError(f"{path}: shard source must be a folder of images, a list of image files or a MedMNIST .npz")

@@ -323,6 +323,9 @@ def test_an_image_stack_is_torch_stack_written_in_place_and_grows_past_what_was_
     for image in photos:  # two more than announced (a manifest that under-counts): grows rather than fails
         stack.add(image)
     assert stack.count == 5 and stack.shape == (3, 8, 8) and torch.equal(stack.tensor(), torch.stack(photos))
+    too_many = ImageStack(10**9)  # 268 TB of 299 px photos: refused in one line before any is decoded
+    with pytest.raises(InputError, match=r"^1000000000 images of 3x299x299 pixels are 2.68e\+05 GB in memory, more than"):
+        too_many.add(torch.zeros((3, 299, 299), dtype=torch.uint8))
 
 
 def test_folder_errors(tmp_path: Path) -> None:

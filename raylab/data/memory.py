@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 
 class ImageStack:
     """Images of one shape, stacked as they arrive into room for the ``capacity`` announced; :meth:`tensor` is the
@@ -26,10 +28,10 @@ class ImageStack:
 
     def add(self, image: torch.Tensor) -> None:
         if self._out is None:
-            self._out = torch.empty((self.capacity, *image.shape), dtype=image.dtype)
+            self._out = _allocate(self.capacity, tuple(image.shape), image.dtype)
         if self.count == self.capacity:  # more images than announced (never from a valid manifest): grow, copying
             self.capacity = max(1, 2 * self.capacity)
-            grown = torch.empty((self.capacity, *self._out.shape[1:]), dtype=self._out.dtype)
+            grown = _allocate(self.capacity, tuple(self._out.shape[1:]), self._out.dtype)
             grown[:self.count] = self._out
             self._out = grown
         self._out[self.count] = image
@@ -38,3 +40,17 @@ class ImageStack:
     def tensor(self) -> torch.Tensor:
         assert self._out is not None, "no image was added"
         return self._out[:self.count]
+
+
+def _allocate(count: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Room for ``count`` images, or one line saying they do not fit in memory (at the first image, where a list
+    of images grew until memory ran out)."""
+    try:
+        return torch.empty((count, *shape), dtype=dtype)
+    except RuntimeError as e:
+        if "allocate" not in str(e):
+            raise
+        size = count * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        raise InputError(f"{count} images of {'x'.join(map(str, shape))} pixels are {size / 1e9:.3g} GB in memory, more "
+                         "than this machine can allocate; use a sample of them, or stream them through the engine "
+                         "(raylab generate)") from None

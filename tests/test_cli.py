@@ -215,7 +215,8 @@ def test_bad_generate_input_is_refused_before_ray_starts(models, tmp_path) -> No
                            str(PNEUMONIA), "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "out")],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == f"raylab generate: error: {tmp_path / 'none'}/manifest.json: no shard manifest here (write shards first)"
+    assert done.stderr.strip() == (f"raylab generate: error: {tmp_path / 'none'}: no such shard location (write shards "
+                                   "there with `raylab shard`)")
     assert not (tmp_path / "ray").exists()
 
 

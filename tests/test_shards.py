@@ -96,6 +96,14 @@ def test_write_imagenet_sample_keeps_bytes_names_and_counts(raw_shards: Manifest
     assert [s["count"] for s in doc["shards"]] == [16, 16, 16, 2]
     assert read_manifest(out) == m and read_manifest(out / "manifest.json") == m
     assert not list(out.glob(".*")), "temporary files left behind"
+    # what a location without a manifest is instead (each said only "no shard manifest here", or a NotADirectoryError)
+    for wrong, why in [(IMAGENET, f"{IMAGENET}: a folder of images, not a shard location; write shards from it first"),
+                       (out / "shard-000000.tar", f"{out}/shard-000000.tar: a file, not a shard location; give the "
+                                                  f"folder that holds its manifest.json ({out})"),
+                       (out / "nowhere", f"{out}/nowhere: no such shard location")]:
+        with pytest.raises(InputError) as e:
+            read_manifest(wrong)
+        assert str(e.value).startswith(why), str(e.value)
 
     report = ShardReport()
     samples = list(iter_samples(m, report=report))

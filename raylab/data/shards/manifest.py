@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -74,6 +75,25 @@ def _manifest_dir(location: str | os.PathLike[str]) -> str:
     return loc
 
 
+def _no_manifest(loc: str, where: str) -> InputError:
+    """What a local location without a manifest is instead: nothing, a file (a shard itself), or a folder of photos
+    that was never sharded; else (a URL, or a folder of other files) only that it has no manifest."""
+    from ..natural import IMAGE_SUFFIXES
+
+    path = Path(loc)
+    if "://" in loc:
+        pass
+    elif not path.exists():
+        return InputError(f"{loc}: no such shard location (write shards there with `raylab shard`)")
+    elif path.is_file():
+        parent = f" ({path.parent})" if (path.parent / MANIFEST_NAME).is_file() else ""
+        return InputError(f"{loc}: a file, not a shard location; give the folder that holds its manifest.json{parent}")
+    elif any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir()):
+        return InputError(f"{loc}: a folder of images, not a shard location; write shards from it first "
+                          f"(`raylab shard {loc} LOCATION`)")
+    return InputError(f"{where}: no shard manifest here (write shards first)")
+
+
 def read_manifest(location: str | os.PathLike[str]) -> Manifest:
     """Read ``manifest.json`` in ``location`` (a local directory or fsspec URL, or the manifest itself).
 
@@ -85,8 +105,8 @@ def read_manifest(location: str | os.PathLike[str]) -> Manifest:
     try:
         with fsspec.open(where, "rb") as f:
             raw = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{where}: no shard manifest here (write shards first)") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise _no_manifest(loc, where) from None
     except Exception as e:
         raise InputError(f"{where}: cannot read shard manifest ({one_line(e, with_type=True)})") from e
     try:

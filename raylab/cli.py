@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("results", help="summarize a Parquet results location, filtered by any column")
     r.add_argument("location", help="results location (path or fsspec URL)")
-    r.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE", help="keep rows where COLUMN equals VALUE (repeatable)")
+    r.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE", help="keep rows where COLUMN equals VALUE (repeatable; a path by its last parts, as the table shows it)")
     r.add_argument("--select", choices=["best"], default=None,
                    help="best: the eps and p with the highest R_f (R_s) per zeta, by the mean over seeds")
     r.add_argument("--over-seeds", action="store_true",

@@ -277,6 +277,15 @@ def test_a_filter_value_takes_its_column_type(tmp_path: Path) -> None:
     write_rows(tmp_path / "r", make_rows())
     with pytest.raises(InputError, match=r"^filter seed='2.5' does not match the column's type int64$"):
         read_results(tmp_path / "r", filters={"seed": filter_value("seed", "2.5")})
+    # a path as the tables show it, by its last parts (found nothing before); an absolute path is itself only
+    rows = [dict(make_rows()[0], trial_id=f"m{i}", model=m)
+            for i, m in enumerate(["/runs/a/models/m.pt", "/runs/b/models/m.pt", "/runs/a/models/n.pt"])]
+    write_rows(tmp_path / "paths", rows)
+
+    def ids(**filters: str) -> list[str]:
+        return sorted(read_results(tmp_path / "paths", filters=filters)["trial_id"].to_pylist())
+    assert ids(model="b/models/m.pt") == ["m1"] and ids(model="m.pt") == ["m0", "m1"] and ids(model="n.pt") == ["m2"]
+    assert ids(model="/runs/a/models/m.pt") == ["m0"] and ids(model="/models/m.pt") == [] and ids(model="s/m.pt") == []
 
 
 def test_select_best(location: str) -> None:

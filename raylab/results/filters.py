@@ -1,14 +1,17 @@
 """Filters on a results dataset: a filter's text typed as its column (``--filter zeta=0.04``), and the pyarrow
-expression that keeps the rows equal to the wanted values."""
+expression that keeps the rows equal to the wanted values (a path column also those ending in the value's parts, as
+the tables show paths: ``--filter model=other/m.pt``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from ..errors import InputError
+from .naming import PATHS
 from .schema import SCHEMA, norm_p
 
 
@@ -49,6 +52,10 @@ def filter_expr(filters: dict[str, Any]) -> ds.Expression | None:
         term = None
         if scalars:
             term = col == scalars[0] if len(scalars) == 1 else col.isin(pa.array(scalars, type=field.type))
+        if name in PATHS:  # a path as the tables show it, by its last parts: model=other/m.pt, source=photos
+            for v in values:  # (an absolute path or a URL is itself only)
+                if isinstance(v, str) and v.strip("/") and not v.startswith("/") and "://" not in v:
+                    term = term | pc.ends_with(col, pattern="/" + v.rstrip("/"))
         if None in values:
             term = col.is_null() if term is None else term | col.is_null()
         if term is None:  # an empty list of wanted values matches nothing

@@ -20,6 +20,9 @@ from .seeds import POINT, over_seeds
 
 #: The numeric columns of a grid point that a rate can be drawn over.
 X_COLUMNS = ("zeta", "eps", "lr", "max_passes", "batch_size", "workers", "delta", "image_size")
+#: The columns the random control has a value of: over any other (a step, i_max, the batch) its row carries the first
+#: trial's placeholder, so it is drawn only as each curve's dotted control of the same norm.
+CONTROL_X = ("zeta", "image_size")
 #: What ``raylab results --select best`` chooses per ζ: never a reason for a new curve.
 SELECTED = ("eps", "lr", "p")
 #: Short names in a curve's label and a point's note.
@@ -50,14 +53,16 @@ def curves(table: pa.Table, x: str = "zeta", *, chosen: tuple[str, ...] = ()) ->
     """The curves of ``table`` (rows of a results location, one per trial) over the column ``x``.
 
     Rows that differ only by their seed are one point (:func:`raylab.results.seeds.over_seeds`); rows whose ``x``
-    is null (ε of a stochastic-gradient row) are left out. Columns in ``chosen`` (e.g. :data:`SELECTED`) neither
+    is null (ε of a stochastic-gradient row) are left out, and so are the random control's over a column it has no
+    value of (:data:`CONTROL_X`). Columns in ``chosen`` (e.g. :data:`SELECTED`) neither
     split nor name curves. Raises :class:`InputError` in one line when there is nothing to draw.
     """
     if x not in X_COLUMNS:
         raise InputError(f"results: cannot plot over {x!r}; choose one of {', '.join(X_COLUMNS)}")
     if table.num_rows == 0:
         raise InputError("results: no rows to plot (check --filter)")
-    points = [p for p in over_seeds(table).to_pylist() if p.get(x) is not None]
+    points = [p for p in over_seeds(table).to_pylist() if p.get(x) is not None
+              and (x in CONTROL_X or p.get("source_kind") != "random")]
     if not points:
         raise InputError(f"results: no row has a value of {x!r} to plot over")
     xs = sorted({p[x] for p in points})
@@ -127,8 +132,9 @@ def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "", fmt: str
             noted += bool(c.notes)
         seeds = sorted({n for c in found if c.targeted == targeted for n in c.seeds})
         over = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
-        ax.set_title(f"{'Targeted: R_s toward the target' if targeted else 'Non-targeted: R_f'} "
-                     f"(mean ± sd over {over} seed{'s' if seeds[-1] > 1 else ''})", fontsize=10)
+        spread = "1 seed, no sd" if seeds == [1] else f"mean ± sd over {over} seed{'s' if seeds[-1] > 1 else ''}"
+        ax.set_title(f"{'Targeted: R_s toward the target' if targeted else 'Non-targeted: R_f'} ({spread})",
+                     fontsize=10)
         ax.set_xlabel(_axis_name(x))
         ax.set_ylabel(f"{'success rate R_s' if targeted else 'fooling rate R_f'} (%)")
         ax.set_ylim(bottom=0)

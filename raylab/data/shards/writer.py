@@ -49,13 +49,19 @@ def _file_items(root: Path, paths: Sequence[Path]) -> list[_Item]:
     return out
 
 
-def _list_items(files: Sequence[str | os.PathLike[str]]) -> tuple[list[_Item], str]:
+def _list_items(files: Sequence[str | os.PathLike[str]], *, listing: Path | None = None,
+                lines: Sequence[int] = ()) -> tuple[list[_Item], str]:
+    """The listed files as items; the missing ones counted and the first named (by ``listing``'s line, when the list
+    came from a file): a list of thousands may lose many files at once."""
     if not files:
         raise InputError("shard source: the list of image files is empty")
     paths = [Path(os.path.abspath(os.fspath(f))) for f in files]
-    for p in paths:
-        if not p.is_file():
-            raise InputError(f"{p}: not a file (listed as a shard source)")
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        i, more = missing[0], len(missing) - 1
+        where = f"{listing}: line {lines[i]}: " if listing is not None else ""
+        raise InputError(f"{where}{paths[i]} is not a file" + (" (listed as a shard source)" if listing is None else "")
+                         + (f" (and {more} more of its {len(paths)} listed files)" if more else ""))
     if len(set(paths)) != len(paths):
         raise InputError("shard source: the list of image files has duplicates")
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
@@ -118,12 +124,7 @@ def _source_items(source: Any, split: str) -> tuple[list[_Item], str, str | None
     if path.suffix.lower() == ".txt" and path.is_file():  # a list of image files, one path per line
         lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1)]
         listed = [(n, path.parent / f) for n, f in lines if f and not f.startswith("#")]
-        missing = [(n, f) for n, f in listed if not f.is_file()]
-        if missing:  # every bad line counted, the first named: a list of thousands may lose many files at once
-            (n, f), more = missing[0], len(missing) - 1
-            raise InputError(f"{path}: line {n}: {f} is not a file"
-                             + (f" (and {more} more of its {len(listed)} listed files)" if more else ""))
-        items, root = _list_items([f for _, f in listed])
+        items, root = _list_items([f for _, f in listed], listing=path, lines=[n for n, _ in listed])
         return items, root, None
     if not path.is_dir():
         raise InputError(f"{path}: shard source must be a folder of images, a list of image files or a MedMNIST .npz")

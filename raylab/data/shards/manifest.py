@@ -81,16 +81,15 @@ def _no_manifest(loc: str, where: str) -> InputError:
     from ..natural import IMAGE_SUFFIXES
 
     path = Path(loc)
-    if "://" in loc:
-        pass
-    elif not path.exists():
-        return InputError(f"{loc}: no such shard location (write shards there with `raylab shard`)")
-    elif path.is_file():
-        parent = f" ({path.parent})" if (path.parent / MANIFEST_NAME).is_file() else ""
-        return InputError(f"{loc}: a file, not a shard location; give the folder that holds its manifest.json{parent}")
-    elif any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir()):
-        return InputError(f"{loc}: a folder of images, not a shard location; write shards from it first "
-                          f"(`raylab shard {loc} LOCATION`)")
+    if "://" not in loc:
+        if not path.exists():
+            return InputError(f"{loc}: no such shard location (write shards there with `raylab shard`)")
+        if path.is_file():
+            parent = f" ({path.parent})" if (path.parent / MANIFEST_NAME).is_file() else ""
+            return InputError(f"{loc}: a file, not a shard location; give the folder that holds its manifest.json{parent}")
+        if any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir()):
+            return InputError(f"{loc}: a folder of images, not a shard location; write shards from it first "
+                              f"(`raylab shard {loc} LOCATION`)")
     return InputError(f"{where}: no shard manifest here (write shards first)")
 
 

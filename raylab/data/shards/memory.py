@@ -45,7 +45,8 @@ def load_shard_images(location: str, *, channels: int, size: int, limit: int | N
     report = ShardReport()
     samples = (s for s in iter_samples(manifest, report=report)
                if keep is None or offsets[s.cursor_after.shard] + s.cursor_after.offset - 1 in keep)
-    images = ImageStack(manifest.total if keep is None else len(keep))
+    listed = manifest.total if keep is None else len(keep)
+    images = ImageStack(listed)
     for _, image in decode_stream(samples, channels=channels, size=size, report=report):
         images.add(image)
     skipped = tuple(f"{name}: {why}" for name, why in report.images.skipped)
@@ -53,4 +54,4 @@ def load_shard_images(location: str, *, channels: int, size: int, limit: int | N
     if not images.count:
         raise InputError(f"{location}: no image of its {manifest.total} decoded"
                          + (f" (first: {(skipped or failed)[0]})" if skipped or failed else ""))
-    return ShardImages(images.tensor(), skipped, failed, manifest.total if keep is None else len(keep))
+    return ShardImages(images.tensor(), skipped, failed, listed)

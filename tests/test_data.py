@@ -260,6 +260,26 @@ def test_csv_folder_missing_image_names_it(tmp_path: Path) -> None:
     _assert_one_line(e, "016.png", "does not exist")
 
 
+def test_images_of_two_sizes_without_a_size_name_both(tmp_path: Path) -> None:
+    """A CSV folder and a photo folder decoded without a resize: the first image of another size is refused in one
+    line naming it and the image whose size it differs from (one check, in ImageStack, for both)."""
+    root, _, _ = _csv_folder(tmp_path, header=True, names=False)
+    Image.open(root / "img" / "003.png").resize((32, 28)).save(root / "img" / "003.png")
+    with pytest.raises(InputError) as e:
+        load_csv_folder(root)
+    _assert_one_line(e, f"{root / 'img' / '003.png'}: size (28, 32) differs from (28, 28) of {root / 'img' / '000.png'}",
+                     "give a size to resize")
+    assert load_csv_folder(root, size=28).train_images.shape == (14, 1, 28, 28)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(IMAGENET.iterdir())[:2]:  # real photos of two sizes
+        (photos / f.name).write_bytes(f.read_bytes())
+    first, second = sorted(p.name for p in photos.iterdir())
+    with pytest.raises(InputError) as e:
+        load_image_folder(photos, channels=3, size=None)
+    _assert_one_line(e, f"{photos / second}: size", f"of {photos / first}; give a size to resize")
+
+
 def test_load_medical_dispatches(tmp_path: Path) -> None:
     assert load_medical(PNEUMONIA, size=32).image_size == 32
     root, _, _ = _csv_folder(tmp_path, header=True, names=True)

@@ -20,15 +20,21 @@ class ImageStack:
     def __init__(self, capacity: int) -> None:
         self.capacity, self.count = capacity, 0
         self._out: torch.Tensor | None = None
+        self._first = ""  #: the first image's name, which set the shape
 
     @property
     def shape(self) -> tuple[int, ...] | None:
         """The images' shape (that of the first one), None before it."""
         return None if self._out is None else tuple(self._out.shape[1:])
 
-    def add(self, image: torch.Tensor) -> None:
+    def add(self, image: torch.Tensor, name: str = "") -> None:
+        """Write ``image`` into the next place; one of another shape than the first is refused in one line naming
+        both (images are stacked as decoded, so without a resize all must share one size)."""
         if self._out is None:
-            self._out = _allocate(self.capacity, tuple(image.shape), image.dtype)
+            self._out, self._first = _allocate(self.capacity, tuple(image.shape), image.dtype), name
+        elif tuple(image.shape) != self.shape:
+            raise InputError(f"{name or 'image ' + str(self.count)}: size {tuple(image.shape[1:])} differs from "
+                             f"{self.shape[1:]} of {self._first or 'the first image'}; give a size to resize")
         if self.count == self.capacity:  # more images than announced (never from a valid manifest): grow, copying
             self.capacity = max(1, 2 * self.capacity)
             grown = _allocate(self.capacity, tuple(self._out.shape[1:]), self._out.dtype)

@@ -204,13 +204,8 @@ def load_image_folder(
     keys: list[str] = []
     images = ImageStack(len(files))
     for key, image in iter_image_folder(root, channels=channels, size=size, files=files, skipped=report):
-        if images.shape is not None and tuple(image.shape) != images.shape:
-            raise InputError(
-                f"{root / key}: size {tuple(image.shape[1:])} differs from {images.shape[1:]} "
-                f"of {keys[0]}; give a size to resize"
-            )
+        images.add(image, str(root / key))
         keys.append(key)
-        images.add(image)
     if not images.count:
         name, reason = report.skipped[0]
         raise InputError(f"{root}: none of the {len(files)} image file(s) could be decoded (first: {name}: {reason})")

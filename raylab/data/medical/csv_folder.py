@@ -77,10 +77,7 @@ def _csv_images(root: Path, split: str, rows: list[tuple[int, str, str]], channe
             data = path.read_bytes()
         except OSError as e:
             raise InputError(f"{path}: cannot read ({' '.join(str(e).split())})") from e
-        image = decode_image(data, channels=channels, size=size, name=str(path))
-        if images.shape is not None and tuple(image.shape) != images.shape:
-            raise InputError(f"{path}: size {tuple(image.shape[1:])} differs from {images.shape[1:]}; give a size")
-        images.add(image)
+        images.add(decode_image(data, channels=channels, size=size, name=str(path)), str(path))
     return images.tensor()  # _read_csv refuses a CSV without rows
 
 

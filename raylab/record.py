@@ -154,13 +154,14 @@ class RunRecord:
     def row(self, *, sweep: str, trial_id: str, run_id: str | None = None) -> dict[str, Any]:
         """The results row (:data:`raylab.results.SCHEMA`, validated when written)."""
         a, e, target = self.attack, self.evaluation, self.evaluation.target
+        stepped = self.source.kind != "random"  # the random control takes no step: its config's is a placeholder
         return {
             "schema_version": SCHEMA_VERSION, "sweep": sweep, "trial_id": trial_id,
             "run_id": run_id or uuid.uuid4().hex[:12], "created_at": datetime.now(timezone.utc),
             "model": self.model, "arch": self.arch, "image_size": self.image_size, "medical": self.medical,
             "source_kind": self.source.kind, "source": self.source.location,
-            "method": a.method, "p": str(a.p), "zeta": a.zeta, "eps": a.eps if a.method == "paper" else None,
-            "lr": a.lr if a.method == "sgd" else None, "max_passes": a.max_passes, "delta": a.delta, "target": target,
+            "method": a.method, "p": str(a.p), "zeta": a.zeta, "eps": a.eps if a.method == "paper" and stepped else None,
+            "lr": a.lr if a.method == "sgd" and stepped else None, "max_passes": a.max_passes, "delta": a.delta, "target": target,
             "batch_size": self.build.batch_size, "workers": self.build.workers, "step_norm": a.step_norm, "clip": a.clip,
             "seed": a.seed, "device": a.device, "amp": a.amp,
             "fooling_rate": e.uap.fooling_rate,

@@ -362,7 +362,8 @@ def test_curves_draw_each_grid_point_over_zeta_as_mean_and_sd_over_its_seeds() -
     assert targeted.targeted and targeted.rate == pytest.approx([0.85]) and targeted.random == pytest.approx([0.2125])
     over_eps = curves(_three_seeds(make_rows()), "eps")  # another x: zeta now names the curves
     assert [c.label for c in over_eps if c.x == [0.001, 0.002]] == ["sweep=grid-a, p=2, ζ=0.02"]
-    # the random control's rows carry a placeholder step: over ζ a curve of their own, over ε only the dotted control
+    # rows of the random control written with a placeholder step (before it was null): over ζ a curve of their own,
+    # over ε only the dotted control
     control = [dict(r, trial_id=f"{r['trial_id']}-random", source_kind="random", source="random", eps=0.001 + 0.001 * i)
                for i, r in enumerate(make_rows()[:2])]
     with_control = pa.Table.from_pylist(make_rows() + control, schema=SCHEMA)

@@ -49,7 +49,8 @@ def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_pat
     assert table.num_rows == 3 and len(set(table["trial_id"].to_pylist())) == 3
     rows = table.to_pylist()
     # the random control has no step: one trial, not one per eps
-    assert sorted((r["source_kind"], r["eps"]) for r in rows) == [("random", 0.01), ("shards", 0.01), ("shards", 0.02)]
+    assert sorted((r["source_kind"], r["eps"] or 0) for r in rows) == [("random", 0), ("shards", 0.01), ("shards", 0.02)]
+    assert [r["eps"] for r in rows if r["source_kind"] == "random"] == [None]  # no step, so no placeholder's
     for r in rows:
         assert r["zeta"] == 0.08 and r["p"] == "2" and r["arch"] == "small_cnn" and r["image_size"] == 28
         assert 0 <= r["fooling_rate"] <= 1 and 0 <= r["random_fooling_rate"] <= 1 and r["clean_accuracy"] > 0.6
@@ -108,10 +109,11 @@ def test_a_resumed_sweep_with_other_settings_is_refused(cluster, models, tmp_pat
             "--results", str(tmp_path / "results"), "--out", str(tmp_path / "sweeps"), "--address", cluster["address"]]
     assert main([*args, "--eps", "0.01"]) == 0
     capsys.readouterr()
+    before = read_results(tmp_path / "results", filters={"sweep": "changed"})["run_id"].to_pylist()
     assert main([*args, "--eps", "0.03"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "sweep 'changed' was started with other settings (eps=[0.01] then, [0.03] now)" in err
-    assert read_results(tmp_path / "results", filters={"sweep": "changed"})["eps"].to_pylist() == [0.01]
+    assert read_results(tmp_path / "results", filters={"sweep": "changed"})["run_id"].to_pylist() == before  # untouched
     assert main([*args, "--eps", "0.01", "--max-concurrent", "1"]) == 0  # where trials run may change
 
 

@@ -20,8 +20,8 @@ from .seeds import POINT, over_seeds
 
 #: The numeric columns of a grid point that a rate can be drawn over.
 X_COLUMNS = ("zeta", "eps", "lr", "max_passes", "batch_size", "workers", "delta", "image_size")
-#: The columns the random control has a value of: over any other (a step, i_max, the batch) its row carries the first
-#: trial's placeholder, so it is drawn only as each curve's dotted control of the same norm.
+#: The columns the random control has a value of: it has no step (null), and over any other setting (i_max, the
+#: batch) its row carries the first trial's placeholder, so it is drawn only as each curve's dotted control.
 CONTROL_X = ("zeta", "image_size")
 #: What ``raylab results --select best`` chooses per ζ: never a reason for a new curve.
 SELECTED = ("eps", "lr", "p")

@@ -31,8 +31,8 @@ Config (the run's configuration; every row is :meth:`raylab.record.RunRecord.row
     ``method`` string           ``paper`` (the paper's iterative FGSM UAP) or ``sgd`` (stochastic gradient ascent on ρ).
     ``p`` string                the norm of the perturbation budget: ``"2"`` or ``"inf"``.
     ``zeta`` float64            ζ, the budget as a ratio of the medical training images' mean Lp norm.
-    ``eps`` float64, nullable   ε, the paper's FGSM step size; null for ``sgd``.
-    ``lr`` float64, nullable    ``sgd``'s first step as a fraction of the radius; null for ``paper``.
+    ``eps`` float64, nullable   ε, the paper's FGSM step size; null for ``sgd`` and the random control.
+    ``lr`` float64, nullable    ``sgd``'s first step as a fraction of the radius; null for ``paper`` and the random control.
     ``max_passes`` int32        the most passes over the source (epochs for ``sgd``).
     ``delta`` float64           δ, the stop criterion on the fooling rate (0: run every pass).
     ``target`` string, nullable the target class name of a targeted UAP; null: non-targeted.

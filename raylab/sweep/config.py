@@ -143,12 +143,12 @@ class SweepConfig:
         per ε, ``{"method": "sgd", "lr": lr}`` per lr) and each i_max.
 
         The random control has no method, step or passes (its ρ is noise drawn from the seed), so it runs once per
-        model, p, ζ, target and seed, with the first method's first step in its row, not once per step. A label names
-        the source (``train``, ``random``; a shard location by its fewest last path parts that tell it from the
-        others, as the results table names it, and not at all where it is the sweep's only one), the step, which
-        names the method (``eps`` the
-        paper's, ``lr`` the stochastic-gradient one's), and i_max when given: ``eps=0.008``, ``lr=1 i_max=5``,
-        ``train eps=0.008``, ``photos-b eps=0.008``, ``random``; Tune's table shows their last 20 characters.
+        model, p, ζ, target and seed, with the first method's first step in its config (its row has none), not once
+        per step. A label names the source (``train``, ``random``; a shard location by its fewest last path parts
+        that tell it from the others, as the results table names it, and not at all where it is the sweep's only
+        one), the step, which names the method (``eps`` the paper's, ``lr`` the stochastic-gradient one's), and
+        i_max when given: ``eps=0.008``, ``lr=1 i_max=5``, ``train eps=0.008``, ``photos-b eps=0.008``,
+        ``random``; Tune's table shows their last 20 characters.
         """
         streams = [src for src in self.sources if src not in (SOURCE_TRAIN, SOURCE_RANDOM)]
         names = {SOURCE_TRAIN: SOURCE_TRAIN, SOURCE_RANDOM: SOURCE_RANDOM,

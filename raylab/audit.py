@@ -286,16 +286,18 @@ def select(audit: Audit, *, log: Callable[[str], None] = print) -> None:
         assert images is not None
         for method in audit.config.methods:
             key = f"{source}/{method}"
-            if key in audit.selected:
-                continue
-            grid = select_on_validation(audit.target, images, audit.val_images, audit.candidates(source, method),
-                                        zeta=audit.config.zeta, seeds=range(audit.config.plan.seeds))
-            pick = best(grid)
-            audit.selected[key] = {**pick, "grid": grid}
+            before = key in audit.selected  # a resumed audit keeps its picks, and says what they are
+            if not before:
+                grid = select_on_validation(audit.target, images, audit.val_images, audit.candidates(source, method),
+                                            zeta=audit.config.zeta, seeds=range(audit.config.plan.seeds))
+                audit.selected[key] = {**best(grid), "grid": grid}
+                store.write_text("selected.json", json.dumps(audit.selected, indent=2))
+            pick = audit.selected[key]
             step = f"eps={pick['eps']:g}" if method == "paper" else f"lr={pick['lr']:g}"
-            log(f"  {source} ({method}): {step} p={pick['p']} (validation R_f {pick['val_fooling_rate']:.3f} ± "
-                f"{pick['val_fooling_rate_sd']:.3f} over {len(pick['val_per_seed'])} seeds)")
-            store.write_text("selected.json", json.dumps(audit.selected, indent=2))
+            spread = (f" ± {pick['val_fooling_rate_sd']:.3f} over {len(pick['val_per_seed'])} seeds"
+                      if "val_per_seed" in pick else "")  # audits before seeds chose by one
+            log(f"  {source} ({method}): {step} p={pick['p']} (validation R_f {pick['val_fooling_rate']:.3f}{spread}"
+                f"{'; chosen before' if before else ''})")
 
 
 def run_job(audit: Audit, job: Job) -> None:
@@ -337,7 +339,7 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
 
     todo = [j for j in jobs if j.trial_id not in done_trials(audit.config)]
     log(f"{len(jobs)} UAPs ({len(jobs) - len(todo)} done before)")
-    bar = tqdm(total=len(todo), desc="UAPs", unit="uap")
+    bar = tqdm(total=len(todo), desc="UAPs", unit="uap", disable=not todo)  # a resumed audit with nothing left: no bar
     try:
         if audit.config.ray:
             import ray

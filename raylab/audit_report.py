@@ -172,19 +172,22 @@ def _targeted_findings(summary: dict[str, Any]) -> list[str]:
         return []
     out = []
     clean = summary["check"]["clean_label_composition"]
-    easiest = max(best, key=lambda n: best[n]["rate"]["mean"])
+    # R_s counts the images already called the target (Section 2.3), so targets are ranked by how far R_s rises
+    # above that share: by R_s alone, the class most test images already have came first even when no image moved
+    rise = {n: best[n]["rate"]["mean"] - clean.get(n, 0) for n in best}
+    easiest = max(best, key=rise.__getitem__)
     e = best[easiest]
     moved = "pushes" if clearly_above(e["rate"], e["random"]) else "does not clearly push"
     strongest = ("" if e.get("kept") is None else
                  f", the strongest of the {e['rate']['n']}, kept on validation, {one(e['kept']['rate'])}")
-    out.append(f"The easiest target is {easiest}: a natural-image UAP {moved} test images to it beyond random noise "
-               f"(R_s {pct(e['rate'])}{strongest}; random {pct(e['random'])}; "
-               f"{_against_clean(e['rate'], clean.get(easiest, 0), easiest)}).")
+    out.append(f"The easiest target is {easiest} (R_s furthest above the share called so without a perturbation): a "
+               f"natural-image UAP {moved} test images to it beyond random noise (R_s {pct(e['rate'])}{strongest}; "
+               f"random {pct(e['random'])}; {_against_clean(e['rate'], clean.get(easiest, 0), easiest)}).")
     if len(best) > 1:
-        hardest = min(best, key=lambda n: best[n]["rate"]["mean"])
+        hardest = min(best, key=rise.__getitem__)
         h = best[hardest]
-        out.append(f"The hardest target is {hardest}: R_s {pct(h['rate'])} (random {pct(h['random'])}; "
-                   f"{_against_clean(h['rate'], clean.get(hardest, 0), hardest)}).")
+        out.append(f"The hardest target is {hardest} (R_s least above that share): R_s {pct(h['rate'])} (random "
+                   f"{pct(h['random'])}; {_against_clean(h['rate'], clean.get(hardest, 0), hardest)}).")
     comp = summary["composition"]["natural"]
     top = max(comp, key=lambda n: comp[n])
     relation = ("the easiest target is that class, as the paper's Tables S1–S3 explain" if top == easiest

@@ -213,6 +213,10 @@ def test_a_rerun_resumes_and_other_settings_are_refused(audited, models, natural
     assert _audit(models["model"], natural_dir, audited) == 0
     out = capsys.readouterr().out
     assert f"{len(before)} UAPs ({len(before)} done before)" in out
+    # the picks are kept, not chosen again, and said (the rerun printed the selection's heading and nothing under it)
+    selected = json.loads((audited / "selected.json").read_text())
+    picks = [line for line in out.splitlines() if line.endswith("; chosen before)")]
+    assert len(picks) == len(selected) and f"  natural (paper): eps={selected['natural/paper']['eps']:g} " in out
     assert {r["trial_id"]: r["created_at"] for r in read_results(audited / "results").to_pylist()} == before
     assert _audit(models["model"], natural_dir, audited, "--zeta", "0.08") == 2
     err = capsys.readouterr().err.strip()
@@ -367,11 +371,13 @@ def test_each_finding_is_worded_from_its_own_outcome() -> None:
     assert "grows with the budget: 20.5 % ± 1.0 % at ζ = 2 %" in a[2]
     assert a[3] == ("At ζ = 4 % natural-image R_f (41.0 %) is 68 % of the 60.0 % that a UAP sending every test image to "
                     "one class can flip at most (sending them all to NORMAL, which the model gives 40.0 % of them clean).")
-    assert a[4].startswith("The easiest target is NORMAL: a natural-image UAP pushes test images to it beyond random")
+    assert a[4].startswith("The easiest target is NORMAL (R_s furthest above the share called so without a "
+                           "perturbation): a natural-image UAP pushes test images to it beyond random")
     assert a[4].endswith("; 40.0 % are called NORMAL without any perturbation).")
     # R_s counts the images already called the target: 45 % toward PNEUMONIA, which the model calls 60 % of them clean,
     # moves nothing, and says so (random noise's 40 % alone made it look like a push)
-    assert a[5] == ("The hardest target is PNEUMONIA: R_s 45.0 % ± 1.0 % (random 40.0 % ± 1.0 %; no more than the 60.0 % "
+    assert a[5] == ("The hardest target is PNEUMONIA (R_s least above that share): R_s 45.0 % ± 1.0 % (random 40.0 % ± "
+                    "1.0 %; no more than the 60.0 % "
                     "called PNEUMONIA without any perturbation: on balance these UAPs do not move test images toward it).")
     assert "80.0 % of the natural images NORMAL; the easiest target is that class" in a[6]
     b = findings(_fake(0.41, 0.2, 0.01, 0.3, False, "PNEUMONIA", "NORMAL"))
@@ -394,11 +400,36 @@ def test_each_finding_is_worded_from_its_own_outcome() -> None:
             cell["kept"] = {"validation": [0.9, 0.95, 0.9], "seed": 1, "val_rate": 0.95, "rate": 0.97}
         elif cell["target"] == "NORMAL":
             cell["rate"] = _s(0.8)
-    assert findings(f)[4].startswith("The easiest target is NORMAL: a natural-image UAP pushes test images to it beyond "
+    assert findings(f)[4].startswith("The easiest target is NORMAL (R_s furthest above the share called so without a "
+                                     "perturbation): a natural-image UAP pushes test images to it beyond "
                                      "random noise (R_s 90.0 % ± 1.0 %, the strongest of the 3, kept on validation, "
                                      "97.0 %; random 40.0 % ± 1.0 %;")
     e = _fake(0.2, 0.6, 0.01, 0.6, True, "NORMAL", "NORMAL")
     assert "natural-image R_f (60.0 %) reaches the 60.0 %" in findings(e)[3]
+
+
+def test_targets_are_ranked_by_how_far_r_s_rises_above_the_clean_share() -> None:
+    """Three classes (as the paper's OCT and skin-lesion sets have more than two): R_s counts the images already called
+    the target, so the class most test images have led a ranking by R_s alone even where the UAPs moved none to it
+    (seen auditing a 3-class CSV set: PNEUMONIA 'easiest' at 48.2 % beside 49.2 % clean, NORMAL 'hardest' at 27.9 %
+    from 18.9 %)."""
+    three = copy.deepcopy(_fake(0.2, 0.41, 0.01, 0.6, True, "NORMAL", "PHOTO"))
+    three["class_names"] = ["NORMAL", "PHOTO", "PNEUMONIA"]
+    three["check"]["clean_label_composition"] = {"NORMAL": 0.19, "PHOTO": 0.32, "PNEUMONIA": 0.49}
+    three["composition"]["natural"] = {"NORMAL": 0.1, "PHOTO": 0.6, "PNEUMONIA": 0.3}
+    rates = {"NORMAL": 0.28, "PHOTO": 0.34, "PNEUMONIA": 0.48}
+    three["cells"] = [c for c in three["cells"] if c["target"] is None] + [
+        {"source": "natural", "method": "sgd", "zeta": 0.04, "target": name, "p": "2", "rate": _s(rate),
+         "random": _s(rate - 0.05), "trials": [], "seeds": [0, 1, 2]} for name, rate in rates.items()]
+    easiest, hardest, composition = findings(three)[4:7]
+    assert easiest.startswith("The easiest target is NORMAL (R_s furthest above the share called so without a "
+                              "perturbation): a natural-image UAP pushes test images to it beyond random noise (R_s "
+                              "28.0 % ± 1.0 %") and easiest.endswith("; 19.0 % are called NORMAL without any perturbation).")
+    assert hardest.startswith("The hardest target is PNEUMONIA (R_s least above that share): R_s 48.0 % ± 1.0 %")
+    assert hardest.endswith("no more than the 49.0 % called PNEUMONIA without any perturbation: on balance these UAPs do "
+                            "not move test images toward it).")
+    assert composition == ("The model calls 60.0 % of the natural images PHOTO; yet the easiest target is NORMAL, so the "
+                           "composition does not explain it here.")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -234,7 +234,7 @@ def _fig_targeted(summary: dict[str, Any]) -> bytes | None:
               if any(cell(summary, s, m, z, n) for n in names)]
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(names) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.4 * len(names) + 2), 5.0))
     width = 0.8 / (len(series) + 1)
     for i, (s, m) in enumerate(series):
         cs = [cell(summary, s, m, z, n) for n in names]
@@ -249,7 +249,7 @@ def _fig_targeted(summary: dict[str, Any]) -> bytes | None:
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], names, fontsize=8)
     ax.set_ylabel("success rate R_s (%)")
     ax.set_title(f"Targeted UAPs toward each class at ζ = {100 * z:g} %")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)  # below: bars reach the top
     fig.tight_layout()
     return png_bytes(fig, dpi=100)
 
@@ -260,7 +260,7 @@ def _fig_composition(summary: dict[str, Any]) -> bytes:
     names = summary["class_names"]
     rows = [("natural images", summary["composition"]["natural"]), ("training images", summary["composition"]["train"]),
             ("test images (clean)", summary["check"]["clean_label_composition"])]
-    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(rows) + 1.4))
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(rows) + 1.6 + 0.2 * ((len(names) + 3) // 4)))
     left = [0.0] * len(rows)
     for k, n in enumerate(names):
         vals = [100 * comp.get(n, 0) for _, comp in rows]
@@ -269,7 +269,7 @@ def _fig_composition(summary: dict[str, Any]) -> bytes:
     ax.set_xlabel("share of the images the model gives each label (%)")
     ax.set_xlim(0, 100)
     ax.set_title("Predicted-label composition (the paper's Tables S1–S3)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=min(len(names), 4))  # below the bars
     fig.tight_layout()
     return png_bytes(fig, dpi=100)
 

@@ -369,6 +369,11 @@ def test_curves_draw_each_grid_point_over_zeta_as_mean_and_sd_over_its_seeds() -
     with_control = pa.Table.from_pylist(make_rows() + control, schema=SCHEMA)
     assert any("source=random" in c.label for c in curves(with_control))
     assert not any("random" in c.label for c in curves(with_control, "eps"))
+    # both methods: a curve is named by the values it has (an sgd curve read "method=sgd, ε=None, lr=0.5")
+    sgd = [dict(r, trial_id=f"{r['trial_id']}-sgd", method="sgd", eps=None, lr=0.5) for r in make_rows()[:2]]
+    labels = [c.label for c in curves(pa.Table.from_pylist(make_rows() + sgd, schema=SCHEMA))]
+    assert "sweep=grid-a, method=sgd, p=2, lr=0.5" in labels and "sweep=grid-a, method=paper, p=2, ε=0.002" in labels
+    assert not any("None" in label for label in labels)
 
 
 def test_after_select_best_a_curve_is_one_group_labelled_with_its_chosen_step_per_zeta() -> None:

@@ -86,7 +86,7 @@ def curves(table: pa.Table, x: str = "zeta", *, chosen: tuple[str, ...] = ()) ->
         targeted = first.get("target") is not None
         rate = "success_rate" if targeted else "fooling_rate"
         out.append(Curve(
-            label=", ".join(_short(c, names[c][first[c]]) for c in naming if c != "target" or targeted) or
+            label=", ".join(_short(c, names[c][first[c]]) for c in naming if first[c] is not None) or
             ("targeted" if targeted else "non-targeted"),
             targeted=targeted, x=[p[x] for p in members], rate=[p[rate] for p in members],
             sd=[p[f"{rate}_sd"] for p in members], random=[p[f"random_{rate}"] for p in members],

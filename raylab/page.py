@@ -10,7 +10,7 @@ A block is a tuple whose first item is its kind:
 - ``("figure", name, caption)``: the PNG ``name`` of the figures.
 
 Text may hold Markdown's inline ``code`` (backticks) and **bold** (double stars); the HTML page renders both and
-escapes everything else. Used by the audit's report (:mod:`raylab.audit_report`) and the reproduction's
+escapes everything else. Used by the audit's report (:mod:`raylab.audit.report`) and the reproduction's
 (:mod:`raylab.report`).
 """
 

@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from raylab.audit import AuditConfig, plan_jobs
-from raylab.audit_report import _budget_note, _unused, findings, verdict
+from raylab.audit.report import _budget_note, _unused
+from raylab.audit.verdict import findings, verdict
 from raylab.config import UAPConfig
 from raylab.errors import InputError
 from raylab.selection import select_on_validation
@@ -194,7 +195,7 @@ def test_the_report_is_one_self_contained_page_with_the_verdict_the_cli_printed(
 
 
 def test_a_model_near_the_majority_baseline_is_warned_about_at_the_top(audited) -> None:
-    from raylab.audit_report import blocks
+    from raylab.audit.report import blocks
     from raylab.page import to_html, to_markdown
 
     summary = _summary(audited)

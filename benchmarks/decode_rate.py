@@ -1,6 +1,6 @@
 """Decode throughput of natural images for a model input size: per core, one reader's threads, all cores.
 
-Measures raylab's own decoder (raylab.data.natural.decode_image) on original
+Measures raylab's own decoder (raylab.data.image.decode_image) on original
 ImageNet JPEGs and on the same photos stored already resized (as
 `raylab shard --image-size` writes them), the two cases issue #4 compares;
 for stored-resized JPEGs also PIL alone (``fast_jpeg=False``) beside the
@@ -22,7 +22,8 @@ from pathlib import Path
 from PIL import Image
 
 from raylab.bench import cpu_name, write_figures
-from raylab.data.natural import decode_image, list_images
+from raylab.data.image import decode_image
+from raylab.data.natural import list_images
 from raylab.data.shards import Cursor, RawSample, ShardReport, decode_stream
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 from raylab.data.medical import (MedicalSet, load_csv_folder, load_medical, load_medmnist, medmnist_class_names,
                                  medmnist_info)
 from raylab.data.memory import ImageStack
-from raylab.data.natural import SkipReport, decode_image, list_images, load_image_folder
+from raylab.data.image import SkipReport, decode_image
+from raylab.data.natural import list_images, load_image_folder
 from raylab.errors import InputError
 
 from .conftest import FLICKR, IMAGENET, PNEUMONIA

@@ -23,7 +23,8 @@ import webdataset as wds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raylab.data.natural import decode_image, list_images
+from raylab.data.image import decode_image
+from raylab.data.natural import list_images
 from raylab.data.shards import (
     Cursor,
     Manifest,

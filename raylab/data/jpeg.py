@@ -8,7 +8,7 @@ lock, so a reader's decode threads scale with its CPUs
 (docs/bench/cpu-decode-threads.json). Only what is known to give PIL's pixels
 takes this path: a JPEG whose mode is RGB or L, that needs no resize, and is not
 an RGB photo read as gray (PIL's luma and libjpeg's Y channel differ). Everything else, and any JPEG this decoder refuses, goes to
-PIL (:func:`raylab.data.natural.decode_image`), whose message a skipped image
+PIL (:func:`raylab.data.image.decode_image`), whose message a skipped image
 reports.
 
 With ``--decode-on worker`` the reader leaves such JPEGs encoded
@@ -95,7 +95,7 @@ def decode_batch(batch: EncodedBatch, *, channels: int, device: torch.device | s
     by one, and a JPEG libjpeg refuses goes to PIL on the CPU, whose pixels are used if it decodes it, or whose
     message names the skip.
     """
-    from .natural import decode_image
+    from .image import decode_image
 
     device = torch.device(device)
     where = [i for i, item in enumerate(batch.items) if isinstance(item, Encoded)]

@@ -10,7 +10,7 @@ import torch
 
 from ...errors import InputError
 from ..memory import ImageStack
-from ..natural import decode_image
+from ..image import decode_image
 from .dataset import SPLITS, MedicalSet, check_labels, check_shapes, numbered_names, with_empty_val
 
 _HEADER_WORDS = frozenset({"file", "filename", "file_name", "path", "filepath", "image", "image_path", "img",

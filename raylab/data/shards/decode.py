@@ -15,7 +15,7 @@ from PIL import Image
 from ...errors import InputError
 from .. import jpeg
 from ..jpeg import Encoded
-from ..natural import decode_image
+from ..image import decode_image
 from .reader import DEFAULT_MAX_PIXELS, RawSample, ShardReport
 
 

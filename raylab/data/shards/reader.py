@@ -12,7 +12,7 @@ import fsspec
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from ...errors import InputError, one_line
-from ..natural import SkipReport
+from ..image import SkipReport
 from .manifest import Manifest, read_manifest
 
 #: Sample members read as the image, in order of preference (lower case, as webdataset groups them).

@@ -22,7 +22,8 @@ from ...core.pixels import MAX_IMAGE_SIZE
 from ...errors import InputError, one_line
 from ...store import Store, filesystem
 from ..medical import load_medmnist
-from ..natural import IMAGE_SUFFIXES, decode_image, list_images
+from ..image import decode_image
+from ..natural import IMAGE_SUFFIXES, list_images
 from .manifest import FORMAT, MANIFEST_NAME, Manifest, ShardInfo, _clean_location
 
 _SPLITS = ("train", "val", "test")

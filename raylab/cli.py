@@ -197,7 +197,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     config = build(TrainConfig, a)
     check_medical(a.data)
-    data = load_medical(a.data)
+    data = load_medical(a.data, size=a.image_size)
     backbone = None if a.backbone in (None, "", "none") else a.backbone
     normalize = a.normalize or _default_normalize(backbone, a.arch)
     spec = ModelSpec(arch=a.arch, num_classes=data.num_classes, in_channels=data.channels, image_size=a.image_size,

@@ -245,7 +245,7 @@ def _fig2(study: dict[str, Any], row: dict[str, Any]) -> bytes:
 
     c = study["config"]
     model = load_classifier(study["models"][row["model"]]["path"])
-    m = load_medical(c["medical"]).resized(c["image_size"])
+    m = load_medical(c["medical"], size=c["image_size"]).with_channels(model.spec.in_channels)
     rho = torch.from_numpy(np.load(row["uap_uri"]))
     clean, adv = predict_labels(model, m.test_images), predict_labels(model, m.test_images, rho=rho)
     correct = (clean == m.test_labels)

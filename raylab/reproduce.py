@@ -423,7 +423,7 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
     store = Store.at(c.out)
     store.makedirs()
     started = time.perf_counter()
-    medical = load_medical(c.medical).resized(c.image_size)
+    medical = load_medical(c.medical, size=c.image_size)
     targets = tuple(medical.class_names[resolve_target(t, medical.class_names)] for t in c.targets)  # names or indices
     c = dataclasses.replace(c, targets=targets)
     guard_resume(store, "study-config.json", _identity(c), what=f"the study in {c.out}",

@@ -89,14 +89,15 @@ class Target:
 
 
 def fit(model: Classifier, medical: MedicalSet, *, where: str | Path, name: str) -> MedicalSet:
-    """``medical`` resized to the model's input, after checking that its channels and classes fit the model."""
+    """``medical`` as the model's input: its size, and its channels (gray repeated for an RGB model, RGB to gray for
+    a gray one, as PIL converts them), after checking that its classes fit the model."""
     spec = model.spec
-    if medical.channels != spec.in_channels:
+    if medical.channels not in (1, 3) or spec.in_channels not in (1, 3):
         raise InputError(f"{where}: images have {medical.channels} channel(s) but model {name} expects {spec.in_channels}")
     if medical.num_classes != spec.num_classes:
         raise InputError(f"{where}: {medical.num_classes} classes but model {name} has {spec.num_classes} outputs")
     assert spec.image_size is not None
-    return medical.resized(spec.image_size)
+    return medical.with_channels(spec.in_channels).resized(spec.image_size)
 
 
 def read_model(location: str | Path) -> bytes:
@@ -130,7 +131,7 @@ def load_target(model: str | Path | bytes, medical_path: str | Path, *, target: 
     if not isinstance(model, bytes) and "://" in str(model):
         model = read_model(model)
     classifier = load_classifier(model, map_location=device, name=name)
-    medical = fit(classifier, load_medical(medical_path), where=medical_path, name=name)
+    medical = fit(classifier, load_medical(medical_path, size=classifier.spec.image_size), where=medical_path, name=name)
     class_names = classifier.spec.class_names or medical.class_names
     radius = zeta_radius(medical.train_images, zeta=zeta, p=p)
     if not radius > 0:  # ζ is a share of the images' mean norm (Section 2.2): all-black images leave no budget

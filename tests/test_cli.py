@@ -54,6 +54,32 @@ def test_uap_from_natural_images_end_to_end(models: dict[str, Path], natural_dir
             assert im.size[0] > 100 and im.size[1] > 100
 
 
+def test_a_colour_csv_folder_trains_and_attacks_an_rgb_model(models: dict[str, Path], natural_dir: Path, tmp_path: Path,
+                                                              capsys) -> None:
+    """A CSV folder of colour photos of several sizes (the paper's skin-lesion layout) trains a 3-channel model and
+    is attacked in colour: it was decoded gray, so the model was gray, and an RGB model was refused on it. A gray
+    model sees the same folder in gray."""
+    from raylab.models import load_classifier
+    from raylab.target import load_target
+
+    from .test_data import _colour_csv_folder
+
+    data = _colour_csv_folder(tmp_path)
+    model = tmp_path / "rgb.pt"
+    assert main(["train", "--data", str(data), "--arch", "small_cnn", "--image-size", "28", "--epochs", "1",
+                 "--out", str(model)]) == 0
+    assert "training small_cnn (3-channel, 28px)" in capsys.readouterr().out
+    spec = load_classifier(model).spec
+    assert spec.in_channels == 3 and spec.class_names == ("NORMAL", "PHOTO", "PNEUMONIA")
+    out = tmp_path / "uap"
+    assert main(["uap", "--model", str(model), "--data", str(data), "--source", str(natural_dir), "--zeta", "0.08",
+                 "--eps", "0.01", "--out", str(out)]) == 0
+    assert np.load(out / "uap.npy").shape == (3, 28, 28)
+    assert json.loads((out / "metrics.json").read_text())["test_images"] == 6
+    gray = load_target(models["model"], _colour_csv_folder(tmp_path, "NORMAL"), target=None, zeta=0.04, p=2)
+    assert gray.medical.test_images.shape == (6, 1, 28, 28)
+
+
 def test_a_paper_uap_bound_by_its_step_says_so(models: dict[str, Path], natural_dir: Path, tmp_path: Path, capsys) -> None:
     """One `raylab uap` run is not the paper's grid search over ε: an ε that flips no image leaves ρ = 0 (R_f 0 that
     reads like a robust model), one too small for the passes leaves ρ inside its budget; both are said, with the norm

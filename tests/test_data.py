@@ -261,6 +261,49 @@ def test_csv_folder_missing_image_names_it(tmp_path: Path) -> None:
     _assert_one_line(e, "016.png", "does not exist")
 
 
+def _colour_csv_folder(tmp_path: Path, photo_label: str = "PHOTO") -> Path:
+    """A CSV folder as MedicalAI-UAP's skin-lesion set is one: colour photos of their own sizes (real Flickr photos,
+    167-500 px) beside gray 28 px X-rays (real PneumoniaMNIST), three classes."""
+    with np.load(PNEUMONIA) as z:
+        x, y = z["train_images"][:12], z["train_labels"][:12].reshape(-1)
+    photos = sorted(FLICKR.glob("*.jpg"))[:6]
+    root = tmp_path / f"colour-{photo_label}"
+    (root / "img").mkdir(parents=True)
+    for split, xs, ps in (("train", range(8), photos[:4]), ("test", range(8, 12), photos[4:])):
+        lines = ["file,label"]
+        for i in xs:
+            Image.fromarray(x[i]).save(root / "img" / f"{i}.png")
+            lines.append(f"img/{i}.png,{('NORMAL', 'PNEUMONIA')[y[i]]}")
+        for p in ps:
+            (root / "img" / p.name).write_bytes(p.read_bytes())
+            lines.append(f"img/{p.name},{photo_label}")
+        (root / f"{split}_pre.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_a_csv_folder_keeps_its_colour_and_is_resized_as_decoded(tmp_path: Path) -> None:
+    """A CSV folder was always decoded gray (channels=1 by default): dermoscopy photos lost their colour, and a model
+    of RGB inputs could not be audited on such a folder at all. Its images are now RGB unless every one is gray, and
+    images of several sizes are resized as they are decoded (they were refused: 'give a size', which no command
+    could)."""
+    root = _colour_csv_folder(tmp_path)
+    d = load_medical(root, size=32)
+    assert d.channels == 3 and d.train_images.shape == (12, 3, 32, 32) and d.class_names == ("NORMAL", "PHOTO", "PNEUMONIA")
+    photo = next(i for i, label in enumerate(d.train_labels.tolist()) if label == 1)
+    assert not torch.equal(d.train_images[photo, 0], d.train_images[photo, 2])  # a colour photo keeps its colour
+    first = sorted(FLICKR.glob("*.jpg"))[0]
+    assert torch.equal(d.train_images[photo], decode_image(first.read_bytes(), channels=3, size=32))
+    gray, _, _ = _csv_folder(tmp_path / "gray", header=True, names=True)  # X-rays only: one channel, as before
+    assert load_csv_folder(gray).channels == 1 and load_csv_folder(gray, channels=3).channels == 3
+    # to a gray model, as PIL converts them (ITU-R 601-2 luma); to an RGB one, gray repeated
+    as_gray = d.with_channels(1)
+    with Image.open(first) as im:
+        expected = np.asarray(im.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR).convert("L"))
+    assert as_gray.channels == 1 and np.array_equal(as_gray.train_images[photo, 0].numpy(), expected)
+    rgb = load_csv_folder(gray).with_channels(3)
+    assert rgb.channels == 3 and torch.equal(rgb.train_images[:, 1], rgb.train_images[:, 0])
+
+
 def test_images_of_two_sizes_without_a_size_name_both(tmp_path: Path) -> None:
     """A CSV folder and a photo folder decoded without a resize: the first image of another size is refused in one
     line naming it and the image whose size it differs from (one check, in ImageStack, for both)."""

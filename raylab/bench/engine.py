@@ -110,18 +110,6 @@ def transport_seconds(batch: torch.Tensor, *, repeats: int = 5) -> dict[str, flo
     return out
 
 
-def _medical_with(npz: Path, channels: int, root: Path) -> Path:
-    """The medical set with ``channels`` channels for the engine's model: PneumoniaMNIST's gray X-rays repeated to
-    RGB for an RGB model (the engine checks that they match), written under ``root``."""
-    if channels == 1:
-        return npz
-    with np.load(npz) as d:
-        arrays = {k: np.repeat(v[..., None], 3, axis=-1) if k.endswith("_images") else v for k, v in d.items()}
-    out = root / "pneumoniamnist.npz"  # the name keeps its class names
-    np.savez(out, **arrays)
-    return out
-
-
 def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
     """Measure; torch's intra-op threads are the worker's (``cpus_per_worker``) for the kernels, and the caller's
     again after: the bench runs in the caller's process (the CLI's, a test's), whose later work would otherwise run
@@ -181,7 +169,7 @@ def _engine_bench(cfg: EngineBenchConfig, log) -> dict[str, Any]:
         bare_sgd_kernel(m, images[: cfg.batch_size], batch_size=cfg.batch_size, amp=cfg.amp)
         figures["sgd_bare_kernel_images_per_s"] = len(images) / bare_sgd_kernel(m, images, batch_size=cfg.batch_size, amp=cfg.amp)
         model_path = save_classifier(model.cpu().to(memory_format=torch.contiguous_format), root / "model.pt")
-        medical = _medical_with(cfg.data_dir / "pneumoniamnist.npz", cfg.channels, root)
+        medical = cfg.data_dir / "pneumoniamnist.npz"  # gray X-rays, repeated to RGB for an RGB model
         if not ray.is_initialized():
             ray.init(logging_level="ERROR")
         cpus = ray.cluster_resources().get("CPU", 1)

@@ -19,7 +19,9 @@ __all__ = ["MedicalSet", "load_csv_folder", "load_medical", "load_medmnist", "me
 
 
 def load_medical(location: str | Path, size: int | None = None) -> MedicalSet:
-    """A MedMNIST ``.npz`` or a folder with ``train_pre.csv``/``test_pre.csv``, by its look."""
+    """A MedMNIST ``.npz`` or a folder with ``train_pre.csv``/``test_pre.csv``, by its look, resized to ``size`` (a
+    CSV folder's images as each is decoded: they may differ in size). A CSV folder keeps its images' colour (gray
+    only when every image is gray); a MedMNIST file has its own channels."""
     location = Path(location)
     if location.suffix.lower() == ".npz":
         return load_medmnist(location, size=size)

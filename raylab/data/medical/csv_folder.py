@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from ...errors import InputError
-from ..memory import ImageStack
 from ..image import decode_image
+from ..memory import ImageStack
 from .dataset import SPLITS, MedicalSet, check_labels, check_shapes, numbered_names, with_empty_val
 
 _HEADER_WORDS = frozenset({"file", "filename", "file_name", "path", "filepath", "image", "image_path", "img",
@@ -81,18 +81,28 @@ def _csv_images(root: Path, split: str, rows: list[tuple[int, str, str]], channe
     return images.tensor()  # _read_csv refuses a CSV without rows
 
 
+def _gray(images: torch.Tensor) -> bool:
+    """Whether every image of an RGB N x 3 x H x W stack is gray (its three channels equal)."""
+    return torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
+
+
 def load_csv_folder(
-    root: str | Path, channels: int = 1, size: int | None = None, class_names: tuple[str, ...] | None = None
+    root: str | Path, channels: int | None = None, size: int | None = None, class_names: tuple[str, ...] | None = None
 ) -> MedicalSet:
     """Load MedicalAI-UAP's layout: ``train_pre.csv``, ``test_pre.csv`` (and optional ``val_pre.csv``) of ``file,label``.
 
     Files are relative to ``root`` (or absolute). Labels are class indices or
     class names (then ``class_names`` defaults to the sorted unique names).
+    ``channels=None`` keeps the images' colour: they are decoded as RGB, and
+    kept as one gray channel only when every image is gray (R = G = B), so
+    dermoscopy photos stay RGB and X-rays gray; 1 or 3 converts them.
+    With ``size`` each image is resized as it is decoded (images of several
+    sizes need one).
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: not a directory")
-    if channels not in (1, 3):
+    if channels not in (None, 1, 3):
         raise InputError(f"{root}: channels must be 1 (gray) or 3 (RGB), got {channels}")
     rows: dict[str, list[tuple[int, str, str]]] = {}
     for split in SPLITS:
@@ -104,7 +114,9 @@ def load_csv_folder(
         rows[split] = _read_csv(csv_path)
     labels, names = _csv_labels(root, rows, class_names)
     check_labels(root, labels, names)
-    images = {split: _csv_images(root, split, r, channels, size) for split, r in rows.items()}
+    images = {split: _csv_images(root, split, r, channels or 3, size) for split, r in rows.items()}
+    if channels is None and all(_gray(x) for x in images.values()):
+        images = {split: x[:, :1].clone() for split, x in images.items()}
     check_shapes(root, images)
     with_empty_val(images, labels)
     return MedicalSet(root.name, names, images["train"], labels["train"], images["val"], labels["val"],

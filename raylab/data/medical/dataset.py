@@ -55,6 +55,32 @@ class MedicalSet:
         )
 
 
+    def with_channels(self, channels: int) -> MedicalSet:
+        """All splits as ``channels`` (1 gray, 3 RGB) as PIL converts them: gray repeated to RGB (what an RGB model
+        of the paper's X-rays and OCT saw), RGB to gray by ITU-R 601-2 luma; self if already so."""
+        if channels not in (1, 3):
+            raise InputError(f"{self.name}: channels must be 1 (gray) or 3 (RGB), got {channels}")
+        if channels == self.channels:
+            return self
+        convert = _to_rgb if channels == 3 else _to_gray
+        return dataclasses.replace(self, train_images=convert(self.train_images), val_images=convert(self.val_images),
+                                   test_images=convert(self.test_images))
+
+
+def _to_rgb(images: torch.Tensor) -> torch.Tensor:
+    return images.expand(-1, 3, -1, -1).contiguous()
+
+
+def _to_gray(images: torch.Tensor) -> torch.Tensor:
+    """PIL's ``convert("L")``: (19595 R + 38470 G + 7471 B + 32768) >> 16, exact in integers."""
+    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32).view(1, 3, 1, 1)
+    out = torch.empty((images.shape[0], 1, *images.shape[2:]), dtype=torch.uint8)
+    for i in range(0, len(images), _RESIZE_CHUNK):
+        chunk = (images[i : i + _RESIZE_CHUNK].to(torch.int32) * weights).sum(1, keepdim=True)
+        out[i : i + _RESIZE_CHUNK] = ((chunk + 32768) >> 16).to(torch.uint8)
+    return out
+
+
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     n, c = images.shape[:2]
     if tuple(images.shape[-2:]) == (size, size):

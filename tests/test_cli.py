@@ -268,10 +268,15 @@ def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys
     assert "junk.pt" in capsys.readouterr().err
     rgb = tmp_path / "rgb.npz"
     x = np.random.default_rng(0).integers(0, 255, (8, 28, 28, 3), dtype=np.uint8)
-    np.savez(rgb, train_images=x, train_labels=np.zeros((8, 1)), test_images=x, test_labels=np.ones((8, 1)))
+    three = np.arange(8).reshape(-1, 1) % 3
+    np.savez(rgb, train_images=x, train_labels=three, test_images=x, test_labels=three)
     assert main(["uap", "--model", str(models["model"]), "--data", str(rgb), "--source", "random", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert "3 channel(s)" in err and "expects 1" in err
+    assert "3 classes but model" in err and "has 2 outputs" in err
+    # colour images for a gray model are not a misfit: they are converted to gray, as PIL does (was refused)
+    np.savez(rgb, train_images=x, train_labels=three % 2, test_images=x, test_labels=three % 2)
+    assert main(["uap", "--model", str(models["model"]), "--data", str(rgb), "--source", "random", "--out", str(tmp_path / "c")]) == 0
+    assert np.load(tmp_path / "c" / "uap.npy").shape == (1, 28, 28)
 
 
 def _medical(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:

@@ -13,6 +13,7 @@ from ..run import run_uap
 from ..selection import best, select_on_validation
 from ..store import Store
 from ..target import load_target
+from ..telemetry import NullSink, PrometheusSink, Sink, Telemetry, ray_sink, run_tags
 from .config import SOURCES, AuditConfig
 from .plan import Job, audit_targets, plan_jobs
 from .state import Audit, prepare
@@ -42,16 +43,19 @@ def select(audit: Audit, *, log: Callable[[str], None] = print) -> None:
                 f"{'; chosen before' if before else ''})")
 
 
-def run_job(audit: Audit, job: Job) -> None:
+def run_job(audit: Audit, job: Job, sink: Sink | None = None) -> None:
     """One UAP of the audit: one ``raylab uap`` run and one results row (the headline runs' seed 0 draws its UAP and
-    confusion matrix; the report's examples are drawn for the seed kept, by :func:`draw_kept`)."""
+    confusion matrix; the report's examples are drawn for the seed kept, by :func:`draw_kept`); its metrics go to
+    ``sink``, tagged with its trial id as the run."""
     c = audit.config
     out = trial_folder(c.out, job.trial_id)
     drawn = job.source == "natural" and job.target is None and job.zeta == c.zeta and job.seed == 0
     config = audit.uap_config(job, out=out)
     budget = audit.target.with_budget(zeta=job.zeta, p=config.p, target=config.target)
+    telemetry = Telemetry(sink, **run_tags(out=job.trial_id, source=config.source, model=c.model))
     run_uap(config, target=budget, source=audit.sources[job.source], clean=audit.clean, controls=audit.controls,
-            progress=False, figures=drawn, results=ResultsKey(c.results_location, c.sweep, job.trial_id))
+            progress=False, figures=drawn, results=ResultsKey(c.results_location, c.sweep, job.trial_id),
+            telemetry=telemetry)
 
 
 def done_trials(config: AuditConfig) -> set[str]:
@@ -71,17 +75,19 @@ def _remote_job(args: tuple[AuditConfig, str, dict[str, Any], Any, Job]) -> str:
     config, model, selected, shared_ref, job = args
     target = load_target(model, config.medical, target=None, zeta=config.zeta, p=2, device=config.device)
     sources, clean = ray.get(shared_ref)
-    run_job(Audit(config, model, target, sources, clean, selected), job)
+    run_job(Audit(config, model, target, sources, clean, selected), job, ray_sink())
     return job.trial_id
 
 
-def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = print) -> None:
-    """Every job not yet done, here or as Ray tasks; each writes its row as it finishes (a crash loses nothing)."""
+def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = print, sink: Sink | None = None) -> None:
+    """Every job not yet done, here or as Ray tasks; each writes its row as it finishes (a crash loses nothing). Each
+    finished UAP counts as a finished trial of the audit's sweep in ``sink`` (with Ray: Ray's metrics)."""
     from tqdm import tqdm
 
     todo = [j for j in jobs if j.trial_id not in done_trials(audit.config)]
     log(f"{len(jobs)} UAPs ({len(jobs) - len(todo)} done before)")
     bar = tqdm(total=len(todo), desc="UAPs", unit="uap", disable=not todo)  # a resumed audit with nothing left: no bar
+    progress = Telemetry(ray_sink() if audit.config.ray else sink)
     try:
         if audit.config.ray:
             import ray
@@ -91,17 +97,36 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
             ref = ray.put((audit.sources, audit.clean))  # computed once here, not again in every task
             args = [(audit.config, audit.model, audit.selected, ref, j) for j in todo]
             for _ in ray_map(_remote_job, args, cpus=audit.config.cpus_per_uap):
+                progress.trial_done(sweep=audit.config.sweep, status="finished")
                 bar.update()
         else:
             for job in todo:
-                run_job(audit, job)
+                run_job(audit, job, sink)
+                progress.trial_done(sweep=audit.config.sweep, status="finished")
                 bar.update()
     finally:
         bar.close()
 
 
 def run_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the audit and render its report; returns the summary (``audit.json``)."""
+    """Run (or resume) the audit and render its report; returns the summary (``audit.json``). With
+    ``metrics_port`` its metrics are served while it runs (those of ``--ray`` tasks go through Ray's agents)."""
+    if config.metrics_port is None:
+        return _run(config, NullSink(), log)
+    sink = PrometheusSink()  # before any compute: a port taken is refused in one line
+    port = sink.serve(config.metrics_port, config.metrics_host)
+    log(f"serving metrics on http://{config.metrics_host}:{port}/metrics")
+    try:
+        summary = _run(config, sink, log)
+        if config.metrics_linger > 0:
+            log(f"serving the audit's final metrics for {config.metrics_linger:g} s more")
+            time.sleep(config.metrics_linger)
+        return summary
+    finally:
+        sink.close()
+
+
+def _run(config: AuditConfig, sink: Sink, log: Callable[[str], None]) -> dict[str, Any]:
     from .report import render_audit
     from .verdict import verdict
 
@@ -115,7 +140,7 @@ def run_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> dic
     log(f"choosing each method's step and p on {audit.validation}, ζ = {100 * config.zeta:g} %")
     select(audit, log=log)
     jobs = plan_jobs(config, audit_targets(config, audit.target.class_names))
-    run_jobs(audit, jobs, log=log)
+    run_jobs(audit, jobs, log=log, sink=sink)
     summary = {**summarize(audit, jobs), "seconds": time.perf_counter() - started}
     Store.at(config.out).write_text("audit.json", json.dumps(summary, indent=2, default=str))
     draw_kept(audit, summary)

@@ -54,7 +54,6 @@ class MedicalSet:
             test_images=_resize(self.test_images, size),
         )
 
-
     def with_channels(self, channels: int) -> MedicalSet:
         """All splits as ``channels`` (1 gray, 3 RGB) as PIL converts them: gray repeated to RGB (what an RGB model
         of the paper's X-rays and OCT saw), RGB to gray by ITU-R 601-2 luma; self if already so."""

@@ -226,23 +226,16 @@ def _default_normalize(backbone: str | None, arch: str) -> str:
 
 def cmd_uap(a: argparse.Namespace) -> int:
     from .run import run_uap
-    from .telemetry import PrometheusSink, Telemetry, run_tags
+    from .telemetry import Telemetry, run_tags, served
 
     config = build(UAPConfig, a)
-    sink = None
-    if a.metrics_port is not None:
-        sink = PrometheusSink()
-        port = sink.serve(a.metrics_port, a.metrics_host)
-        print(f"serving metrics on http://{a.metrics_host}:{port}/metrics", flush=True)
-    try:
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    with served(a.metrics_port, a.metrics_host, a.metrics_linger, log=log) as sink:
         record = run_uap(config, telemetry=Telemetry(sink, **run_tags(out=config.out, source=config.source, model=config.model)),
-                         log=lambda line: print(line, flush=True))
-        if sink is not None and a.metrics_linger > 0:
-            print(f"run done; serving its final metrics for {a.metrics_linger:g} s more", flush=True)
-            time.sleep(a.metrics_linger)
-    finally:
-        if sink is not None:
-            sink.close()
+                         log=log)
     print(record.summary())
     print(f"wrote {config.out}/uap.npy, metrics.json, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
     return 0

@@ -87,7 +87,7 @@ PANELS: tuple[Panel, ...] = (
         Query(f"sum by (run, role) (ray_raylab_actors_replaced_total{{{RUN}}})", "{{run}} {{role}}s replaced (hung)",
               fault=True),
     ), "short"),
-    Panel("Sweep trials", (Query("sum by (sweep, status) (ray_raylab_trials_total)", "{{sweep}} {{status}}"),), "short"),
+    Panel("Trials of sweeps and audits", (Query("sum by (sweep, status) (ray_raylab_trials_total)", "{{sweep}} {{status}}"),), "short"),
     Panel("Node CPU and GPU utilization", (
         Query("avg by (instance) (ray_node_cpu_utilization)", "{{instance}} CPU"),
         Query("avg by (instance, GpuIndex) (ray_node_gpus_utilization)", "{{instance}} GPU {{GpuIndex}}", gpu=True),

@@ -19,6 +19,9 @@ Usage::
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -72,7 +75,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("raylab_stream_rate_ratio", "gauge",
            "Running fooling (or success) rate on the input stream: 1 - active/images (Section 2.2's stop rule)", ("criterion",)),
     Metric("raylab_rounds", "counter", "Rounds committed (one projection each)"),
-    Metric("raylab_trials", "counter", "Sweep trials by outcome", ("sweep", "status")),
+    Metric("raylab_trials", "counter", "Trials (sweep trials, audit UAPs) by outcome", ("sweep", "status")),
     Metric("raylab_actors_replaced", "counter", "Workers and readers killed and replaced after they stopped making "
            "progress (hung, not dead)", ("role",)),
 )
@@ -162,6 +165,27 @@ class PrometheusSink:
             obj.set(value)
         else:
             obj.observe(value)
+
+
+@contextmanager
+def served(port: int | None, host: str = "127.0.0.1", linger: float = 0.0,
+           log: Callable[[str], None] = print) -> Iterator[Sink]:
+    """A :class:`PrometheusSink` served on ``host:port`` while the block runs (a :class:`NullSink` without a port),
+    kept serving ``linger`` seconds after a block that ends well, so that the last values get scraped. A port
+    that cannot be served is an InputError before the block starts."""
+    if port is None:
+        yield NullSink()
+        return
+    sink = PrometheusSink()
+    bound = sink.serve(port, host)
+    log(f"serving metrics on http://{host}:{bound}/metrics")
+    try:
+        yield sink
+        if linger > 0:
+            log(f"run done; serving its final metrics for {linger:g} s more")
+            time.sleep(linger)
+    finally:
+        sink.close()
 
 
 def ray_sink() -> Sink:

@@ -340,7 +340,7 @@ def test_an_audit_serves_its_metrics_while_it_runs(models, natural_dir, tmp_path
     assert trials == {"natural-z0.04-u-sgd-s0", "natural-z0.04-u-sgd-s1", "train-z0.04-u-sgd-s0", "train-z0.04-u-sgd-s1"}
     done.join(timeout=120)
     assert not done.is_alive() and (tmp_path / "m" / "report" / "report.html").exists()
-    assert lines[-1] == "serving the audit's final metrics for 5 s more"
+    assert lines[-1] == "run done; serving its final metrics for 5 s more"
 
 
 # --------------------------------------------------------------------------- wording follows the numbers

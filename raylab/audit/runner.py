@@ -13,7 +13,7 @@ from ..run import run_uap
 from ..selection import best, select_on_validation
 from ..store import Store
 from ..target import load_target
-from ..telemetry import NullSink, PrometheusSink, Sink, Telemetry, ray_sink, run_tags
+from ..telemetry import Sink, Telemetry, ray_sink, run_tags, served
 from .config import SOURCES, AuditConfig
 from .plan import Job, audit_targets, plan_jobs
 from .state import Audit, prepare
@@ -111,19 +111,8 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
 def run_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the audit and render its report; returns the summary (``audit.json``). With
     ``metrics_port`` its metrics are served while it runs (those of ``--ray`` tasks go through Ray's agents)."""
-    if config.metrics_port is None:
-        return _run(config, NullSink(), log)
-    sink = PrometheusSink()  # before any compute: a port taken is refused in one line
-    port = sink.serve(config.metrics_port, config.metrics_host)
-    log(f"serving metrics on http://{config.metrics_host}:{port}/metrics")
-    try:
-        summary = _run(config, sink, log)
-        if config.metrics_linger > 0:
-            log(f"serving the audit's final metrics for {config.metrics_linger:g} s more")
-            time.sleep(config.metrics_linger)
-        return summary
-    finally:
-        sink.close()
+    with served(config.metrics_port, config.metrics_host, config.metrics_linger, log=log) as sink:
+        return _run(config, sink, log)
 
 
 def _run(config: AuditConfig, sink: Sink, log: Callable[[str], None]) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class Source:
     shards_failed: tuple[str, ...] = ()
     #: The share of each label the model predicts for the source images (Tables S1-S3), when known.
     label_composition: dict[str, float] | None = None
+    #: What the stored images lack for the model (shards stored gray or smaller than its input), or None.
+    warning: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -79,6 +81,8 @@ class Source:
                              "skipped_files": list(self.skipped[:100]), "shards_failed": list(self.shards_failed)}
         if self.label_composition is not None:
             d["label_composition"] = dict(self.label_composition)
+        if self.warning:
+            d["warning"] = self.warning
         return d
 
 
@@ -201,7 +205,7 @@ class RunRecord:
         """The lines printed after a run: the source (with failed shards and lost images) and the headline rates."""
         e, b = self.evaluation, self.build
         rate = f", {b.images_per_second:.0f} img/s" if b.images_per_second else ""
-        lines = [self.source.summary() + rate]
+        lines = [self.source.summary() + rate] + ([self.source.warning] if self.source.warning else [])
         warning = e.baseline_warning()
         if warning:
             lines.append(warning)

@@ -84,7 +84,7 @@ def source_images(location: str, target: Target, *, limit: int | None, seed: int
         loaded = load_shard_images(location, channels=spec.in_channels, size=spec.image_size, limit=limit, seed=seed)
         return SourceImages(loaded.images, Source(kind="shards", location=location, images=loaded.listed,
                                                   used=len(loaded.images), skipped=loaded.skipped,
-                                                  shards_failed=loaded.failed))
+                                                  shards_failed=loaded.failed, warning=loaded.warning))
     images, _, report = load_image_folder(location, channels=spec.in_channels, size=spec.image_size, limit=limit,
                                           seed=seed)
     return SourceImages(images, Source(kind="folder", location=location, images=len(images), used=len(images),
@@ -98,7 +98,8 @@ def with_balance(config: UAPConfig, target: Target, images: Tensor, source: Sour
     predicted = predict_labels(target.model, images, amp=config.amp)
     balanced = balanced_by_prediction(images, predicted, num_classes=len(target.class_names), seed=config.seed)
     return SourceImages(balanced, Source(kind=source.kind, location=f"{source.location} (balanced by predicted label)",
-                                         images=source.images, used=len(balanced), skipped=source.skipped))
+                                         images=source.images, used=len(balanced), skipped=source.skipped,
+                                         warning=source.warning))
 
 
 def attack_for(config: UAPConfig, radius: float) -> UAP | SGDUAP:

@@ -54,8 +54,8 @@ def test_uap_from_natural_images_end_to_end(models: dict[str, Path], natural_dir
             assert im.size[0] > 100 and im.size[1] > 100
 
 
-def test_a_colour_csv_folder_trains_and_attacks_an_rgb_model(models: dict[str, Path], natural_dir: Path, tmp_path: Path,
-                                                              capsys) -> None:
+def test_a_colour_csv_folder_trains_and_attacks_an_rgb_model(models: dict[str, Path], natural_dir: Path, shards: Path,
+                                                              tmp_path: Path, capsys) -> None:
     """A CSV folder of colour photos of several sizes (the paper's skin-lesion layout) trains a 3-channel model and
     is attacked in colour: it was decoded gray, so the model was gray, and an RGB model was refused on it. A gray
     model sees the same folder in gray."""
@@ -76,6 +76,14 @@ def test_a_colour_csv_folder_trains_and_attacks_an_rgb_model(models: dict[str, P
                  "--eps", "0.01", "--out", str(out)]) == 0
     assert np.load(out / "uap.npy").shape == (3, 28, 28)
     assert json.loads((out / "metrics.json").read_text())["test_images"] == 6
+    # shards stored gray give the RGB model no colour: said, in the output and in metrics.json (it was silent)
+    capsys.readouterr()
+    assert main(["uap", "--model", str(model), "--data", str(data), "--source", str(shards), "--zeta", "0.08",
+                 "--eps", "0.01", "--out", str(tmp_path / "gray-shards")]) == 0
+    warning = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: the shards"))
+    assert warning.startswith(f"warning: the shards at {shards} hold the photos gray (RGB inputs get no colour), less "
+                              "than the model takes") and "--image-size 28 --channels 3" in warning
+    assert json.loads((tmp_path / "gray-shards" / "metrics.json").read_text())["source"]["warning"] == warning
     gray = load_target(models["model"], _colour_csv_folder(tmp_path, "NORMAL"), target=None, zeta=0.04, p=2)
     assert gray.medical.test_images.shape == (6, 1, 28, 28)
 

@@ -509,6 +509,18 @@ def test_truncated_and_missing_shards(raw_shards: Manifest, tmp_path: Path, wher
         iter_samples(m.urls, counts=[16])
 
 
+def test_shards_stored_gray_or_small_are_said_to_be_less_than_a_model_takes(raw_shards: Manifest) -> None:
+    import dataclasses
+
+    stored = dataclasses.replace(raw_shards, channels=1, image_size=28)
+    assert stored.short_of(channels=1, size=28) is None and stored.short_of(channels=1, size=16) is None
+    assert "gray (RGB inputs get no colour)" in (stored.short_of(channels=3, size=28) or "")
+    both = stored.short_of(channels=3, size=64) or ""
+    assert "gray (RGB inputs get no colour) and at 28 px (upsampled to its 64 px)" in both
+    assert both.endswith("`raylab shard ... --image-size 64 --channels 3`, or without resizing")
+    assert raw_shards.short_of(channels=3, size=299) is None  # stored as they are: nothing lost
+
+
 def test_verify_manifest_finds_changed_and_missing_shards(raw_shards: Manifest, tmp_path: Path) -> None:
     assert verify_manifest(raw_shards) == []
     out = _copy(raw_shards, tmp_path / "s")

@@ -90,6 +90,8 @@ def prepare(config: AuditConfig, *, log: Callable[[str], None] = print) -> Audit
         store.write_bytes("model.pt", imported)
         log(f"imported {config.model} through its card {config.card} as {model}")
     log(natural.source.summary())
+    if natural.source.warning:
+        log(natural.source.warning)
     sources = {"natural": natural, "train": source_images(SOURCE_TRAIN, target, limit=plan.train_limit, seed=0)}
     clean = predict_labels(target.model, target.medical.test_images)
     val_images, validation = validation_images(target, 0)

@@ -213,9 +213,10 @@ class Engine:
         self.log(f"{c.method} UAP on {c.workers} worker(s) x batch {c.batch_size}, {self.manifest.total} images in "
                  f"{len(self.manifest.shards)} shards x {c.max_passes} pass(es), L{c.p} zeta={c.zeta:g} "
                  f"(radius {self.target.radius:.4g}), {step}")
-        warning = weak_regime(self.manifest.total, c.workers * c.batch_size, passes=c.max_passes or 1, method=c.method)
-        if warning:
-            self.log(warning)
+        for warning in (weak_regime(self.manifest.total, c.workers * c.batch_size, passes=c.max_passes or 1,
+                                    method=c.method), self._stored_short()):
+            if warning:
+                self.log(warning)
         self._await_actors()  # actors up (models loaded) before the clock starts
         session = time.perf_counter()
         started, last_log = session - state.seconds, 0.0
@@ -439,12 +440,18 @@ class Engine:
         e = self._evaluate(rho)
         return {"fooling_rate": e.uap.fooling_rate} if e.target is None else {"success_rate": e.headline}
 
+    def _stored_short(self) -> str | None:
+        """What the shards' stored images lack for the model (gray for an RGB model, smaller than its input)."""
+        spec = self.target.model.spec
+        assert spec.image_size is not None
+        return self.manifest.short_of(channels=spec.in_channels, size=spec.image_size)
+
     def _finish(self, state: RunState) -> RunRecord:
         c, t = self.config, self.target
         spec = t.model.spec
         source = Source(kind="shards", location=c.shards, images=self.manifest.total,
                         used=state.per_pass.get("0", {}).get("images", 0), skipped=distinct(state.skipped),
-                        shards_failed=distinct(state.shards_failed))
+                        shards_failed=distinct(state.shards_failed), warning=self._stored_short())
         decode_s, compute_s = self.feed.medians()
         engine = {"rounds": state.round, "per_pass": state.per_pass, "history": state.history,
                   "stopped_by_delta": state.stopped_by_delta, "actors_replaced": self.replaced,

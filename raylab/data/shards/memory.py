@@ -24,6 +24,8 @@ class ShardImages(NamedTuple):
     #: The images asked for: the manifest's total, or the sample's size; those neither decoded nor skipped were lost
     #: with a failed shard.
     listed: int
+    #: What the stored images lack for the model (:meth:`Manifest.short_of`), or None.
+    warning: str | None = None
 
 
 def load_shard_images(location: str, *, channels: int, size: int, limit: int | None = None,
@@ -54,4 +56,4 @@ def load_shard_images(location: str, *, channels: int, size: int, limit: int | N
     if not images.count:
         raise InputError(f"{location}: no image of its {manifest.total} decoded"
                          + (f" (first: {(skipped or failed)[0]})" if skipped or failed else ""))
-    return ShardImages(images.tensor(), skipped, failed, listed)
+    return ShardImages(images.tensor(), skipped, failed, listed, manifest.short_of(channels=channels, size=size))

@@ -41,6 +41,15 @@ def _model_options(p: argparse.ArgumentParser, *, out_help: str) -> None:
     p.add_argument("--out", type=Path, required=True, help=out_help)
 
 
+
+def _metrics_options(p: argparse.ArgumentParser) -> None:
+    """--metrics-port/-host/-linger of a single-process command (raylab.telemetry.served)."""
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics (raylab.telemetry) on this port while the run lasts (0 picks one)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default loopback only)")
+    p.add_argument("--metrics-linger", type=float, default=15.0,
+                   help="seconds to keep serving metrics after the run, so the last values get scraped")
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,11 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("uap", help="generate a UAP and evaluate it on the medical test set (single machine)")
     add_options(u, UAPConfig)
-    u.add_argument("--metrics-port", type=int, default=None,
-                   help="serve Prometheus metrics (raylab.telemetry) on this port while the run lasts (0 picks one)")
-    u.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default loopback only)")
-    u.add_argument("--metrics-linger", type=float, default=15.0,
-                   help="seconds to keep serving metrics after the run, so the last values get scraped")
+    _metrics_options(u)
 
     s = sub.add_parser("shard", help="write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz")
     s.add_argument("source", help="image folder (path or fsspec URL), a .txt list of image files, or a MedMNIST .npz")
@@ -143,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--estimate", type=_rates, default=None, metavar="IMG_PER_S",
                     help="only print the GPU-hours of the preset's UAP updates at this measured update rate "
                          "(one number, or arch=rate,... per architecture)")
+    _metrics_options(rp)
 
     o = sub.add_parser("dashboard", help="Grafana dashboard JSON, a Prometheus config for Ray, or the dashboard rendered to PNG")
     osub = o.add_subparsers(dest="action", required=True)
@@ -491,14 +497,17 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
               f"about {e['gpu_hours']:.1f} GPU-hours of UAP updates (an estimate; training and evaluation not included)")
         return 0
     from .report import render_report
+    from .telemetry import served
 
-    for medical in medicals:
-        dest = out if len(medicals) == 1 else out / Path(medical).stem
-        c = preset(a.preset, data_dir=a.data_dir, out=dest, **over, **({"medical": medical} if medical else {}))
-        study = run_reproduce(c)
-        path = render_report(dest, a.report if len(medicals) == 1 and a.report else dest / "report")
-        total = f" ({study['seconds'] / 60:.1f} min over its {study['runs']} runs)" if study["runs"] > 1 else ""
-        print(f"study done in {study['last_run_seconds'] / 60:.1f} min{total}; report: {path}")
+    studies = [(out if len(medicals) == 1 else out / Path(medical).stem, medical) for medical in medicals]
+    configs = [(dest, preset(a.preset, data_dir=a.data_dir, out=dest, **over, **({"medical": medical} if medical else {})))
+               for dest, medical in studies]  # every study checked before any starts
+    with served(a.metrics_port, a.metrics_host, a.metrics_linger) as sink:
+        for dest, c in configs:
+            study = run_reproduce(c, sink=sink)
+            path = render_report(dest, a.report if len(medicals) == 1 and a.report else dest / "report")
+            total = f" ({study['seconds'] / 60:.1f} min over its {study['runs']} runs)" if study["runs"] > 1 else ""
+            print(f"study done in {study['last_run_seconds'] / 60:.1f} min{total}; report: {path}", flush=True)
     return 0
 
 

@@ -44,6 +44,7 @@ from .models import ModelSpec, save_classifier
 from .record import ResultsKey, trial_folder, trial_uap
 from .store import Store, guard_resume
 from .target import Target, load_target, resolve_target
+from .telemetry import Sink, Telemetry, run_tags
 
 SOURCES = ("train", "natural_a", "natural_b", "random")
 #: The paper's classes for targeted UAPs (Section 3.2): the most significant case and the control.
@@ -182,6 +183,8 @@ class Context:
     controls: dict[str, dict[tuple, Tensor]] = field(default_factory=dict)
     sources: dict[tuple[str, str], SourceImages] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    #: Where the UAPs' metrics go (``raylab reproduce --metrics-port``); none by default.
+    sink: Sink | None = None
 
     def clean_test_labels(self, key: str) -> Tensor:
         """C(x) of the medical test images for model ``key``: computed once, they do not depend on ρ."""
@@ -284,9 +287,11 @@ def run_one(ctx: Context, key: str, source: str, zeta: float, target: str | None
     config = uap_config(ctx, key, source, zeta=zeta, p=sel["p"], eps=sel["eps"], target=target,
                         out=trial_folder(ctx.config.out, trial), method=method, seed=seed, lr=sel.get("lr"))
     budget = ctx.targets[key].with_budget(zeta=zeta, p=config.p, target=target)
+    telemetry = Telemetry(ctx.sink, **run_tags(out=trial, source=config.source, model=config.model))
     run_uap(config, target=budget, source=source_images(ctx, key, source, config), clean=ctx.clean_test_labels(key),
             controls=ctx.controls.setdefault(key, {}), progress=False, figures=False,
-            results=ResultsKey(str(ctx.config.out / "results"), ctx.config.sweep, trial))
+            results=ResultsKey(str(ctx.config.out / "results"), ctx.config.sweep, trial), telemetry=telemetry)
+    Telemetry(ctx.sink).trial_done(sweep=ctx.config.sweep, status="finished")  # one series per study, not per UAP
 
 
 # --------------------------------------------------------------------------- models
@@ -409,7 +414,8 @@ def _identity(c: ReproduceConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(c).items() if k != "out"}
 
 
-def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print,
+                  sink: Sink | None = None) -> dict[str, Any]:
     """Run (or resume) the study; returns the summary the report is rendered from (also ``study.json``).
 
     ``seconds`` is the wall time summed over the runs of the command that finished (``runs``), so a rerun that
@@ -428,7 +434,7 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
     c = dataclasses.replace(c, targets=targets)
     guard_resume(store, "study-config.json", _identity(c), what=f"the study in {c.out}",
                  hint="use a new --out, or the settings it was started with")
-    ctx = Context(c, store, medical, log=log)
+    ctx = Context(c, store, medical, log=log, sink=sink)
     _train_models(ctx)
     for s, loc in (("natural_a", c.natural_a), ("natural_b", c.natural_b)):
         first = next(iter(ctx.targets))

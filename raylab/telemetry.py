@@ -75,7 +75,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("raylab_stream_rate_ratio", "gauge",
            "Running fooling (or success) rate on the input stream: 1 - active/images (Section 2.2's stop rule)", ("criterion",)),
     Metric("raylab_rounds", "counter", "Rounds committed (one projection each)"),
-    Metric("raylab_trials", "counter", "Trials (sweep trials, audit UAPs) by outcome", ("sweep", "status")),
+    Metric("raylab_trials", "counter", "Trials (sweep trials; UAPs of audits and reproductions) by outcome", ("sweep", "status")),
     Metric("raylab_actors_replaced", "counter", "Workers and readers killed and replaced after they stopped making "
            "progress (hung, not dead)", ("role",)),
 )

@@ -206,11 +206,11 @@ def test_a_rerun_resumes_without_redoing_anything(tiny, natural_dir, capsys) -> 
     first = json.loads((tiny / "study.json").read_text())
     assert first["runs"] == 1  # the only test that reruns the module's study in place
     assert f"Wall time {first['seconds'] / 60:.1f} min.\n" in (tiny / "report" / "report.md").read_text()
-    assert _rerun(tiny, natural_dir) == 0
+    assert _rerun(tiny, natural_dir, "--metrics-port", "0", "--metrics-linger", "0") == 0  # served while it runs
     assert sorted((tiny / "results").rglob("*.parquet")) == files
     assert [f.stat().st_mtime_ns for f in files] == stamps
     out = capsys.readouterr().out
-    assert "pretraining" not in out
+    assert "pretraining" not in out and out.startswith("serving metrics on http://127.0.0.1:")
     # the rerun adds its time to the study's instead of replacing it, and the report and the last line say so
     study = json.loads((tiny / "study.json").read_text())
     assert study["runs"] == first["runs"] + 1

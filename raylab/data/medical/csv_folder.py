@@ -7,12 +7,15 @@ import csv
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from ...errors import InputError
 from ..image import decode_image
 from ..memory import ImageStack
 from .dataset import SPLITS, MedicalSet, check_labels, check_shapes, numbered_names, with_empty_val
 
+#: PIL modes of gray images (1-bit, 8-bit, 16/32-bit integer and float gray, gray with alpha).
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _HEADER_WORDS = frozenset({"file", "filename", "file_name", "path", "filepath", "image", "image_path", "img",
                            "name", "label", "labels", "class", "target", "y"})
 
@@ -66,11 +69,29 @@ def _csv_labels(
     return labels, names
 
 
+def _path(root: Path, file: str) -> Path:
+    return Path(file) if Path(file).is_absolute() else root / file
+
+
+def _stored_gray(root: Path, rows: dict[str, list[tuple[int, str, str]]]) -> bool:
+    """Whether every listed file is stored as a gray image (read from the files' headers, nothing decoded), so the set
+    can be decoded gray at once rather than as RGB first (three times the memory, for a set of X-rays)."""
+    for split_rows in rows.values():
+        for _, file, _ in split_rows:
+            try:
+                with Image.open(_path(root, file)) as im:
+                    if im.mode not in _GRAY_MODES:
+                        return False
+            except Exception:  # unreadable: decoding it names it, with its line
+                return False
+    return True
+
+
 def _csv_images(root: Path, split: str, rows: list[tuple[int, str, str]], channels: int, size: int | None) -> torch.Tensor:
     csv_path = root / f"{split}_pre.csv"
     images = ImageStack(len(rows))
     for n, file, _ in rows:
-        path = Path(file) if Path(file).is_absolute() else root / file
+        path = _path(root, file)
         if not path.is_file():
             raise InputError(f"{path}: does not exist (listed in {csv_path.name} line {n})")
         try:
@@ -114,8 +135,10 @@ def load_csv_folder(
         rows[split] = _read_csv(csv_path)
     labels, names = _csv_labels(root, rows, class_names)
     check_labels(root, labels, names)
+    if channels is None and _stored_gray(root, rows):
+        channels = 1
     images = {split: _csv_images(root, split, r, channels or 3, size) for split, r in rows.items()}
-    if channels is None and all(_gray(x) for x in images.values()):
+    if channels is None and all(_gray(x) for x in images.values()):  # RGB files of gray pictures
         images = {split: x[:, :1].clone() for split, x in images.items()}
     check_shapes(root, images)
     with_empty_val(images, labels)

@@ -41,6 +41,7 @@ from .data.medical import MedicalSet, load_medical
 from .errors import InputError
 from .evaluation import by_class
 from .models import ModelSpec, save_classifier
+from .progress import bar as progress_bar
 from .record import ResultsKey, trial_folder, trial_uap
 from .store import Store, guard_resume
 from .target import Target, load_target, resolve_target
@@ -421,8 +422,6 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
     ``seconds`` is the wall time summed over the runs of the command that finished (``runs``), so a rerun that
     resumes the study, or only renders its report again, adds its own time (``last_run_seconds``) instead of
     replacing the study's."""
-    from tqdm import tqdm
-
     from .results import read_results
 
     c = config
@@ -455,7 +454,7 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
     done = set()
     if results.exists():
         done = set(read_results(results, filters={"sweep": c.sweep}).column("trial_id").to_pylist())
-    for job in tqdm(jobs, desc="UAPs", unit="uap"):
+    for job in progress_bar(jobs, desc="UAPs", unit="uap"):
         if trial_id(*job) not in done:
             run_one(ctx, *job)  # one row per UAP, written as it finishes: a crash loses nothing
     before = json.loads(store.read_text("study.json")) if store.exists("study.json") else {}

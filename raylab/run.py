@@ -20,7 +20,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig
 from .core import (SGDUAP, UAP, VALID_RANGE, Criterion, StepStats, label_composition, lp_norm, predict_labels,
@@ -29,6 +28,7 @@ from .data.natural import load_image_folder
 from .data.shards import MANIFEST_NAME, load_shard_images
 from .evaluation import by_class, evaluate, random_uap
 from .models import for_inference
+from .progress import bar as progress_bar
 from .record import Build, Figures, ResultsKey, RunRecord, Source, write_run
 from .store import Store
 from .target import Target, load_target
@@ -128,7 +128,7 @@ def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterio
     rho: Tensor | None = None
     total, passes = StepStats(), 0
     assert config.max_passes is not None
-    bar = tqdm(total=len(images) * config.max_passes, unit="img", disable=not progress, desc=f"UAP ({config.method})",
+    bar = progress_bar(total=len(images) * config.max_passes, unit="img", disable=not progress, desc=f"UAP ({config.method})",
                smoothing=0.1)
     last = time.perf_counter()
     kind = "fooling" if criterion.sign > 0 else "success"

@@ -21,11 +21,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from .config import UAPConfig
 from .core import Untargeted, fooling_rate, predict_labels
 from .models import for_inference
+from .progress import bar as progress_bar
 from .run import generate
 from .spread import spread
 from .target import Target
@@ -57,7 +57,7 @@ def select_on_validation(target: Target, images: Tensor, val_images: Tensor, can
     grid = []
     # One bar over the grid's UAPs (stderr, cleared when done or interrupted): at the paper's scale one selection
     # makes 24 UAPs of 100,000 images each.
-    with tqdm(total=len(candidates) * len(seeds), desc="ε, p selection", unit="uap", leave=False) as bar:
+    with progress_bar(total=len(candidates) * len(seeds), desc="ε, p selection", unit="uap", leave=False) as bar:
         prepared: dict[tuple[str, bool, bool], tuple[torch.nn.Module, Tensor]] = {}
         for config in candidates:
             # the model as the candidate's UAPs run it (``run.run_uap``): the same memory layout, so the same rounding; a

@@ -23,6 +23,18 @@ from raylab.run import run_uap
 from .conftest import PNEUMONIA, _free_port
 
 
+def test_progress_off_a_terminal_is_lines_not_a_redrawn_bar() -> None:
+    import io
+
+    from raylab.progress import bar
+
+    out = io.StringIO()
+    for _ in bar(range(3), desc="UAPs", unit="uap", file=out, leave=False):
+        pass
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and lines[0].startswith("UAPs:   0%|") and lines[-1].startswith("UAPs: 100%|##########| 3/3")
+
+
 def test_train_writes_weights_and_accuracy(models: dict[str, Path]) -> None:
     report = json.loads(models["model"].with_suffix(".json").read_text())
     assert report["test_accuracy"] > 0.625  # above the majority class (390/624)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..progress import bar as progress_bar
 from ..record import ResultsKey, trial_folder
 from ..run import run_uap
 from ..selection import best, select_on_validation
@@ -82,11 +83,9 @@ def _remote_job(args: tuple[AuditConfig, str, dict[str, Any], Any, Job]) -> str:
 def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = print, sink: Sink | None = None) -> None:
     """Every job not yet done, here or as Ray tasks; each writes its row as it finishes (a crash loses nothing). Each
     finished UAP counts as a finished trial of the audit's sweep in ``sink`` (with Ray: Ray's metrics)."""
-    from tqdm import tqdm
-
     todo = [j for j in jobs if j.trial_id not in done_trials(audit.config)]
     log(f"{len(jobs)} UAPs ({len(jobs) - len(todo)} done before)")
-    bar = tqdm(total=len(todo), desc="UAPs", unit="uap", disable=not todo)  # a resumed audit with nothing left: no bar
+    bar = progress_bar(total=len(todo), desc="UAPs", unit="uap", disable=not todo)  # a resumed audit with nothing left: no bar
     progress = Telemetry(ray_sink() if audit.config.ray else sink)
     try:
         if audit.config.ray:

@@ -312,9 +312,9 @@ def write_shards(
                      image_format) for i, start in enumerate(range(0, len(items), shard_size))]
     done: Iterable[tuple[ShardInfo | None, list[tuple[str, str]]]] = (mapper or map)(write_shard, jobs)
     if progress:
-        from tqdm import tqdm
+        from ...progress import bar as progress_bar
 
-        done = tqdm(done, total=len(jobs), desc=f"shards -> {location}", unit="shard")
+        done = progress_bar(done, total=len(jobs), desc=f"shards -> {location}", unit="shard")
     shards: list[ShardInfo] = []
     skipped: list[tuple[str, str]] = []
     for info, skips in done:

@@ -85,7 +85,7 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
     finished UAP counts as a finished trial of the audit's sweep in ``sink`` (with Ray: Ray's metrics)."""
     todo = [j for j in jobs if j.trial_id not in done_trials(audit.config)]
     log(f"{len(jobs)} UAPs ({len(jobs) - len(todo)} done before)")
-    bar = progress_bar(total=len(todo), desc="UAPs", unit="uap", disable=not todo)  # a resumed audit with nothing left: no bar
+    bar = progress_bar(total=len(todo), desc="UAPs", unit="uap", disable=not todo)  # nothing left to do: no bar
     progress = Telemetry(ray_sink() if audit.config.ray else sink)
     try:
         if audit.config.ray:

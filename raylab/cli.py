@@ -129,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "the references, targets, seeds; one verdict and one report")
     add_options(au, AuditConfig)
     au.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
+    _metrics_options(au)
 
     rp = sub.add_parser("reproduce", help="the paper's whole study (models, eps/p selection, zeta sweep, targets, controls) and its report")
     rp.add_argument("--preset", choices=["tiny", "cpu-small", "paper"], default="cpu-small")
@@ -439,6 +440,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 def cmd_audit(a: argparse.Namespace) -> int:
     from .audit import run_audit
+    from .telemetry import served
 
     config = build(AuditConfig, a)
     if config.ray:
@@ -448,7 +450,12 @@ def cmd_audit(a: argparse.Namespace) -> int:
         if _init_ray(a.address):
             refuse_on_local_ray(f"--cpus-per-uap {config.cpus_per_uap:g}: one UAP task would", config.cpus_per_uap,
                                 fix="lower --cpus-per-uap")
-    run_audit(config, log=lambda line: print(line, flush=True))
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    with served(a.metrics_port, a.metrics_host, a.metrics_linger, log=log) as sink:  # a port taken: refused first
+        run_audit(config, log=log, sink=sink)
     return 0
 
 

@@ -147,8 +147,8 @@ class PrometheusSink:
 
         try:
             self.server, _thread = pc.start_http_server(port, addr=host, registry=self.registry)
-        except OSError as e:
-            raise InputError(f"cannot serve metrics on {host}:{port} ({e.strerror or e})") from None
+        except (OSError, OverflowError) as e:  # a port taken or not allowed; OverflowError: not a port number
+            raise InputError(f"cannot serve metrics on {host}:{port} ({getattr(e, 'strerror', None) or e})") from None
         return int(self.server.server_port)
 
     def close(self) -> None:

@@ -313,7 +313,7 @@ def test_the_audit_as_a_ray_job_fans_out_and_makes_the_uaps_of_a_local_run(clust
     assert json.loads((remote / "audit.json").read_text())["natural"]["kind"] == "shards"
 
 
-def test_an_audit_serves_its_metrics_while_it_runs(models, natural_dir, tmp_path) -> None:
+def test_an_audit_serves_its_metrics_while_it_runs(models, natural_dir, tmp_path, capsys) -> None:
     """`raylab audit --metrics-port` serves the same Prometheus metrics as `raylab uap` (Grafana's throughput panels),
     each UAP tagged with its trial id, and counts every UAP done as a finished trial of the audit's sweep; an audit
     exported nothing before. Scraped over HTTP from 127.0.0.1 while the audit lingers."""
@@ -321,28 +321,27 @@ def test_an_audit_serves_its_metrics_while_it_runs(models, natural_dir, tmp_path
     import threading
     import urllib.request
 
-    from raylab.audit import run_audit
-
-    config = AuditConfig(model=str(models["model"]), natural=natural_dir, medical=PNEUMONIA, out=tmp_path / "m",
-                         budget="quick", limit=20, zetas=(0.04,), seeds=2, targets=("none",), methods=("sgd",),
-                         metrics_port=0, metrics_linger=5)
-    lines: list[str] = []
-    done = threading.Thread(target=run_audit, args=(config,), kwargs={"log": lines.append}, daemon=True)
+    args = ["--limit", "20", "--zetas", "0.04", "--seeds", "2", "--targets", "none", "--methods", "sgd",
+            "--metrics-port", "0", "--metrics-linger", "5"]
+    codes: list[int] = []
+    done = threading.Thread(target=lambda: codes.append(_audit(models["model"], natural_dir, tmp_path / "m", *args)),
+                            daemon=True)
     done.start()
     finished = 'ray_raylab_trials_total{model="",run="",source="",status="finished",sweep="audit-model"} 4.0'
-    deadline, url, text = time.monotonic() + 240, None, ""
+    deadline, printed, url, text = time.monotonic() + 240, "", None, ""
     while time.monotonic() < deadline and finished not in text:
-        url = url or next((line.split()[-1] for line in lines if line.startswith("serving metrics on ")), None)
+        printed += capsys.readouterr().out
+        url = url or next((line.split()[-1] for line in printed.splitlines() if line.startswith("serving metrics on ")), None)
         if url:
             text = urllib.request.urlopen(url, timeout=5).read().decode()
         time.sleep(0.5)
-    assert url and url.startswith("http://127.0.0.1:"), lines
+    assert url and url.startswith("http://127.0.0.1:"), printed
     assert finished in text
     trials = set(re.findall(r'ray_raylab_images_processed_total\{[^}]*run="([^"]+)"', text))
     assert trials == {"natural-z0.04-u-sgd-s0", "natural-z0.04-u-sgd-s1", "train-z0.04-u-sgd-s0", "train-z0.04-u-sgd-s1"}
     done.join(timeout=120)
-    assert not done.is_alive() and (tmp_path / "m" / "report" / "report.html").exists()
-    assert lines[-1] == "run done; serving its final metrics for 5 s more"
+    assert codes == [0] and (tmp_path / "m" / "report" / "report.html").exists()
+    assert (printed + capsys.readouterr().out).rstrip().endswith("run done; serving its final metrics for 5 s more")
 
 
 # --------------------------------------------------------------------------- wording follows the numbers

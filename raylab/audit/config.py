@@ -45,8 +45,8 @@ BUDGETS = {
 }
 
 
-#: Settings a resumed audit may change: where and how its UAPs run, and where its metrics are served.
-RESUMABLE_CHANGES = ("out", "ray", "cpus_per_uap", "metrics_port", "metrics_host", "metrics_linger")
+#: Settings a resumed audit may change: where and how its UAPs run.
+RESUMABLE_CHANGES = ("out", "ray", "cpus_per_uap")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,11 +78,6 @@ class AuditConfig:
     ray: bool = option(False, "run the UAPs as Ray tasks spread over the cluster (the output must be reachable from "
                               "every node)")
     cpus_per_uap: float = option(1.0, "with --ray: CPUs per UAP task")
-    metrics_port: int | None = option(None, "serve Prometheus metrics on this port while the audit runs (0 picks one); "
-                                            "with --ray the tasks' metrics go through Ray's metrics agents")
-    metrics_host: str = option("127.0.0.1", "address for --metrics-port (loopback by default)")
-    metrics_linger: float = option(15.0, "seconds to keep serving metrics after the audit, so the last values get "
-                                         "scraped")
 
     def __post_init__(self) -> None:
         for name in ("model", "natural", "out", "medical", "card"):
@@ -105,9 +100,6 @@ class AuditConfig:
               f"name may hold letters, digits and . _ - only, got {self.name!r}")
         check_device(self.device)
         check(self.cpus_per_uap > 0, f"cpus_per_uap must be > 0, got {self.cpus_per_uap}")
-        check(self.metrics_port is None or 0 <= self.metrics_port <= 65535,
-              f"metrics_port must be a port number (0 picks one), got {self.metrics_port}")
-        check(self.metrics_linger >= 0, f"metrics_linger must be >= 0 seconds, got {self.metrics_linger}")
 
     @property
     def plan(self) -> Budget:
@@ -127,5 +119,5 @@ class AuditConfig:
         return self.results or str(self.out / "results")
 
     def identity(self) -> dict[str, Any]:
-        """What a resumed audit must share with the audit it resumes (the resources and metrics may change)."""
+        """What a resumed audit must share with the audit it resumes (the resources may change)."""
         return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}

@@ -14,7 +14,7 @@ from ..run import run_uap
 from ..selection import best, select_on_validation
 from ..store import Store
 from ..target import load_target
-from ..telemetry import Sink, Telemetry, ray_sink, run_tags, served
+from ..telemetry import Sink, Telemetry, ray_sink, run_tags
 from .config import SOURCES, AuditConfig
 from .plan import Job, audit_targets, plan_jobs
 from .state import Audit, prepare
@@ -107,14 +107,9 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
         bar.close()
 
 
-def run_audit(config: AuditConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the audit and render its report; returns the summary (``audit.json``). With
-    ``metrics_port`` its metrics are served while it runs (those of ``--ray`` tasks go through Ray's agents)."""
-    with served(config.metrics_port, config.metrics_host, config.metrics_linger, log=log) as sink:
-        return _run(config, sink, log)
-
-
-def _run(config: AuditConfig, sink: Sink, log: Callable[[str], None]) -> dict[str, Any]:
+def run_audit(config: AuditConfig, *, log: Callable[[str], None] = print, sink: Sink | None = None) -> dict[str, Any]:
+    """Run (or resume) the audit and render its report; returns the summary (``audit.json``). Its UAPs' metrics go
+    to ``sink`` (``raylab audit --metrics-port``); those of ``--ray`` tasks go through Ray's agents."""
     from .report import render_audit
     from .verdict import verdict
 

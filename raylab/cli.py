@@ -41,7 +41,6 @@ def _model_options(p: argparse.ArgumentParser, *, out_help: str) -> None:
     p.add_argument("--out", type=Path, required=True, help=out_help)
 
 
-
 def _metrics_options(p: argparse.ArgumentParser) -> None:
     """--metrics-port/-host/-linger of a single-process command (raylab.telemetry.served)."""
     p.add_argument("--metrics-port", type=int, default=None,
@@ -49,6 +48,12 @@ def _metrics_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default loopback only)")
     p.add_argument("--metrics-linger", type=float, default=15.0,
                    help="seconds to keep serving metrics after the run, so the last values get scraped")
+
+
+def _log(line: str) -> None:
+    """A command's progress line, flushed at once (a job's log shows it as it happens)."""
+    print(line, flush=True)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylab", description=__doc__.splitlines()[0])
@@ -236,13 +241,9 @@ def cmd_uap(a: argparse.Namespace) -> int:
     from .telemetry import Telemetry, run_tags, served
 
     config = build(UAPConfig, a)
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-
-    with served(a.metrics_port, a.metrics_host, a.metrics_linger, log=log) as sink:
+    with served(a.metrics_port, a.metrics_host, a.metrics_linger, log=_log) as sink:
         record = run_uap(config, telemetry=Telemetry(sink, **run_tags(out=config.out, source=config.source, model=config.model)),
-                         log=log)
+                         log=_log)
     print(record.summary())
     print(f"wrote {config.out}/uap.npy, metrics.json, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
     return 0
@@ -277,7 +278,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .engine import run_engine
 
     config = build(EngineConfig, a)
-    record = run_engine(config, log=lambda line: print(line, flush=True), connect=lambda: _init_ray(a.address))
+    record = run_engine(config, log=_log, connect=lambda: _init_ray(a.address))
     print(record.summary(), flush=True)
     print(f"wrote {config.out}: uap.npy, metrics.json, checkpoint.pt, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
     return 0
@@ -450,12 +451,8 @@ def cmd_audit(a: argparse.Namespace) -> int:
         if _init_ray(a.address):
             refuse_on_local_ray(f"--cpus-per-uap {config.cpus_per_uap:g}: one UAP task would", config.cpus_per_uap,
                                 fix="lower --cpus-per-uap")
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-
-    with served(a.metrics_port, a.metrics_host, a.metrics_linger, log=log) as sink:  # a port taken: refused first
-        run_audit(config, log=log, sink=sink)
+    with served(a.metrics_port, a.metrics_host, a.metrics_linger, log=_log) as sink:  # a port taken: refused first
+        run_audit(config, log=_log, sink=sink)
     return 0
 
 
@@ -509,7 +506,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     studies = [(out if len(medicals) == 1 else out / Path(medical).stem, medical) for medical in medicals]
     configs = [(dest, preset(a.preset, data_dir=a.data_dir, out=dest, **over, **({"medical": medical} if medical else {})))
                for dest, medical in studies]  # every study checked before any starts
-    with served(a.metrics_port, a.metrics_host, a.metrics_linger) as sink:
+    with served(a.metrics_port, a.metrics_host, a.metrics_linger, log=_log) as sink:
         for dest, c in configs:
             study = run_reproduce(c, sink=sink)
             path = render_report(dest, a.report if len(medicals) == 1 and a.report else dest / "report")

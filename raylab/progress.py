@@ -38,5 +38,6 @@ def bar(*args: Any, file: TextIO | None = None, **kwargs: Any) -> tqdm:
     if getattr(out, "isatty", lambda: False)():
         return tqdm(*args, file=out, **kwargs)
     kwargs.setdefault("mininterval", LOG_INTERVAL)
+    kwargs.setdefault("maxinterval", LOG_INTERVAL)  # tqdm's monitor thread would redraw a slow bar every 10 s
     kwargs["leave"] = True  # a cleared bar leaves nothing in a log: keep its last line
     return tqdm(*args, file=_Lines(out), ascii=True, **kwargs)

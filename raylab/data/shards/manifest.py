@@ -56,9 +56,9 @@ class Manifest:
         """A warning when these shards hold less than a model of ``channels`` x ``size`` px inputs takes: photos
         stored gray for an RGB model, or smaller than its input (upsampled); None when they hold what it takes. A
         UAP made from such images may under-state what the original photos do."""
-        lost = ([f"gray ({'RGB' if channels == 3 else 'its'} inputs get no colour)"] if self.channels == 1 and channels == 3
-                else []) + ([f"at {self.image_size} px (upsampled to its {size} px)"]
-                            if self.image_size is not None and self.image_size < size else [])
+        lost = (["gray (RGB inputs get no colour)"] if self.channels == 1 and channels == 3 else []) + (
+            [f"at {self.image_size} px (upsampled to its {size} px)"]
+            if self.image_size is not None and self.image_size < size else [])
         if not lost:
             return None
         again = f"--image-size {size}" + (" --channels 3" if channels == 3 else "")

@@ -242,10 +242,12 @@ def _fig2(study: dict[str, Any], row: dict[str, Any]) -> bytes:
     from .data.medical import load_medical
     from .models import load_classifier
     from .plots import examples_png
+    from .target import fit
 
     c = study["config"]
-    model = load_classifier(study["models"][row["model"]]["path"])
-    m = load_medical(c["medical"], size=c["image_size"]).with_channels(model.spec.in_channels)
+    path = study["models"][row["model"]]["path"]
+    model = load_classifier(path)
+    m = fit(model, load_medical(c["medical"], size=c["image_size"]), where=c["medical"], name=path)  # as the model takes it
     rho = torch.from_numpy(np.load(row["uap_uri"]))
     clean, adv = predict_labels(model, m.test_images), predict_labels(model, m.test_images, rho=rho)
     correct = (clean == m.test_labels)

@@ -114,9 +114,10 @@ def load_csv_folder(
 
     Files are relative to ``root`` (or absolute). Labels are class indices or
     class names (then ``class_names`` defaults to the sorted unique names).
-    ``channels=None`` keeps the images' colour: they are decoded as RGB, and
-    kept as one gray channel only when every image is gray (R = G = B), so
-    dermoscopy photos stay RGB and X-rays gray; 1 or 3 converts them.
+    ``channels=None`` keeps the images' colour: files all stored gray are
+    decoded gray; otherwise as RGB, kept as one gray channel only when every
+    image is gray (R = G = B); so dermoscopy photos stay RGB and X-rays gray.
+    1 or 3 converts them.
     With ``size`` each image is resized as it is decoded (images of several
     sizes need one).
     """

@@ -147,7 +147,6 @@ def test_delta_stop_matches_art(trained_cnn, natural_gray, pneumonia) -> None:
     assert ours.input_score == pytest.approx(art.fooling_rate)
     assert ours.input_score >= 0.2
     np.testing.assert_allclose(ours.rho.numpy(), art.noise[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ours.rho.numpy(), art.noise[0], rtol=1e-5, atol=1e-5)
 
 
 def test_batched_b1_equals_faithful_exactly(trained_cnn, natural_gray, pneumonia) -> None:
@@ -159,6 +158,36 @@ def test_batched_b1_equals_faithful_exactly(trained_cnn, natural_gray, pneumonia
             trained_cnn, natural_gray, criterion=criterion, seed=5)
         assert torch.equal(faithful.rho, batched.rho)
         assert faithful.stats == batched.stats
+
+
+@pytest.mark.parametrize("attack", ["paper", "paper-static", "paper-delta", "sgd"])
+def test_a_call_resumed_after_any_pass_makes_the_uap_of_one_never_stopped(trained_cnn, natural_gray, pneumonia,
+                                                                           attack) -> None:
+    """What `raylab uap` resumes from (its checkpoint holds the PassState of the last pass): continuing from the
+    state after pass k gives the same ρ, counts and history as the call that was never stopped."""
+    from raylab.core import SGDUAP, PassState
+
+    radius = zeta_radius(pneumonia["train_x"], zeta=0.1, p=2)
+    make = {"paper": lambda: UAP(radius=radius, p=2, eps=0.02, max_passes=3, mode="batched", batch_size=8),
+            "paper-static": lambda: UAP(radius=radius, p="inf", eps=0.01, max_passes=3, mode="batched", batch_size=8,
+                                        static_shapes=True),
+            "paper-delta": lambda: UAP(radius=radius, p=2, eps=0.05, max_passes=10, delta=0.8, mode="batched",
+                                       batch_size=4),
+            "sgd": lambda: SGDUAP(radius=radius, p=2, lr=0.5, max_passes=3, batch_size=16)}[attack]
+    states: list[PassState] = []
+    whole = make()(trained_cnn, natural_gray, seed=4, on_pass=states.append)
+    assert [s.passes for s in states] == list(range(1, whole.passes + 1))
+    assert states[-1].finished and not any(s.finished for s in states[:-1])
+    assert torch.equal(states[-1].rho, whole.rho) and states[-1].stats == whole.stats
+    if attack == "paper-delta":
+        assert whole.converged and whole.passes < 10  # resumed after the δ stop: it stays stopped
+    for state in states:
+        resumed = make()(trained_cnn, natural_gray, seed=4, resume=state)
+        assert torch.equal(resumed.rho, whole.rho), f"resumed after pass {state.passes}"
+        assert (resumed.passes, resumed.stats, repr(resumed.history)) == (whole.passes, whole.stats, repr(whole.history))
+        assert (resumed.converged, resumed.input_score) == (whole.converged, whole.input_score)
+    with pytest.raises(ValueError, match="cannot resume after 11 passes"):
+        make()(trained_cnn, natural_gray, resume=PassState(11, whole.rho))
 
 
 def test_batch_update_is_the_sum_of_per_image_accepted_steps(trained_cnn, natural_gray) -> None:

@@ -19,7 +19,7 @@ from .norms import NORMS, Norm, lp_norm, parse_norm, project_lp, random_sphere, 
 from .pixels import VALID_RANGE, as_model_input, to_model_space, to_unit_range
 from .sgd import SGDUAP, batch_gradient, sgd_step, step_size
 from .regime import MIN_UPDATES, weak_regime
-from .uap import UAP, UAPResult
+from .uap import UAP, PassState, UAPResult
 from .updates import BatchUpdate, MaskedUpdate, StepStats, batch_update, masked_update
 
 __all__ = [
@@ -28,6 +28,6 @@ __all__ = [
     "confusion_matrix", "fooling_rate", "label_composition", "predict_labels", "success_rate",
     "NORMS", "Norm", "lp_norm", "parse_norm", "project_lp", "random_sphere", "zeta_radius",
     "VALID_RANGE", "as_model_input", "to_model_space", "to_unit_range",
-    "MIN_UPDATES", "UAP", "BatchUpdate", "MaskedUpdate", "StepStats", "UAPResult", "batch_update", "masked_update", "weak_regime",
+    "MIN_UPDATES", "UAP", "PassState", "BatchUpdate", "MaskedUpdate", "StepStats", "UAPResult", "batch_update", "masked_update", "weak_regime",
     "SGDUAP", "batch_gradient", "sgd_step", "step_size",
 ]

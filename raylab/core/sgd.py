@@ -36,7 +36,7 @@ from .metrics import predict_labels
 from .norms import Norm, project_lp
 from .pixels import as_model_input
 from .transfer import device_batches
-from .uap import UAPResult, check_attack, initial_rho
+from .uap import PassState, UAPResult, check_attack, initial_rho, resume_from
 from .updates import StepStats
 
 Schedule = Literal["linear", "constant"]
@@ -141,6 +141,8 @@ class SGDUAP:
         on_batch: Callable[[StepStats, Tensor], None] | None = None,
         first_step: int = 0,
         total_steps: int | None = None,
+        resume: PassState | None = None,
+        on_pass: Callable[[PassState], None] | None = None,
     ) -> UAPResult:
         """Run the attack on ``images`` (N×C×H×W, uint8 raw or float model space).
 
@@ -151,18 +153,23 @@ class SGDUAP:
             on_batch: called after every step with its counts and the new ρ.
             first_step, total_steps: where this call stands in a longer run's schedule (a stream of chunks);
                 by default the run is this call alone.
+            resume: continue a call of the same arguments from the state its ``on_pass`` handed out (its ρ replaces
+                ``rho``): the same UAP as that call made without stopping.
+            on_pass: called after every epoch with the state to resume from (ρ on the CPU).
         """
-        rho = initial_rho(model, images, rho)
+        order_rng = random.Random(seed)
+        start = resume_from(resume, max_passes=self.max_passes, order_rng=order_rng, n=len(images))
+        rho = initial_rho(model, images, rho if resume is None else start.rho)
         device = rho.device
         if clean_labels is None:
             clean_labels = (predict_labels(model, images, batch_size=self.eval_batch_size, amp=self.amp)
                             if isinstance(criterion, Untargeted) else torch.zeros(len(images), dtype=torch.long))
         clean_labels = clean_labels.to(device)
-        n, t = len(images), first_step
+        n = len(images)
         total = self.steps(n) + first_step if total_steps is None else total_steps
-        order_rng = random.Random(seed)
-        stats, history = StepStats(), []
-        for k in range(self.max_passes):
+        t = first_step + start.passes * math.ceil(n / self.batch_size)
+        stats, history = start.stats, list(start.history)
+        for k in range(start.passes, self.max_passes):
             order = torch.tensor(order_rng.sample(range(n), n))
             active_total = torch.zeros((), dtype=torch.long, device=device)
             for idx, x in device_batches(images, order, self.batch_size, device=device, overlap=self.prefetch):
@@ -178,4 +185,6 @@ class SGDUAP:
             stats = stats + pass_stats
             history.append({"pass": k + 1, "active": pass_stats.active, "accepted": pass_stats.accepted,
                             "input_score": float("nan")})
+            if on_pass is not None:
+                on_pass(PassState(k + 1, rho.detach().cpu().clone(), stats, tuple(history), k + 1 == self.max_passes))
         return UAPResult(rho.cpu(), self.max_passes, stats, None, False, history)

@@ -4,7 +4,9 @@ Start from ρ (zero, or carried in from the previous chunk of a stream); pass
 over the input images in a seeded random order; for an image whose label under
 x+ρ still counts as not fooled, take one FGSM step of size ε from x+ρ; if the
 step is accepted, ``ρ <- Proj(x_adv - x)``. Repeat for ``i_max`` passes or
-until the score on the inputs reaches 1 - δ.
+until the score on the inputs reaches 1 - δ. After each pass the attack can
+hand out a :class:`PassState`, from which a later call continues to the same ρ
+(a long run that stopped resumes, :mod:`raylab.resume`).
 
 The rule for one batch is in :mod:`raylab.core.updates`; with B=1 it is the
 faithful per-image rule of ART's ``UniversalPerturbation``, which is how
@@ -71,6 +73,33 @@ class UAPResult:
     #: True when the δ stop fired before i_max passes.
     converged: bool
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PassState:
+    """Where an attack's call stands after its first ``passes`` passes: enough to continue it into the ρ of a call
+    never stopped. The image order of pass k is the seed's k-th permutation, so it is drawn again, not stored.
+
+    ``finished``: the call ended there (i_max passes, or the δ stop); continuing it returns at once.
+    """
+
+    passes: int
+    rho: Tensor
+    stats: StepStats = StepStats()
+    history: tuple[dict[str, float], ...] = ()
+    finished: bool = False
+
+
+def resume_from(state: PassState | None, *, max_passes: int, order_rng: random.Random, n: int) -> PassState:
+    """The state a call starts from (``state``, or none of its passes made), after drawing the image orders of the
+    passes already made from ``order_rng``; ValueError when ``state`` has more passes than ``max_passes``."""
+    if state is None:
+        return PassState(0, torch.zeros(0))
+    if not 0 <= state.passes <= max_passes:
+        raise ValueError(f"cannot resume after {state.passes} passes of a run of max_passes={max_passes}")
+    for _ in range(state.passes):
+        order_rng.sample(range(n), n)
+    return state
 
 
 @dataclass(frozen=True)
@@ -148,6 +177,8 @@ class UAP:
         clean_labels: Tensor | None = None,
         seed: int = 0,
         on_batch: Callable[[StepStats, Tensor], None] | None = None,
+        resume: PassState | None = None,
+        on_pass: Callable[[PassState], None] | None = None,
     ) -> UAPResult:
         """Run the attack on ``images`` (N×C×H×W, uint8 raw or float model space).
 
@@ -157,8 +188,13 @@ class UAP:
             seed: the image order of pass k is ``random.Random(seed).sample``'s
                 k-th permutation, the draw ART makes with the global ``random``.
             on_batch: called after every batch with its stats and the current ρ.
+            resume: continue a call of the same arguments from the state its ``on_pass`` handed out (its ρ replaces
+                ``rho``): the same UAP as that call made without stopping.
+            on_pass: called after every pass with the state to resume from (ρ on the CPU).
         """
-        rho = initial_rho(model, images, rho)
+        order_rng = random.Random(seed)
+        start = resume_from(resume, max_passes=self.max_passes, order_rng=order_rng, n=len(images))
+        rho = initial_rho(model, images, rho if resume is None else start.rho)
         device = rho.device
         if self.cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {device}")
@@ -180,11 +216,11 @@ class UAP:
                 return masked.counts
 
             static_step = CapturedStep(step, (rho, counts), frozen=model.parameters()) if self.cuda_graphs else step
-        order_rng = random.Random(seed)
-        total, history, score, converged = StepStats(), [], None, False
+        total, history, passes, finished = start.stats, list(start.history), start.passes, start.finished
+        score = history[-1]["input_score"] if history and self.delta > 0 else None
+        converged = finished and passes < self.max_passes
         n, b = len(images), self.effective_batch_size
-        passes = 0
-        while passes < self.max_passes:
+        while passes < self.max_passes and not finished:
             order = torch.tensor(order_rng.sample(range(n), n))
             pass_stats = StepStats()
             counts.zero_()
@@ -206,9 +242,10 @@ class UAP:
             score = self._input_score(model, images, clean_labels, rho, criterion) if self.delta > 0 else None
             history.append({"pass": passes, "active": pass_stats.active, "accepted": pass_stats.accepted,
                             "input_score": float("nan") if score is None else score})
-            if (score is not None and score >= 1 - self.delta) or pass_stats.active == 0:
-                converged = passes < self.max_passes
-                break
+            stop = (score is not None and score >= 1 - self.delta) or pass_stats.active == 0
+            converged, finished = stop and passes < self.max_passes, stop or passes == self.max_passes
+            if on_pass is not None:
+                on_pass(PassState(passes, rho.detach().cpu().clone(), total, tuple(history), finished))
         return UAPResult(rho.cpu(), passes, total, score, converged, history)
 
     def _input_score(self, model: nn.Module, images: Tensor, clean: Tensor, rho: Tensor, criterion: Criterion) -> float:

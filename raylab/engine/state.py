@@ -24,6 +24,7 @@ from torch import Tensor
 from ..core import Norm, StepStats, project_lp, sgd_step, step_size
 from ..core.sgd import Schedule
 from ..errors import InputError, RaylabError
+from ..fingerprint import Fingerprint
 from .readers import BatchMeta, Position
 
 CHECKPOINT = "checkpoint.pt"
@@ -68,7 +69,7 @@ class RunState:
         """The running rate on the stream: the share of visited images already fooled (or at the target)."""
         return 1 - self.stats["active"] / max(1, self.stats["images"])
 
-    def to_bytes(self, fingerprint: "Fingerprint") -> bytes:
+    def to_bytes(self, fingerprint: Fingerprint) -> bytes:
         meta = {k: v for k, v in self.__dict__.items() if k != "rho"}
         buf = io.BytesIO()
         torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint.digest, "rho": self.rho,
@@ -76,7 +77,7 @@ class RunState:
         return buf.getvalue()
 
     @staticmethod
-    def from_bytes(data: bytes, fingerprint: "Fingerprint", where: str) -> "RunState":
+    def from_bytes(data: bytes, fingerprint: Fingerprint, where: str) -> "RunState":
         """The state in a checkpoint of this run; InputError naming what differs for another run's."""
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -89,28 +90,6 @@ class RunState:
             raise InputError(f"{where}: checkpoint of a different run ({fingerprint.differences(then)}); use a new "
                              "output location, or the settings it was started with")
         return RunState(rho=obj["rho"], **json.loads(obj["state"]))
-
-
-#: How a differing digest part is named in a refusal.
-PART_NAMES = {"model": "the model's weights differ", "shards": "the shards differ",
-              "medical": "the medical data differs (the radius comes from its training images)"}
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What determines ρ: ``digest``, one hash, decides whether a checkpoint is this run's; ``parts`` (the UAP
-    parameters as given, and short digests of the model, shards and medical data) name what differs when not."""
-
-    digest: str
-    parts: dict[str, Any]
-
-    def differences(self, then: dict[str, Any] | None) -> str:
-        """``"workers=1 then, 2 now; the shards differ"``, from the parts a checkpoint recorded."""
-        if then is None:
-            return "model, shards, medical data or UAP parameters differ"
-        said = [PART_NAMES[k] if k in PART_NAMES else f"{k}={then.get(k)!r} then, {v!r} now"
-                for k, v in self.parts.items() if then.get(k) != v]
-        return "; ".join(said) or "its fingerprint differs"
 
 
 def fingerprint(attack: dict[str, Any], model_bytes: bytes, shards: Sequence[tuple[str, int, str]], medical: str) -> Fingerprint:

@@ -1,0 +1,46 @@
+"""What determines a resumable run's ρ, as one digest (:class:`Fingerprint`): a checkpoint is resumed only by the run
+that wrote it, and a refusal names what differs.
+
+The engine's checkpoint (:mod:`raylab.engine.state`) and a single-machine UAP's (:mod:`raylab.resume`) are checked by
+it; each decides what goes into its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+
+#: How a differing digest part is named in a refusal.
+PART_NAMES = {"model": "the model's weights differ", "shards": "the shards differ",
+              "medical": "the medical data differs (the radius comes from its training images)",
+              "images": "the source images differ"}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What determines ρ: ``digest``, one hash, decides whether a checkpoint is this run's; ``parts`` (the UAP
+    parameters as given, and short digests of the model, images and medical data) name what differs when not."""
+
+    digest: str
+    parts: dict[str, Any]
+
+    def differences(self, then: dict[str, Any] | None) -> str:
+        """``"workers=1 then, 2 now; the shards differ"``, from the parts a checkpoint recorded."""
+        if then is None:
+            return "model, shards, medical data or UAP parameters differ"
+        said = [PART_NAMES[k] if k in PART_NAMES else f"{k}={then.get(k)!r} then, {v!r} now"
+                for k, v in self.parts.items() if then.get(k) != v]
+        return "; ".join(said) or "its fingerprint differs"
+
+
+def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 of named tensors: their names, shapes, dtypes and bytes (read in place, not copied)."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()

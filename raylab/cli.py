@@ -545,10 +545,11 @@ COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard
 #: What an interrupted command (Ctrl-C, or SIGTERM) keeps, said in its one last line.
 INTERRUPTED = {
     "generate": "rerun with the same --out to resume",
-    "uap": "a single-machine UAP keeps no checkpoint; for long runs use `raylab generate`, which resumes",
+    "uap": "its last checkpoint is kept (at the end of a pass, every --checkpoint-seconds): rerun the same command to resume",
     "sweep": "finished trials are kept: rerun the same command to resume",
-    "audit": "every UAP finished so far is kept: rerun the same command to resume",
-    "reproduce": "every model, selection and UAP finished so far is kept: rerun the same command to resume",
+    "audit": "every UAP finished so far is kept, the one under way at its last checkpoint: rerun the same command to resume",
+    "reproduce": "every model, selection and UAP finished so far is kept, the UAP under way at its last checkpoint: rerun the "
+                 "same command to resume",
     "demo": "every step finished so far is kept: rerun to resume",
     "shard": "the manifest is written last, so no run reads the half-written location: rerun to write it",
 }

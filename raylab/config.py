@@ -195,6 +195,8 @@ class UAPConfig(AttackConfig):
                                   "(the control the paper's Discussion proposes)")
     cuda_graphs: bool = option(False, "the paper's method with each static-shape step captured once as a CUDA graph "
                                       "and replayed (for the launch-bound faithful mode; cuda only)")
+    checkpoint_seconds: float = option(60.0, "write a checkpoint at the end of a pass once this many seconds passed "
+                                             "since the last (0: after every pass); rerun with the same --out to resume")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -203,6 +205,8 @@ class UAPConfig(AttackConfig):
         object.__setattr__(self, "out", Path(self.out))
         check(self.mode in ("faithful", "batched"), f"mode must be 'faithful' or 'batched', got {self.mode!r}")
         check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
+        finite("checkpoint_seconds", self.checkpoint_seconds)
+        check(self.checkpoint_seconds >= 0, f"checkpoint_seconds must be >= 0, got {self.checkpoint_seconds}")
         check(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
         check_model(self.model)
         check_medical(self.medical)

@@ -22,14 +22,15 @@ import torch
 from torch import Tensor
 
 from .config import SOURCE_RANDOM, SOURCE_TRAIN, UAPConfig
-from .core import (SGDUAP, UAP, VALID_RANGE, Criterion, StepStats, label_composition, lp_norm, predict_labels,
-                   weak_regime)
+from .core import (SGDUAP, UAP, VALID_RANGE, Criterion, PassState, StepStats, label_composition, lp_norm,
+                   predict_labels, weak_regime)
 from .data.natural import load_image_folder
 from .data.shards import MANIFEST_NAME, load_shard_images
 from .evaluation import by_class, evaluate, random_uap
 from .models import for_inference
 from .progress import bar as progress_bar
 from .record import Build, Figures, ResultsKey, RunRecord, Source, write_run
+from .resume import Checkpoint, CheckpointFile, fingerprint
 from .store import Store
 from .target import Target, load_target
 from .telemetry import Telemetry
@@ -115,40 +116,55 @@ def attack_for(config: UAPConfig, radius: float) -> UAP | SGDUAP:
 
 
 def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterion: Criterion, radius: float, *,
-             progress: bool = False, telemetry: Telemetry | None = None) -> tuple[Tensor, StepStats, int]:
+             progress: bool = False, telemetry: Telemetry | None = None, resume: Checkpoint | None = None,
+             checkpoint_file: CheckpointFile | None = None) -> tuple[Tensor, StepStats, int]:
     """The UAP over ``images``, ρ carried from chunk to chunk (the authors' code streamed 100 x 1,000).
 
     The paper's method runs chunk by chunk (each chunk its i_max passes); the stochastic-gradient method makes its
-    epochs over all the images, one schedule for the whole run. Returns ρ, the counts over every pass and chunk,
-    and the most passes any chunk made.
+    epochs over all the images, one schedule for the whole run. ``resume`` continues from a checkpoint;
+    ``checkpoint_file`` saves one after every pass (:mod:`raylab.resume`). Returns ρ, the counts over every pass and
+    chunk, and the most passes any chunk made.
     """
     attack = attack_for(config, radius)
     chunk_size = len(images) if isinstance(attack, SGDUAP) else config.chunk_size
     telemetry = telemetry or Telemetry()
-    rho: Tensor | None = None
-    total, passes = StepStats(), 0
+    resume = resume or Checkpoint(0, PassState(0, torch.zeros(0)))
+    rho: Tensor | None = None  # a checkpoint's state (after one pass or more) holds its chunk's ρ
+    total, passes, seen = resume.done, resume.passes, resume.done + resume.state.stats
     assert config.max_passes is not None
-    bar = progress_bar(total=len(images) * config.max_passes, unit="img", disable=not progress, desc=f"UAP ({config.method})",
-               smoothing=0.1)
-    last = time.perf_counter()
+    bar = progress_bar(total=len(images) * config.max_passes, initial=seen.images, unit="img", disable=not progress,
+                       desc=f"UAP ({config.method})", smoothing=0.1)
+    started = last = time.perf_counter()
     kind = "fooling" if criterion.sign > 0 else "success"
 
     def on_batch(s: StepStats, current: Tensor) -> None:
-        nonlocal total, last
-        now, total = time.perf_counter(), total + s
+        nonlocal seen, last
+        now, seen = time.perf_counter(), seen + s
         norm = float(lp_norm(current[None], config.p))
         bar.update(s.images)
-        bar.set_postfix(accepted=total.accepted, norm=f"{norm:.3g}", refresh=False)
+        bar.set_postfix(accepted=seen.accepted, norm=f"{norm:.3g}", refresh=False)
         telemetry.step_time(worker=0, seconds=now - last)
         telemetry.batch_done(worker=0, images=s.images, accepted=s.accepted)
-        telemetry.round_done(rho_norm=norm, p=str(config.p), stream_rate=1 - total.active / max(1, total.images),
+        telemetry.round_done(rho_norm=norm, p=str(config.p), stream_rate=1 - seen.active / max(1, seen.images),
                              criterion=kind, idle_ratio=None)
         last = now
 
     try:
         for k, chunk in enumerate(images.split(chunk_size)):
-            result = attack(model, chunk, criterion=criterion, rho=rho, seed=config.seed + k, on_batch=on_batch)
-            rho, passes = result.rho, max(passes, result.passes)
+            if k < resume.chunk:
+                continue
+            state = resume.state if k == resume.chunk and resume.state.passes else None
+            if state is not None and state.finished:  # the checkpoint was written after this chunk's last pass
+                rho, chunk_passes, chunk_stats = state.rho, state.passes, state.stats
+            else:
+                def on_pass(s: PassState, k: int = k, done: StepStats = total, most: int = passes) -> None:
+                    assert checkpoint_file is not None
+                    checkpoint_file.save(Checkpoint(k, s, done, most, resume.seconds + time.perf_counter() - started))
+
+                result = attack(model, chunk, criterion=criterion, rho=rho, seed=config.seed + k, on_batch=on_batch,
+                                resume=state, on_pass=on_pass if checkpoint_file is not None else None)
+                rho, chunk_passes, chunk_stats = result.rho, result.passes, result.stats
+            total, passes = total + chunk_stats, max(passes, chunk_passes)
     finally:
         bar.close()
     assert rho is not None
@@ -182,6 +198,14 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
             log(warning)
     telemetry = telemetry if telemetry is not None else Telemetry()
     telemetry.skipped(images=len(source.source.skipped))
+    checkpoint_file, resume = None, None
+    if source.images is not None:
+        images = source.images
+        checkpoint_file = CheckpointFile(store, lambda: fingerprint(config, target.model, images, target.radius),
+                                         every=config.checkpoint_seconds)
+        resume = checkpoint_file.load()  # another run's checkpoint is refused here, before any compute
+        if resume is not None and log is not None:
+            log(f"resuming from {checkpoint_file.where}: {resume.describe(len(images), config)}")
     model = for_inference(target.model, device=config.device, amp=config.amp, compile=config.compile)
     started = time.perf_counter()
     stats, passes = StepStats(), 0
@@ -189,8 +213,8 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
         rho = random_uap(target.image_shape, radius=target.radius, p=config.p, seed=config.seed)
     else:
         rho, stats, passes = generate(config, model, source.images, target.criterion, target.radius,
-                                      progress=progress, telemetry=telemetry)
-    seconds = time.perf_counter() - started
+                                      progress=progress, telemetry=telemetry, resume=resume, checkpoint_file=checkpoint_file)
+    seconds = time.perf_counter() - started + (resume.seconds if resume is not None else 0.0)
     clip = VALID_RANGE if config.clip else None
     medical = target.medical
 
@@ -217,4 +241,7 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
     what = "random control" if source.images is None else f"UAP from {Path(info.location).name}"
     shown = Figures(examples=config.examples, test_images=medical.test_images,
                     title=f"{what}, L{config.p} zeta={config.zeta:g}, {evaluation.headline_text()}") if figures else None
-    return write_run(record, rho, store, figures=shown, results=results)
+    written = write_run(record, rho, store, figures=shown, results=results)
+    if checkpoint_file is not None:
+        checkpoint_file.remove()  # the record holds the UAP now; a rerun makes it again
+    return written

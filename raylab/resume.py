@@ -1,0 +1,135 @@
+"""A single-machine UAP's checkpoint: ``raylab uap``, and every UAP of an audit, a sweep or the reproduction.
+
+A UAP over many images is hours on a CPU; a run that stops (a crash, a kill, a preempted machine) resumes from its
+last checkpoint and makes the UAP it would have made without stopping. The paper's method runs chunk by chunk
+(Section 2.2; the authors streamed 100 x 1,000 images) and each chunk pass by pass, the stochastic-gradient method
+epoch by epoch over all its images; after a pass the attack hands out a :class:`~raylab.core.uap.PassState`, and
+the checkpoint (:class:`Checkpoint`) is that state, the chunk it belongs to, the counts of the chunks before it and
+the seconds spent. It is written atomically through :class:`~raylab.store.Store` at the end of a pass once
+``every`` seconds have passed since the last write, and removed once the run's record is written.
+
+A checkpoint is resumed only by the run that wrote it (:class:`~raylab.fingerprint.Fingerprint`: the UAP
+parameters, the model's weights, the source images and the radius); another run's is refused in one line naming
+what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .config import UAPConfig
+from .core import PassState, StepStats
+from .errors import InputError
+from .fingerprint import Fingerprint, tensor_digest
+from .store import Store
+
+CHECKPOINT = "uap-checkpoint.pt"
+FORMAT = "raylab.uap-checkpoint/1"
+#: The UAP parameters that determine ρ; where and how fast it runs (device, compile, static shapes) do not.
+KEYS = ("method", "p", "zeta", "eps", "max_passes", "delta", "target", "step_norm", "clip", "seed", "amp", "lr",
+        "loss_clamp", "schedule", "mode", "chunk_size")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a UAP's generation stands: chunk ``chunk`` after ``state.passes`` of its passes."""
+
+    chunk: int
+    state: PassState
+    #: The counts of the chunks before it, and the most passes any of them made.
+    done: StepStats = StepStats()
+    passes: int = 0
+    #: Seconds of generation spent so far (a resumed run's record counts them).
+    seconds: float = 0.0
+
+    def describe(self, images: int, config: UAPConfig) -> str:
+        """``"chunk 3 of 10, after pass 1 of 2 (4.2 min of generation kept)"``, ``"chunk 3 of 10 done (...)"``."""
+        chunks = 1 if config.method == "sgd" else -(-images // config.chunk_size)
+        unit = "epoch" if config.method == "sgd" else "pass"
+        if chunks == 1:
+            where = "generation done" if self.state.finished else f"after {unit} {self.state.passes} of {config.max_passes}"
+        elif self.state.finished:
+            where = f"chunk {self.chunk + 1} of {chunks} done"
+        else:
+            where = f"chunk {self.chunk + 1} of {chunks}, after {unit} {self.state.passes} of {config.max_passes}"
+        return f"{where} ({self.seconds / 60:.1f} min of generation kept)"
+
+
+def fingerprint(config: UAPConfig, model: nn.Module, images: Tensor, radius: float) -> Fingerprint:
+    """What determines ρ: the UAP parameters, the model's weights, the source images and the radius (which the
+    medical training images give, Section 2.2)."""
+    params = {k: getattr(config, k) for k in KEYS} | {"batch_size": config.effective_batch_size, "radius": radius}
+    parts = json.loads(json.dumps(params, default=str))
+    parts |= {"model": tensor_digest(model.state_dict().items())[:16], "images": tensor_digest([("images", images)])[:16]}
+    return Fingerprint(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts)
+
+
+class CheckpointFile:
+    """A run's checkpoint at ``store``: :meth:`load` at the start, :meth:`save` after each pass, :meth:`remove` at
+    the end. ``identify`` gives the run's fingerprint, computed once and only when a checkpoint is read or written
+    (it hashes the source images)."""
+
+    def __init__(self, store: Store, identify: Callable[[], Fingerprint], *, every: float) -> None:
+        self.store, self.identify, self.every = store, identify, every
+        self._fingerprint: Fingerprint | None = None
+        self._last = time.monotonic()
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        if self._fingerprint is None:
+            self._fingerprint = self.identify()
+        return self._fingerprint
+
+    @property
+    def where(self) -> str:
+        return self.store.path(CHECKPOINT)
+
+    def load(self) -> Checkpoint | None:
+        """This run's checkpoint, None when there is none; InputError for another run's or an unreadable one."""
+        if not self.store.exists(CHECKPOINT):
+            return None
+        try:
+            obj = torch.load(io.BytesIO(self.store.read_bytes(CHECKPOINT)), map_location="cpu", weights_only=True)
+            if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+                raise ValueError("not a raylab UAP checkpoint")
+            then = json.loads(obj["parts"])
+            meta = json.loads(obj["progress"])
+        except Exception as e:
+            raise InputError(f"{self.where}: cannot read this checkpoint ({' '.join(str(e).split())[:120]}); remove it "
+                             "to start over") from None
+        if then != self.fingerprint.parts:
+            raise InputError(f"{self.where}: checkpoint of a different run ({self.fingerprint.differences(then)}); use "
+                             "a new output location, the settings it was started with, or remove it to start over")
+        state = PassState(meta["passes"], obj["rho"], StepStats(*meta["stats"]), tuple(meta["history"]), meta["finished"])
+        return Checkpoint(meta["chunk"], state, StepStats(*meta["done"]), meta["chunk_passes"], meta["seconds"])
+
+    def save(self, checkpoint: Checkpoint) -> bool:
+        """Write ``checkpoint`` when ``every`` seconds have passed since the last write; True if written."""
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        s = checkpoint.state
+        meta = {"chunk": checkpoint.chunk, "passes": s.passes, "stats": _counts(s.stats), "history": list(s.history),
+                "finished": s.finished, "done": _counts(checkpoint.done), "chunk_passes": checkpoint.passes,
+                "seconds": checkpoint.seconds}
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, "parts": json.dumps(self.fingerprint.parts), "rho": s.rho.detach().cpu(),
+                    "progress": json.dumps(meta)}, buf)
+        self.store.write_bytes(CHECKPOINT, buf.getvalue())
+        self._last = now
+        return True
+
+    def remove(self) -> None:
+        self.store.remove(CHECKPOINT)
+
+
+def _counts(stats: StepStats) -> list[int]:
+    return [stats.images, stats.active, stats.accepted]

@@ -312,7 +312,17 @@ def _sigterm_as_ctrl_c() -> None:
     """SIGTERM (`ray job stop`, `kill`, a node being drained) takes Ctrl-C's path: what is done is kept (the engine
     checkpoints its last round, Tune saves its state) and said in one line."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Ctrl-C's handler (Python's, or Tune's while a sweep runs); KeyboardInterrupt itself where SIGINT has none: a
+    process started in the background of a script, or under nohup, ignores SIGINT, and raising it there made SIGTERM
+    do nothing at all."""
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:
+        raise KeyboardInterrupt
 
 
 def _answers(address: str, name: str, timeout: float = 5.0) -> None:

@@ -60,7 +60,8 @@ class Checkpoint:
             where = f"chunk {self.chunk + 1} of {chunks} done"
         else:
             where = f"chunk {self.chunk + 1} of {chunks}, after {unit} {self.state.passes} of {config.max_passes}"
-        return f"{where} ({self.seconds / 60:.1f} min of generation kept)"
+        kept = f"{self.seconds:.0f} s" if self.seconds < 90 else f"{self.seconds / 60:.1f} min"
+        return f"{where} ({kept} of generation kept)"
 
 
 def fingerprint(config: UAPConfig, model: nn.Module, images: Tensor, radius: float) -> Fingerprint:

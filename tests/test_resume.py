@@ -53,11 +53,11 @@ def _stopped_after_a_checkpoint(args: list[str], out: Path, signal: str) -> None
 
 
 @pytest.mark.parametrize(("method", "signal"), [("paper", "SIGKILL"), ("sgd", "SIGTERM")])
-def test_a_killed_uap_resumes_to_the_uap_of_a_run_never_stopped(models, natural_dir, tmp_path, capsys, method,
+def test_a_stopped_uap_resumes_to_the_uap_of_a_run_never_stopped(models, natural_dir, tmp_path, capsys, method,
                                                                  signal) -> None:
     assert main(_uap(models, natural_dir, tmp_path / "whole", method)) == 0
     assert not (tmp_path / "whole" / "uap-checkpoint.pt").exists()  # a finished run's checkpoint is removed
-    out = tmp_path / "killed"
+    out = tmp_path / "stopped"
     _stopped_after_a_checkpoint(_uap(models, natural_dir, out, method), out, signal)
     checkpoint = out / "uap-checkpoint.pt"
     kept = checkpoint.read_bytes()

@@ -263,20 +263,22 @@ def test_csv_folder_missing_image_names_it(tmp_path: Path) -> None:
 
 def _colour_csv_folder(tmp_path: Path, photo_label: str = "PHOTO") -> Path:
     """A CSV folder as MedicalAI-UAP's skin-lesion set is one: colour photos of their own sizes (real Flickr photos,
-    167-500 px) beside gray 28 px X-rays (real PneumoniaMNIST), three classes."""
+    167-500 px) beside gray 28 px X-rays (real PneumoniaMNIST), three classes; the training split lists its X-rays
+    first, the test split its photos first."""
     with np.load(PNEUMONIA) as z:
         x, y = z["train_images"][:12], z["train_labels"][:12].reshape(-1)
     photos = sorted(FLICKR.glob("*.jpg"))[:6]
     root = tmp_path / f"colour-{photo_label}"
     (root / "img").mkdir(parents=True)
     for split, xs, ps in (("train", range(8), photos[:4]), ("test", range(8, 12), photos[4:])):
-        lines = ["file,label"]
+        rays, shots = [], []
         for i in xs:
             Image.fromarray(x[i]).save(root / "img" / f"{i}.png")
-            lines.append(f"img/{i}.png,{('NORMAL', 'PNEUMONIA')[y[i]]}")
+            rays.append(f"img/{i}.png,{('NORMAL', 'PNEUMONIA')[y[i]]}")
         for p in ps:
             (root / "img" / p.name).write_bytes(p.read_bytes())
-            lines.append(f"img/{p.name},{photo_label}")
+            shots.append(f"img/{p.name},{photo_label}")
+        lines = ["file,label", *(rays + shots if split == "train" else shots + rays)]
         (root / f"{split}_pre.csv").write_text("\n".join(lines) + "\n")
     return root
 
@@ -293,6 +295,11 @@ def test_a_csv_folder_keeps_its_colour_and_is_resized_as_decoded(tmp_path: Path)
     assert not torch.equal(d.train_images[photo, 0], d.train_images[photo, 2])  # a colour photo keeps its colour
     first = sorted(FLICKR.glob("*.jpg"))[0]
     assert torch.equal(d.train_images[photo], decode_image(first.read_bytes(), channels=3, size=32))
+    # each file is read once, as stored: an X-ray before the first photo, and one after it, are their gray repeated
+    for images, labels, name in ((d.train_images, d.train_labels, "0.png"), (d.test_images, d.test_labels, "8.png")):
+        ray = next(i for i, label in enumerate(labels.tolist()) if label != 1)
+        expected = decode_image((root / "img" / name).read_bytes(), channels=1, size=32)
+        assert torch.equal(images[ray], expected.expand(3, -1, -1))
     gray, _, _ = _csv_folder(tmp_path / "gray", header=True, names=True)  # X-rays only: one channel, as before
     assert load_csv_folder(gray).channels == 1 and load_csv_folder(gray, channels=3).channels == 3
     # to a gray model, as PIL converts them (ITU-R 601-2 luma); to an RGB one, gray repeated

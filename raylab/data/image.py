@@ -21,6 +21,9 @@ from ..errors import InputError, one_line
 from . import jpeg
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+#: PIL modes of gray images (1-bit, 8-bit, 16/32-bit integer and float gray, gray with alpha): ``channels=None``
+#: decodes them to one channel, every other mode to three.
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 @dataclass
@@ -72,10 +75,11 @@ def _to_l_or_rgb(im: Image.Image) -> Image.Image:
 
 
 def decode_image(
-    data: bytes, *, channels: int, size: int | None, max_pixels: int = 89_478_485, name: str = "image",
+    data: bytes, *, channels: int | None, size: int | None, max_pixels: int = 89_478_485, name: str = "image",
     fast_jpeg: bool = True,
 ) -> torch.Tensor:
-    """Decode image bytes to a uint8 C x H x W tensor (C = ``channels``, 1 gray or 3 RGB).
+    """Decode image bytes to a uint8 C x H x W tensor (C = ``channels``, 1 gray or 3 RGB; None: as stored, 1 for an
+    image stored gray (:data:`GRAY_MODES`), else 3).
 
     The whole image is decoded (truncated files fail). More than ``max_pixels``
     pixels is refused before decoding. With ``size``, the image is resized to
@@ -84,7 +88,7 @@ def decode_image(
     decoded by libjpeg-turbo through torchvision (:mod:`raylab.data.jpeg`: the
     same pixels, faster, and free of Python's lock); ``fast_jpeg=False`` keeps PIL.
     """
-    if channels not in (1, 3):
+    if channels not in (None, 1, 3):
         raise InputError(f"{name}: channels must be 1 (gray) or 3 (RGB), got {channels}")
     if size is not None and size < 1:
         raise InputError(f"{name}: size must be >= 1, got {size}")
@@ -95,6 +99,8 @@ def decode_image(
                 w, h = im.size
                 if w * h > max_pixels:
                     raise InputError(f"{name}: {w}x{h} pixels exceeds the limit {max_pixels} (decompression bomb?)")
+                if channels is None:
+                    channels = 1 if im.mode in GRAY_MODES else 3
                 if fast_jpeg and jpeg.eligible(im, channels=channels, size=size):
                     fast = jpeg.decode(data, channels=channels)
                     if fast is not None:

@@ -43,6 +43,14 @@ class ImageStack:
         self._out[self.count] = image
         self.count += 1
 
+    def widen(self) -> None:
+        """Gray images added so far made RGB (the gray repeated in each channel), so that RGB images fit beside them:
+        a set decoded as stored, gray until its first colour image."""
+        assert self._out is not None and self._out.shape[1] == 1, "widen() turns a stack of gray images to RGB"
+        wide = _allocate(self.capacity, (3, *self._out.shape[2:]), self._out.dtype)
+        wide[:self.count] = self._out[:self.count]  # broadcast: one channel into three
+        self._out = wide
+
     def tensor(self) -> torch.Tensor:
         assert self._out is not None, "no image was added"
         return self._out[:self.count]

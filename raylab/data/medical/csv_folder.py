@@ -7,15 +7,12 @@ import csv
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ...errors import InputError
 from ..image import decode_image
 from ..memory import ImageStack
 from .dataset import SPLITS, MedicalSet, check_labels, check_shapes, numbered_names, with_empty_val
 
-#: PIL modes of gray images (1-bit, 8-bit, 16/32-bit integer and float gray, gray with alpha).
-_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _HEADER_WORDS = frozenset({"file", "filename", "file_name", "path", "filepath", "image", "image_path", "img",
                            "name", "label", "labels", "class", "target", "y"})
 
@@ -73,21 +70,10 @@ def _path(root: Path, file: str) -> Path:
     return Path(file) if Path(file).is_absolute() else root / file
 
 
-def _stored_gray(root: Path, rows: dict[str, list[tuple[int, str, str]]]) -> bool:
-    """Whether every listed file is stored as a gray image (read from the files' headers, nothing decoded), so the set
-    can be decoded gray at once rather than as RGB first (three times the memory, for a set of X-rays)."""
-    for split_rows in rows.values():
-        for _, file, _ in split_rows:
-            try:
-                with Image.open(_path(root, file)) as im:
-                    if im.mode not in _GRAY_MODES:
-                        return False
-            except Exception:  # unreadable: decoding it names it, with its line
-                return False
-    return True
-
-
-def _csv_images(root: Path, split: str, rows: list[tuple[int, str, str]], channels: int, size: int | None) -> torch.Tensor:
+def _csv_images(root: Path, split: str, rows: list[tuple[int, str, str]], channels: int | None,
+                size: int | None) -> torch.Tensor:
+    """The split's images, each read once; ``channels=None``: as stored, gray until the first colour image (then
+    the gray ones repeated to RGB), so a set of X-rays is never held as RGB."""
     csv_path = root / f"{split}_pre.csv"
     images = ImageStack(len(rows))
     for n, file, _ in rows:
@@ -98,7 +84,13 @@ def _csv_images(root: Path, split: str, rows: list[tuple[int, str, str]], channe
             data = path.read_bytes()
         except OSError as e:
             raise InputError(f"{path}: cannot read ({' '.join(str(e).split())})") from e
-        images.add(decode_image(data, channels=channels, size=size, name=str(path)), str(path))
+        image = decode_image(data, channels=channels, size=size, name=str(path))
+        if images.shape is not None and image.shape[0] != images.shape[0]:  # gray and RGB, decoded as stored
+            if image.shape[0] == 1:
+                image = image.expand(3, -1, -1)
+            else:
+                images.widen()
+        images.add(image, str(path))
     return images.tensor()  # _read_csv refuses a CSV without rows
 
 
@@ -114,10 +106,11 @@ def load_csv_folder(
 
     Files are relative to ``root`` (or absolute). Labels are class indices or
     class names (then ``class_names`` defaults to the sorted unique names).
-    ``channels=None`` keeps the images' colour: files all stored gray are
-    decoded gray; otherwise as RGB, kept as one gray channel only when every
-    image is gray (R = G = B); so dermoscopy photos stay RGB and X-rays gray.
-    1 or 3 converts them.
+    ``channels=None`` keeps the images' colour: each file is read once and
+    decoded as stored, gray or RGB; the set is RGB when any file is colour
+    (its gray files repeated), and one gray channel when every image is gray
+    (R = G = B); so dermoscopy photos stay RGB and X-rays gray, and a set of
+    X-rays is never held as RGB. 1 or 3 converts them.
     With ``size`` each image is resized as it is decoded (images of several
     sizes need one).
     """
@@ -136,11 +129,11 @@ def load_csv_folder(
         rows[split] = _read_csv(csv_path)
     labels, names = _csv_labels(root, rows, class_names)
     check_labels(root, labels, names)
-    if channels is None and _stored_gray(root, rows):
-        channels = 1
-    images = {split: _csv_images(root, split, r, channels or 3, size) for split, r in rows.items()}
-    if channels is None and all(_gray(x) for x in images.values()):  # RGB files of gray pictures
-        images = {split: x[:, :1].clone() for split, x in images.items()}
+    images = {split: _csv_images(root, split, r, channels, size) for split, r in rows.items()}
+    if channels is None and any(x.shape[1] == 3 for x in images.values()):
+        images = {split: x.expand(-1, 3, -1, -1).clone() if x.shape[1] == 1 else x for split, x in images.items()}
+        if all(_gray(x) for x in images.values()):  # RGB files of gray pictures
+            images = {split: x[:, :1].clone() for split, x in images.items()}
     check_shapes(root, images)
     with_empty_val(images, labels)
     return MedicalSet(root.name, names, images["train"], labels["train"], images["val"], labels["val"],

@@ -434,6 +434,7 @@ def run_reproduce(config: ReproduceConfig, *, log: Callable[[str], None] = print
     guard_resume(store, "study-config.json", _identity(c), what=f"the study in {c.out}",
                  hint="use a new --out, or the settings it was started with")
     ctx = Context(c, store, medical, log=log, sink=sink)
+    log(f"medical data: {c.medical}: {medical.summary()}")
     _train_models(ctx)
     for s, loc in (("natural_a", c.natural_a), ("natural_b", c.natural_b)):
         first = next(iter(ctx.targets))

@@ -301,6 +301,8 @@ def test_the_audit_as_a_ray_job_fans_out_and_makes_the_uaps_of_a_local_run(clust
     logs = submit_and_wait(cluster, " ".join(["python jobs/audit.py", *common, "--out", str(remote), "--ray",
                                               "--cpus-per-uap", "0.5"]), timeout=400)
     assert "Natural-image UAPs at L2 ζ = 4 %" in logs and "4 UAPs (0 done before)" in logs
+    assert (f"medical data: {PNEUMONIA}, as the model takes it: 2 classes (NORMAL, PNEUMONIA), gray 28 px: 4708 train, "
+            "524 val, 624 test images") in logs
     # the progress bar as lines of the job's log (it was one line redrawn with carriage returns)
     assert "\r" not in logs and any(line.startswith("UAPs: 100%|##########| 4/4 [") for line in logs.splitlines())
     a = {r["trial_id"]: r for r in read_results(local / "results").to_pylist()}

@@ -211,6 +211,7 @@ def test_a_rerun_resumes_without_redoing_anything(tiny, natural_dir, capsys) -> 
     assert [f.stat().st_mtime_ns for f in files] == stamps
     out = capsys.readouterr().out
     assert "pretraining" not in out and out.startswith("serving metrics on http://127.0.0.1:")
+    assert "\nmedical data: " in out and ": 2 classes (NORMAL, PNEUMONIA), gray 28 px: " in out  # what the study reads
     # the rerun adds its time to the study's instead of replacing it, and the report and the last line say so
     study = json.loads((tiny / "study.json").read_text())
     assert study["runs"] == first["runs"] + 1

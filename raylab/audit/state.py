@@ -89,6 +89,7 @@ def prepare(config: AuditConfig, *, log: Callable[[str], None] = print) -> Audit
     if imported is not None:
         store.write_bytes("model.pt", imported)
         log(f"imported {config.model} through its card {config.card} as {model}")
+    log(f"medical data: {config.medical}, as the model takes it: {target.medical.summary()}")
     log(natural.source.summary())
     if natural.source.warning:
         log(natural.source.warning)

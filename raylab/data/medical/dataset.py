@@ -41,6 +41,12 @@ class MedicalSet:
         """Image height (images are square for MedMNIST)."""
         return int(self.train_images.shape[2])
 
+    def summary(self) -> str:
+        """``"2 classes (NORMAL, PNEUMONIA), gray 28 px: 4708 train, 524 val, 624 test images"``."""
+        return (f"{self.num_classes} classes ({', '.join(self.class_names)}), {'gray' if self.channels == 1 else 'RGB'} "
+                f"{self.image_size} px: {len(self.train_images)} train, {len(self.val_images)} val, "
+                f"{len(self.test_images)} test images")
+
     def resized(self, size: int) -> MedicalSet:
         """All splits resized to ``size`` x ``size`` (bilinear, antialiased); self if already that size."""
         if size < 1:

@@ -184,6 +184,9 @@ def _print_epoch(m: dict) -> None:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from . import training_checkpoint
     from .data.natural import load_image_folder
     from .models import ModelSpec, save_classifier
     from .train import pretrain_natural
@@ -193,18 +196,26 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     if skipped.count:
         print(f"skipped {skipped.count} unreadable image(s): " + "; ".join(f"{n} ({w})" for n, w in skipped.skipped[:5]))
     spec = ModelSpec(arch=a.arch, num_classes=len(images), in_channels=3, image_size=a.image_size).validate()
+    checkpoint, resume = training_checkpoint.start(a.out, {**training_checkpoint.settings(config), "spec": asdict(spec),
+                                                           "images": training_checkpoint.images_digest(images)},
+                                                   every=config.checkpoint_seconds, log=_log)
     print(f"pretraining {a.arch} at {a.image_size}px on {len(images)} natural images from {a.images} ({config.epochs} epochs)")
     started = time.perf_counter()
-    model = pretrain_natural(images, spec=spec, config=config, on_epoch=_print_epoch)
+    model = pretrain_natural(images, spec=spec, config=config, on_epoch=_print_epoch, resume=resume, on_state=checkpoint.save)
     save_classifier(model, a.out, extra={"pretrain_images": str(a.images), "seconds": time.perf_counter() - started})
+    checkpoint.remove()
     print(f"wrote {a.out}")
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from . import training_checkpoint
     from .data.medical import load_medical
     from .models import ModelSpec, save_classifier
     from .store import Store
+    from .target import medical_digest
     from .train import finetune
 
     config = build(TrainConfig, a)
@@ -216,11 +227,16 @@ def cmd_train(a: argparse.Namespace) -> int:
                      normalize=normalize, class_names=data.class_names).validate()
     data = data.resized(a.image_size)
     regime = f"transfer learning from {backbone}" if backbone else "random initialization"
+    parts = {**training_checkpoint.settings(config), "spec": asdict(spec),
+             "backbone": training_checkpoint.weights_digest(backbone), "data": medical_digest(data)}
+    checkpoint, resume = training_checkpoint.start(a.out, parts, every=config.checkpoint_seconds, log=_log)
     print(f"training {a.arch} ({data.channels}-channel, {a.image_size}px) on {a.data} by {regime}, {config.epochs} epochs")
-    model, metrics = finetune(data, spec=spec, config=config, backbone_weights=backbone, on_epoch=_print_epoch)
+    model, metrics = finetune(data, spec=spec, config=config, backbone_weights=backbone, on_epoch=_print_epoch,
+                              resume=resume, on_state=checkpoint.save)
     save_classifier(model, a.out, extra=metrics)
     store, name = Store.beside(a.out.with_suffix(".json"))
     store.write_text(name, json.dumps({**metrics, "data": str(a.data), "backbone": backbone}, indent=2))
+    checkpoint.remove()
     print(f"test accuracy {metrics['test_accuracy']:.3f}; wrote {a.out}")
     return 0
 
@@ -555,6 +571,10 @@ COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard
 #: What an interrupted command (Ctrl-C, or SIGTERM) keeps, said in its one last line.
 INTERRUPTED = {
     "generate": "rerun with the same --out to resume",
+    "train": "its last checkpoint is kept (<out>.partial, at the end of an epoch, every --checkpoint-seconds): rerun the "
+             "same command to resume",
+    "pretrain": "its last checkpoint is kept (<out>.partial, at the end of an epoch, every --checkpoint-seconds): rerun "
+                "the same command to resume",
     "uap": "its last checkpoint is kept (at the end of a pass, every --checkpoint-seconds): rerun the same command to resume",
     "sweep": "finished trials are kept: rerun the same command to resume",
     "audit": "every UAP finished so far is kept, the one under way at its last checkpoint: rerun the same command to resume",

@@ -41,3 +41,8 @@ def bar(*args: Any, file: TextIO | None = None, **kwargs: Any) -> tqdm:
     kwargs.setdefault("maxinterval", LOG_INTERVAL)  # tqdm's monitor thread would redraw a slow bar every 10 s
     kwargs["leave"] = True  # a cleared bar leaves nothing in a log: keep its last line
     return tqdm(*args, file=_Lines(out), ascii=True, **kwargs)
+
+
+def duration(seconds: float) -> str:
+    """``"42 s"`` under a minute and a half, else ``"4.2 min"`` (where 0.0 min would read as nothing)."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

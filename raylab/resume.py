@@ -29,6 +29,7 @@ from .config import UAPConfig
 from .core import PassState, StepStats
 from .errors import InputError
 from .fingerprint import Fingerprint, tensor_digest
+from .progress import duration
 from .store import Store
 
 CHECKPOINT = "uap-checkpoint.pt"
@@ -60,8 +61,7 @@ class Checkpoint:
             where = f"chunk {self.chunk + 1} of {chunks} done"
         else:
             where = f"chunk {self.chunk + 1} of {chunks}, after {unit} {self.state.passes} of {config.max_passes}"
-        kept = f"{self.seconds:.0f} s" if self.seconds < 90 else f"{self.seconds / 60:.1f} min"
-        return f"{where} ({kept} of generation kept)"
+        return f"{where} ({duration(self.seconds)} of generation kept)"
 
 
 def fingerprint(config: UAPConfig, model: nn.Module, images: Tensor, radius: float) -> Fingerprint:

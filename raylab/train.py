@@ -31,6 +31,24 @@ from .models import Classifier, ModelSpec, build_model
 OnEpoch = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class FitState:
+    """Where training stands after ``epoch`` epochs: enough to continue it into the weights of a run never stopped
+    (the model, the optimizer's momentum, the schedule, the generator of the sampling and augmentation, torch's
+    global generator for dropout, and the history so far). Handed out after every epoch; a later call resumes from it."""
+
+    epoch: int
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    generator: Tensor
+    rng: Tensor
+    history: tuple[dict[str, Any], ...]
+
+
+OnState = Callable[[FitState], None]
+
+
 def epoch_line(row: dict[str, Any]) -> str:
     """One epoch's row of the training history as one line (``epoch=2  loss=0.3127  ...``), for progress output."""
     return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
@@ -50,9 +68,13 @@ class TrainConfig:
     augment: bool = True
     seed: int = option(0, "seed of the initialization, the sampling and the augmentation")
     device: str = option("cpu", "cpu or cuda[:N]")
+    checkpoint_seconds: float = option(60.0, "write a checkpoint (<out>.partial) at the end of an epoch once this many "
+                                             "seconds passed since the last (0: every epoch); rerun to resume")
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(math.isfinite(self.checkpoint_seconds) and self.checkpoint_seconds >= 0,
+              f"checkpoint_seconds must be >= 0, got {self.checkpoint_seconds}")
         check(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
         check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
@@ -105,7 +127,8 @@ FINETUNE_AUG = dict(scale=(0.9, 1.0), shift=0.08, flip=False, jitter=0.1, gray_p
 
 
 def _fit(model: Classifier, images: Tensor, labels: Tensor, config: TrainConfig, aug: dict[str, Any],
-         on_epoch: OnEpoch | None, evaluate: Callable[[], dict[str, float]] | None = None) -> list[dict[str, Any]]:
+         on_epoch: OnEpoch | None, evaluate: Callable[[], dict[str, float]] | None = None, *,
+         resume: FitState | None = None, on_state: OnState | None = None) -> list[dict[str, Any]]:
     device = torch.device(config.device)
     model.to(device)
     g = torch.Generator().manual_seed(config.seed)
@@ -115,8 +138,17 @@ def _fit(model: Classifier, images: Tensor, labels: Tensor, config: TrainConfig,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
                                                 pct_start=0.15, anneal_strategy="cos")
     weights = _balanced_weights(labels) if config.balanced else None
-    history = []
-    for epoch in range(1, config.epochs + 1):
+    history: list[dict[str, Any]] = []
+    if resume is not None:
+        if not 1 <= resume.epoch <= config.epochs:
+            raise InputError(f"cannot resume after epoch {resume.epoch} of a training of {config.epochs} epochs")
+        model.load_state_dict(resume.model)
+        opt.load_state_dict(resume.optimizer)
+        sched.load_state_dict(resume.scheduler)
+        g.set_state(resume.generator)
+        torch.set_rng_state(resume.rng)
+        history = list(resume.history)
+    for epoch in range(len(history) + 1, config.epochs + 1):
         model.train()
         started, total, correct, seen = time.perf_counter(), 0.0, 0, 0
         order = (torch.multinomial(weights, len(images), replacement=True, generator=g) if weights is not None
@@ -143,6 +175,9 @@ def _fit(model: Classifier, images: Tensor, labels: Tensor, config: TrainConfig,
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
+        if on_state is not None:
+            on_state(FitState(epoch, model.state_dict(), opt.state_dict(), sched.state_dict(), g.get_state(),
+                              torch.get_rng_state(), tuple(history)))
     return history
 
 
@@ -153,14 +188,16 @@ def _balanced_weights(labels: Tensor) -> Tensor:
 
 
 def pretrain_natural(images: Tensor, *, spec: ModelSpec, config: TrainConfig, labels: Tensor | None = None,
-                     on_epoch: OnEpoch | None = None) -> Classifier:
-    """Exemplar pretraining on uint8 RGB photos: image i is class i (or ``labels`` when given)."""
+                     on_epoch: OnEpoch | None = None, resume: FitState | None = None,
+                     on_state: OnState | None = None) -> Classifier:
+    """Exemplar pretraining on uint8 RGB photos: image i is class i (or ``labels`` when given). ``on_state`` gets the
+    state after every epoch, from which ``resume`` continues a stopped run (:mod:`raylab.training_checkpoint`)."""
     if labels is None:
         labels = torch.arange(len(images))
     if spec.num_classes != int(labels.max()) + 1:
         raise InputError(f"spec has {spec.num_classes} classes but the labels need {int(labels.max()) + 1}")
     model = build_model(spec, seed=config.seed)
-    _fit(model, images, labels, config, PRETRAIN_AUG, on_epoch)
+    _fit(model, images, labels, config, PRETRAIN_AUG, on_epoch, resume=resume, on_state=on_state)
     return model.eval()
 
 
@@ -172,11 +209,13 @@ def accuracy(model: torch.nn.Module, images: Tensor, labels: Tensor, *, batch_si
 
 
 def finetune(data: MedicalSet, *, spec: ModelSpec, config: TrainConfig, backbone_weights: str | Path | None = None,
-             on_epoch: OnEpoch | None = None) -> tuple[Classifier, dict[str, Any]]:
+             on_epoch: OnEpoch | None = None, resume: FitState | None = None,
+             on_state: OnState | None = None) -> tuple[Classifier, dict[str, Any]]:
     """Transfer learning from ``backbone_weights`` (or training from random initialization when None).
 
     Returns the model (eval mode) and metrics: test accuracy, per-epoch history,
-    and whether it was trained from scratch (Section 3.3's comparison).
+    and whether it was trained from scratch (Section 3.3's comparison). ``on_state`` gets the state after every
+    epoch, from which ``resume`` continues a stopped run (:mod:`raylab.training_checkpoint`).
     """
     spec = spec.validate()
     if data.image_size != spec.image_size:
@@ -189,7 +228,8 @@ def finetune(data: MedicalSet, *, spec: ModelSpec, config: TrainConfig, backbone
     def evaluate() -> dict[str, float]:
         return {"val_accuracy": accuracy(model, data.val_images, data.val_labels)} if len(data.val_images) else {}
 
-    history = _fit(model, data.train_images, data.train_labels, config, FINETUNE_AUG, on_epoch, evaluate)
+    history = _fit(model, data.train_images, data.train_labels, config, FINETUNE_AUG, on_epoch, evaluate, resume=resume,
+                   on_state=on_state)
     model.eval()
     metrics = {
         "arch": spec.arch, "image_size": spec.image_size, "dataset": data.name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -159,6 +160,27 @@ def models(tmp_path_factory: pytest.TempPathFactory, natural_dir: Path) -> dict[
     return {"backbone": d / "backbone.pt", "model": d / "model.pt"}
 
 
+
+
+def stopped_when_written(args: list[str], path: Path, sig: signal.Signals) -> tuple[int, str]:
+    """Run ``raylab *args`` in its own process, send it ``sig`` as soon as ``path`` (its first checkpoint) exists,
+    and return its exit code and stderr; fails if the run ends first.
+
+    The process ignores SIGINT, as one started in the background of a script or under nohup does: SIGTERM took
+    Ctrl-C's path by raising SIGINT, so there it did nothing and the run went on to its end.
+    """
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "raylab", *args])
+    proc = subprocess.Popen(["bash", "-c", f"trap '' INT; exec {command}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before {path.name} was written: {proc.stderr.read()[-2000:]}")
+        assert time.monotonic() < deadline, f"no {path.name} within 180 s"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
 
 
 def start_head(port: int, args: list[str], env: dict[str, str], log: Path, timeout: float = 180) -> subprocess.Popen:

@@ -4,11 +4,7 @@ makes, rerun, the UAP of a run never stopped; another run's checkpoint, or a dam
 from __future__ import annotations
 
 import json
-import shlex
 import signal as signal_module
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +12,7 @@ import pytest
 
 from raylab.cli import main
 
-from .conftest import PNEUMONIA
+from .conftest import PNEUMONIA, stopped_when_written
 
 
 def _uap(models: dict[str, Path], source: Path, out: Path, method: str, *extra: str) -> list[str]:
@@ -26,40 +22,21 @@ def _uap(models: dict[str, Path], source: Path, out: Path, method: str, *extra: 
             "--method", method, *how, "--checkpoint-seconds", "0", "--out", str(out), *extra]
 
 
-def _stopped_after_a_checkpoint(args: list[str], out: Path, signal: str) -> None:
-    """Run ``raylab *args`` in its own process and send it ``signal`` as soon as its first checkpoint is written.
-
-    SIGTERM goes to a process that ignores SIGINT, as one started in the background of a script or under nohup does:
-    SIGTERM took Ctrl-C's path by raising SIGINT, so there it did nothing and the run went on to its end.
-    """
-    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "raylab", *args])
-    proc = subprocess.Popen(["bash", "-c", f"trap '' INT; exec {command}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    checkpoint, deadline = out / "uap-checkpoint.pt", time.monotonic() + 180
-    while not checkpoint.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before its first checkpoint: {proc.stderr.read()[-2000:]}")
-        assert time.monotonic() < deadline, "no checkpoint within 180 s"
-        time.sleep(0.02)
-    proc.send_signal(getattr(signal_module, signal))
-    _, err = proc.communicate(timeout=60)
-    assert not (out / "uap.npy").exists(), "the run finished before it was stopped"
-    if signal == "SIGTERM":
-        assert proc.returncode == 130, err[-2000:]
-        assert err.strip().splitlines()[-1] == ("raylab uap: interrupted; its last checkpoint is kept (at the end of a "
-                                                "pass, every --checkpoint-seconds): rerun the same command to resume")
-    else:
-        assert proc.returncode == -signal_module.SIGKILL
-
-
 @pytest.mark.parametrize(("method", "signal"), [("paper", "SIGKILL"), ("sgd", "SIGTERM")])
 def test_a_stopped_uap_resumes_to_the_uap_of_a_run_never_stopped(models, natural_dir, tmp_path, capsys, method,
                                                                  signal) -> None:
     assert main(_uap(models, natural_dir, tmp_path / "whole", method)) == 0
     assert not (tmp_path / "whole" / "uap-checkpoint.pt").exists()  # a finished run's checkpoint is removed
     out = tmp_path / "stopped"
-    _stopped_after_a_checkpoint(_uap(models, natural_dir, out, method), out, signal)
     checkpoint = out / "uap-checkpoint.pt"
+    code, err = stopped_when_written(_uap(models, natural_dir, out, method), checkpoint, getattr(signal_module, signal))
+    assert not (out / "uap.npy").exists(), "the run finished before it was stopped"
+    if signal == "SIGTERM":
+        assert code == 130 and err.strip().splitlines()[-1] == (
+            "raylab uap: interrupted; its last checkpoint is kept (at the end of a pass, every --checkpoint-seconds): "
+            "rerun the same command to resume"), err[-2000:]
+    else:
+        assert code == -signal_module.SIGKILL
     kept = checkpoint.read_bytes()
     capsys.readouterr()
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import signal
+
 import torch
 
+from raylab.cli import main
 from raylab.data.medical import load_medmnist
-from raylab.models import ModelSpec
+from raylab.models import ModelSpec, load_classifier
 from raylab.train import TrainConfig, _balanced_weights, accuracy, augment, finetune, pretrain_natural
 
-from .conftest import IMAGENET, PNEUMONIA
+from .conftest import IMAGENET, PNEUMONIA, stopped_when_written
 
 
 def test_balanced_sampling_evens_out_the_classes() -> None:
@@ -50,3 +54,31 @@ def test_finetune_reports_test_accuracy_and_regime() -> None:
     assert metrics["test_accuracy"] > 0.625  # above always-PNEUMONIA (390/624)
     assert rows and 0 < rows[0]["val_accuracy"] <= 1
     assert not model.training
+
+
+def test_a_killed_training_resumes_to_the_weights_of_a_run_never_stopped(models, tmp_path, capsys) -> None:
+    """`raylab train` SIGKILLed after its first epoch's checkpoint (<out>.partial), rerun: the weights of a run never
+    stopped, to the bit (the optimizer's momentum, the schedule and the generators are in the checkpoint); a rerun
+    with other settings is refused in one line first."""
+    def train(out, *extra: str) -> list[str]:
+        return ["train", "--data", str(PNEUMONIA), "--backbone", str(models["backbone"]), "--arch", "small_cnn",
+                "--image-size", "28", "--epochs", "2", "--batch-size", "64", "--checkpoint-seconds", "0", "--out", str(out),
+                *extra]
+
+    assert main(train(tmp_path / "whole.pt")) == 0
+    assert not (tmp_path / "whole.pt.partial").exists()  # removed once the model is written
+    out, partial = tmp_path / "stopped.pt", tmp_path / "stopped.pt.partial"
+    code, _ = stopped_when_written(train(out), partial, signal.SIGKILL)
+    assert code == -signal.SIGKILL and not out.exists(), "the training finished before it was killed"
+    capsys.readouterr()
+    assert main(train(out, "--lr", "0.1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint of a different training (lr=0.05 then, 0.1 now)" in err, err
+    assert main(train(out)) == 0
+    logged = capsys.readouterr().out
+    assert f"resuming from {partial}: after epoch 1 of 2" in logged and logged.count("  epoch=") == 1  # epoch 2 alone
+    whole, resumed = load_classifier(tmp_path / "whole.pt"), load_classifier(out)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    reports = [json.loads(p.with_suffix(".json").read_text()) for p in (tmp_path / "whole.pt", out)]
+    assert reports[0]["test_accuracy"] == reports[1]["test_accuracy"] and len(reports[1]["history"]) == 2
+    assert not partial.exists()

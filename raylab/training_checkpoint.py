@@ -1,0 +1,118 @@
+"""Training's checkpoint: `raylab train`, `raylab pretrain` and the reproduction's models resume after a crash.
+
+Fine-tuning the paper's networks, or pretraining a backbone, is minutes to hours; a run that stops resumes from its
+last epoch and ends with the weights of a run never stopped (:class:`~raylab.train.FitState`: the model, the
+optimizer's momentum, the schedule and the generators). The checkpoint lies beside the model file it will become,
+``<out>.partial`` (``model.pt.partial``), written atomically through :class:`~raylab.store.Store` at the end of an
+epoch once ``every`` seconds have passed since the last write, and removed once the model is written.
+
+It is resumed only by the same training (:class:`~raylab.fingerprint.Fingerprint`: the settings, the model's
+spec, the backbone's weights and the images); another's is refused in one line naming what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import InputError
+from .fingerprint import Fingerprint, tensor_digest
+from .progress import duration
+from .store import Store
+from .train import FitState
+
+SUFFIX = ".partial"
+FORMAT = "raylab.training-checkpoint/1"
+
+
+def fingerprint(parts: dict[str, Any]) -> Fingerprint:
+    """The training's identity from ``parts``: its settings (where it runs left out), spec and data digests."""
+    parts = json.loads(json.dumps(parts, default=str))
+    return Fingerprint(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts)
+
+
+def settings(config: Any) -> dict[str, Any]:
+    """A training config's fields that determine the weights (not the device, nor how often to checkpoint)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("device", "checkpoint_seconds")}
+
+
+def weights_digest(weights: str | Path | None) -> str | None:
+    """A backbone's identity: its file's sha256, or the name it was given by (``imagenet``), None for none."""
+    if weights is None or not Path(weights).is_file():
+        return None if weights is None else str(weights)
+    return hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+
+
+def images_digest(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """The training images' (and labels') identity."""
+    return tensor_digest([("images", images)] + ([("labels", labels)] if labels is not None else []))[:16]
+
+
+def start(out: str | Path, parts: dict[str, Any], *, every: float,
+          log: Callable[[str], None]) -> tuple["TrainingCheckpoint", FitState | None]:
+    """The checkpoint of the training ``parts`` describes, to be written to ``out``, and the state to resume from
+    (said in one line), or None; InputError, before any compute, for another training's checkpoint."""
+    checkpoint = TrainingCheckpoint(out, fingerprint(parts), every=every)
+    state = checkpoint.load()
+    if state is not None:
+        kept = sum(row.get("seconds", 0.0) for row in state.history)
+        log(f"resuming from {checkpoint.where}: after epoch {state.epoch} of {parts.get('epochs')} "
+            f"({duration(kept)} of training kept)")
+    return checkpoint, state
+
+
+class TrainingCheckpoint:
+    """``<out>.partial``: :meth:`load` before training, :meth:`save` after each epoch, :meth:`remove` once the model
+    is written."""
+
+    def __init__(self, out: str | Path, identity: Fingerprint, *, every: float) -> None:
+        self.store, model_name = Store.beside(out)
+        self.name, self.identity, self.every = model_name + SUFFIX, identity, every
+        self._last = time.monotonic()
+
+    @property
+    def where(self) -> str:
+        return self.store.path(self.name)
+
+    def load(self) -> FitState | None:
+        """This training's state, None when there is none; InputError for another's or an unreadable one."""
+        if not self.store.exists(self.name):
+            return None
+        try:
+            obj = torch.load(io.BytesIO(self.store.read_bytes(self.name)), map_location="cpu", weights_only=True)
+            if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+                raise ValueError("not a raylab training checkpoint")
+            then = json.loads(obj["parts"])
+            state = FitState(obj["epoch"], obj["model"], obj["optimizer"], obj["scheduler"], obj["generator"],
+                             obj["rng"], tuple(json.loads(obj["history"])))
+        except Exception as e:
+            raise InputError(f"{self.where}: cannot read this checkpoint ({' '.join(str(e).split())[:120]}); remove it "
+                             "to start over") from None
+        if then != self.identity.parts:
+            raise InputError(f"{self.where}: checkpoint of a different training ({self.identity.differences(then)}); "
+                             "use another --out, the settings it was started with, or remove it to start over")
+        return state
+
+    def save(self, state: FitState) -> bool:
+        """Write ``state`` when ``every`` seconds have passed since the last write; True if written."""
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, "parts": json.dumps(self.identity.parts), "epoch": state.epoch,
+                    "model": {k: v.detach().cpu() for k, v in state.model.items()}, "optimizer": state.optimizer,
+                    "scheduler": state.scheduler, "generator": state.generator, "rng": state.rng,
+                    "history": json.dumps(list(state.history))}, buf)
+        self.store.write_bytes(self.name, buf.getvalue())
+        self._last = now
+        return True
+
+    def remove(self) -> None:
+        self.store.remove(self.name)

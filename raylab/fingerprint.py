@@ -1,17 +1,25 @@
-"""What determines a resumable run's ρ, as one digest (:class:`Fingerprint`): a checkpoint is resumed only by the run
-that wrote it, and a refusal names what differs.
+"""What determines a resumable run's result, as one digest (:class:`Fingerprint`): a checkpoint is resumed only by the
+run that wrote it, and a refusal names what differs.
 
-The engine's checkpoint (:mod:`raylab.engine.state`) and a single-machine UAP's (:mod:`raylab.resume`) are checked by
-it; each decides what goes into its digest.
+The engine's checkpoint (:mod:`raylab.engine.state`), a single-machine UAP's (:mod:`raylab.resume`) and a training's
+(:mod:`raylab.training_checkpoint`) are checked by it; each decides what goes into its digest. The latter two are
+read by :func:`read_checkpoint`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
+
+from .errors import InputError
+from .store import Store
+
+T = TypeVar("T")
 
 #: How a differing digest part is named in a refusal.
 PART_NAMES = {"model": "the model's weights differ", "shards": "the shards differ",
@@ -44,3 +52,26 @@ def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
+
+
+def read_checkpoint(store: Store, name: str, *, format: str, identity: Fingerprint, what: str,
+                    parse: Callable[[dict[str, Any]], T]) -> T | None:
+    """The checkpoint ``name`` of ``store`` parsed by ``parse``, None when there is none. One written with another
+    ``"parts"`` than ``identity``'s, of another ``format``, or unreadable, is an InputError in one line naming it
+    (and, for another run's, what differs), before any compute."""
+    if not store.exists(name):
+        return None
+    where = store.path(name)
+    try:
+        obj = torch.load(io.BytesIO(store.read_bytes(name)), map_location="cpu", weights_only=True)
+        if not (isinstance(obj, dict) and obj.get("format") == format):
+            raise ValueError(f"not a raylab {what} checkpoint")
+        then = json.loads(obj["parts"])
+        parsed = parse(obj)
+    except Exception as e:
+        raise InputError(f"{where}: cannot read this checkpoint ({' '.join(str(e).split())[:120]}); remove it to "
+                         "start over") from None
+    if then != identity.parts:
+        raise InputError(f"{where}: checkpoint of a different {what} ({identity.differences(then)}); use another "
+                         "output location, the settings it was started with, or remove it to start over")
+    return parsed

@@ -27,8 +27,7 @@ from torch import Tensor, nn
 
 from .config import UAPConfig
 from .core import PassState, StepStats
-from .errors import InputError
-from .fingerprint import Fingerprint, tensor_digest
+from .fingerprint import Fingerprint, read_checkpoint, tensor_digest
 from .progress import duration
 from .store import Store
 
@@ -95,22 +94,7 @@ class CheckpointFile:
 
     def load(self) -> Checkpoint | None:
         """This run's checkpoint, None when there is none; InputError for another run's or an unreadable one."""
-        if not self.store.exists(CHECKPOINT):
-            return None
-        try:
-            obj = torch.load(io.BytesIO(self.store.read_bytes(CHECKPOINT)), map_location="cpu", weights_only=True)
-            if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
-                raise ValueError("not a raylab UAP checkpoint")
-            then = json.loads(obj["parts"])
-            meta = json.loads(obj["progress"])
-        except Exception as e:
-            raise InputError(f"{self.where}: cannot read this checkpoint ({' '.join(str(e).split())[:120]}); remove it "
-                             "to start over") from None
-        if then != self.fingerprint.parts:
-            raise InputError(f"{self.where}: checkpoint of a different run ({self.fingerprint.differences(then)}); use "
-                             "a new output location, the settings it was started with, or remove it to start over")
-        state = PassState(meta["passes"], obj["rho"], StepStats(*meta["stats"]), tuple(meta["history"]), meta["finished"])
-        return Checkpoint(meta["chunk"], state, StepStats(*meta["done"]), meta["chunk_passes"], meta["seconds"])
+        return read_checkpoint(self.store, CHECKPOINT, format=FORMAT, identity=self.fingerprint, what="run", parse=_parse)
 
     def save(self, checkpoint: Checkpoint) -> bool:
         """Write ``checkpoint`` when ``every`` seconds have passed since the last write; True if written."""
@@ -134,3 +118,9 @@ class CheckpointFile:
 
 def _counts(stats: StepStats) -> list[int]:
     return [stats.images, stats.active, stats.accepted]
+
+
+def _parse(obj: dict) -> Checkpoint:
+    meta = json.loads(obj["progress"])
+    state = PassState(meta["passes"], obj["rho"], StepStats(*meta["stats"]), tuple(meta["history"]), meta["finished"])
+    return Checkpoint(meta["chunk"], state, StepStats(*meta["done"]), meta["chunk_passes"], meta["seconds"])

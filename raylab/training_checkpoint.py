@@ -22,8 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import InputError
-from .fingerprint import Fingerprint, tensor_digest
+from .fingerprint import Fingerprint, read_checkpoint, tensor_digest
 from .progress import duration
 from .store import Store
 from .train import FitState
@@ -83,22 +82,8 @@ class TrainingCheckpoint:
 
     def load(self) -> FitState | None:
         """This training's state, None when there is none; InputError for another's or an unreadable one."""
-        if not self.store.exists(self.name):
-            return None
-        try:
-            obj = torch.load(io.BytesIO(self.store.read_bytes(self.name)), map_location="cpu", weights_only=True)
-            if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
-                raise ValueError("not a raylab training checkpoint")
-            then = json.loads(obj["parts"])
-            state = FitState(obj["epoch"], obj["model"], obj["optimizer"], obj["scheduler"], obj["generator"],
-                             obj["rng"], tuple(json.loads(obj["history"])))
-        except Exception as e:
-            raise InputError(f"{self.where}: cannot read this checkpoint ({' '.join(str(e).split())[:120]}); remove it "
-                             "to start over") from None
-        if then != self.identity.parts:
-            raise InputError(f"{self.where}: checkpoint of a different training ({self.identity.differences(then)}); "
-                             "use another --out, the settings it was started with, or remove it to start over")
-        return state
+        return read_checkpoint(self.store, self.name, format=FORMAT, identity=self.identity, what="training",
+                               parse=_parse)
 
     def save(self, state: FitState) -> bool:
         """Write ``state`` when ``every`` seconds have passed since the last write; True if written."""
@@ -116,3 +101,8 @@ class TrainingCheckpoint:
 
     def remove(self) -> None:
         self.store.remove(self.name)
+
+
+def _parse(obj: dict) -> FitState:
+    return FitState(obj["epoch"], obj["model"], obj["optimizer"], obj["scheduler"], obj["generator"], obj["rng"],
+                    tuple(json.loads(obj["history"])))

@@ -22,7 +22,6 @@ parallel reduce into one shared step by summation (what the Ray engine does).
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -36,7 +35,7 @@ from .metrics import predict_labels
 from .norms import Norm, project_lp
 from .pixels import as_model_input
 from .transfer import device_batches
-from .uap import PassState, UAPResult, check_attack, initial_rho, resume_from
+from .uap import PassState, UAPResult, begin, check_attack
 from .updates import StepStats
 
 Schedule = Literal["linear", "constant"]
@@ -153,13 +152,9 @@ class SGDUAP:
             on_batch: called after every step with its counts and the new ρ.
             first_step, total_steps: where this call stands in a longer run's schedule (a stream of chunks);
                 by default the run is this call alone.
-            resume: continue a call of the same arguments from the state its ``on_pass`` handed out (its ρ replaces
-                ``rho``): the same UAP as that call made without stopping.
-            on_pass: called after every epoch with the state to resume from (ρ on the CPU).
+            resume, on_pass: as :class:`UAP`'s, ``on_pass`` called after every epoch.
         """
-        order_rng = random.Random(seed)
-        start = resume_from(resume, max_passes=self.max_passes, order_rng=order_rng, n=len(images))
-        rho = initial_rho(model, images, rho if resume is None else start.rho)
+        order_rng, start, rho = begin(model, images, rho=rho, resume=resume, seed=seed, max_passes=self.max_passes)
         device = rho.device
         if clean_labels is None:
             clean_labels = (predict_labels(model, images, batch_size=self.eval_batch_size, amp=self.amp)

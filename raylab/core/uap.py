@@ -90,16 +90,17 @@ class PassState:
     finished: bool = False
 
 
-def resume_from(state: PassState | None, *, max_passes: int, order_rng: random.Random, n: int) -> PassState:
-    """The state a call starts from (``state``, or none of its passes made), after drawing the image orders of the
-    passes already made from ``order_rng``; ValueError when ``state`` has more passes than ``max_passes``."""
-    if state is None:
-        return PassState(0, torch.zeros(0))
-    if not 0 <= state.passes <= max_passes:
-        raise ValueError(f"cannot resume after {state.passes} passes of a run of max_passes={max_passes}")
-    for _ in range(state.passes):
-        order_rng.sample(range(n), n)
-    return state
+def begin(model: nn.Module, images: Tensor, *, rho: Tensor | None, resume: PassState | None, seed: int,
+          max_passes: int) -> tuple[random.Random, PassState, Tensor]:
+    """A call's start: the generator of its image orders (past the passes ``resume`` made), the state it starts
+    from (``resume``, or no pass made) and ρ on the model's device (``resume``'s, else ``rho``, else zero);
+    ValueError when ``resume`` has more passes than ``max_passes``."""
+    order_rng, start = random.Random(seed), resume or PassState(0, torch.zeros(0))
+    if not 0 <= start.passes <= max_passes:
+        raise ValueError(f"cannot resume after {start.passes} passes of a run of max_passes={max_passes}")
+    for _ in range(start.passes):
+        order_rng.sample(range(len(images)), len(images))
+    return order_rng, start, initial_rho(model, images, rho if resume is None else start.rho)
 
 
 @dataclass(frozen=True)
@@ -192,9 +193,7 @@ class UAP:
                 ``rho``): the same UAP as that call made without stopping.
             on_pass: called after every pass with the state to resume from (ρ on the CPU).
         """
-        order_rng = random.Random(seed)
-        start = resume_from(resume, max_passes=self.max_passes, order_rng=order_rng, n=len(images))
-        rho = initial_rho(model, images, rho if resume is None else start.rho)
+        order_rng, start, rho = begin(model, images, rho=rho, resume=resume, seed=seed, max_passes=self.max_passes)
         device = rho.device
         if self.cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on a CUDA device, got {device}")

@@ -35,7 +35,9 @@ OnEpoch = Callable[[dict[str, Any]], None]
 class FitState:
     """Where training stands after ``epoch`` epochs: enough to continue it into the weights of a run never stopped
     (the model, the optimizer's momentum, the schedule, the generator of the sampling and augmentation, torch's
-    global generator for dropout, and the history so far). Handed out after every epoch; a later call resumes from it."""
+    global generator for dropout, and the history so far). Handed out after every epoch; a later call resumes from it.
+    On the CPU the continuation is exact; on a GPU it is as deterministic as the GPU's kernels (cuDNN's, and CUDA's
+    dropout generator, which is not kept, are not)."""
 
     epoch: int
     model: dict[str, Tensor]

@@ -35,6 +35,12 @@ class Fingerprint:
     digest: str
     parts: dict[str, Any]
 
+    @staticmethod
+    def of(parts: dict[str, Any]) -> "Fingerprint":
+        """The fingerprint whose parts are ``parts`` (as JSON gives them back) and whose digest is theirs."""
+        parts = json.loads(json.dumps(parts, default=str))
+        return Fingerprint(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts)
+
     def differences(self, then: dict[str, Any] | None) -> str:
         """``"workers=1 then, 2 now; the shards differ"``, from the parts a checkpoint recorded."""
         if then is None:

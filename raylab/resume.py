@@ -15,7 +15,6 @@ what differs.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -66,10 +65,9 @@ class Checkpoint:
 def fingerprint(config: UAPConfig, model: nn.Module, images: Tensor, radius: float) -> Fingerprint:
     """What determines ρ: the UAP parameters, the model's weights, the source images and the radius (which the
     medical training images give, Section 2.2)."""
-    params = {k: getattr(config, k) for k in KEYS} | {"batch_size": config.effective_batch_size, "radius": radius}
-    parts = json.loads(json.dumps(params, default=str))
-    parts |= {"model": tensor_digest(model.state_dict().items())[:16], "images": tensor_digest([("images", images)])[:16]}
-    return Fingerprint(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts)
+    return Fingerprint.of({**{k: getattr(config, k) for k in KEYS}, "batch_size": config.effective_batch_size,
+                           "radius": radius, "model": tensor_digest(model.state_dict().items())[:16],
+                           "images": tensor_digest([("images", images)])[:16]})
 
 
 class CheckpointFile:

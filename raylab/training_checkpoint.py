@@ -31,12 +31,6 @@ SUFFIX = ".partial"
 FORMAT = "raylab.training-checkpoint/1"
 
 
-def fingerprint(parts: dict[str, Any]) -> Fingerprint:
-    """The training's identity from ``parts``: its settings (where it runs left out), spec and data digests."""
-    parts = json.loads(json.dumps(parts, default=str))
-    return Fingerprint(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts)
-
-
 def settings(config: Any) -> dict[str, Any]:
     """A training config's fields that determine the weights (not the device, nor how often to checkpoint)."""
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("device", "checkpoint_seconds")}
@@ -58,7 +52,7 @@ def start(out: str | Path, parts: dict[str, Any], *, every: float,
           log: Callable[[str], None]) -> tuple["TrainingCheckpoint", FitState | None]:
     """The checkpoint of the training ``parts`` describes, to be written to ``out``, and the state to resume from
     (said in one line), or None; InputError, before any compute, for another training's checkpoint."""
-    checkpoint = TrainingCheckpoint(out, fingerprint(parts), every=every)
+    checkpoint = TrainingCheckpoint(out, Fingerprint.of(parts), every=every)
     state = checkpoint.load()
     if state is not None:
         kept = sum(row.get("seconds", 0.0) for row in state.history)

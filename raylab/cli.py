@@ -578,9 +578,9 @@ INTERRUPTED = {
     "uap": "its last checkpoint is kept (at the end of a pass, every --checkpoint-seconds): rerun the same command to resume",
     "sweep": "finished trials are kept: rerun the same command to resume",
     "audit": "every UAP finished so far is kept, the one under way at its last checkpoint: rerun the same command to resume",
-    "reproduce": "every model, selection and UAP finished so far is kept, the UAP under way at its last checkpoint: rerun the "
+    "reproduce": "every model, selection and UAP finished so far is kept, the one under way at its last checkpoint: rerun the "
                  "same command to resume",
-    "demo": "every step finished so far is kept: rerun to resume",
+    "demo": "every step finished so far is kept, the one under way at its last checkpoint: rerun to resume",
     "shard": "the manifest is written last, so no run reads the half-written location: rerun to write it",
 }
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command killed by Ctrl-C

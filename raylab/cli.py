@@ -184,8 +184,6 @@ def _print_epoch(m: dict) -> None:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from . import training_checkpoint
     from .data.natural import load_image_folder
     from .models import ModelSpec, save_classifier
@@ -196,9 +194,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     if skipped.count:
         print(f"skipped {skipped.count} unreadable image(s): " + "; ".join(f"{n} ({w})" for n, w in skipped.skipped[:5]))
     spec = ModelSpec(arch=a.arch, num_classes=len(images), in_channels=3, image_size=a.image_size).validate()
-    checkpoint, resume = training_checkpoint.start(a.out, {**training_checkpoint.settings(config), "spec": asdict(spec),
-                                                           "images": training_checkpoint.images_digest(images)},
-                                                   every=config.checkpoint_seconds, log=_log)
+    checkpoint, resume = training_checkpoint.pretraining(a.out, config, spec, images, log=_log)
     print(f"pretraining {a.arch} at {a.image_size}px on {len(images)} natural images from {a.images} ({config.epochs} epochs)")
     started = time.perf_counter()
     model = pretrain_natural(images, spec=spec, config=config, on_epoch=_print_epoch, resume=resume, on_state=checkpoint.save)
@@ -209,13 +205,10 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from . import training_checkpoint
     from .data.medical import load_medical
     from .models import ModelSpec, save_classifier
     from .store import Store
-    from .target import medical_digest
     from .train import finetune
 
     config = build(TrainConfig, a)
@@ -227,9 +220,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                      normalize=normalize, class_names=data.class_names).validate()
     data = data.resized(a.image_size)
     regime = f"transfer learning from {backbone}" if backbone else "random initialization"
-    parts = {**training_checkpoint.settings(config), "spec": asdict(spec),
-             "backbone": training_checkpoint.weights_digest(backbone), "data": medical_digest(data)}
-    checkpoint, resume = training_checkpoint.start(a.out, parts, every=config.checkpoint_seconds, log=_log)
+    checkpoint, resume = training_checkpoint.finetuning(a.out, config, spec, data, backbone, log=_log)
     print(f"training {a.arch} ({data.channels}-channel, {a.image_size}px) on {a.data} by {regime}, {config.epochs} epochs")
     model, metrics = finetune(data, spec=spec, config=config, backbone_weights=backbone, on_epoch=_print_epoch,
                               resume=resume, on_state=checkpoint.save)

@@ -301,7 +301,6 @@ def run_one(ctx: Context, key: str, source: str, zeta: float, target: str | None
 def _train_models(ctx: Context) -> None:
     from . import training_checkpoint
     from .data.natural import load_image_folder
-    from .target import medical_digest
     from .train import TrainConfig, epoch_line, finetune, pretrain_natural
 
     c, m = ctx.config, ctx.medical
@@ -330,18 +329,13 @@ def _train_models(ctx: Context) -> None:
                     ctx.log(f"pretraining {arch} on {len(rgb)} natural photos ({c.pretrain_epochs} epochs)")
                     bspec = ModelSpec(arch=arch, num_classes=len(rgb), in_channels=3, image_size=c.image_size).validate()
                     pretrain = TrainConfig(epochs=c.pretrain_epochs, balanced=False, seed=c.seed, device=c.device)
-                    checkpoint, resume = training_checkpoint.start(
-                        backbone, {**training_checkpoint.settings(pretrain), "spec": asdict(bspec),
-                                   "images": training_checkpoint.images_digest(rgb)}, every=pretrain.checkpoint_seconds,
-                        log=ctx.log)
+                    checkpoint, resume = training_checkpoint.pretraining(backbone, pretrain, bspec, rgb, log=ctx.log)
                     save_classifier(pretrain_natural(rgb, spec=bspec, config=pretrain, on_epoch=on_epoch, resume=resume,
                                                      on_state=checkpoint.save), backbone)
                     checkpoint.remove()
             ctx.log(f"training {key} ({'transfer learning' if backbone else 'random initialization'}, {c.train_epochs} epochs)")
             train = TrainConfig(epochs=c.train_epochs, seed=c.seed, device=c.device)
-            checkpoint, resume = training_checkpoint.start(
-                path, {**training_checkpoint.settings(train), "spec": asdict(spec), "data": medical_digest(m),
-                       "backbone": training_checkpoint.weights_digest(backbone)}, every=train.checkpoint_seconds, log=ctx.log)
+            checkpoint, resume = training_checkpoint.finetuning(path, train, spec, m, backbone, log=ctx.log)
             model, metrics = finetune(m, spec=spec, config=train, backbone_weights=backbone, on_epoch=on_epoch,
                                       resume=resume, on_state=checkpoint.save)
             save_classifier(model, path, extra={"test_accuracy": metrics["test_accuracy"], "regime": regime})

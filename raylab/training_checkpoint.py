@@ -12,11 +12,11 @@ spec, the backbone's weights and the images); another's is refused in one line n
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,38 +25,53 @@ import torch
 from .fingerprint import Fingerprint, read_checkpoint, tensor_digest
 from .progress import duration
 from .store import Store
-from .train import FitState
+from .data.medical import MedicalSet
+from .models import ModelSpec
+from .target import medical_digest
+from .train import FitState, TrainConfig
 
 SUFFIX = ".partial"
 FORMAT = "raylab.training-checkpoint/1"
 
 
-def settings(config: Any) -> dict[str, Any]:
+Resumed = tuple["TrainingCheckpoint", FitState | None]
+
+
+def pretraining(out: str | Path, config: TrainConfig, spec: ModelSpec, images: torch.Tensor, *,
+                log: Callable[[str], None]) -> Resumed:
+    """The checkpoint of exemplar pretraining on ``images`` (to be written to ``out``) and the state to resume from."""
+    return _start(out, {**_settings(config), "spec": asdict(spec), "images": tensor_digest([("images", images)])[:16]},
+                  every=config.checkpoint_seconds, log=log)
+
+
+def finetuning(out: str | Path, config: TrainConfig, spec: ModelSpec, data: MedicalSet, backbone: str | Path | None, *,
+               log: Callable[[str], None]) -> Resumed:
+    """The checkpoint of fine-tuning from ``backbone`` on ``data`` (to be written to ``out``) and the state to resume
+    from."""
+    return _start(out, {**_settings(config), "spec": asdict(spec), "backbone": _weights_digest(backbone),
+                        "data": medical_digest(data)}, every=config.checkpoint_seconds, log=log)
+
+
+def _settings(config: TrainConfig) -> dict[str, Any]:
     """A training config's fields that determine the weights (not the device, nor how often to checkpoint)."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("device", "checkpoint_seconds")}
+    return {k: v for k, v in asdict(config).items() if k not in ("device", "checkpoint_seconds")}
 
 
-def weights_digest(weights: str | Path | None) -> str | None:
+def _weights_digest(weights: str | Path | None) -> str | None:
     """A backbone's identity: its file's sha256, or the name it was given by (``imagenet``), None for none."""
     if weights is None or not Path(weights).is_file():
         return None if weights is None else str(weights)
     return hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
 
 
-def images_digest(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
-    """The training images' (and labels') identity."""
-    return tensor_digest([("images", images)] + ([("labels", labels)] if labels is not None else []))[:16]
-
-
-def start(out: str | Path, parts: dict[str, Any], *, every: float,
-          log: Callable[[str], None]) -> tuple["TrainingCheckpoint", FitState | None]:
-    """The checkpoint of the training ``parts`` describes, to be written to ``out``, and the state to resume from
-    (said in one line), or None; InputError, before any compute, for another training's checkpoint."""
+def _start(out: str | Path, parts: dict[str, Any], *, every: float, log: Callable[[str], None]) -> Resumed:
+    """The checkpoint of the training ``parts`` describes and the state to resume from (said in one line), or None;
+    InputError, before any compute, for another training's checkpoint."""
     checkpoint = TrainingCheckpoint(out, Fingerprint.of(parts), every=every)
     state = checkpoint.load()
     if state is not None:
         kept = sum(row.get("seconds", 0.0) for row in state.history)
-        log(f"resuming from {checkpoint.where}: after epoch {state.epoch} of {parts.get('epochs')} "
+        log(f"resuming from {checkpoint.where}: after epoch {state.epoch} of {parts['epochs']} "
             f"({duration(kept)} of training kept)")
     return checkpoint, state
 

@@ -22,18 +22,17 @@ from typing import Any, Callable
 
 import torch
 
+from .data.medical import MedicalSet
 from .fingerprint import Fingerprint, read_checkpoint, tensor_digest
+from .models import ModelSpec
 from .progress import duration
 from .store import Store
-from .data.medical import MedicalSet
-from .models import ModelSpec
 from .target import medical_digest
 from .train import FitState, TrainConfig
 
 SUFFIX = ".partial"
 FORMAT = "raylab.training-checkpoint/1"
-
-
+#: What :func:`pretraining` and :func:`finetuning` return: the checkpoint, and the state to resume from (None: none).
 Resumed = tuple["TrainingCheckpoint", FitState | None]
 
 

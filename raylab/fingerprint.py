@@ -3,7 +3,7 @@ run that wrote it, and a refusal names what differs.
 
 The engine's checkpoint (:mod:`raylab.engine.state`), a single-machine UAP's (:mod:`raylab.resume`) and a training's
 (:mod:`raylab.training_checkpoint`) are checked by it; each decides what goes into its digest. The latter two are
-read by :func:`read_checkpoint`.
+read and written through :class:`CheckpointFile`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 import torch
 
@@ -60,24 +61,61 @@ def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
-def read_checkpoint(store: Store, name: str, *, format: str, identity: Fingerprint, what: str,
-                    parse: Callable[[dict[str, Any]], T]) -> T | None:
-    """The checkpoint ``name`` of ``store`` parsed by ``parse``, None when there is none. One written with another
-    ``"parts"`` than ``identity``'s, of another ``format``, or unreadable, is an InputError in one line naming it
-    (and, for another run's, what differs), before any compute."""
-    if not store.exists(name):
-        return None
-    where = store.path(name)
-    try:
-        obj = torch.load(io.BytesIO(store.read_bytes(name)), map_location="cpu", weights_only=True)
-        if not (isinstance(obj, dict) and obj.get("format") == format):
-            raise ValueError(f"not a raylab {what} checkpoint")
-        then = json.loads(obj["parts"])
-        parsed = parse(obj)
-    except Exception as e:
-        raise InputError(f"{where}: cannot read this checkpoint ({' '.join(str(e).split())[:120]}); remove it to "
-                         "start over") from None
-    if then != identity.parts:
-        raise InputError(f"{where}: checkpoint of a different {what} ({identity.differences(then)}); use another "
-                         "output location, the settings it was started with, or remove it to start over")
-    return parsed
+class CheckpointFile(Generic[T]):
+    """One resumable run's checkpoint ``name`` in ``store``: :meth:`load` at the start, :meth:`save` as the run goes,
+    :meth:`remove` once its result is written. ``identify`` gives the run's fingerprint, computed once and only when a
+    checkpoint is read or written (it may hash many images); ``dump`` turns what is saved into the checkpoint's
+    entries (tensors, numbers, strings) and ``parse`` turns them back. A save comes at most every ``every`` seconds.
+    """
+
+    def __init__(self, store: Store, name: str, *, format: str, what: str, identify: Callable[[], Fingerprint],
+                 every: float, dump: Callable[[T], dict[str, Any]], parse: Callable[[dict[str, Any]], T]) -> None:
+        self.store, self.name, self.format, self.what = store, name, format, what
+        self.identify, self.every, self.dump, self.parse = identify, every, dump, parse
+        self._fingerprint: Fingerprint | None = None
+        self._last = time.monotonic()
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        if self._fingerprint is None:
+            self._fingerprint = self.identify()
+        return self._fingerprint
+
+    @property
+    def where(self) -> str:
+        return self.store.path(self.name)
+
+    def load(self) -> T | None:
+        """This run's checkpoint, None when there is none. One of another ``format``, unreadable, or written by a run
+        of other parts is an InputError in one line naming it (and, for another run's, what differs), before any
+        compute."""
+        if not self.store.exists(self.name):
+            return None
+        try:
+            obj = torch.load(io.BytesIO(self.store.read_bytes(self.name)), map_location="cpu", weights_only=True)
+            if not (isinstance(obj, dict) and obj.get("format") == self.format):
+                raise ValueError(f"not a raylab {self.what} checkpoint")
+            then = json.loads(obj["parts"])
+            parsed = self.parse(obj)
+        except Exception as e:
+            raise InputError(f"{self.where}: cannot read this checkpoint ({' '.join(str(e).split())[:120]}); remove "
+                             "it to start over") from None
+        if then != self.fingerprint.parts:
+            raise InputError(f"{self.where}: checkpoint of a different {self.what} "
+                             f"({self.fingerprint.differences(then)}); use another output location, the settings it "
+                             "was started with, or remove it to start over")
+        return parsed
+
+    def save(self, item: T) -> bool:
+        """Write ``item`` when ``every`` seconds have passed since the last write (atomically); True if written."""
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        buf = io.BytesIO()
+        torch.save({"format": self.format, "parts": json.dumps(self.fingerprint.parts), **self.dump(item)}, buf)
+        self.store.write_bytes(self.name, buf.getvalue())
+        self._last = now
+        return True
+
+    def remove(self) -> None:
+        self.store.remove(self.name)

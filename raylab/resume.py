@@ -15,18 +15,15 @@ what differs.
 
 from __future__ import annotations
 
-import io
 import json
-import time
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from .config import UAPConfig
 from .core import PassState, StepStats
-from .fingerprint import Fingerprint, read_checkpoint, tensor_digest
+from .fingerprint import CheckpointFile, Fingerprint, tensor_digest
 from .progress import duration
 from .store import Store
 
@@ -70,48 +67,18 @@ def fingerprint(config: UAPConfig, model: nn.Module, images: Tensor, radius: flo
                            "images": tensor_digest([("images", images)])[:16]})
 
 
-class CheckpointFile:
-    """A run's checkpoint at ``store``: :meth:`load` at the start, :meth:`save` after each pass, :meth:`remove` at
-    the end. ``identify`` gives the run's fingerprint, computed once and only when a checkpoint is read or written
-    (it hashes the source images)."""
+def uap_checkpoint(store: Store, identify: Callable[[], Fingerprint], *, every: float) -> CheckpointFile[Checkpoint]:
+    """A run's ``uap-checkpoint.pt`` in ``store``: read at the start, written after a pass, removed at the end."""
+    return CheckpointFile(store, CHECKPOINT, format=FORMAT, what="run", identify=identify, every=every, dump=_dump,
+                          parse=_parse)
 
-    def __init__(self, store: Store, identify: Callable[[], Fingerprint], *, every: float) -> None:
-        self.store, self.identify, self.every = store, identify, every
-        self._fingerprint: Fingerprint | None = None
-        self._last = time.monotonic()
 
-    @property
-    def fingerprint(self) -> Fingerprint:
-        if self._fingerprint is None:
-            self._fingerprint = self.identify()
-        return self._fingerprint
-
-    @property
-    def where(self) -> str:
-        return self.store.path(CHECKPOINT)
-
-    def load(self) -> Checkpoint | None:
-        """This run's checkpoint, None when there is none; InputError for another run's or an unreadable one."""
-        return read_checkpoint(self.store, CHECKPOINT, format=FORMAT, identity=self.fingerprint, what="run", parse=_parse)
-
-    def save(self, checkpoint: Checkpoint) -> bool:
-        """Write ``checkpoint`` when ``every`` seconds have passed since the last write; True if written."""
-        now = time.monotonic()
-        if now - self._last < self.every:
-            return False
-        s = checkpoint.state
-        meta = {"chunk": checkpoint.chunk, "passes": s.passes, "stats": _counts(s.stats), "history": list(s.history),
-                "finished": s.finished, "done": _counts(checkpoint.done), "chunk_passes": checkpoint.passes,
-                "seconds": checkpoint.seconds}
-        buf = io.BytesIO()
-        torch.save({"format": FORMAT, "parts": json.dumps(self.fingerprint.parts), "rho": s.rho.detach().cpu(),
-                    "progress": json.dumps(meta)}, buf)
-        self.store.write_bytes(CHECKPOINT, buf.getvalue())
-        self._last = now
-        return True
-
-    def remove(self) -> None:
-        self.store.remove(CHECKPOINT)
+def _dump(checkpoint: Checkpoint) -> dict:
+    s = checkpoint.state
+    meta = {"chunk": checkpoint.chunk, "passes": s.passes, "stats": _counts(s.stats), "history": list(s.history),
+            "finished": s.finished, "done": _counts(checkpoint.done), "chunk_passes": checkpoint.passes,
+            "seconds": checkpoint.seconds}
+    return {"rho": s.rho.detach().cpu(), "progress": json.dumps(meta)}
 
 
 def _counts(stats: StepStats) -> list[int]:

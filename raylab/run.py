@@ -27,10 +27,11 @@ from .core import (SGDUAP, UAP, VALID_RANGE, Criterion, PassState, StepStats, la
 from .data.natural import load_image_folder
 from .data.shards import MANIFEST_NAME, load_shard_images
 from .evaluation import by_class, evaluate, random_uap
+from .fingerprint import CheckpointFile
 from .models import for_inference
 from .progress import bar as progress_bar
 from .record import Build, Figures, ResultsKey, RunRecord, Source, write_run
-from .resume import Checkpoint, CheckpointFile, fingerprint
+from .resume import Checkpoint, fingerprint, uap_checkpoint
 from .store import Store
 from .target import Target, load_target
 from .telemetry import Telemetry
@@ -117,7 +118,7 @@ def attack_for(config: UAPConfig, radius: float) -> UAP | SGDUAP:
 
 def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterion: Criterion, radius: float, *,
              progress: bool = False, telemetry: Telemetry | None = None, resume: Checkpoint | None = None,
-             checkpoint_file: CheckpointFile | None = None) -> tuple[Tensor, StepStats, int]:
+             checkpoint_file: CheckpointFile[Checkpoint] | None = None) -> tuple[Tensor, StepStats, int]:
     """The UAP over ``images``, ρ carried from chunk to chunk (the authors' code streamed 100 x 1,000).
 
     The paper's method runs chunk by chunk (each chunk its i_max passes); the stochastic-gradient method makes its
@@ -201,7 +202,7 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
     checkpoint_file, resume = None, None
     if source.images is not None:
         images = source.images
-        checkpoint_file = CheckpointFile(store, lambda: fingerprint(config, target.model, images, target.radius),
+        checkpoint_file = uap_checkpoint(store, lambda: fingerprint(config, target.model, images, target.radius),
                                          every=config.checkpoint_seconds)
         resume = checkpoint_file.load()  # another run's checkpoint is refused here, before any compute
         if resume is not None and log is not None:

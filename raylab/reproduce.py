@@ -149,7 +149,7 @@ def preset(name: str, *, data_dir: Path, out: Path, **overrides: Any) -> Reprodu
         "tiny": dict(archs=("small_cnn",), image_size=28, pretrain_images=100, pretrain_epochs=2, train_epochs=1,
                      natural_limit=60, train_limit=200, zetas=(0.04, 0.08), eps_grid=(0.01, 0.02), p_grid=("2",),
                      max_passes=2, targets=("PNEUMONIA",), cross_arch=False, sgd_zetas=(0.04, 0.08),
-                     seeds=(0, 1), sgd_epochs=10),
+                     seeds=(0, 1), sgd_epochs=3),
         # Real ImageNet weights (EfficientNet-Lite0's packaged ones) and their from-scratch twin, beside the ResNet-18
         # pretrained on the 1,000 photos (the offline stand-in of before): Section 3.3 on the real thing.
         # One pass, as the paper's runs, and five ζ: 189 UAPs; the whole study took 70 minutes on 2 cores (README).

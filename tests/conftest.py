@@ -110,6 +110,17 @@ def pneumonia() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="session")
+def pneumonia_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PneumoniaMNIST cut to its first 600 train, 200 val and 300 test images (real X-rays, as stored): for runs whose
+    point is not the data's size, where every UAP from the training images and every evaluation costs a tenth."""
+    path = tmp_path_factory.mktemp("pneumonia-small") / "pneumoniamnist-small.npz"
+    keep = {"train": 600, "val": 200, "test": 300}
+    with np.load(PNEUMONIA) as z:
+        np.savez(path, **{k: z[k][: keep[k.split("_")[0]]] for k in z.files})
+    return path
+
+
+@pytest.fixture(scope="session")
 def trained_cnn(pneumonia: dict[str, torch.Tensor]) -> nn.Module:
     """tiny_cnn trained for one epoch on real PneumoniaMNIST (about 3 s on 2 cores)."""
     from raylab.core import to_model_space

@@ -42,17 +42,19 @@ from .html_page import Page
 SMALL = ["--budget", "quick", "--limit", "50", "--zetas", "0.04", "0.08", "--seeds", "2", "--targets", "PNEUMONIA"]
 
 
-def _audit(model: Path, natural: Path, out: Path, *extra: str) -> int:
-    return main(["audit", "--model", str(model), "--natural", str(natural), "--data", str(PNEUMONIA), "--out", str(out),
+def _audit(model: Path, natural: Path, out: Path, *extra: str, data: Path = PNEUMONIA) -> int:
+    return main(["audit", "--model", str(model), "--natural", str(natural), "--data", str(data), "--out", str(out),
                  *SMALL, *extra])
 
 
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory, models, natural_dir) -> Path:
+def audited(tmp_path_factory, models, natural_dir, pneumonia_small) -> Path:
     """The audit, made in one folder and then moved: every test below, and the rerun that resumes it, reads a moved
-    audit folder, as after copying one from a cluster's disk (nothing may be read from where it was made)."""
+    audit folder, as after copying one from a cluster's disk (nothing may be read from where it was made). On the
+    first 600/200/300 of PneumoniaMNIST's train/val/test images: every UAP is evaluated on val and test, and the
+    whole set made this fixture twice as long."""
     made = tmp_path_factory.mktemp("audit") / "made-here"
-    assert _audit(models["model"], natural_dir, made) == 0
+    assert _audit(models["model"], natural_dir, made, data=pneumonia_small) == 0
     out = made.parent / "a"
     shutil.move(made, out)
     return out
@@ -62,8 +64,9 @@ def _summary(out: Path) -> dict:
     return json.loads((out / "audit.json").read_text())
 
 
-def test_every_uap_of_the_audit_is_one_row_and_every_number_is_mean_sd_over_its_seeds(audited, models, natural_dir) -> None:
-    config = AuditConfig(model=str(models["model"]), natural=natural_dir, out=audited, medical=PNEUMONIA,
+def test_every_uap_of_the_audit_is_one_row_and_every_number_is_mean_sd_over_its_seeds(audited, models, natural_dir,
+                                                                                      pneumonia_small) -> None:
+    config = AuditConfig(model=str(models["model"]), natural=natural_dir, out=audited, medical=pneumonia_small,
                          budget="quick", limit=50, zetas=(0.04, 0.08), seeds=2, targets=("PNEUMONIA",))
     jobs = plan_jobs(config, (1,))
     rows = read_results(audited / "results", filters={"sweep": "audit-model"}).to_pylist()
@@ -87,19 +90,19 @@ def test_every_uap_of_the_audit_is_one_row_and_every_number_is_mean_sd_over_its_
         top = max(sel["grid"], key=lambda g: g["val_fooling_rate"])
         assert (sel["p"], sel["eps"], sel["lr"]) == (top["p"], top["eps"], top["lr"])
         assert len(sel["grid"]) == (4 if key.endswith("paper") else 1)
-    assert summary["validation"].startswith("the validation split (524 images)")
+    assert summary["validation"].startswith("the validation split (200 images)")
     for r in rows:
         sel = summary["selected"][f"{'natural' if r['source_kind'] == 'folder' else 'train'}/{r['method']}"]
         assert r["p"] == sel["p"] and (r["eps"] == sel["eps"] if r["method"] == "paper" else r["lr"] == sel["lr"])
     # the model check and the label composition of the natural images (Tables S1-S3)
     check = summary["check"]
-    assert 0.5 < check["clean_accuracy"] <= 1 and check["majority_accuracy"] == pytest.approx(390 / 624)
+    assert 0.5 < check["clean_accuracy"] <= 1 and check["majority_accuracy"] == pytest.approx(183 / 300)  # PNEUMONIA
     assert sum(summary["composition"]["natural"].values()) == pytest.approx(1.0)
     assert summary["natural"] == {"location": str(natural_dir), "kind": "folder", "images": 40, "skipped": 1,
                                   "shards_failed": 0, "lost": 0}
 
 
-def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, models) -> None:
+def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, models, pneumonia_small) -> None:
     """At the verdict's ζ every cell scores each seed's saved ρ on the validation split (recomputed here from the
     files: R_f, or R_s toward a targeted cell's class), keeps the highest and reports that UAP's test rate beside the
     mean; the verdict and the report say it."""
@@ -108,7 +111,7 @@ def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, mod
 
     summary = _summary(audited)
     model = load_classifier(models["model"]).eval()
-    val = load_medmnist(PNEUMONIA).val_images
+    val = load_medmnist(pneumonia_small).val_images
     clean = predict_labels(model, val)
     rows = {r["trial_id"]: r for r in read_results(audited / "results").to_pylist()}
     kept_cells = [c for c in summary["cells"] if "kept" in c]
@@ -210,9 +213,9 @@ def test_a_model_near_the_majority_baseline_is_warned_about_at_the_top(audited) 
     assert to_markdown(content).splitlines()[2].startswith("> **Warning.** warning: clean accuracy 0.620")
 
 
-def test_a_rerun_resumes_and_other_settings_are_refused(audited, models, natural_dir, capsys) -> None:
+def test_a_rerun_resumes_and_other_settings_are_refused(audited, models, natural_dir, pneumonia_small, capsys) -> None:
     before = {r["trial_id"]: r["created_at"] for r in read_results(audited / "results").to_pylist()}
-    assert _audit(models["model"], natural_dir, audited) == 0
+    assert _audit(models["model"], natural_dir, audited, data=pneumonia_small) == 0
     out = capsys.readouterr().out
     assert f"{len(before)} UAPs ({len(before)} done before)" in out
     # the picks are kept, not chosen again, and said (the rerun printed the selection's heading and nothing under it)
@@ -220,7 +223,7 @@ def test_a_rerun_resumes_and_other_settings_are_refused(audited, models, natural
     picks = [line for line in out.splitlines() if line.endswith("; chosen before)")]
     assert len(picks) == len(selected) and f"  natural (paper): eps={selected['natural/paper']['eps']:g} " in out
     assert {r["trial_id"]: r["created_at"] for r in read_results(audited / "results").to_pylist()} == before
-    assert _audit(models["model"], natural_dir, audited, "--zeta", "0.08") == 2
+    assert _audit(models["model"], natural_dir, audited, "--zeta", "0.08", data=pneumonia_small) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was started with other settings (zeta=0.04 then, 0.08 now)" in err
 
@@ -245,7 +248,7 @@ def test_bad_input_is_one_line_before_any_compute(models, natural_dir, tmp_path,
     assert len(err.splitlines()) == 1 and str(card) in err and "class" in err
 
 
-def test_a_model_trained_elsewhere_is_audited_through_its_card(models, natural_dir, tmp_path, capsys) -> None:
+def test_a_model_trained_elsewhere_is_audited_through_its_card(models, natural_dir, pneumonia_small, tmp_path, capsys) -> None:
     weights = tmp_path / "weights.pth"
     torch.save(load_classifier(models["model"]).backbone.state_dict(), weights)  # a plain state dict
     card = tmp_path / "card.yaml"
@@ -253,7 +256,7 @@ def test_a_model_trained_elsewhere_is_audited_through_its_card(models, natural_d
                     "image_size: 28\nscale: 255\nmean: [128, 128, 128]\nstd: [128, 128, 128]\n")
     out = tmp_path / "carded"
     assert main(["audit", "--model", str(weights), "--card", str(card), "--natural", str(natural_dir), "--data",
-                 str(PNEUMONIA), "--out", str(out), "--limit", "40", "--zetas", "0.04", "--seeds", "2", "--targets",
+                 str(pneumonia_small), "--out", str(out), "--limit", "40", "--zetas", "0.04", "--seeds", "2", "--targets",
                  "none", "--methods", "sgd"]) == 0
     assert (out / "model.pt").is_file() and f"imported {weights}" in capsys.readouterr().out
     rows = read_results(out / "results").to_pylist()
@@ -290,19 +293,20 @@ def test_natural_images_from_shards(models, shards, tmp_path) -> None:
                                        "shard-000001.tar: missing")
 
 
-def test_the_audit_as_a_ray_job_fans_out_and_makes_the_uaps_of_a_local_run(cluster, models, shards, tmp_path) -> None:
+def test_the_audit_as_a_ray_job_fans_out_and_makes_the_uaps_of_a_local_run(cluster, models, shards, pneumonia_small,
+                                                                           tmp_path) -> None:
     """jobs/audit.py --ray submitted through the Jobs API: its UAPs run as Ray tasks, natural images from shards.
     (One method: a task runs either as it runs the other, and the paper's ε grid, chosen in the driver twice, took
     most of this test's minute.)"""
     args = ["--zetas", "0.04", "--seeds", "2", "--targets", "none", "--budget", "quick", "--methods", "sgd"]
     local, remote = tmp_path / "local", tmp_path / "ray"
-    common = ["--model", str(models["model"]), "--natural", str(shards), "--data", str(PNEUMONIA), *args]
+    common = ["--model", str(models["model"]), "--natural", str(shards), "--data", str(pneumonia_small), *args]
     assert main(["audit", *common, "--out", str(local)]) == 0
     logs = submit_and_wait(cluster, " ".join(["python jobs/audit.py", *common, "--out", str(remote), "--ray",
                                               "--cpus-per-uap", "0.5"]), timeout=400)
     assert "Natural-image UAPs at L2 ζ = 4 %" in logs and "4 UAPs (0 done before)" in logs
-    assert (f"medical data: {PNEUMONIA}, as the model takes it: 2 classes (NORMAL, PNEUMONIA), gray 28 px: 4708 train, "
-            "524 val, 624 test images") in logs
+    assert (f"medical data: {pneumonia_small}, as the model takes it: 2 classes (NORMAL, PNEUMONIA), gray 28 px: 600 "
+            "train, 200 val, 300 test images") in logs
     # the progress bar as lines of the job's log (it was one line redrawn with carriage returns)
     assert "\r" not in logs and any(line.startswith("UAPs: 100%|##########| 4/4 [") for line in logs.splitlines())
     a = {r["trial_id"]: r for r in read_results(local / "results").to_pylist()}
@@ -315,7 +319,7 @@ def test_the_audit_as_a_ray_job_fans_out_and_makes_the_uaps_of_a_local_run(clust
     assert json.loads((remote / "audit.json").read_text())["natural"]["kind"] == "shards"
 
 
-def test_an_audit_serves_its_metrics_while_it_runs(models, natural_dir, tmp_path, capsys) -> None:
+def test_an_audit_serves_its_metrics_while_it_runs(models, natural_dir, pneumonia_small, tmp_path, capsys) -> None:
     """`raylab audit --metrics-port` serves the same Prometheus metrics as `raylab uap` (Grafana's throughput panels),
     each UAP tagged with its trial id, and counts every UAP done as a finished trial of the audit's sweep; an audit
     exported nothing before. Scraped over HTTP from 127.0.0.1 while the audit lingers."""
@@ -324,9 +328,10 @@ def test_an_audit_serves_its_metrics_while_it_runs(models, natural_dir, tmp_path
     import urllib.request
 
     args = ["--limit", "20", "--zetas", "0.04", "--seeds", "2", "--targets", "none", "--methods", "sgd",
-            "--metrics-port", "0", "--metrics-linger", "5"]
+            "--metrics-port", "0", "--metrics-linger", "2"]
     codes: list[int] = []
-    done = threading.Thread(target=lambda: codes.append(_audit(models["model"], natural_dir, tmp_path / "m", *args)),
+    done = threading.Thread(target=lambda: codes.append(_audit(models["model"], natural_dir, tmp_path / "m", *args,
+                                                               data=pneumonia_small)),
                             daemon=True)
     done.start()
     finished = 'ray_raylab_trials_total{model="",run="",source="",status="finished",sweep="audit-model"} 4.0'
@@ -343,7 +348,7 @@ def test_an_audit_serves_its_metrics_while_it_runs(models, natural_dir, tmp_path
     assert trials == {"natural-z0.04-u-sgd-s0", "natural-z0.04-u-sgd-s1", "train-z0.04-u-sgd-s0", "train-z0.04-u-sgd-s1"}
     done.join(timeout=120)
     assert codes == [0] and (tmp_path / "m" / "report" / "report.html").exists()
-    assert (printed + capsys.readouterr().out).rstrip().endswith("run done; serving its final metrics for 5 s more")
+    assert (printed + capsys.readouterr().out).rstrip().endswith("run done; serving its final metrics for 2 s more")
 
 
 # --------------------------------------------------------------------------- wording follows the numbers

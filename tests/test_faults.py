@@ -34,13 +34,10 @@ def _config(models, shards, out, **kw) -> EngineConfig:
 
 
 def test_losing_every_actor_of_a_node_at_once_ends_with_the_same_rho(cluster, models, shards, tmp_path) -> None:
-    """What a lost node takes with it, on one node: every reader and worker process, SIGKILLed together mid-run.
-
-    Ray 2.60 refuses a second node on a loopback-only cluster (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes it a
-    single-node cluster) and tests may use no other address, so the node itself stays; its actors all die.
-    """
-    config = _config(models, shards, tmp_path / "lost", workers=2, batch_size=4)
-    reference = run_engine(_config(models, shards, tmp_path / "reference", workers=2, batch_size=4), log=lambda s: None).metrics()
+    """Every actor of the run at once, twice: its reader and its worker SIGKILLed together mid-run, as when the one
+    node holding them dies but the cluster lives on (test_multinode.py removes whole nodes of a multi-node cluster)."""
+    config = _config(models, shards, tmp_path / "lost", workers=1, batch_size=4)
+    reference = run_engine(_config(models, shards, tmp_path / "reference", workers=1, batch_size=4), log=lambda s: None).metrics()
     lines: list[str] = []
     engine = Engine(config, log=lines.append)
     killed: list[int] = []
@@ -59,7 +56,7 @@ def test_losing_every_actor_of_a_node_at_once_ends_with_the_same_rho(cluster, mo
     finally:
         for a in engine.workers + engine.readers:
             ray.kill(a)
-    assert len(killed) == 8 and not set(after) & set(killed)  # all four actors were restarted, twice
+    assert len(killed) == 4 and not set(after) & set(killed)  # both actors were restarted, twice
     assert m["stats"]["images"] == reference["stats"]["images"] == 3 * 48  # none lost, none counted twice
     assert m["source"]["skipped"] == reference["source"]["skipped"]
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "lost" / "uap.npy")),
@@ -78,44 +75,62 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-@pytest.mark.parametrize("command", ["generate", "generate-cuda", "sweep", "shard", "audit"])
-def test_an_ask_the_commands_own_local_ray_cannot_hold_is_refused_at_once(command, models, shards, tmp_path) -> None:
+#: Run in one process, each command in turn: it starts its local Ray, is refused, and the local Ray is stopped.
+_EACH_COMMAND = """
+import contextlib, io, json, sys
+import ray
+from raylab.cli import main
+seen = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    seen[name] = [code, ray.is_initialized(), err.getvalue()]
+    ray.shutdown()
+print(json.dumps(seen))
+"""
+
+
+def test_an_ask_the_commands_own_local_ray_cannot_hold_is_refused_at_once(models, shards, tmp_path) -> None:
     """With no cluster given, a command starts its own local Ray, which no node will ever join: workers or tasks it
     cannot hold are an error naming the option, not a wait that never ends (found running `raylab generate
-    --workers 2` on 2 cores, which waited forever for CPUs)."""
-    if command == "generate-cuda" and torch.cuda.is_available():
-        pytest.skip("this machine's local Ray has a GPU")
-    out = str(tmp_path / "out")
-    args, first = {
-        "generate": (["--model", str(models["model"]), "--data", str(PNEUMONIA), "--shards", str(shards), "--out", out,
-                      "--workers", "2", "--cpus-per-worker", "1000"],
-                     "--workers 2: 2 worker(s) and their reader(s) need 2002 CPU and 0 GPU, the cluster has "),
-        "generate-cuda": (["--model", str(models["model"]), "--data", str(PNEUMONIA), "--shards", str(shards), "--out", out,
-                           "--device", "cuda", "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5"],
-                          "--workers 1: 1 worker(s) and their reader(s) need 1 CPU and 1 GPU, the cluster has "),
+    --workers 2` on 2 cores, which waited forever for CPUs). `generate` is asked for too many CPUs and a GPU at once,
+    for both of its fixes; the four commands run in one process, one after the other (a process each took 10 s)."""
+    out = {name: str(tmp_path / name) for name in ("generate", "sweep", "shard", "audit")}
+    cases = {
+        "generate": (["--model", str(models["model"]), "--data", str(PNEUMONIA), "--shards", str(shards), "--out",
+                      out["generate"], "--device", "cuda", "--cpus-per-worker", "1000", "--cpus-per-reader", "0.5"],
+                     "--workers 1: 1 worker(s) and their reader(s) need 1000.5 CPU and 1 GPU, the cluster has ",
+                     "use fewer --workers or lower --cpus-per-worker/--cpus-per-reader; each worker asks for a GPU under "
+                     "--device cuda: use --device cpu here, or fewer --workers"),  # both short: both fixes
         "sweep": (["--name", "big", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(shards),
-                   "random", "--results", out, "--out", out, "--cpus-per-worker", "1000"],
-                  "one trial (its own process, its workers and readers) would need 1001.25 CPU and 0 GPU, the cluster has "),
-        "shard": ([str(IMAGENET), out, "--ray", "--cpus-per-task", "1000"],
-                  "--cpus-per-task 1000: one shard task would need 1000 CPU and 0 GPU, the cluster has "),
-        "audit": (["--model", str(models["model"]), "--data", str(PNEUMONIA), "--natural", str(IMAGENET), "--out", out,
-                   "--ray", "--cpus-per-uap", "1000"],
-                  "--cpus-per-uap 1000: one UAP task would need 1000 CPU and 0 GPU, the cluster has "),
-    }[command]
+                   "random", "--results", out["sweep"], "--out", out["sweep"], "--cpus-per-worker", "1000"],
+                  "one trial (its own process, its workers and readers) would need 1001.25 CPU and 0 GPU, the cluster has ",
+                  "use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader"),
+        "shard": ([str(IMAGENET), out["shard"], "--ray", "--cpus-per-task", "1000"],
+                  "--cpus-per-task 1000: one shard task would need 1000 CPU and 0 GPU, the cluster has ", "lower --cpus-per-task"),
+        "audit": (["--model", str(models["model"]), "--data", str(PNEUMONIA), "--natural", str(IMAGENET), "--out",
+                   out["audit"], "--ray", "--cpus-per-uap", "1000"],
+                  "--cpus-per-uap 1000: one UAP task would need 1000 CPU and 0 GPU, the cluster has ", "lower --cpus-per-uap"),
+    }
+    if torch.cuda.is_available():  # this machine's local Ray has a GPU: only the CPUs are short
+        args, first, _ = cases["generate"]
+        cases["generate"] = (args, first, "use fewer --workers or lower --cpus-per-worker/--cpus-per-reader")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    name = command.split("-")[0]
-    run = subprocess.run([sys.executable, "-m", "raylab", name, *args], env=env, capture_output=True, text=True,
-                         timeout=180, cwd=ROOT)
-    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
-    last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"raylab {name}: error: {first}"), last
-    assert last.endswith(" GPU (a local Ray started by this run: no node will join); " + {
-        "generate": "use fewer --workers or lower --cpus-per-worker/--cpus-per-reader",
-        "generate-cuda": "each worker asks for a GPU under --device cuda: use --device cpu here, or fewer --workers",
-        "sweep": "use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader", "shard": "lower --cpus-per-task",
-        "audit": "lower --cpus-per-uap"}[command]), last
-    assert not list(Path(out).glob("**/*.npy")) and not list(Path(out).glob("**/*.parquet")) and not list(Path(out).glob("*.tar"))
+    argv = {name: [name, *args] for name, (args, _, _) in cases.items()}
+    run = subprocess.run([sys.executable, "-c", _EACH_COMMAND, json.dumps(argv)], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    for name, (_, first, fix) in cases.items():
+        code, started, err = seen[name]
+        assert code == 2 and started, (name, err[-2000:])  # refused on the local Ray the command started
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"raylab {name}: error: {first}"), last
+        assert last.endswith(f" GPU (a local Ray started by this run: no node will join); {fix}"), last
+        o = Path(out[name])
+        assert not list(o.glob("**/*.npy")) and not list(o.glob("**/*.parquet")) and not list(o.glob("*.tar"))
 
 
 def test_a_full_results_location_fails_clearly_and_keeps_what_was_there(cluster, models, shards, small_disk) -> None:

@@ -121,11 +121,11 @@ def test_raylab_s_own_networks_load_without_importing_torchvision(tmp_path) -> N
     paths = {}
     for arch, size in (("small_cnn", 28), ("efficientnet_lite0", 32), ("resnet18", 32)):
         paths[arch] = save_classifier(build_model(ModelSpec(arch, 2, in_channels=1, image_size=size)), tmp_path / f"{arch}.pt")
-    code = ("import sys; from raylab.models import load_classifier; load_classifier(sys.argv[1]); "
-            "print('torchvision' in sys.modules)")
-    imported = {arch: subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
-                                     ).stdout.strip() for arch, path in paths.items()}
-    assert imported == {"small_cnn": "False", "efficientnet_lite0": "False", "resnet18": "True"}
+    # one process, loading each in turn (the torchvision network last): torchvision in sys.modules after each load
+    code = ("import sys; from raylab.models import load_classifier\n"
+            "for path in sys.argv[1:]: load_classifier(path); print('torchvision' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, *map(str, paths.values())], capture_output=True, text=True, check=True)
+    assert dict(zip(paths, run.stdout.split())) == {"small_cnn": "False", "efficientnet_lite0": "False", "resnet18": "True"}
 
 
 def test_backbone_weights_transfer_from_a_torchvision_state_dict(tmp_path) -> None:

@@ -151,7 +151,7 @@ def test_the_stochastic_gradient_rows_are_one_per_seed_and_stronger(tiny) -> Non
     selected = json.loads((tiny / "study.json").read_text())["selected"]
     for r in rows:  # each UAP with the first step its selection chose (by model and source kind)
         kind = "train" if r["trial_id"].split("-z")[0].endswith("-train") else "natural"
-        assert r["eps"] is None and r["lr"] == selected[f"small_cnn-transfer/{kind}/sgd"]["lr"] and r["max_passes"] == 10
+        assert r["eps"] is None and r["lr"] == selected[f"small_cnn-transfer/{kind}/sgd"]["lr"] and r["max_passes"] == 3
     by = {r["trial_id"]: r for r in read_results(tiny / "results", filters={"sweep": "reproduce-tiny"}).to_pylist()}
     runs = [by[f"small_cnn-transfer-train-z0.04-u@sgd{s}"] for s in (0, 1)]
     rhos = [np.load(trial_uap(tiny, r["trial_id"])) for r in runs]

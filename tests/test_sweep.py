@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -34,22 +35,31 @@ def _args(models, shards, tmp_path: Path, cluster, name: str, model: str | None 
 
 
 def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_path, capsys) -> None:
-    """Also: a model given as a URL keeps its architecture and input size in the rows, and every row's
-    wall_seconds is its UAP's own time, as in the trial's metrics.json."""
+    """Over both methods, with --select best: one row per trial, and the best of each method selected. Also: a model
+    given as a URL keeps its architecture and input size in the rows, and every row's wall_seconds is its UAP's own
+    time, as in the trial's metrics.json. And a trial's engine actors use the bundles it reserved: its placement group
+    holds 3.25 of the cluster's 4 CPUs (itself, a 1.5-CPU worker, a 1.5-CPU reader); actors that left it (Ray's SPREAD
+    strategy did) would ask for 3 CPUs more and never start."""
+    from raylab.results import select_best
+
     url = "file://" + str(models["model"])
-    rc = main(["sweep", *_args(models, shards, tmp_path, cluster, "grid", model=url), "--select", "best"])
+    rc = main(["sweep", *_args(models, shards, tmp_path, cluster, "grid", model=url), "--method", "paper", "sgd",
+               "--lr", "0.2", "--i-max", "2", "--cpus-per-worker", "1.5", "--cpus-per-reader", "1.5", "--select", "best"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "3 trial(s), 0 failed" in out and "fooling_rate" in out
+    assert "4 trial(s), 0 failed" in out and "fooling_rate" in out
     # Tune's trial table names each trial's run by its label (it showed "...ax_passes': None}" for every trial)
     rows = [line for line in out.splitlines() if "TERMINATED" in line]
     assert any(" eps=0.02 " in r for r in rows) and any(" eps=0.01 " in r for r in rows) and "'max_passes'" not in out
     table = read_results(tmp_path / "results", filters={"sweep": "grid"})
     assert table.schema.equals(SCHEMA, check_metadata=False)
-    assert table.num_rows == 3 and len(set(table["trial_id"].to_pylist())) == 3
+    assert table.num_rows == 4 and len(set(table["trial_id"].to_pylist())) == 4
+    best = select_best(table).to_pylist()  # the best of each method, per source
+    assert sorted((r["source_kind"], r["method"]) for r in best) == [("random", "paper"), ("shards", "paper"), ("shards", "sgd")]
     rows = table.to_pylist()
-    # the random control has no step: one trial, not one per eps
-    assert sorted((r["source_kind"], r["eps"] or 0) for r in rows) == [("random", 0), ("shards", 0.01), ("shards", 0.02)]
+    # the random control has no step: one trial, not one per eps or method; sgd has no trial per eps
+    assert sorted((r["source_kind"], r["method"], r["eps"] or 0, r["lr"] or 0) for r in rows) == [
+        ("random", "paper", 0, 0), ("shards", "paper", 0.01, 0), ("shards", "paper", 0.02, 0), ("shards", "sgd", 0, 0.2)]
     assert [r["eps"] for r in rows if r["source_kind"] == "random"] == [None]  # no step, so no placeholder's
     for r in rows:
         assert r["zeta"] == 0.08 and r["p"] == "2" and r["arch"] == "small_cnn" and r["image_size"] == 28
@@ -61,18 +71,21 @@ def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_pat
         m = json.loads((tmp_path / "sweeps" / "grid" / r["trial_id"] / "metrics.json").read_text())
         assert r["wall_seconds"] == m["seconds"] and r["fooling_rate"] == m["fooling_rate"]
     shard_rows = [r for r in rows if r["source_kind"] == "shards"]
-    assert all(r["images_processed"] == 48 and r["images_per_second"] > 0 for r in shard_rows)
+    assert all(r["images_processed"] == 2 * 48 and r["images_per_second"] > 0 for r in shard_rows)  # i_max 2
     # the CLI reads it back, filtered
     assert main(["results", str(tmp_path / "results"), "--filter", "source_kind=shards", "--filter", "eps=0.02"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 3 and "shards" in printed[2]  # header, rule, one row
 
 
-def test_an_interrupted_sweep_resumes_without_duplicate_rows(cluster, models, shards, tmp_path) -> None:
+def test_an_interrupted_sweep_resumes_without_duplicate_rows(cluster, models, pneumonia_small, tmp_path) -> None:
     """Ctrl-C (Tune catches it, saves its state and returns as if done) says so and exits 130, where the sweep said
-    '2 trial(s), 0 failed, 1 stopped early' and exited 0; then a SIGKILL; each rerun resumes."""
-    args = [sys.executable, str(ROOT / "jobs" / "sweep.py"), *_args(models, shards, tmp_path, cluster, "resume"),
-            "--max-concurrent", "1"]
+    '2 trial(s), 0 failed, 1 stopped early' and exited 0; then a SIGKILL; each rerun resumes. Trials of UAPs from
+    600 training images, one at a time, each a few seconds long and with no engine actors to start."""
+    args = [sys.executable, str(ROOT / "jobs" / "sweep.py"), "--name", "resume", "--model", str(models["model"]),
+            "--data", str(pneumonia_small), "--source", "train", "--eps", "0.01", "--zeta", "0.04", "0.06", "0.08",
+            "--results", str(tmp_path / "results"), "--out", str(tmp_path / "sweeps"), "--cpus-per-trial", "0.25",
+            "--max-concurrent", "1", "--address", cluster["address"]]
     results = tmp_path / "results" / "resume"
 
     def stop(sig: int, rows: int) -> tuple[int, str]:
@@ -90,8 +103,10 @@ def test_an_interrupted_sweep_resumes_without_duplicate_rows(cluster, models, sh
     code, out = stop(signal.SIGINT, 1)
     done = len(list(results.glob("trial-*.parquet")))
     assert code == 130 and 1 <= done < 3, out[-3000:]
-    # the trial running when interrupted and the one never started: Tune marks the first terminated, as if done
-    assert f"3 trial(s), 0 failed, {3 - done} not finished" in out and "stopped early" not in out
+    # the trial running when interrupted and the one never started: Tune marks the first terminated, as if done (one
+    # that wrote its row just before the interrupt may not have reported to Tune yet: it runs again, rewriting it)
+    unfinished = re.search(r"3 trial\(s\), 0 failed, (\d) not finished", out)
+    assert unfinished and 3 - done <= int(unfinished[1]) <= 2 and "stopped early" not in out, out[-3000:]
     assert "raylab sweep: interrupted; finished trials are kept: rerun the same command to resume" in out
     if done == 1:  # (the second trial could finish before the interrupt landed)
         code, _ = stop(signal.SIGKILL, 2)
@@ -152,15 +167,15 @@ def test_the_random_control_runs_once_per_p_zeta_target_and_seed_not_once_per_st
     assert axes_of(flat) == flat  # a trial of a sweep started before the run axis, restored
 
 
-def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_path, capsys) -> None:
+def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, pneumonia_small, tmp_path, capsys) -> None:
     """The training-image and random trials run inside the trial: workers the cluster cannot give do not block them.
     Also: ``seeds`` runs every grid point once per seed, and the results give each point's mean ± sd over them, in
-    a table and drawn over ζ."""
-    s = SweepConfig(name="light", medical=str(PNEUMONIA), models=(str(models["model"]),), sources=("random", "train"),
+    a table and drawn over ζ. (The first 600 training images: a UAP from all 4,708 took 13 s of the test's 35.)"""
+    s = SweepConfig(name="light", medical=str(pneumonia_small), models=(str(models["model"]),), sources=("random", "train"),
                     eps=(0.01,), zeta=(0.04, 0.08), results=str(tmp_path / "results"), out=str(tmp_path / "sweeps"),
                     workers=2, cpus_per_worker=64.0, seeds=(0, 1))
     assert s.bundles("random") == [{"CPU": 0.25}] and len(s.bundles("/some/shards")) == 5
-    rc = main(["sweep", "--name", "light", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random",
+    rc = main(["sweep", "--name", "light", "--model", str(models["model"]), "--data", str(pneumonia_small), "--source", "random",
                "train", "--eps", "0.01", "--zeta", "0.04", "0.08", "--results", str(tmp_path / "results"), "--out",
                str(tmp_path / "sweeps"), "--workers", "2", "--cpus-per-worker", "64", "--seeds", "0", "1",
                "--address", cluster["address"]])
@@ -191,19 +206,6 @@ def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, tmp_
                                                ".pdf, .svg; give a file name with one of those extensions")
     with pytest.raises(InputError, match="give one or more distinct seeds"):
         SweepConfig(**{**{k: getattr(s, k) for k in ("name", "medical", "models", "sources")}, "seeds": (1, 1)})
-
-
-def test_a_trials_engine_actors_use_the_bundles_it_reserved(cluster, models, shards, tmp_path) -> None:
-    """The trial's placement group holds 3.25 of the cluster's 4 CPUs (itself, a 1.5-CPU worker, a 1.5-CPU reader):
-    actors that left it (Ray's SPREAD strategy did) would ask for 3 CPUs more and never start."""
-    args = [sys.executable, str(ROOT / "jobs" / "sweep.py"), "--name", "tight", "--model", str(models["model"]),
-            "--data", str(PNEUMONIA), "--source", str(shards), "--eps", "0.02", "--zeta", "0.08", "--batch-size", "8",
-            "--cpus-per-trial", "0.25", "--cpus-per-worker", "1.5", "--cpus-per-reader", "1.5",
-            "--results", str(tmp_path / "results"), "--out", str(tmp_path / "sweeps"), "--address", cluster["address"]]
-    done = subprocess.run(args, env=cluster["env"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = read_results(tmp_path / "results", filters={"sweep": "tight"}).to_pylist()
-    assert len(rows) == 1 and rows[0]["images_processed"] == 48
 
 
 def test_each_engine_actor_takes_a_bundle_of_its_own_shape() -> None:
@@ -251,23 +253,6 @@ def test_early_stopping_stops_the_trailing_trial_of_its_group(cluster, models, s
     assert rc == 0, out
     assert "2 trial(s), 0 failed, 1 stopped early" in out
     assert read_results(tmp_path / "results", filters={"sweep": "asha"})["eps"].to_pylist() == [0.05]
-
-
-def test_a_sweep_over_both_methods_writes_both_and_selects_the_best_of_each(cluster, models, shards, tmp_path, capsys) -> None:
-    rc = main(["sweep", "--name", "methods", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(shards),
-               "--method", "paper", "sgd", "--eps", "0.01", "0.02", "--lr", "0.2", "--zeta", "0.08", "--i-max", "2",
-               "--batch-size", "8", "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5", "--max-concurrent", "1",
-               "--results", str(tmp_path / "results"), "--out", str(tmp_path / "sweeps"), "--select", "best",
-               "--address", cluster["address"]])
-    assert rc == 0, capsys.readouterr().out
-    rows = read_results(tmp_path / "results", filters={"sweep": "methods"}).to_pylist()
-    assert sorted((r["method"], r["eps"], r["lr"]) for r in rows) == [("paper", 0.01, None), ("paper", 0.02, None),
-                                                                     ("sgd", None, 0.2)]  # no sgd trial per eps
-    assert all(r["images_processed"] == 2 * 48 for r in rows)
-    best = read_results(tmp_path / "results", filters={"sweep": "methods"})
-    from raylab.results import select_best
-
-    assert sorted(select_best(best)["method"].to_pylist()) == ["paper", "sgd"]
 
 
 def test_bad_sweep_input_is_refused(models, shards, tmp_path) -> None:

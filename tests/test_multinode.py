@@ -209,9 +209,9 @@ def test_nodes_lost_mid_run_with_and_then_without_spare_capacity_end_with_the_sa
 def test_without_capacity_the_run_fails_after_its_timeout_keeping_its_checkpoint(nodes, wide, tmp_path) -> None:
     n = _with(nodes, 2)
     lines: list[str] = []
-    engine = Engine(_config(wide, tmp_path / "gone", restart_timeout=6.0), log=lines.append)
+    engine = Engine(_config(wide, tmp_path / "gone", restart_timeout=3.0), log=lines.append)
     engine.on_round = lambda r: n.remove(_where(engine)["workers"][0]) if r.round == 2 else None
-    with pytest.raises(RaylabError, match=r"^(worker|reader) \d did not come back within 6 s after it was lost .*no node "
+    with pytest.raises(RaylabError, match=r"^(worker|reader) \d did not come back within 3 s after it was lost .*no node "
                                           r"could take it\); stopping, the last checkpoint is .*checkpoint.pt$"):
         _run(engine)
     assert any("waiting for resources to restart" in line for line in lines), lines

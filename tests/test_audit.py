@@ -303,7 +303,7 @@ def test_the_audit_as_a_ray_job_fans_out_and_makes_the_uaps_of_a_local_run(clust
     common = ["--model", str(models["model"]), "--natural", str(shards), "--data", str(pneumonia_small), *args]
     assert main(["audit", *common, "--out", str(local)]) == 0
     logs = submit_and_wait(cluster, " ".join(["python jobs/audit.py", *common, "--out", str(remote), "--ray",
-                                              "--cpus-per-uap", "0.5"]), timeout=400)
+                                              "--cpus-per-uap", "2"]), timeout=400)  # 2 task processes at a time
     assert "Natural-image UAPs at L2 ζ = 4 %" in logs and "4 UAPs (0 done before)" in logs
     assert (f"medical data: {pneumonia_small}, as the model takes it: 2 classes (NORMAL, PNEUMONIA), gray 28 px: 600 "
             "train, 200 val, 300 test images") in logs

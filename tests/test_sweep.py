@@ -178,7 +178,7 @@ def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, pneu
     rc = main(["sweep", "--name", "light", "--model", str(models["model"]), "--data", str(pneumonia_small), "--source", "random",
                "train", "--eps", "0.01", "--zeta", "0.04", "0.08", "--results", str(tmp_path / "results"), "--out",
                str(tmp_path / "sweeps"), "--workers", "2", "--cpus-per-worker", "64", "--seeds", "0", "1",
-               "--address", cluster["address"]])
+               "--max-concurrent", "2", "--address", cluster["address"]])  # 2 trial processes, reused, not 8
     out = capsys.readouterr().out
     assert rc == 0 and "8 trial(s), 0 failed" in out, out
     assert f"plot: {tmp_path / 'sweeps'}/light/curves.png (2 curve(s) over zeta)" in out  # a sweep over zeta draws it

@@ -109,15 +109,20 @@ def pneumonia() -> dict[str, torch.Tensor]:
         }
 
 
+def pneumonia_subset(path: Path, **keep: int) -> Path:
+    """PneumoniaMNIST's first ``keep[split]`` images of each split named (``train=1000``), every image of the others
+    (real X-rays, as stored), written to ``path``."""
+    with np.load(PNEUMONIA) as z:
+        np.savez(path, **{k: z[k][: keep.get(k.split("_")[0])] for k in z.files})
+    return path
+
+
 @pytest.fixture(scope="session")
 def pneumonia_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """PneumoniaMNIST cut to its first 600 train, 200 val and 300 test images (real X-rays, as stored): for runs whose
-    point is not the data's size, where every UAP from the training images and every evaluation costs a tenth."""
-    path = tmp_path_factory.mktemp("pneumonia-small") / "pneumoniamnist-small.npz"
-    keep = {"train": 600, "val": 200, "test": 300}
-    with np.load(PNEUMONIA) as z:
-        np.savez(path, **{k: z[k][: keep[k.split("_")[0]]] for k in z.files})
-    return path
+    """PneumoniaMNIST cut to its first 600 train, 200 val and 300 test images: for runs whose point is not the data's
+    size, where every UAP from the training images and every evaluation costs a tenth."""
+    return pneumonia_subset(tmp_path_factory.mktemp("pneumonia-small") / "pneumoniamnist-small.npz",
+                            train=600, val=200, test=300)
 
 
 @pytest.fixture(scope="session")

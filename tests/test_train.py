@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 
-import numpy as np
 import torch
 
 from raylab.cli import main
@@ -13,7 +12,7 @@ from raylab.data.medical import load_medmnist
 from raylab.models import ModelSpec, load_classifier
 from raylab.train import TrainConfig, _balanced_weights, accuracy, augment, finetune, pretrain_natural
 
-from .conftest import IMAGENET, PNEUMONIA, stopped_when_written
+from .conftest import IMAGENET, PNEUMONIA, pneumonia_subset, stopped_when_written
 
 
 def test_balanced_sampling_evens_out_the_classes() -> None:
@@ -61,9 +60,7 @@ def test_a_killed_training_resumes_to_the_weights_of_a_run_never_stopped(models,
     """`raylab train` SIGKILLed after its first epoch's checkpoint (<out>.partial), rerun: the weights of a run never
     stopped, to the bit (the optimizer's momentum, the schedule and the generators are in the checkpoint); a rerun
     with other settings is refused in one line first."""
-    data = tmp_path / "pneumonia-1000.npz"  # the first 1,000 real training X-rays, for epochs of a fraction of a second
-    with np.load(PNEUMONIA) as z:
-        np.savez(data, **{k: z[k][:1000] if k.startswith("train") else z[k] for k in z.files})
+    data = pneumonia_subset(tmp_path / "pneumonia-1000.npz", train=1000)  # epochs of a fraction of a second
 
     def train(out, *extra: str) -> list[str]:
         return ["train", "--data", str(data), "--backbone", str(models["backbone"]), "--arch", "small_cnn", "--image-size",

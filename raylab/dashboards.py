@@ -211,6 +211,23 @@ def _label(legend: str, metric: dict[str, str]) -> str:
     return out
 
 
+#: Series a panel's legend names; a panel of more (a worker or a node each, on a large cluster) names the first ones.
+LEGEND_MAX = 8
+
+
+def _legend(ax: Any) -> None:
+    """The panel's legend, at most :data:`LEGEND_MAX` entries and a count of the others, kept out of the figure's
+    layout (a legend of every worker of a large run is taller than its panel: the layout then failed, with a
+    warning, and the panels overlapped)."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    if len(handles) > LEGEND_MAX:
+        more = len(handles) - LEGEND_MAX
+        handles, labels = handles[:LEGEND_MAX] + [Line2D([], [], linestyle="none")], labels[:LEGEND_MAX] + [f"… and {more} more"]
+    ax.legend(handles, labels, fontsize=6, loc="best").set_in_layout(False)
+
+
 def render(prometheus_url: str, out: str | Path, *, start: float, end: float | None = None, run: str = ".*",
            step: float | None = None, rate_interval: str = "1m", panels: Sequence[Panel] = PANELS) -> dict[str, int]:
     """Draw every panel from a Prometheus into one PNG; returns the number of series per panel title."""
@@ -234,7 +251,8 @@ def render(prometheus_url: str, out: str | Path, *, start: float, end: float | N
             for series in prom.query_range(concrete(q.expr, run=run, rate_interval=rate_interval), start, end, step):
                 t = [float(v[0]) - start for v in series["values"]]
                 y = [float(v[1]) for v in series["values"]]
-                ax.plot(t, y, lw=1.2, label=_label(q.legend, series["metric"]))
+                ax.plot(t, y, lw=1.2, marker="." if len(t) < 3 else None,  # one sample: a dot, not nothing
+                        label=_label(q.legend, series["metric"]))
                 n += 1
         counts[p.title] = n
         ax.set_title(p.title + ("" if n else "  (no data)"), fontsize=10)
@@ -242,7 +260,7 @@ def render(prometheus_url: str, out: str | Path, *, start: float, end: float | N
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         if n:
-            ax.legend(fontsize=6, loc="best")
+            _legend(ax)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     for ax in axes[-1]:

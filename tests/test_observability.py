@@ -21,6 +21,7 @@ import tarfile
 import threading
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,18 @@ def test_dashboard_cli_writes_config_and_refuses_an_unreachable_prometheus(model
     assert main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random", "--out", str(tmp_path / "u"),
                  "--zeta", "0.08", "--examples", "0", "--metrics-port", "0", "--metrics-linger", "0"]) == 0
     assert "serving metrics on http://127.0.0.1:" in capsys.readouterr().out
+
+
+def test_a_panel_of_many_series_keeps_its_legend_inside_the_layout(tmp_path) -> None:
+    """A run of 30 workers on 30 nodes: every panel has 30 series or more. Its legend names the first 8 and counts
+    the others; before, each panel's legend listed all and was taller than the panel, so the figure's layout failed
+    with a warning and the panels overlapped."""
+    start = 1_700_000_000.0
+    series = [{"metric": {"run": "big", "worker": str(i), "instance": f"10.0.0.{i}:8080"},
+               "values": [[start + 10 * k, str(i + k)] for k in range(6)]} for i in range(30)]
+    body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": series}}).encode()
+    with _answering(200, body) as url, warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "Tight layout not applied" is a UserWarning
+        counts = dashboards.render(url, tmp_path / "many.png", start=start, end=start + 60)
+    assert counts == {p.title: 30 * len(p.queries) for p in dashboards.PANELS}
+    assert (tmp_path / "many.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

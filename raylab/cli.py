@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .audit import AuditConfig
 from .bench import BenchConfig, EngineBenchConfig
@@ -55,16 +55,28 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
+DESCRIPTION = ("Audits medical image classifiers for universal adversarial perturbations made from natural images, "
+               "without any medical image (Minagi, Hirano & Takemoto, J. Imaging 2022), on one machine or a Ray cluster.")
+EPILOG = ("Start with `raylab demo` (a small model trained and audited, about 15 minutes on 2 CPU cores), or audit "
+          "your own: `raylab audit --model MODEL --data MEDICAL --natural PHOTOS --out FOLDER`. `raylab COMMAND --help` "
+          "for each command's options.")
+
+
+def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose own --help starts with what it does (its line in ``raylab --help``)."""
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:])
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raylab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="raylab", description=DESCRIPTION, epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="natural-image pretraining of a backbone (exemplar training on a photo folder)")
+    p = _command(sub, "pretrain", help="natural-image pretraining of a backbone (exemplar training on a photo folder)")
     p.add_argument("--images", type=Path, default=DEFAULT_DATA / "imagenet-samples", help="a folder of natural photos")
     _model_options(p, out_help="checkpoint path (.pt)")
     add_options(p, PretrainConfig)
 
-    t = sub.add_parser("train", help="fine-tune (transfer learning) or train from scratch on a medical dataset")
+    t = _command(sub, "train", help="fine-tune (transfer learning) or train from scratch on a medical dataset")
     t.add_argument("--data", type=Path, default=DEFAULT_MEDICAL, help="MedMNIST .npz or a folder with train_pre.csv/test_pre.csv")
     t.add_argument("--backbone", default=None, help="natural-image weights: a checkpoint from `raylab pretrain`, a torchvision "
                                                     ".pth, or 'imagenet' (torchvision's: online only; efficientnet_lite0's are "
@@ -74,11 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(t, out_help="checkpoint path (.pt); metrics go beside it as .json")
     add_options(t, TrainConfig)
 
-    u = sub.add_parser("uap", help="generate a UAP and evaluate it on the medical test set (single machine)")
+    u = _command(sub, "uap", help="generate a UAP and evaluate it on the medical test set (single machine)")
     add_options(u, UAPConfig)
     _metrics_options(u)
 
-    s = sub.add_parser("shard", help="write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz")
+    s = _command(sub, "shard", help="write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz")
     s.add_argument("source", help="image folder (path or fsspec URL), a .txt list of image files, or a MedMNIST .npz")
     s.add_argument("out", help="output directory or fsspec URL (s3://, gs://)")
     s.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
@@ -94,23 +106,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-task", type=float, default=1.0, help="with --ray: CPUs per shard task (default 1)")
     s.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
 
-    g = sub.add_parser("generate", help="distributed UAP on Ray: shards -> reader actors -> worker actors -> one rho (resumable)")
+    g = _command(sub, "generate", help="distributed UAP on Ray: shards -> reader actors -> worker actors -> one rho (resumable)")
     add_options(g, EngineConfig)
     g.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
-    w = sub.add_parser("sweep", help="a Ray Tune grid (or random search) of UAPs over eps, p, zeta, source, target, model, i_max")
+    w = _command(sub, "sweep", help="a Ray Tune grid (or random search) of UAPs over eps, p, zeta, source, target, model, i_max")
     add_options(w, SweepConfig)
     w.add_argument("--select", choices=["best"], default=None, help="best: the paper's rule, the eps and p with the highest R_f (R_s) per zeta")
     w.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
-    im = sub.add_parser("import-model", help="a model trained elsewhere (state dict, TorchScript, torch.export or ONNX) and "
+    im = _command(sub, "import-model", help="a model trained elsewhere (state dict, TorchScript, torch.export or ONNX) and "
                                             "its model card, checked and written as a raylab checkpoint to audit")
     im.add_argument("--card", type=Path, required=True, help="the model card (YAML or JSON; see raylab/cards.py)")
     im.add_argument("--weights", type=Path, required=True, help="the state dict (.pth/.pt), TorchScript (.pt), "
                                                                 "torch.export (.pt2) or ONNX (.onnx) file the card describes")
     im.add_argument("--out", type=Path, required=True, help="where to write the raylab checkpoint (.pt)")
 
-    r = sub.add_parser("results", help="summarize a Parquet results location, filtered by any column")
+    r = _command(sub, "results", help="summarize a Parquet results location, filtered by any column")
     r.add_argument("location", help="results location (path or fsspec URL)")
     r.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE", help="keep rows where COLUMN equals VALUE (repeatable; a path by its last parts, as the table shows it)")
     r.add_argument("--select", choices=["best"], default=None,
@@ -123,20 +135,20 @@ def _parser() -> argparse.ArgumentParser:
                         "URL; .png, or .pdf/.svg for a paper)")
     r.add_argument("--x", default="zeta", help="the column the plot's rates are drawn over (default: zeta; also eps, lr, ...)")
 
-    d = sub.add_parser("demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, then audit it (raylab audit "
+    d = _command(sub, "demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, then audit it (raylab audit "
                                      "--budget quick) with UAPs from ImageNet photos")
     d.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--pretrain-epochs", type=int, default=30)
     d.add_argument("--train-epochs", type=int, default=3)
 
-    au = sub.add_parser("audit", help="how vulnerable is this model to UAPs made without any medical image? both methods, "
+    au = _command(sub, "audit", help="how vulnerable is this model to UAPs made without any medical image? both methods, "
                                       "the references, targets, seeds; one verdict and one report")
     add_options(au, AuditConfig)
     au.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
     _metrics_options(au)
 
-    rp = sub.add_parser("reproduce", help="the paper's whole study (models, eps/p selection, zeta sweep, targets, controls) and its report")
+    rp = _command(sub, "reproduce", help="the paper's whole study (models, eps/p selection, zeta sweep, targets, controls) and its report")
     rp.add_argument("--preset", choices=["tiny", "cpu-small", "paper"], default="cpu-small")
     rp.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="where pneumoniamnist.npz, imagenet-samples/ and flickr8k-samples/ are")
     rp.add_argument("--medical", type=Path, action="append", default=None,
@@ -156,21 +168,21 @@ def _parser() -> argparse.ArgumentParser:
                          "(one number, or arch=rate,... per architecture)")
     _metrics_options(rp)
 
-    o = sub.add_parser("dashboard", help="Grafana dashboard JSON, a Prometheus config for Ray, or the dashboard rendered to PNG")
+    o = _command(sub, "dashboard", help="Grafana dashboard JSON, a Prometheus config for Ray, or the dashboard rendered to PNG")
     osub = o.add_subparsers(dest="action", required=True)
-    ow = osub.add_parser("write", help="write dashboards/raylab.json (Grafana, importable as is)")
+    ow = _command(osub, "write", help="write dashboards/raylab.json (Grafana, importable as is)")
     ow.add_argument("--out", type=Path, default=Path("dashboards"))
-    oc = osub.add_parser("prometheus-config", help="print a prometheus.yml that scrapes Ray's metrics agents (and --target)")
+    oc = _command(osub, "prometheus-config", help="print a prometheus.yml that scrapes Ray's metrics agents (and --target)")
     oc.add_argument("--sd-file", default=None, help="Ray's service-discovery file (default /tmp/ray/prom_metrics_service_discovery.json)")
     oc.add_argument("--target", action="append", default=[], metavar="HOST:PORT", help="a `raylab uap --metrics-port` run (repeatable)")
     oc.add_argument("--scrape-interval", default="10s")
-    orr = osub.add_parser("render", help="draw every dashboard panel from a Prometheus into one PNG")
+    orr = _command(osub, "render", help="draw every dashboard panel from a Prometheus into one PNG")
     orr.add_argument("--prometheus", default="http://127.0.0.1:9090")
     orr.add_argument("--since", type=float, default=3600.0, help="seconds back from now (default 3600)")
     orr.add_argument("--run", default=".*", help="a run name or regex (the dashboard's run variable)")
     orr.add_argument("--out", type=Path, default=Path("dashboard.png"))
 
-    b = sub.add_parser("bench", help="images/s of faithful and batched modes vs ART and vs the bare kernel")
+    b = _command(sub, "bench", help="images/s of faithful and batched modes vs ART and vs the bare kernel")
     add_options(b, EngineBenchConfig)
     b.add_argument("--engine", action="store_true", help="benchmark the Ray engine end to end instead (shards, readers, workers)")
     b.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")

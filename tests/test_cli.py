@@ -35,6 +35,22 @@ def test_progress_off_a_terminal_is_lines_not_a_redrawn_bar() -> None:
     assert "\r" not in out.getvalue() and lines[0].startswith("UAPs:   0%|") and lines[-1].startswith("UAPs: 100%|##########| 3/3")
 
 
+def test_help_says_what_raylab_and_each_command_do(capsys) -> None:
+    """`raylab --help` used to open with half a sentence of the module's docstring, and a command's own --help with
+    its usage alone."""
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert stop.value.code == 0 and "Audits medical image classifiers for universal adversarial perturbations" in out
+    assert "Start with `raylab demo`" in out and "configs'" not in out
+    for argv, first in ((["audit", "--help"], "How vulnerable is this model to UAPs made without any medical image?"),
+                        (["dashboard", "render", "--help"], "Draw every dashboard panel from a Prometheus into one PNG")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        help_text = capsys.readouterr().out
+        assert first in " ".join(help_text.split("options:")[0].split()), help_text[:600]
+
+
 def test_train_writes_weights_and_accuracy(models: dict[str, Path]) -> None:
     report = json.loads(models["model"].with_suffix(".json").read_text())
     assert report["test_accuracy"] > 0.625  # above the majority class (390/624)

@@ -42,3 +42,20 @@ def one_line(e: BaseException | str, limit: int = 200, *, with_type: bool = Fals
     if isinstance(e, BaseException) and (with_type or not text):
         text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def unreadable_torch_file(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` could not read a file (weights or a checkpoint), as ``"Type: reason"``.
+    For a pickle of anything but tensors torch's own message begins by suggesting ``weights_only=False``, which raylab
+    never does: only its reason is kept (an unsupported operand, a blocked global such as ``posix.system``); a file cut
+    short is said to be, without torch's paragraph about its zip reader."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        parts = [p.strip() for p in text.split("\n\n")[1:]]
+        reasons = [p for p in parts if p and not p.startswith("Check the documentation")]
+        text = f"not plain tensors, refused unread: {reasons[-1] if reasons else 'unsupported content'}"
+    elif isinstance(e, EOFError):
+        text = "the file ends before its data: empty or cut short"
+    elif "failed finding central directory" in text:
+        text = "not a whole torch file: cut short or damaged"
+    return f"{type(e).__name__}: {one_line(text, 200)}"

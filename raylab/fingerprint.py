@@ -17,7 +17,7 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, one_line, unreadable_torch_file
 from .store import Store
 
 T = TypeVar("T")
@@ -93,13 +93,16 @@ class CheckpointFile(Generic[T]):
             return None
         try:
             obj = torch.load(io.BytesIO(self.store.read_bytes(self.name)), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise InputError(f"{self.where}: cannot read this checkpoint ({unreadable_torch_file(e)}); remove it to start "
+                             "over") from None
+        try:
             if not (isinstance(obj, dict) and obj.get("format") == self.format):
                 raise ValueError(f"not a raylab {self.what} checkpoint")
             then = json.loads(obj["parts"])
             parsed = self.parse(obj)
         except Exception as e:
-            raise InputError(f"{self.where}: cannot read this checkpoint ({' '.join(str(e).split())[:120]}); remove "
-                             "it to start over") from None
+            raise InputError(f"{self.where}: cannot read this checkpoint ({one_line(e, 120)}); remove it to start over") from None
         if then != self.fingerprint.parts:
             raise InputError(f"{self.where}: checkpoint of a different {self.what} "
                              f"({self.fingerprint.differences(then)}); use another output location, the settings it "

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .core.pixels import MAX_IMAGE_SIZE, to_unit_range
-from .errors import InputError, one_line
+from .errors import InputError, one_line, unreadable_torch_file
 
 Normalize = Literal["none", "imagenet", "lite", "card"]
 
@@ -380,17 +380,8 @@ def _stored_spec(obj: dict[str, Any], path: str | Path) -> ModelSpec:
 
 
 def _unreadable(where: str | Path, e: Exception) -> InputError:
-    """The one-line refusal of a file ``torch.load(weights_only=True)`` could not read. For a pickle of anything but
-    tensors, torch's own message begins by suggesting ``weights_only=False``, which raylab never does: only its
-    reason is kept (an unsupported operand, a blocked global such as ``posix.system``)."""
-    text = str(e)
-    if "Weights only load failed" in text:
-        parts = [p.strip() for p in text.split("\n\n")[1:]]
-        reasons = [p for p in parts if p and not p.startswith("Check the documentation")]
-        text = f"not plain tensors, refused unread: {reasons[-1] if reasons else 'unsupported content'}"
-    elif isinstance(e, EOFError):
-        text = "the file ends before its data: empty or cut short"
-    return InputError(f"{where}: cannot read weights ({type(e).__name__}: {one_line(text, 200)})")
+    """The one-line refusal of a file ``torch.load(weights_only=True)`` could not read (:func:`unreadable_torch_file`)."""
+    return InputError(f"{where}: cannot read weights ({unreadable_torch_file(e)})")
 
 
 #: Architectures that stay in NCHW memory on a CPU: channels-last was not faster for their update there (ResNet-18

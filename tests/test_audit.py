@@ -226,6 +226,24 @@ def test_a_rerun_resumes_and_other_settings_are_refused(audited, models, natural
     assert _audit(models["model"], natural_dir, audited, "--zeta", "0.08", data=pneumonia_small) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was started with other settings (zeta=0.04 then, 0.08 now)" in err
+    # a UAP stopped mid-way left its checkpoint (here a damaged one) and no row: the rerun counts it as resuming, and
+    # the damaged file is one line naming it; every other row stays as it was
+    trial = sorted(before)[0]
+    row = next((audited / "results").glob(f"*/trial-{trial}.parquet"))
+    aside = row.rename(row.parent.parent.parent / row.name)  # out of the results location
+    checkpoint = audited / "uaps" / trial / "uap-checkpoint.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    try:
+        assert _audit(models["model"], natural_dir, audited, data=pneumonia_small) == 2
+        logged = capsys.readouterr()
+        assert f"{len(before)} UAPs ({len(before) - 1} done before, 1 resuming from a checkpoint)" in logged.out
+        errors = [line for line in logged.err.splitlines() if line.startswith("raylab audit:")]  # not the bar's lines
+        assert errors == [f"raylab audit: error: {checkpoint}: cannot read this checkpoint (UnpicklingError: not plain "
+                          "tensors, refused unread: Unsupported operand 110); remove it to start over"], logged.err
+    finally:
+        checkpoint.unlink()
+        aside.rename(row)
+    assert {r["trial_id"]: r["created_at"] for r in read_results(audited / "results").to_pylist()} == before
 
 
 def test_bad_input_is_one_line_before_any_compute(models, natural_dir, tmp_path, capsys) -> None:

@@ -46,7 +46,8 @@ def test_a_stopped_uap_resumes_to_the_uap_of_a_run_never_stopped(models, natural
     assert "checkpoint of a different run (seed=0 then, 7 now)" in err and len(err.strip().splitlines()) == 1, err
     checkpoint.write_bytes(kept[:100])
     assert main(_uap(models, natural_dir, out, method)) == 2
-    assert "cannot read this checkpoint" in capsys.readouterr().err
+    assert (f"{checkpoint}: cannot read this checkpoint (RuntimeError: not a whole torch file: cut short or damaged); "
+            "remove it to start over") in capsys.readouterr().err
     checkpoint.write_bytes(kept)
 
     assert main(_uap(models, natural_dir, out, method)) == 0

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ..progress import bar as progress_bar
 from ..record import ResultsKey, trial_folder
+from ..resume import CHECKPOINT
 from ..run import run_uap
 from ..selection import best, select_on_validation
 from ..store import Store
@@ -81,10 +82,13 @@ def _remote_job(args: tuple[AuditConfig, str, dict[str, Any], Any, Job]) -> str:
 
 
 def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = print, sink: Sink | None = None) -> None:
-    """Every job not yet done, here or as Ray tasks; each writes its row as it finishes (a crash loses nothing). Each
+    """Every job not yet done, here or as Ray tasks; each writes its row as it finishes (a crash loses nothing), and
+    one stopped mid-way resumes from the checkpoint in its folder (:mod:`raylab.resume`; counted in the log). Each
     finished UAP counts as a finished trial of the audit's sweep in ``sink`` (with Ray: Ray's metrics)."""
     todo = [j for j in jobs if j.trial_id not in done_trials(audit.config)]
-    log(f"{len(jobs)} UAPs ({len(jobs) - len(todo)} done before)")
+    resumed = sum(Store.at(trial_folder(audit.config.out, j.trial_id)).exists(CHECKPOINT) for j in todo)
+    log(f"{len(jobs)} UAPs ({len(jobs) - len(todo)} done before" + (f", {resumed} resuming from a checkpoint" if resumed else "")
+        + ")")
     bar = progress_bar(total=len(todo), desc="UAPs", unit="uap", disable=not todo)  # nothing left to do: no bar
     progress = Telemetry(ray_sink() if audit.config.ray else sink)
     try:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..core import Norm, StepStats, project_lp, sgd_step, step_size
 from ..core.sgd import Schedule
-from ..errors import InputError, RaylabError
+from ..errors import InputError, RaylabError, unreadable_torch_file
 from ..fingerprint import Fingerprint
 from .readers import BatchMeta, Position
 
@@ -82,7 +82,7 @@ class RunState:
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:
-            raise InputError(f"{where}: cannot read checkpoint ({type(e).__name__})") from None
+            raise InputError(f"{where}: cannot read checkpoint ({unreadable_torch_file(e)})") from None
         if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
             raise InputError(f"{where}: not a raylab engine checkpoint")
         if obj["fingerprint"] != fingerprint.digest:

@@ -96,6 +96,9 @@ def test_a_checkpoint_round_trips_and_refuses_another_run() -> None:
     assert RunState.from_bytes(buf.getvalue(), mine, "ckpt").round == 1
     with pytest.raises(InputError, match=r"\(model, shards, medical data or UAP parameters differ\)"):
         RunState.from_bytes(buf.getvalue(), other, "ckpt")
+    # one cut short says so (before: only the exception's type)
+    with pytest.raises(InputError, match=r"^ckpt: cannot read checkpoint \(RuntimeError: not a whole torch file: cut short or damaged\)$"):
+        RunState.from_bytes(state.to_bytes(mine)[:200], mine, "ckpt")
 
 
 def test_an_sgd_round_takes_one_step_along_the_summed_gradient_with_the_scheduled_size() -> None:

@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
     im = _command(sub, "import-model", help="a model trained elsewhere (state dict, TorchScript, torch.export or ONNX) and "
-                                            "its model card, checked and written as a raylab checkpoint to audit")
+                                          "its model card, checked and written as a raylab checkpoint to audit")
     im.add_argument("--card", type=Path, required=True, help="the model card (YAML or JSON; see raylab/cards.py)")
     im.add_argument("--weights", type=Path, required=True, help="the state dict (.pth/.pt), TorchScript (.pt), "
                                                                 "torch.export (.pt2) or ONNX (.onnx) file the card describes")
@@ -136,14 +136,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--x", default="zeta", help="the column the plot's rates are drawn over (default: zeta; also eps, lr, ...)")
 
     d = _command(sub, "demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, then audit it (raylab audit "
-                                     "--budget quick) with UAPs from ImageNet photos")
+                                   "--budget quick) with UAPs from ImageNet photos")
     d.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--pretrain-epochs", type=int, default=30)
     d.add_argument("--train-epochs", type=int, default=3)
 
-    au = _command(sub, "audit", help="how vulnerable is this model to UAPs made without any medical image? both methods, "
-                                      "the references, targets, seeds; one verdict and one report")
+    au = _command(sub, "audit", help="how vulnerable is this model to UAPs made without any medical image? Both methods, "
+                                    "the references, targets, seeds; one verdict and one report")
     add_options(au, AuditConfig)
     au.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
     _metrics_options(au)

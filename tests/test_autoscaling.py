@@ -21,7 +21,7 @@ from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE
 
 from raylab.results import read_results
 
-from .conftest import PNEUMONIA, ROOT, _free_port, start_head, stop_head
+from .conftest import PNEUMONIA, ROOT, _free_port, connect, start_head, stop_head
 
 pytestmark = pytest.mark.own_cluster
 
@@ -89,13 +89,13 @@ def autoscaled(cluster, tmp_path):
                       tmp_path / "head.log", timeout=120)
     address = f"127.0.0.1:{port}"
     ray.shutdown()
-    ray.init(address=address, logging_level="ERROR")
+    connect(address)
     try:
         yield {"address": address, "env": env}
     finally:
         ray.shutdown()
         stop_head(head)  # the head, its autoscaler and the nodes the autoscaler started
-        ray.init(address=cluster["address"], logging_level="ERROR")
+        connect(cluster["address"])
 
 
 class _NodeCount(threading.Thread):

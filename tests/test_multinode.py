@@ -25,7 +25,7 @@ from raylab.engine import Engine, RoundReport, run_engine
 from raylab.errors import RaylabError
 from raylab.models import ModelSpec, build_model, save_classifier
 
-from .conftest import IMAGENET, PNEUMONIA
+from .conftest import IMAGENET, PNEUMONIA, connect
 
 pytestmark = pytest.mark.own_cluster
 
@@ -70,7 +70,7 @@ class _Nodes:
         self.cpus = cpus
         for _ in range(workers):
             self.add()
-        ray.init(address=self.cluster.address, logging_level="ERROR")
+        connect(self.cluster.address)
 
     def add(self):
         return self.cluster.add_node(num_cpus=self.cpus, node_ip_address="127.0.0.1")
@@ -98,7 +98,7 @@ def nodes(cluster, reference):
     yield n
     ray.shutdown()
     n.cluster.shutdown()
-    ray.init(address=address, logging_level="ERROR")
+    connect(address)
 
 
 def _with(n: _Nodes, workers: int) -> _Nodes:

@@ -288,10 +288,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     head = start_head(gcs, ["--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                             *own_ports()], env, tmp_path_factory.mktemp("ray") / "head.log")
     address = f"127.0.0.1:{gcs}"
-    connect(address)
-    yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     import ray
 
+    connect(address)
+    yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     ray.shutdown()
     stop_head(head)
 

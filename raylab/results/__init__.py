@@ -3,7 +3,8 @@
 One concern a module:
 
 - :mod:`~raylab.results.schema`: the row's columns (:data:`SCHEMA`, each one documented) and its validation;
-- :mod:`~raylab.results.dataset`: the files of a results location, :func:`write_rows` and :func:`read_results`;
+- :mod:`~raylab.results.dataset`: the files of a results location, :func:`write_rows`, :func:`read_results` and
+  one trial's :func:`read_row`;
 - :mod:`~raylab.results.filters`: ``--filter column=value`` typed as its column, and the rows it keeps;
 - :mod:`~raylab.results.seeds`: rows that differ only by their seed as one grid point, mean ± sd over seeds;
 - :mod:`~raylab.results.naming`: the settings that tell rows apart, paths by their last part;
@@ -11,7 +12,7 @@ One concern a module:
 - :mod:`~raylab.results.select`: the paper's selection of ε and p, :func:`select_best`.
 """
 
-from .dataset import read_results, write_rows
+from .dataset import read_results, read_row, write_rows
 from .filters import filter_value
 from .schema import METHODS, SCHEMA, SCHEMA_VERSION, SOURCE_KINDS
 from .seeds import over_seeds
@@ -27,6 +28,7 @@ __all__ = [
     "BEST_GROUP",
     "write_rows",
     "read_results",
+    "read_row",
     "filter_value",
     "summary_table",
     "select_best",

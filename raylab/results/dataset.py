@@ -23,6 +23,7 @@ Version 1 had no ``method`` and ``lr`` and a non-null ``eps``, and is refused. T
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -100,6 +101,20 @@ def write_rows(location: str | Path, rows: Iterable[dict[str, Any]]) -> list[str
         pq.write_table(pa.Table.from_pylist([r], schema=SCHEMA), buf)
         uris.append(store.write_bytes(_file_name(r), buf.getvalue().to_pybytes()))
     return uris
+
+
+def read_row(location: str | Path, sweep: str, trial_id: str) -> dict[str, Any] | None:
+    """The row of trial ``trial_id`` of ``sweep`` at ``location``, None when it has none or its file cannot be read
+    (rewriting it is the cure): how a resumed sweep's trial knows it wrote its row before an interrupt."""
+    store = Store.at(location)
+    name = _file_name({"sweep": sweep, "trial_id": trial_id})
+    if not store.exists(name):
+        return None
+    try:
+        rows = pq.read_table(io.BytesIO(store.read_bytes(name)), schema=SCHEMA).to_pylist()
+    except (pa.ArrowInvalid, OSError):
+        return None
+    return rows[0] if len(rows) == 1 else None
 
 
 def _trial_files(fs: fsspec.AbstractFileSystem, root: str, sweep: str | None, version: int = SCHEMA_VERSION) -> list[str]:

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import SOURCE_RANDOM, SOURCE_TRAIN, EngineConfig
-from ..record import ResultsKey, RunRecord
+from ..record import ResultsKey
+from ..results import read_row
 from .config import SweepConfig
 from .space import axes_of
 
@@ -14,13 +15,14 @@ from .space import axes_of
 METRIC, MODE = "score", "max"
 
 
-def final_report(record: RunRecord) -> dict[str, Any]:
-    """A trial's last report to Tune: its test-set score (R_f, or R_s of the target), the controls, its speed."""
-    e = record.evaluation
-    return {METRIC: e.headline, "fooling_rate": e.uap.fooling_rate, "random_fooling_rate": e.random.fooling_rate,
-            "success_rate": e.headline if e.target else None, "random_success_rate": e.random_headline if e.target else None,
-            "images": record.build.images, "images_per_second": record.build.images_per_second,
-            "wall_seconds": record.build.seconds}
+def final_report(row: dict[str, Any]) -> dict[str, Any]:
+    """A trial's last report to Tune, from its results row: its test-set score (R_f, or R_s of the target), the
+    controls, its speed."""
+    targeted = row["target"] is not None
+    return {METRIC: row["success_rate"] if targeted else row["fooling_rate"], "fooling_rate": row["fooling_rate"],
+            "random_fooling_rate": row["random_fooling_rate"], "success_rate": row["success_rate"],
+            "random_success_rate": row["random_success_rate"], "images": row["images_processed"],
+            "images_per_second": row["images_per_second"], "wall_seconds": row["wall_seconds"]}
 
 
 class StreamReporter:
@@ -42,7 +44,10 @@ class StreamReporter:
 
 
 def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
-    """One Tune trial: one UAP with the config's ε, p, ζ, source, target, model, i_max and seed; one results row."""
+    """One Tune trial: one UAP with the config's ε, p, ζ, source, target, model, i_max and seed; one results row.
+
+    A trial whose row is already written (it finished just before an interrupt or a crash that Tune's saved state
+    does not know of) reports that row and is not redone."""
     from ray import tune
 
     from ..config import UAPConfig
@@ -56,6 +61,11 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
     attack = dict(**config["attack"], p=config["p"], zeta=config["zeta"], max_passes=config["max_passes"],
                   target=config["target"], batch_size=s.batch_size, seed=config["seed"], device=s.device, amp=s.amp, examples=4)
     results = ResultsKey(s.results, s.name, trial_id)
+    written = read_row(s.results, s.name, trial_id)
+    if written is not None:
+        print(f"trial {trial_id}: its row was written before the sweep stopped; not redone", flush=True)
+        tune.report(final_report(written))
+        return
     source = config["source"]
     if source in (SOURCE_TRAIN, SOURCE_RANDOM):
         uap = UAPConfig(model=config["model"], medical=Path(s.medical), source=source, out=Path(out), **attack)
@@ -67,4 +77,4 @@ def uap_trial(config: dict[str, Any], sweep: SweepConfig) -> None:
                               **attack)
         record = run_engine(engine, on_round=StreamReporter(s.report_every, tune.report), results=results,
                             log=lambda line: print(line, flush=True))
-    tune.report(final_report(record))
+    tune.report(final_report(record.row(sweep=s.name, trial_id=trial_id)))

@@ -35,9 +35,9 @@ OnEpoch = Callable[[dict[str, Any]], None]
 class FitState:
     """Where training stands after ``epoch`` epochs: enough to continue it into the weights of a run never stopped
     (the model, the optimizer's momentum, the schedule, the generator of the sampling and augmentation, torch's
-    global generator for dropout, and the history so far). Handed out after every epoch; a later call resumes from it.
-    On the CPU the continuation is exact; on a GPU it is as deterministic as the GPU's kernels (cuDNN's, and CUDA's
-    dropout generator, which is not kept, are not)."""
+    global generator for dropout on the CPU and, on a GPU, the device's, and the history so far). Handed out after
+    every epoch; a later call resumes from it. On the CPU the continuation is exact; on a GPU it is as deterministic
+    as the GPU's kernels (cuDNN's are not, unless ``torch.backends.cudnn.deterministic``)."""
 
     epoch: int
     model: dict[str, Tensor]
@@ -46,6 +46,8 @@ class FitState:
     generator: Tensor
     rng: Tensor
     history: tuple[dict[str, Any], ...]
+    #: The CUDA device's generator (dropout on a GPU); None on the CPU, and in checkpoints written before it was kept.
+    cuda_rng: Tensor | None = None
 
 
 OnState = Callable[[FitState], None]
@@ -149,6 +151,8 @@ def _fit(model: Classifier, images: Tensor, labels: Tensor, config: TrainConfig,
         sched.load_state_dict(resume.scheduler)
         g.set_state(resume.generator)
         torch.set_rng_state(resume.rng)
+        if resume.cuda_rng is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(resume.cuda_rng, device)
         history = list(resume.history)
     for epoch in range(len(history) + 1, config.epochs + 1):
         model.train()
@@ -179,7 +183,8 @@ def _fit(model: Classifier, images: Tensor, labels: Tensor, config: TrainConfig,
             on_epoch(row)
         if on_state is not None:
             on_state(FitState(epoch, model.state_dict(), opt.state_dict(), sched.state_dict(), g.get_state(),
-                              torch.get_rng_state(), tuple(history)))
+                              torch.get_rng_state(), tuple(history),
+                              torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
     return history
 
 

@@ -81,9 +81,9 @@ def _start(out: str | Path, config: TrainConfig, parts: Callable[[], dict[str, A
 def _dump(state: FitState) -> dict:
     return {"epoch": state.epoch, "model": {k: v.detach().cpu() for k, v in state.model.items()},
             "optimizer": state.optimizer, "scheduler": state.scheduler, "generator": state.generator, "rng": state.rng,
-            "history": json.dumps(list(state.history))}
+            "history": json.dumps(list(state.history)), "cuda_rng": state.cuda_rng}
 
 
 def _parse(obj: dict) -> FitState:
     return FitState(obj["epoch"], obj["model"], obj["optimizer"], obj["scheduler"], obj["generator"], obj["rng"],
-                    tuple(json.loads(obj["history"])))
+                    tuple(json.loads(obj["history"])), obj.get("cuda_rng"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 import torch
 
 from raylab.cli import main
 from raylab.data.medical import load_medmnist
 from raylab.models import ModelSpec, load_classifier
 from raylab.train import TrainConfig, _balanced_weights, accuracy, augment, finetune, pretrain_natural
+from raylab.training_checkpoint import pretraining
 
 from .conftest import IMAGENET, PNEUMONIA, pneumonia_subset, stopped_when_written
 
@@ -83,3 +85,33 @@ def test_a_killed_training_resumes_to_the_weights_of_a_run_never_stopped(models,
     reports = [json.loads(p.with_suffix(".json").read_text()) for p in (tmp_path / "whole.pt", out)]
     assert reports[0]["test_accuracy"] == reports[1]["test_accuracy"] and len(reports[1]["history"]) == 4
     assert not partial.exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_a_network_with_dropout_resumes_to_the_weights_of_a_run_never_stopped(tmp_path, device) -> None:
+    """EfficientNet-Lite0 (dropout before its head) pretrained 2 epochs, and again resumed from its checkpoint file
+    after epoch 1 with torch's generators elsewhere: the same weights, to the bit (on a GPU, cuDNN held
+    deterministic). The dropout masks of epoch 2 come from the generator the checkpoint kept: the CPU's, or the
+    CUDA device's, which a resume left where the process had it before."""
+    from raylab.data.natural import load_image_folder
+
+    images, _, _ = load_image_folder(IMAGENET, channels=3, size=32, limit=16, seed=0)
+    spec = ModelSpec("efficientnet_lite0", num_classes=16, image_size=32)
+    config = TrainConfig(epochs=2, batch_size=8, lr=0.05, balanced=False, checkpoint_seconds=0, device=device)
+    deterministic = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        checkpoint, _ = pretraining(tmp_path / "m.pt", config, spec, images, log=print)
+        torch.manual_seed(0)
+        whole = pretrain_natural(images, spec=spec, config=config,
+                                 on_state=lambda s: s.epoch == 1 and checkpoint.save(s))
+        _, state = pretraining(tmp_path / "m.pt", config, spec, images, log=print)
+        assert state is not None and state.epoch == 1 and (state.cuda_rng is not None) == (device == "cuda")
+        torch.manual_seed(1)
+        if device == "cuda":
+            torch.cuda.manual_seed(1)
+        resumed = pretrain_natural(images, spec=spec, config=config, resume=state)
+    finally:
+        torch.backends.cudnn.deterministic = deterministic
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))

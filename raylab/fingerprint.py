@@ -51,13 +51,17 @@ class Fingerprint:
         return "; ".join(said) or "its fingerprint differs"
 
 
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """A tensor's bytes for a hash, read in place (copied only where it is not on the CPU or not contiguous)."""
+    return memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
 def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     """sha256 of named tensors: their names, shapes, dtypes and bytes (read in place, not copied)."""
     h = hashlib.sha256()
     for name, t in tensors:
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        h.update(tensor_bytes(t))
     return h.hexdigest()
 
 

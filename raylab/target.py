@@ -20,6 +20,7 @@ import torch
 from .core import Criterion, Norm, Targeted, Untargeted, parse_norm, zeta_radius
 from .data.medical import MedicalSet, load_medical
 from .errors import InputError
+from .fingerprint import tensor_bytes
 from .models import Classifier, load_classifier
 from .store import filesystem
 
@@ -50,7 +51,7 @@ def medical_digest(medical: MedicalSet) -> str:
     for t in (medical.train_images, medical.train_labels, medical.val_images, medical.val_labels,
               medical.test_images, medical.test_labels):
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.contiguous().numpy().tobytes())
+        h.update(tensor_bytes(t))  # the bytes tobytes() copied, read in place: the same digest, no copy of the set
     return h.hexdigest()
 
 

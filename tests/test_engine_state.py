@@ -147,3 +147,23 @@ def test_the_feed_check_names_the_reader_cpus_that_would_keep_up_once() -> None:
     line = starved.verdict(0.60, ROUNDS)
     assert line is not None and "waited for data 60%" in line and "--cpus-per-reader 5" in line  # 2 x 0.25 / 0.10
     assert starved.verdict(0.60, ROUNDS + 1) is None  # said once
+
+
+def test_the_medical_digest_hashes_the_sets_bytes_in_place_as_it_did_by_copy() -> None:
+    """The digest an engine checkpoint holds is the one it held when each split was copied to hash it, so every
+    checkpoint written before still resumes; and another set (one label changed) has another."""
+    import hashlib
+
+    from raylab.data.medical import load_medmnist
+    from raylab.target import medical_digest
+
+    from .conftest import PNEUMONIA
+
+    data = load_medmnist(PNEUMONIA)
+    h = hashlib.sha256("\n".join(data.class_names).encode())
+    for t in (data.train_images, data.train_labels, data.val_images, data.val_labels, data.test_images, data.test_labels):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    assert medical_digest(data) == h.hexdigest()
+    data.test_labels[0] = 1 - data.test_labels[0]
+    assert medical_digest(data) != h.hexdigest()

@@ -63,8 +63,11 @@ EPILOG = ("Start with `raylab demo` (a small model trained and audited, about 15
 
 
 def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    """A subcommand whose own --help starts with what it does (its line in ``raylab --help``)."""
-    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:])
+    """A subcommand whose own --help starts with what it does (its line in ``raylab --help``), and whose errors,
+    unknown arguments included, name it (``raylab shard: error: ...``)."""
+    p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:])
+    p.set_defaults(_parser=p)
+    return p
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = _command(sub, "shard", help="write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz")
     s.add_argument("source", help="image folder (path or fsspec URL), a .txt list of image files, or a MedMNIST .npz")
-    s.add_argument("out", help="output directory or fsspec URL (s3://, gs://)")
+    s.add_argument("out", nargs="?", help="output directory or fsspec URL (s3://, gs://); or give it as --out")
+    s.add_argument("--out", dest="out_option", metavar="OUT", default=None, help="the output, as other commands name it")
     s.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
     s.add_argument("--sample", type=int, default=None, help="a seeded random sample of this many images (the paper drew 100,000)")
     s.add_argument("--seed", type=int, default=0)
@@ -275,6 +279,11 @@ def cmd_shard(a: argparse.Namespace) -> int:
 
     if a.cpus_per_task <= 0:
         raise InputError(f"--cpus-per-task must be > 0, got {a.cpus_per_task}")
+    if a.out and a.out_option and a.out != a.out_option:
+        raise InputError(f"two outputs given ({a.out} and --out {a.out_option}): give one")
+    out = a.out or a.out_option
+    if not out:
+        raise InputError("no output location: give it after the source, or as --out")
     mapper = None
     if a.ray:
         _local_ray_on_loopback(a.address)
@@ -286,9 +295,9 @@ def cmd_shard(a: argparse.Namespace) -> int:
                                 fix="lower --cpus-per-task")
         mapper = partial(ray_map, cpus=a.cpus_per_task)
     source = a.source if "://" in a.source else Path(a.source)
-    m = write_shards(source, a.out, shard_size=a.shard_size, sample=a.sample, seed=a.seed, size=a.image_size,
+    m = write_shards(source, out, shard_size=a.shard_size, sample=a.sample, seed=a.seed, size=a.image_size,
                      channels=a.channels, split=a.split, progress=True, image_format=a.image_format, mapper=mapper)
-    print(f"wrote {m.total} images in {len(m.shards)} shard(s) to {a.out}" + (f"; skipped {len(m.skipped)} unreadable" if m.skipped else ""))
+    print(f"wrote {m.total} images in {len(m.shards)} shard(s) to {out}" + (f"; skipped {len(m.skipped)} unreadable" if m.skipped else ""))
     return 0
 
 
@@ -590,7 +599,9 @@ INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command killed by C
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _sigterm_as_ctrl_c()
     try:
         return COMMANDS[args.command](args)

@@ -49,6 +49,11 @@ def test_help_says_what_raylab_and_each_command_do(capsys) -> None:
             main(argv)
         help_text = capsys.readouterr().out
         assert first in " ".join(help_text.split("options:")[0].split()), help_text[:600]
+    # an unknown option is the command's error (it was "raylab: error: ...", as if raylab itself took no such option)
+    with pytest.raises(SystemExit) as stop:
+        main(["results", "runs/results", "--bogus", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err[-1] == "raylab results: error: unrecognized arguments: --bogus 3"
 
 
 def test_train_writes_weights_and_accuracy(models: dict[str, Path]) -> None:
@@ -373,7 +378,7 @@ def test_a_reader_that_stops_reading_gets_no_traceback(tmp_path: Path) -> None:
 def test_shard_in_one_process_and_as_ray_tasks_writes_the_same_files(cluster, natural_dir: Path, tmp_path: Path,
                                                                        capsys) -> None:
     common = [str(natural_dir), "--image-size", "28", "--channels", "1", "--shard-size", "10"]
-    assert main(["shard", common[0], str(tmp_path / "one"), *common[1:]]) == 0
+    assert main(["shard", common[0], "--out", str(tmp_path / "one"), *common[1:]]) == 0  # --out, as every command
     assert main(["shard", common[0], str(tmp_path / "ray"), *common[1:], "--ray", "--address", cluster["address"]]) == 0
     out = capsys.readouterr().out
     assert out.count("wrote 40 images in 5 shard(s)") == 2  # 9 (one corrupt), 10, 10, 10, 1 and out.count("skipped 1 unreadable") == 2
@@ -383,6 +388,11 @@ def test_shard_in_one_process_and_as_ray_tasks_writes_the_same_files(cluster, na
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
     assert main(["shard", common[0], str(tmp_path / "x"), "--ray", "--cpus-per-task", "0"]) == 2
     assert "--cpus-per-task must be > 0" in capsys.readouterr().err
+    assert main(["shard", common[0], str(tmp_path / "x"), "--out", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err.strip() == f"raylab shard: error: two outputs given ({tmp_path / 'x'} and --out {tmp_path / 'y'}): give one"
+    assert main(["shard", common[0]]) == 2
+    assert capsys.readouterr().err.strip() == "raylab shard: error: no output location: give it after the source, or as --out"
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_a_batch_as_large_as_the_stream_is_warned_about(cluster, models: dict[str, Path], natural_dir: Path, shards: Path,

@@ -377,7 +377,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         from .engine.capacity import refuse_on_local_ray
 
         refuse_on_local_ray("one trial (its own process, its workers and readers) would", *config.largest_trial(),
-                            fix="use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader")
+                            fix="use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader",
+                            gpu_fix="under --device cuda each engine worker, and each trial of 'train' or 'random', "
+                                    "asks for a GPU: use --device cpu here, or fewer --workers")
     grid = run_sweep(config)
     t = tally(grid, config)
     fs, root = filesystem(config.results)  # absent when no trial wrote a row: all failed, or interrupted before one
@@ -487,8 +489,9 @@ def cmd_audit(a: argparse.Namespace) -> int:
         from .engine.capacity import refuse_on_local_ray
 
         if _init_ray(a.address):
-            refuse_on_local_ray(f"--cpus-per-uap {config.cpus_per_uap:g}: one UAP task would", config.cpus_per_uap,
-                                fix="lower --cpus-per-uap")
+            refuse_on_local_ray(f"--cpus-per-uap {config.cpus_per_uap:g}: one UAP task would", *config.uap_task,
+                                fix="lower --cpus-per-uap", gpu_fix="each UAP task asks for --gpus-per-uap of a GPU under "
+                                                                   "--device cuda: use --device cpu here")
     with served(a.metrics_port, a.metrics_host, a.metrics_linger, log=_log) as sink:  # a port taken: refused first
         run_audit(config, log=_log, sink=sink)
     return 0

@@ -79,6 +79,20 @@ def check_device(device: str) -> None:
     check(device == "cpu" or device.startswith("cuda"), f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
 
 
+def require_device(device: str) -> None:
+    """A CUDA device asked for where none is visible (or ``cuda:N`` past the last) is one line before any compute,
+    not torch's traceback from the first transfer to it."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but no CUDA GPU is visible")
+    index, count = torch.device(device).index, torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise InputError(f"device {device!r} asked for, but {count} CUDA GPU(s) are visible (cuda:0..{count - 1})")
+
+
 def missing(path: str | Path) -> str:
     """``path`` is not there, with the folder a relative path was looked up in (the defaults, such as
     ``../shared/data``, are relative to the repository root)."""

@@ -15,8 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from .config import require_device
 from .core import Criterion, Norm, Targeted, Untargeted, parse_norm, zeta_radius
 from .data.medical import MedicalSet, load_medical
 from .errors import InputError
@@ -126,8 +125,7 @@ def load_target(model: str | Path | bytes, medical_path: str | Path, *, target: 
         p = parse_norm(p)
     except ValueError as e:
         raise InputError(str(e)) from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but no CUDA GPU is visible")
+    require_device(device)
     name = model_name or str(model)
     if not isinstance(model, bytes) and "://" in str(model):
         model = read_model(model)

@@ -24,7 +24,7 @@ from torch import Tensor
 from .core.metrics import predict_labels
 from .core.pixels import to_model_space
 from .data.medical import MedicalSet
-from .config import check, check_seed, option
+from .config import check, check_seed, option, require_device
 from .errors import InputError
 from .models import Classifier, ModelSpec, build_model
 
@@ -133,6 +133,7 @@ FINETUNE_AUG = dict(scale=(0.9, 1.0), shift=0.08, flip=False, jitter=0.1, gray_p
 def _fit(model: Classifier, images: Tensor, labels: Tensor, config: TrainConfig, aug: dict[str, Any],
          on_epoch: OnEpoch | None, evaluate: Callable[[], dict[str, float]] | None = None, *,
          resume: FitState | None = None, on_state: OnState | None = None) -> list[dict[str, Any]]:
+    require_device(config.device)
     device = torch.device(config.device)
     model.to(device)
     g = torch.Generator().manual_seed(config.seed)

@@ -302,6 +302,15 @@ def test_an_address_where_no_cluster_answers_is_one_line_not_a_hang(given, model
                                    "start one with `ray start --head`, or give no address for a local Ray")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
+def test_a_gpu_asked_for_where_none_is_is_one_line(models, tmp_path, capsys) -> None:
+    """`raylab train --device cuda` on a machine without one ended in torch's traceback from its first transfer."""
+    assert main(["train", "--data", str(PNEUMONIA), "--arch", "small_cnn", "--image-size", "28", "--epochs", "1",
+                 "--out", str(tmp_path / "m.pt"), "--device", "cuda:1"]) == 2
+    assert capsys.readouterr().err.strip() == "raylab train: error: device 'cuda:1' asked for, but no CUDA GPU is visible"
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.pt.partial").exists()
+
+
 def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")

@@ -105,19 +105,24 @@ def test_an_ask_the_commands_own_local_ray_cannot_hold_is_refused_at_once(models
                      "--workers 1: 1 worker(s) and their reader(s) need 1000.5 CPU and 1 GPU, the cluster has ",
                      "use fewer --workers or lower --cpus-per-worker/--cpus-per-reader; each worker asks for a GPU under "
                      "--device cuda: use --device cpu here, or fewer --workers"),  # both short: both fixes
-        "sweep": (["--name", "big", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(shards),
-                   "random", "--results", out["sweep"], "--out", out["sweep"], "--cpus-per-worker", "1000"],
-                  "one trial (its own process, its workers and readers) would need 1001.25 CPU and 0 GPU, the cluster has ",
-                  "use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader"),
+        "sweep": (["--name", "big", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", "random",
+                   "--results", out["sweep"], "--out", out["sweep"], "--device", "cuda", "--cpus-per-trial", "1000"],
+                  # the random control's trial, with the GPU it computes on (it asked for none, so saw none on a GPU node)
+                  "one trial (its own process, its workers and readers) would need 1000 CPU and 1 GPU, the cluster has ",
+                  "use fewer --workers or lower --cpus-per-trial/--cpus-per-worker/--cpus-per-reader; under --device cuda "
+                  "each engine worker, and each trial of 'train' or 'random', asks for a GPU: use --device cpu here, or "
+                  "fewer --workers"),
         "shard": ([str(IMAGENET), out["shard"], "--ray", "--cpus-per-task", "1000"],
                   "--cpus-per-task 1000: one shard task would need 1000 CPU and 0 GPU, the cluster has ", "lower --cpus-per-task"),
         "audit": (["--model", str(models["model"]), "--data", str(PNEUMONIA), "--natural", str(IMAGENET), "--out",
-                   out["audit"], "--ray", "--cpus-per-uap", "1000"],
-                  "--cpus-per-uap 1000: one UAP task would need 1000 CPU and 0 GPU, the cluster has ", "lower --cpus-per-uap"),
+                   out["audit"], "--ray", "--cpus-per-uap", "1000", "--device", "cuda", "--gpus-per-uap", "0.5"],
+                  "--cpus-per-uap 1000: one UAP task would need 1000 CPU and 0.5 GPU, the cluster has ",
+                  "lower --cpus-per-uap; each UAP task asks for --gpus-per-uap of a GPU under --device cuda: use --device cpu here"),
     }
     if torch.cuda.is_available():  # this machine's local Ray has a GPU: only the CPUs are short
-        args, first, _ = cases["generate"]
-        cases["generate"] = (args, first, "use fewer --workers or lower --cpus-per-worker/--cpus-per-reader")
+        for name in ("generate", "sweep", "audit"):
+            args, first, fix = cases[name]
+            cases[name] = (args, first, fix.split("; ")[0])
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     argv = {name: [name, *args] for name, (args, _, _) in cases.items()}

@@ -179,6 +179,11 @@ def test_trials_without_a_stream_ask_for_no_engine_workers(cluster, models, pneu
                     eps=(0.01,), zeta=(0.04, 0.08), results=str(tmp_path / "results"), out=str(tmp_path / "sweeps"),
                     workers=2, cpus_per_worker=64.0, seeds=(0, 1))
     assert s.bundles("random") == [{"CPU": 0.25}] and len(s.bundles("/some/shards")) == 5
+    # under --device cuda the GPU goes where the UAP is computed: the trial itself, or each engine worker (a trial that
+    # reserved none would see no GPU: Ray hides them)
+    gpu = replace(s, device="cuda")
+    assert gpu.bundles("train") == [{"CPU": 0.25, "GPU": 1.0}] and gpu.largest_trial() == (0.25, 1.0)
+    assert gpu.bundles("/some/shards")[:2] == [{"CPU": 0.25}, {"CPU": 64.0, "GPU": 1.0}]
     rc = main(["sweep", "--name", "light", "--model", str(models["model"]), "--data", str(pneumonia_small), "--source", "random",
                "train", "--eps", "0.01", "--zeta", "0.04", "0.08", "--results", str(tmp_path / "results"), "--out",
                str(tmp_path / "sweeps"), "--workers", "2", "--cpus-per-worker", "64", "--seeds", "0", "1",

@@ -46,7 +46,7 @@ BUDGETS = {
 
 
 #: Settings a resumed audit may change: where and how its UAPs run.
-RESUMABLE_CHANGES = ("out", "ray", "cpus_per_uap")
+RESUMABLE_CHANGES = ("out", "ray", "cpus_per_uap", "gpus_per_uap")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +78,8 @@ class AuditConfig:
     ray: bool = option(False, "run the UAPs as Ray tasks spread over the cluster (the output must be reachable from "
                               "every node)")
     cpus_per_uap: float = option(1.0, "with --ray: CPUs per UAP task")
+    gpus_per_uap: float = option(1.0, "with --ray and --device cuda: the share of a GPU each UAP task asks for (0.25: "
+                                      "four UAPs share one GPU)")
 
     def __post_init__(self) -> None:
         for name in ("model", "natural", "out", "medical", "card"):
@@ -100,6 +102,8 @@ class AuditConfig:
               f"name may hold letters, digits and . _ - only, got {self.name!r}")
         check_device(self.device)
         check(self.cpus_per_uap > 0, f"cpus_per_uap must be > 0, got {self.cpus_per_uap}")
+        check(0 < self.gpus_per_uap <= 1 or self.gpus_per_uap == int(self.gpus_per_uap),
+              f"gpus_per_uap must be a share of one GPU in (0, 1] or a whole number, got {self.gpus_per_uap}")
 
     @property
     def plan(self) -> Budget:
@@ -113,6 +117,12 @@ class AuditConfig:
     def sweep(self) -> str:
         """The results sweep every UAP of this audit is a row of."""
         return f"audit-{self.name or Path(self.model).stem}"
+
+    @property
+    def uap_task(self) -> tuple[float, float]:
+        """The CPUs and GPUs one UAP task asks Ray for under ``--ray``: a GPU share only under ``--device cuda``
+        (Ray hides every GPU from a task that reserved none)."""
+        return self.cpus_per_uap, self.gpus_per_uap if self.device.startswith("cuda") else 0.0
 
     @property
     def results_location(self) -> str:

@@ -99,7 +99,8 @@ def run_jobs(audit: Audit, jobs: list[Job], *, log: Callable[[str], None] = prin
 
             ref = ray.put((audit.sources, audit.clean))  # computed once here, not again in every task
             args = [(audit.config, audit.model, audit.selected, ref, j) for j in todo]
-            for _ in ray_map(_remote_job, args, cpus=audit.config.cpus_per_uap):
+            cpus, gpus = audit.config.uap_task
+            for _ in ray_map(_remote_job, args, cpus=cpus, gpus=gpus):
                 progress.trial_done(sweep=audit.config.sweep, status="finished")
                 bar.update()
         else:

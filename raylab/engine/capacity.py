@@ -30,12 +30,12 @@ def shortfall(cpu: float, gpu: float = 0.0) -> str | None:
 GPU_FIX = "each worker asks for a GPU under --device cuda: use --device cpu here, or fewer --workers"
 
 
-def refuse_on_local_ray(what: str, cpu: float, gpu: float = 0.0, *, fix: str) -> None:
+def refuse_on_local_ray(what: str, cpu: float, gpu: float = 0.0, *, fix: str, gpu_fix: str = GPU_FIX) -> None:
     """InputError ``"<what> <short> (...: no node will join); <fix>"`` when this process's own local Ray cannot hold
-    ``cpu``/``gpu`` at once (``fix`` when the CPUs are short, :data:`GPU_FIX` when the GPUs are); call it only where the
+    ``cpu``/``gpu`` at once (``fix`` when the CPUs are short, ``gpu_fix`` when the GPUs are); call it only where the
     command started that Ray."""
     short = shortfall(cpu, gpu)
     if short:
         have_cpu, have_gpu = _have()
-        fixes = [f for f, lacking in ((fix, cpu > have_cpu), (GPU_FIX, gpu > have_gpu)) if lacking]
+        fixes = [f for f, lacking in ((fix, cpu > have_cpu), (gpu_fix, gpu > have_gpu)) if lacking]
         raise InputError(f"{what} {short} (a local Ray started by this run: no node will join); {'; '.join(fixes)}")

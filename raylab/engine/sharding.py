@@ -19,16 +19,17 @@ from ..errors import InputError, OutputError, RaylabError, one_line
 J = TypeVar("J")
 
 
-def ray_map(fn: Callable[[J], Any], jobs: Sequence[J], *, cpus: float = 1.0, in_flight: int | None = None,
-            retries: int = 2) -> Iterator[Any]:
-    """``map(fn, jobs)`` as Ray tasks of ``cpus`` CPUs each (Ray's SPREAD strategy), results in job order.
+def ray_map(fn: Callable[[J], Any], jobs: Sequence[J], *, cpus: float = 1.0, gpus: float = 0.0,
+            in_flight: int | None = None, retries: int = 2) -> Iterator[Any]:
+    """``map(fn, jobs)`` as Ray tasks of ``cpus`` CPUs (and ``gpus`` GPUs) each (Ray's SPREAD strategy), results in job
+    order.
 
     At most ``in_flight`` tasks are submitted ahead of the one awaited (default: twice the cluster's CPUs), so a
     listing of millions of images never puts all its jobs in the object store at once. A task that fails because
     its node died is retried ``retries`` times by Ray; one that raises (an unwritable output) ends the map with the
     task's one-line error.
     """
-    task = ray.remote(num_cpus=cpus, max_retries=retries, scheduling_strategy="SPREAD")(fn)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=retries, scheduling_strategy="SPREAD")(fn)
     ahead = in_flight or max(2, int(2 * ray.cluster_resources().get("CPU", 1) / cpus))
     refs: list[Any] = []
     it = iter(jobs)

@@ -115,12 +115,15 @@ class SweepConfig:
         return f"{self.out}/tune"
 
     def bundles(self, source: str) -> list[dict[str, float]]:
-        """A trial's placement group: the trial itself, then (for a shard source) one bundle per worker and reader."""
-        trial = [{"CPU": self.cpus_per_trial}]
-        if source in (SOURCE_TRAIN, SOURCE_RANDOM):
-            return trial  # the single-machine audit runs inside the trial
+        """A trial's placement group: the trial itself, then (for a shard source) one bundle per worker and reader.
+
+        Under ``--device cuda`` the GPU goes where the UAP is computed: to each engine worker, or to the trial itself
+        for the training images and the random control (Ray hides every GPU from a process that reserved none)."""
         gpu = {"GPU": 1.0} if self.device.startswith("cuda") else {}
-        return trial + [{"CPU": self.cpus_per_worker, **gpu}] * self.workers + [{"CPU": self.cpus_per_reader}] * self.workers
+        if source in (SOURCE_TRAIN, SOURCE_RANDOM):
+            return [{"CPU": self.cpus_per_trial, **gpu}]  # the single-machine audit runs inside the trial
+        return ([{"CPU": self.cpus_per_trial}] + [{"CPU": self.cpus_per_worker, **gpu}] * self.workers
+                + [{"CPU": self.cpus_per_reader}] * self.workers)
 
     def largest_trial(self) -> tuple[float, float]:
         """The CPUs and GPUs of the largest trial's placement group (over the sources)."""

@@ -255,6 +255,8 @@ def test_bad_input_is_one_clear_line_before_compute(models, tmp_path, capsys, ar
         (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
         (["--peak-tflops", "-1"], "peak_tflops must be >= 0"),
         (["--device", "tpu"], "device must be 'cpu' or 'cuda[:N]', got 'tpu'"),
+        pytest.param(["--device", "cuda"], "device 'cuda' asked for, but no CUDA GPU is visible",  # was a traceback
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")),
         (["--engine", "--cpus-per-reader", "0"], "cpus_per_worker and cpus_per_reader must be > 0"),
         (["--engine", "--workers", "0"], "workers must be counts >= 1, got [0]"),
     ],

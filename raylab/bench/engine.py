@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DECODE_PLACES, check, option
+from ..config import DECODE_PLACES, check, option, require_device
 from ..errors import InputError
 from ..models import ModelSpec, build_model, for_inference
 from .figures import cpu_name
@@ -114,6 +114,7 @@ def run_engine_bench(cfg: EngineBenchConfig, *, log=print) -> dict[str, Any]:
     """Measure; torch's intra-op threads are the worker's (``cpus_per_worker``) for the kernels, and the caller's
     again after: the bench runs in the caller's process (the CLI's, a test's), whose later work would otherwise run
     on one thread."""
+    require_device(cfg.device)  # its kernels run here, in the caller's process
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     try:

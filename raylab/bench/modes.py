@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DEFAULT_DATA, check, check_device, finite, option
+from ..config import DEFAULT_DATA, check, check_device, finite, option, require_device
 from ..core import SGDUAP, UAP, to_model_space, zeta_radius
 from ..data.medical import load_medmnist
 from ..data.natural import load_image_folder
@@ -93,6 +93,7 @@ def decision_agreement(exact: torch.nn.Module, fast: torch.nn.Module, images: to
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    require_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if cfg.model:
         spec = load_classifier(cfg.model).spec

@@ -50,7 +50,7 @@ bench() {  # name, seconds, bench arguments...
 # static-shape update, each side by side with the eager batched mode in the same run; the autocast run also profiles
 # two static-shape updates (op table by GPU self time, Chrome trace beside it). torch.compile runs on its own: a bench
 # writes its JSON when it ends, so a compilation that outlasts its limit loses only the compiled figures.
-bench gpu-inception-299-fp32 60 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
+bench gpu-inception-299-fp32 50 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
   --no-faithful --peak-tflops 395
 bench gpu-inception-299-amp 60 --arch inception_v3 --image-size 299 --channels 3 --images 500 --batch-size 256 \
   --amp --no-faithful --peak-tflops 790 --profile "$W/gpu-inception-299-amp-profile.txt"
@@ -77,9 +77,9 @@ grep -E '"(engine|engine_decode_on_worker|engine_stage_off)_1w_(images_per_s|ove
   "$W/gpu-engine-inception-299-amp.json" 2>/dev/null | sed 's/^/   /'
 pack
 # The GPU-only tests: nvJPEG against the reader's pixels (a level or so), the CUDA-graph UAP against the eager one,
-# the overlapped copy's UAP against the plain copy's, a batch staged from another thread (pytest and hypothesis are
-# in the image)
-timeout 30 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py -k "nvjpeg or cuda_graphs or overlapped or staged" > "$W/gpu-only-tests.log" 2>&1; \
+# the overlapped copy's UAP against the plain copy's, a batch staged from another thread, and a training with dropout
+# resumed to the weights of one never stopped (pytest and hypothesis are in the image)
+timeout 40 $PY -m pytest -q -p no:cacheprovider tests/test_gpu_path.py tests/test_train.py -k "nvjpeg or cuda_graphs or overlapped or staged or (dropout and cuda)" > "$W/gpu-only-tests.log" 2>&1; \
   tail -1 "$W/gpu-only-tests.log" | sed 's/^/   GPU-only tests: /'
 pack
 ls -la "$W" "$OUT"

@@ -22,7 +22,8 @@ from .conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 DEVICE_CALL_S = 580  # the `run` timeout the script's header names; its own limits must leave time to start
-GPU_ONLY_TESTS = 6  # nvJPEG, 2 CUDA-graph UAPs, 2 overlapped copies, 1 staged batch: what the CPU suite skips
+GPU_ONLY_TESTS = 7  # nvJPEG, 2 CUDA-graph UAPs, 2 overlapped copies, 1 staged batch, 1 training resumed on CUDA: what
+# the CPU suite skips
 FILES_BACK = 8  # the most files the device tool returns from $OUT
 
 
@@ -92,11 +93,12 @@ def test_its_pytest_selection_selects_the_gpu_only_tests() -> None:
     line = next(ln for ln in _lines() if "-m pytest" in ln)
     words = shlex.split(line.split(" > ")[0])
     select = words[words.index("-k") + 1]
-    path = next(w for w in words if w.startswith("tests/"))
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", path,
+    paths = [w for w in words if w.startswith("tests/")]
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *paths,
                            "-k", select], cwd=ROOT, capture_output=True, text=True)
     collected = [ln for ln in done.stdout.splitlines() if "::" in ln]
     assert done.returncode == 0 and len(collected) >= GPU_ONLY_TESTS, done.stdout[-2000:]
+    assert any("test_train.py::" in ln and "[cuda]" in ln for ln in collected) and not any("[cpu]" in ln for ln in collected)
 
 
 # Stands in for the device's python3 in the glue test below: each `raylab bench --out F` writes a figure to F, pytest

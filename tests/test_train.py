@@ -108,9 +108,7 @@ def test_a_network_with_dropout_resumes_to_the_weights_of_a_run_never_stopped(tm
                                  on_state=lambda s: s.epoch == 1 and checkpoint.save(s))
         _, state = pretraining(tmp_path / "m.pt", config, spec, images, log=print)
         assert state is not None and state.epoch == 1 and (state.cuda_rng is not None) == (device == "cuda")
-        torch.manual_seed(1)
-        if device == "cuda":
-            torch.cuda.manual_seed(1)
+        torch.manual_seed(1)  # every device's generator elsewhere: the checkpoint must bring them back
         resumed = pretrain_natural(images, spec=spec, config=config, resume=state)
     finally:
         torch.backends.cudnn.deterministic = deterministic

@@ -49,6 +49,9 @@ class Source:
     skipped: tuple[str, ...] = ()
     #: ``"shard: why"`` of each shard that was missing, truncated or disagreed with its manifest.
     shards_failed: tuple[str, ...] = ()
+    #: ``"name: why"`` of each file the shards were written without (unreadable when ``raylab shard`` read it: the
+    #: manifest's ``skipped``), outside ``images``.
+    skipped_when_sharded: tuple[str, ...] = ()
     #: The share of each label the model predicts for the source images (Tables S1-S3), when known.
     label_composition: dict[str, float] | None = None
     #: What the stored images lack for the model (shards stored gray or smaller than its input), or None.
@@ -73,12 +76,18 @@ class Source:
         if self.shards_failed:
             text += (f"; {self.lost} lost in {len(self.shards_failed)} failed shard(s): "
                      + "; ".join(self.shards_failed[:3]) + (" ..." if len(self.shards_failed) > 3 else ""))
+        if self.skipped_when_sharded:
+            text += (f"; {len(self.skipped_when_sharded)} unreadable file(s) left out when sharded "
+                     f"(first: {self.skipped_when_sharded[0]})")
         return f"source: {self.location} ({text})"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "location": self.location, "images": self.images,
                              "images_used": self.used, "images_lost": self.lost, "skipped": len(self.skipped),
                              "skipped_files": list(self.skipped[:100]), "shards_failed": list(self.shards_failed)}
+        if self.kind == "shards":
+            d["skipped_when_sharded"] = len(self.skipped_when_sharded)
+            d["skipped_when_sharded_files"] = list(self.skipped_when_sharded[:100])
         if self.label_composition is not None:
             d["label_composition"] = dict(self.label_composition)
         if self.warning:

@@ -86,7 +86,8 @@ def source_images(location: str, target: Target, *, limit: int | None, seed: int
         loaded = load_shard_images(location, channels=spec.in_channels, size=spec.image_size, limit=limit, seed=seed)
         return SourceImages(loaded.images, Source(kind="shards", location=location, images=loaded.listed,
                                                   used=len(loaded.images), skipped=loaded.skipped,
-                                                  shards_failed=loaded.failed, warning=loaded.warning))
+                                                  shards_failed=loaded.failed, warning=loaded.warning,
+                                                  skipped_when_sharded=loaded.skipped_when_sharded))
     images, _, report = load_image_folder(location, channels=spec.in_channels, size=spec.image_size, limit=limit,
                                           seed=seed)
     return SourceImages(images, Source(kind="folder", location=location, images=len(images), used=len(images),
@@ -101,7 +102,7 @@ def with_balance(config: UAPConfig, target: Target, images: Tensor, source: Sour
     balanced = balanced_by_prediction(images, predicted, num_classes=len(target.class_names), seed=config.seed)
     return SourceImages(balanced, Source(kind=source.kind, location=f"{source.location} (balanced by predicted label)",
                                          images=source.images, used=len(balanced), skipped=source.skipped,
-                                         warning=source.warning))
+                                         warning=source.warning, skipped_when_sharded=source.skipped_when_sharded))
 
 
 def attack_for(config: UAPConfig, radius: float) -> UAP | SGDUAP:

@@ -30,7 +30,7 @@ from raylab.run import source_images
 from raylab.target import load_target
 from raylab.spread import clearly_above
 from raylab.cli import main
-from raylab.data.shards import load_shard_images, read_manifest
+from raylab.data.shards import load_shard_images, read_manifest, write_shards
 from raylab.models import load_classifier
 from raylab.record import trial_uap
 from raylab.results import read_results
@@ -283,10 +283,12 @@ def test_a_model_trained_elsewhere_is_audited_through_its_card(models, natural_d
     assert (out / "report" / "report.html").is_file()
 
 
-def test_natural_images_from_shards(models, shards, tmp_path) -> None:
-    images, skipped, failed, listed, warning = load_shard_images(str(shards), channels=1, size=28)
-    assert images.shape == (48, 1, 28, 28) and images.dtype == torch.uint8 and not skipped and not failed
-    assert listed == 48 and warning is None  # stored gray at 28 px: what this model takes
+def test_natural_images_from_shards(models, shards, natural_dir, tmp_path) -> None:
+    whole = load_shard_images(str(shards), channels=1, size=28)
+    images = whole.images
+    assert images.shape == (48, 1, 28, 28) and images.dtype == torch.uint8 and not whole.skipped and not whole.failed
+    assert whole.listed == 48 and whole.warning is None  # stored gray at 28 px: what this model takes
+    assert whole.skipped_when_sharded == ()
     some = load_shard_images(str(shards), channels=1, size=28, limit=10, seed=3)
     assert len(some.images) == some.listed == 10 and read_manifest(str(shards)).total == 48
     positions = sorted(random.Random(3).sample(range(48), 10))  # the manifest's positions, in stream order
@@ -303,6 +305,12 @@ def test_natural_images_from_shards(models, shards, tmp_path) -> None:
     # the audit's report names them beside the unreadable ones (an older audit.json without "lost" reads as before)
     assert _unused({"skipped": 3, "lost": 12, "shards_failed": 1}) == " (3 unreadable skipped; 12 lost in 1 failed shard(s))"
     assert _unused({"skipped": 0, "lost": 12, "shards_failed": 1}) == " (12 lost in 1 failed shard(s))"
+    assert _unused({"skipped": 0, "skipped_when_sharded": 1}) == " (1 unreadable left out when sharded)"
+    # a file `raylab shard` could not read is not in the shards, but the run's source still names it
+    write_shards(natural_dir, tmp_path / "with-corrupt", shard_size=20, size=28, channels=1)
+    loaded = load_shard_images(str(tmp_path / "with-corrupt"), channels=1, size=28)
+    assert len(loaded.images) == loaded.listed == 40 and not loaded.skipped
+    assert [s.split(": ", 1)[0] for s in loaded.skipped_when_sharded] == ["corrupt.JPEG"]
     assert _unused({"skipped": 2, "shards_failed": 0}) == " (2 unreadable skipped)" and _unused({"skipped": 0}) == ""
     target = load_target(str(models["model"]), PNEUMONIA, target=None, zeta=0.04, p=2)
     source = source_images(str(damaged), target, limit=None, seed=0).source

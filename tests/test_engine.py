@@ -461,21 +461,27 @@ def test_a_batch_that_kills_its_worker_every_time_fails_the_run_naming_it(cluste
     assert json.loads(state["state"])["round"] == 1 and not (tmp_path / "poison" / "uap.npy").exists()
 
 
-def test_the_summary_names_failed_shards_and_lost_images(cluster, models, shards, tmp_path, capsys) -> None:
+def test_the_summary_names_failed_shards_and_lost_images(cluster, models, natural_dir, tmp_path, capsys) -> None:
+    """What never reached the attack is named: a shard cut short (its lost images), and a file that `raylab shard`
+    could not read (not in the shards; the manifest lists it, and the run's source now does too)."""
+    from raylab.data.shards import write_shards
+
     damaged = tmp_path / "damaged"
-    shutil.copytree(shards, damaged)
+    write_shards(natural_dir, damaged, shard_size=10, size=28, channels=1)  # 40 photos; corrupt.JPEG left out
     tar = damaged / "shard-000002.tar"
-    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # the tail of one shard of 12 is gone
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # the tail of one shard of 10 is gone
     out = tmp_path / "run"
     assert main(["generate", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--shards", str(damaged),
                  "--out", str(out), "--zeta", str(ZETA), "--eps", str(EPS), "--batch-size", "8", "--i-max", "2",
                  "--cpus-per-worker", "0.5", "--cpus-per-reader", "0.5", "--examples", "0", "--address", cluster["address"]]) == 0
     m = json.loads((out / "metrics.json").read_text())
     used, lost = m["source"]["images_used"], m["source"]["images_lost"]
-    assert 36 <= used < 48 and used + lost == 48 and m["stats"]["images"] == 2 * used
+    assert 30 <= used < 40 and used + lost == 40 and m["stats"]["images"] == 2 * used
     assert len(m["source"]["shards_failed"]) == 1  # once, though both passes met it
+    assert m["source"]["skipped_when_sharded"] == 1 and m["source"]["skipped_when_sharded_files"][0].startswith("corrupt.JPEG: ")
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("source: "))
-    assert f"(48 images, {used} used, 0 skipped; {lost} lost in 1 failed shard(s): shard-000002.tar: " in line
+    assert f"(40 images, {used} used, 0 skipped; {lost} lost in 1 failed shard(s): shard-000002.tar: " in line
+    assert "; 1 unreadable file(s) left out when sharded (first: corrupt.JPEG: " in line
 
 
 def _sgd_core_by_pass(model, images: torch.Tensor, *, batch_size: int, passes: int, p, zeta: float = ZETA):

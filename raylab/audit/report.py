@@ -15,10 +15,13 @@ from .verdict import METHOD_NAMES, SOURCE_NAMES, best_targeted, cell, findings, 
 
 
 def _unused(nat: dict[str, Any]) -> str:
-    """`` (3 unreadable skipped; 20 lost in 2 failed shards)``: the natural images listed that no UAP saw."""
+    """`` (3 unreadable skipped; 20 lost in 2 failed shards; 2 unreadable left out when sharded)``: the natural
+    images listed that no UAP saw, and the files the shards were written without."""
     parts = [f"{nat['skipped']} unreadable skipped"] if nat["skipped"] else []
     if nat.get("lost"):  # audits before 2026-12 recorded no lost images
         parts.append(f"{nat['lost']} lost in {nat['shards_failed']} failed shard(s)")
+    if nat.get("skipped_when_sharded"):  # nor files left out of the shards
+        parts.append(f"{nat['skipped_when_sharded']} unreadable left out when sharded")
     return f" ({'; '.join(parts)})" if parts else ""
 
 

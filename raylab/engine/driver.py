@@ -451,7 +451,8 @@ class Engine:
         spec = t.model.spec
         source = Source(kind="shards", location=c.shards, images=self.manifest.total,
                         used=state.per_pass.get("0", {}).get("images", 0), skipped=distinct(state.skipped),
-                        shards_failed=distinct(state.shards_failed), warning=self._stored_short())
+                        shards_failed=distinct(state.shards_failed), warning=self._stored_short(),
+                        skipped_when_sharded=self.manifest.skipped_lines)
         decode_s, compute_s = self.feed.medians()
         engine = {"rounds": state.round, "per_pass": state.per_pass, "history": state.history,
                   "stopped_by_delta": state.stopped_by_delta, "actors_replaced": self.replaced,

@@ -52,6 +52,11 @@ class Manifest:
         """URLs of all shards, in order."""
         return [self.url(i) for i in range(len(self.shards))]
 
+    @property
+    def skipped_lines(self) -> tuple[str, ...]:
+        """``"name: why"`` of each source file these shards were written without (unreadable when sharded)."""
+        return tuple(f"{name}: {why}" for name, why in self.skipped)
+
     def short_of(self, *, channels: int, size: int) -> str | None:
         """A warning when these shards hold less than a model of ``channels`` x ``size`` px inputs takes: photos
         stored gray for an RGB model, or smaller than its input (upsampled); None when they hold what it takes. A

@@ -26,6 +26,8 @@ class ShardImages(NamedTuple):
     listed: int
     #: What the stored images lack for the model (:meth:`Manifest.short_of`), or None.
     warning: str | None = None
+    #: ``"name: why"`` of each source file the shards were written without (:attr:`Manifest.skipped_lines`).
+    skipped_when_sharded: tuple[str, ...] = ()
 
 
 def load_shard_images(location: str, *, channels: int, size: int, limit: int | None = None,
@@ -56,4 +58,5 @@ def load_shard_images(location: str, *, channels: int, size: int, limit: int | N
     if not images.count:
         raise InputError(f"{location}: no image of its {manifest.total} decoded"
                          + (f" (first: {(skipped or failed)[0]})" if skipped or failed else ""))
-    return ShardImages(images.tensor(), skipped, failed, listed, manifest.short_of(channels=channels, size=size))
+    return ShardImages(images.tensor(), skipped, failed, listed, manifest.short_of(channels=channels, size=size),
+                       manifest.skipped_lines)

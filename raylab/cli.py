@@ -162,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--archs", default=None, help="comma-separated architectures (default: the preset's)")
     rp.add_argument("--backbones", default=None,
                     help="comma-separated, one per architecture: natural (pretrain on natural set A), imagenet, or a .pth file")
-    rp.add_argument("--seeds", type=int, default=None, help="seeds per UAP, both methods (default: the preset's)")
+    rp.add_argument("--seeds", type=int, default=None,
+                    help="how many seeds per UAP, both methods: seeds 0..N-1 (default: the preset's)")
     rp.add_argument("--targets", default=None, help="comma-separated target classes, names or indices (default: PNEUMONIA,NORMAL)")
     rp.add_argument("--device", default=None)
     rp.add_argument("--out", type=Path, default=None, help="default runs/reproduce/<preset>")
@@ -601,10 +602,21 @@ INTERRUPTED = {
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command killed by Ctrl-C
 
 
+def _one_value_hint(parser: argparse.ArgumentParser, words: list[str], unknown: list[str]) -> str:
+    """`` (--seeds takes one value: ...)`` when the first unknown word follows an option of one value and its value
+    (``raylab audit --seeds 0 1 2``, written as a sweep's list of seeds), else ``""``."""
+    for i in range(2, len(words)):
+        action = parser._option_string_actions.get(words[i - 2])
+        if words[i] == unknown[0] and action is not None and action.nargs is None and action.option_strings:
+            return f" ({words[i - 2]} takes one value: {(action.help or '').replace('%%', '%')})"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args, unknown = _parser().parse_known_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args, unknown = _parser().parse_known_args(words)
     if unknown:
-        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}" + _one_value_hint(args._parser, words, unknown))
     _sigterm_as_ctrl_c()
     try:
         return COMMANDS[args.command](args)

@@ -54,6 +54,12 @@ def test_help_says_what_raylab_and_each_command_do(capsys) -> None:
         main(["results", "runs/results", "--bogus", "3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and err[-1] == "raylab results: error: unrecognized arguments: --bogus 3"
+    # a list given to an option of one value (a sweep's `--seeds 0 1 2` typed to audit, which takes how many) says so
+    with pytest.raises(SystemExit) as stop:
+        main(["audit", "--model", "m.pt", "--natural", "photos", "--out", "o", "--seeds", "0", "1", "2"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and err.startswith("raylab audit: error: unrecognized arguments: 1 2 (--seeds takes "
+                                                   "one value: how many seeds of the image order per UAP: seeds 0..N-1")
 
 
 def test_train_writes_weights_and_accuracy(models: dict[str, Path]) -> None:

@@ -64,7 +64,8 @@ class AuditConfig:
                          choices=tuple(BUDGETS))
     zeta: float = option(0.04, "the budget of the verdict, as a ratio of the mean Lp norm of the training images")
     zetas: tuple[float, ...] | None = option(None, "the ζ grid (default: the budget's)", parse=float)
-    seeds: int | None = option(None, "seeds of the image order per UAP (default: the budget's; at least 2)")
+    seeds: int | None = option(None, "how many seeds of the image order per UAP: seeds 0..N-1 (default: the budget's; at "
+                                                "least 2)")
     limit: int | None = option(None, "natural images to use, a seeded sample (default: the budget's)")
     methods: tuple[str, ...] = option(METHODS, "UAP methods: paper, sgd (both by default; the stronger is the headline)",
                                       choices=METHODS)

@@ -61,6 +61,8 @@ def test_sweep_writes_one_checked_row_per_trial(cluster, models, shards, tmp_pat
     assert sorted((r["source_kind"], r["method"], r["eps"] or 0, r["lr"] or 0) for r in rows) == [
         ("random", "paper", 0, 0), ("shards", "paper", 0.01, 0), ("shards", "paper", 0.02, 0), ("shards", "sgd", 0, 0.2)]
     assert [r["eps"] for r in rows if r["source_kind"] == "random"] == [None]  # no step, so no placeholder's
+    shown = [line.split() for line in out.splitlines() if line.startswith("grid ") and " random " in line]
+    assert shown and all(w[w.index("random") + 1] == "-" for w in shown)  # nor a method in the summary (it read "paper")
     for r in rows:
         assert r["zeta"] == 0.08 and r["p"] == "2" and r["arch"] == "small_cnn" and r["image_size"] == 28
         assert 0 <= r["fooling_rate"] <= 1 and 0 <= r["random_fooling_rate"] <= 1 and r["clean_accuracy"] > 0.6

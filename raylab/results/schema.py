@@ -28,7 +28,8 @@ Config (the run's configuration; every row is :meth:`raylab.record.RunRecord.row
                                 ``folder``, ``train`` (the medical training set) or
                                 ``random`` (no images: the random control only).
     ``source`` string           the source's location (shard dir, image folder, ``train``, ``random``).
-    ``method`` string           ``paper`` (the paper's iterative FGSM UAP) or ``sgd`` (stochastic gradient ascent on ρ).
+    ``method`` string           ``paper`` (the paper's iterative FGSM UAP) or ``sgd`` (stochastic gradient ascent on ρ);
+                                the random control records its sweep's first (noise has none; summaries show ``-``).
     ``p`` string                the norm of the perturbation budget: ``"2"`` or ``"inf"``.
     ``zeta`` float64            ζ, the budget as a ratio of the medical training images' mean Lp norm.
     ``eps`` float64, nullable   ε, the paper's FGSM step size; null for ``sgd`` and the random control.

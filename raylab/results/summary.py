@@ -65,7 +65,7 @@ def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
     seed, which has no sd). The default columns gain, after ``arch``,
     every other setting that varies over the rows (two models or shard locations, i_max, the seed of rows not over
     seeds …), so no two rows of different runs read the same; paths are shown by their last part where that still
-    tells them apart.
+    tells them apart; the random control's method is ``-``, as its step is (its ρ is noise).
     """
     over_seeds = "seeds" in table.column_names
     cols = list(_default_columns(table, over_seeds) if columns is None else columns)
@@ -76,6 +76,9 @@ def summary_table(table: pa.Table, columns: Iterable[str] | None = None) -> str:
         raise InputError("summary: no columns to show")
     order = sorted_indices(table)
     data = {c: table.column(c).to_pylist() for c in cols}
+    if "method" in data and "source_kind" in table.column_names:  # noise has no method: its row records one to group by
+        kinds = table.column("source_kind").to_pylist()
+        data["method"] = [None if k == "random" else m for m, k in zip(data["method"], kinds)]
     for c in set(cols) & set(PATHS):
         shown = short_names(c, data[c])
         data[c] = [shown[v] for v in data[c]]

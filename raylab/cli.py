@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .audit import AuditConfig
 from .bench import BenchConfig, EngineBenchConfig
-from .config import DEFAULT_DATA, DEFAULT_MEDICAL, EngineConfig, UAPConfig, check_medical
+from .config import DEFAULT_DATA, DEFAULT_MEDICAL, EngineConfig, UAPConfig, check_medical, ignored_settings
 from .errors import InputError, RaylabError
 from .options import add_options, build
 from .sweep import SweepConfig
@@ -265,6 +265,7 @@ def cmd_uap(a: argparse.Namespace) -> int:
     from .telemetry import Telemetry, run_tags, served
 
     config = build(UAPConfig, a)
+    _note_ignored([config.method], a)
     with served(a.metrics_port, a.metrics_host, a.metrics_linger, log=_log) as sink:
         record = run_uap(config, telemetry=Telemetry(sink, **run_tags(out=config.out, source=config.source, model=config.model)),
                          log=_log)
@@ -307,10 +308,18 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .engine import run_engine
 
     config = build(EngineConfig, a)
+    _note_ignored([config.method], a)
     record = run_engine(config, log=_log, connect=lambda: _init_ray(a.address))
     print(record.summary(), flush=True)
     print(f"wrote {config.out}: uap.npy, metrics.json, checkpoint.pt, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
     return 0
+
+
+def _note_ignored(methods: Sequence[str], a: argparse.Namespace) -> None:
+    """Say which settings given on the command line the run's methods do not read (``--eps`` for sgd)."""
+    note = ignored_settings(methods, getattr(a, "_given", ()))
+    if note:
+        _log(note)
 
 
 def _local_ray_on_loopback(address: str | None) -> None:
@@ -374,6 +383,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from .sweep import outcome, run_sweep, tally
 
     config = build(SweepConfig, a)
+    _note_ignored(config.methods, a)
     if _init_ray(a.address):
         from .engine.capacity import refuse_on_local_ray
 
@@ -602,6 +612,12 @@ INTERRUPTED = {
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command killed by Ctrl-C
 
 
+def _given(parser: argparse.ArgumentParser, words: list[str]) -> set[str]:
+    """The options set on the command line (their dests), as ``--eps 0.01`` or ``--eps=0.01``."""
+    flags = {w.split("=", 1)[0] for w in words if w.startswith("--")}
+    return {a.dest for a in parser._actions if flags & set(a.option_strings)}
+
+
 def _one_value_hint(parser: argparse.ArgumentParser, words: list[str], unknown: list[str]) -> str:
     """`` (--seeds takes one value: ...)`` when the first unknown word follows an option of one value and its value
     (``raylab audit --seeds 0 1 2``, written as a sweep's list of seeds), else ``""``."""
@@ -617,6 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = _parser().parse_known_args(words)
     if unknown:
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}" + _one_value_hint(args._parser, words, unknown))
+    args._given = _given(args._parser, words)
     _sigterm_as_ctrl_c()
     try:
         return COMMANDS[args.command](args)

@@ -14,7 +14,7 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .core.fgsm import STEP_NORMS, StepNorm
 from .core.norms import Norm, parse_norm
@@ -128,6 +128,24 @@ def norm(p: Any) -> Norm:
 
 def _target(text: str) -> str | None:
     return None if text.strip().lower() in ("", "none") else text
+
+
+#: The settings only one method reads: the paper's FGSM step (Section 2.2), the stochastic-gradient method's schedule.
+METHOD_SETTINGS = {"paper": ("eps", "step_norm"), "sgd": ("lr", "loss_clamp", "schedule")}
+
+
+def ignored_settings(methods: Iterable[str], given: Iterable[str]) -> str | None:
+    """A note naming the settings in ``given`` (fields set on the command line) that none of ``methods`` reads
+    (``--eps`` for a run of the stochastic-gradient method, whose step is ``--lr``), or None."""
+    methods, given = set(methods), set(given)
+    unused = [(m, f) for m, fields in METHOD_SETTINGS.items() if m not in methods for f in fields if f in given]
+    if not unused:
+        return None
+    named = ", ".join(f"--{f.replace('_', '-')}" for _, f in unused)
+    owner = unused[0][0]  # with two methods, one run has them all: only one method's settings can be unused
+    one = len(unused) == 1
+    return (f"note: {named} {'is' if one else 'are'} ignored: {'it is a setting' if one else 'they are settings'} of "
+            f"--method {owner}, and this run is --method {' '.join(sorted(methods))}")
 
 
 @dataclass(frozen=True, kw_only=True)

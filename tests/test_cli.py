@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from raylab.cli import main
-from raylab.config import UAPConfig
+from raylab.config import UAPConfig, ignored_settings
 from raylab.core import lp_norm, zeta_radius
 from raylab.data.medical import load_medmnist
 from raylab.run import run_uap
@@ -133,9 +133,14 @@ def test_a_paper_uap_bound_by_its_step_says_so(models: dict[str, Path], natural_
     the run's own metrics.json records."""
     base = ["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(natural_dir), "--zeta",
             "0.08", "--examples", "0"]
-    assert main([*base, "--eps", "0.00001", "--out", str(tmp_path / "zero")]) == 0
+    assert main([*base, "--eps", "0.00001", "--lr=0.5", "--schedule", "constant", "--out", str(tmp_path / "zero")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert json.loads((tmp_path / "zero" / "metrics.json").read_text())["stats"]["accepted"] == 0
+    # settings of the other method are said to be ignored (they were, silently)
+    assert lines[0] == "note: --lr, --schedule are ignored: they are settings of --method sgd, and this run is --method paper"
+    assert ignored_settings(["sgd"], {"eps", "zeta"}).startswith("note: --eps is ignored: it is a setting of --method paper")
+    assert ignored_settings(["paper", "sgd"], {"eps", "lr"}) is None  # a sweep of both methods reads both
+    lines = lines[1:]
     assert lines[1] == ("warning: no FGSM step was accepted, so rho = 0: eps = 1e-05 in 1 pass(es) over 40 image(s) flipped "
                         "no image; raise --eps or --i-max (the paper chose eps by grid search on validation images, as "
                         "`raylab audit` does)")

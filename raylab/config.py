@@ -29,8 +29,17 @@ SOURCE_RANDOM = "random"
 METHODS = ("paper", "sgd")
 #: Passes over the source when none are given: the paper made 1; the stochastic-gradient method needs epochs.
 DEFAULT_PASSES = {"paper": 1, "sgd": 10}
+
+
+def _shared_data() -> Path:
+    """``../shared/data`` from the working directory (the repository's root, where the README runs raylab), else the
+    one beside the repository this package is installed from (an editable install run from another folder)."""
+    here, beside = Path("../shared/data"), Path(__file__).resolve().parents[2] / "shared" / "data"
+    return here if here.is_dir() or not beside.is_dir() else beside
+
+
 #: Where the shared real data lives beside this repository (the CLI's defaults).
-DEFAULT_DATA = Path("../shared/data")
+DEFAULT_DATA = _shared_data()
 DEFAULT_MEDICAL = DEFAULT_DATA / "pneumoniamnist.npz"
 
 

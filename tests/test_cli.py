@@ -20,7 +20,7 @@ from raylab.core import lp_norm, zeta_radius
 from raylab.data.medical import load_medmnist
 from raylab.run import run_uap
 
-from .conftest import PNEUMONIA, _free_port
+from .conftest import DATA, PNEUMONIA, ROOT, _free_port
 
 
 def test_progress_off_a_terminal_is_lines_not_a_redrawn_bar() -> None:
@@ -345,6 +345,19 @@ def test_unreadable_weights_and_misfit_data_are_refused(models, tmp_path, capsys
 def _medical(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     np.savez(path, train_images=images, train_labels=labels, test_images=images, test_labels=labels)
     return path
+
+
+def test_the_shared_data_is_found_from_another_folder(monkeypatch, tmp_path) -> None:
+    """The defaults (``--data``, the demo's photos) are ``../shared/data`` from the repository's root, and the one
+    beside the repository from anywhere else (they named a ``../shared/data`` relative to where raylab was run)."""
+    from raylab.config import _shared_data
+
+    if DATA != ROOT.parent / "shared" / "data":
+        pytest.skip("the shared data is not beside this checkout")
+    monkeypatch.chdir(ROOT)
+    assert _shared_data() == Path("../shared/data")
+    monkeypatch.chdir(tmp_path)
+    assert _shared_data().is_absolute() and (_shared_data() / "pneumoniamnist.npz").samefile(PNEUMONIA)
 
 
 def test_bad_files_and_locations_are_one_line_before_compute(models, natural_dir, tmp_path, capsys) -> None:

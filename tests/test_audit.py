@@ -99,7 +99,7 @@ def test_every_uap_of_the_audit_is_one_row_and_every_number_is_mean_sd_over_its_
     assert 0.5 < check["clean_accuracy"] <= 1 and check["majority_accuracy"] == pytest.approx(183 / 300)  # PNEUMONIA
     assert sum(summary["composition"]["natural"].values()) == pytest.approx(1.0)
     assert summary["natural"] == {"location": str(natural_dir), "kind": "folder", "images": 40, "skipped": 1,
-                                  "shards_failed": 0, "lost": 0}
+                                  "shards_failed": 0, "lost": 0, "skipped_when_sharded": 0}
 
 
 def test_the_strongest_seed_is_kept_on_validation_and_never_on_test(audited, models, pneumonia_small) -> None:

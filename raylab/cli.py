@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-task", type=float, default=1.0, help="with --ray: CPUs per shard task (default 1)")
     s.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
 
+    ix = _command(sub, "index-shards", help="index webdataset shards written elsewhere (img2dataset, webdataset): write "
+                                            "their manifest.json in place, so every command streams them")
+    ix.add_argument("location", help="the folder (path or fsspec URL) that holds the .tar shards")
+
     g = _command(sub, "generate", help="distributed UAP on Ray: shards -> reader actors -> worker actors -> one rho (resumable)")
     add_options(g, EngineConfig)
     g.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
@@ -300,6 +304,15 @@ def cmd_shard(a: argparse.Namespace) -> int:
     m = write_shards(source, out, shard_size=a.shard_size, sample=a.sample, seed=a.seed, size=a.image_size,
                      channels=a.channels, split=a.split, progress=True, image_format=a.image_format, mapper=mapper)
     print(f"wrote {m.total} images in {len(m.shards)} shard(s) to {out}" + (f"; skipped {len(m.skipped)} unreadable" if m.skipped else ""))
+    return 0
+
+
+def cmd_index_shards(a: argparse.Namespace) -> int:
+    from .data.shards import index_shards
+
+    m, without_image = index_shards(a.location, progress=True)
+    print(f"indexed {m.total} samples in {len(m.shards)} shard(s) at {a.location}: wrote {a.location.rstrip('/')}/"
+          f"manifest.json" + (f"; {without_image} sample(s) hold no image and will be skipped" if without_image else ""))
     return 0
 
 
@@ -589,8 +602,9 @@ def _print_figures(figures: dict, out: Path | None) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard": cmd_shard, "generate": cmd_generate,
-            "sweep": cmd_sweep, "results": cmd_results, "demo": cmd_demo, "bench": cmd_bench,
+COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard": cmd_shard,
+            "index-shards": cmd_index_shards, "generate": cmd_generate, "sweep": cmd_sweep, "results": cmd_results,
+            "demo": cmd_demo, "bench": cmd_bench,
             "dashboard": cmd_dashboard, "reproduce": cmd_reproduce, "import-model": cmd_import_model, "audit": cmd_audit}
 
 

@@ -39,7 +39,7 @@ from raylab.data.shards import (
 )
 from raylab.errors import InputError, OutputError
 
-from .conftest import IMAGENET, PNEUMONIA
+from .conftest import FLICKR, IMAGENET, PNEUMONIA
 
 
 def _sampled_names(k: int, seed: int) -> list[str]:
@@ -615,3 +615,41 @@ def test_fuzz_damaged_real_shard(fuzz_dir: Path, small_tar: bytes, data: st.Data
     path = fuzz_dir / "damaged.tar"
     path.write_bytes(bytes(blob[:cut]))
     _read_all(path, 8)
+
+
+def test_shards_written_elsewhere_are_indexed_in_place_and_streamed(tmp_path, capsys) -> None:
+    """Shards of webdataset's own ShardWriter (img2dataset's layout: jpg, json and txt members, keys of its own, one
+    sample without an image) get a manifest from `raylab index-shards` and stream as raylab's own do; a damaged
+    shard, a second index and a folder without shards are refused in one line, writing nothing."""
+    from raylab.cli import main
+    from raylab.data.shards import load_shard_images
+
+    photos = sorted(FLICKR.iterdir())[:12]
+    loc = tmp_path / "foreign"
+    loc.mkdir()
+    with wds.ShardWriter(str(loc / "%05d.tar"), maxcount=5, verbose=0) as w:
+        for i, f in enumerate(photos):
+            w.write({"__key__": f"{i:09d}", "jpg": f.read_bytes(), "json": json.dumps({"url": f.name}).encode(),
+                     "txt": b"a caption"})
+        w.write({"__key__": "meta", "json": b"{}"})
+    with pytest.raises(InputError, match=f"`raylab index-shards {loc}` writes it"):
+        read_manifest(loc)  # how `generate --shards` and every reader meet such a folder
+    assert main(["index-shards", str(loc)]) == 0
+    assert capsys.readouterr().out.strip().endswith("indexed 13 samples in 3 shard(s) at " + str(loc) + ": wrote "
+                                                     f"{loc}/manifest.json; 1 sample(s) hold no image and will be skipped")
+    m = read_manifest(loc)
+    assert [(s.name, s.count) for s in m.shards] == [("00000.tar", 5), ("00001.tar", 5), ("00002.tar", 3)]
+    assert m.total == 13 and m.image_size is None and verify_manifest(m) == []
+    loaded = load_shard_images(str(loc), channels=3, size=32)
+    expected = torch.stack([decode_image(f.read_bytes(), name=f.name, channels=3, size=32) for f in photos])
+    assert torch.equal(loaded.images, expected) and [s.split(": ")[0] for s in loaded.skipped] == ["00002.tar:meta"]
+    assert main(["index-shards", str(loc)]) == 2
+    assert "these shards are indexed already; remove it to index them again" in capsys.readouterr().err
+    (loc / "manifest.json").unlink()
+    tar = loc / "00001.tar"
+    tar.write_bytes(tar.read_bytes()[:3000])  # cut inside its first photo
+    assert main(["index-shards", str(loc)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{tar}: cannot index this shard: truncated or corrupt tar" in err and not (loc / "manifest.json").exists()
+    assert main(["index-shards", str(tmp_path / "g")]) == 2
+    assert "no such folder of shards" in capsys.readouterr().err

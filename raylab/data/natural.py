@@ -39,7 +39,8 @@ def list_images(root: str | Path) -> list[Path]:
         tars = sum(1 for _ in root.glob("*.tar"))
         if tars:
             raise InputError(f"{root}: no image files, but {tars} .tar file(s); shards are read through the "
-                             "manifest.json that raylab shard writes beside them, and this folder has none")
+                             "manifest.json that raylab shard writes beside them, and this folder has none (shards "
+                             f"written elsewhere: `raylab index-shards {root}` writes it)")
         raise InputError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 

@@ -17,7 +17,8 @@ item's position). Each shard is written from its own slice of the listing
 (:func:`raylab.engine.sharding.ray_map`) with the same bytes.
 
 The manifest (:class:`Manifest`, :func:`read_manifest`, :func:`verify_manifest`)
-lives in :mod:`.manifest`.
+lives in :mod:`.manifest`; shards written elsewhere (img2dataset, webdataset's writers) get theirs, in place, from
+:func:`index_shards` (:mod:`.index`).
 
 Reading is a stream that never raises for bad shard content:
 :func:`iter_samples` (:mod:`.reader`) yields raw samples and records missing,
@@ -31,6 +32,7 @@ truncated or corrupt shards in a :class:`ShardReport`; :func:`decode_stream`
 from .manifest import FORMAT, MANIFEST_NAME, Manifest, ShardInfo, read_manifest, verify_manifest
 from .batch import Batch, batches
 from .decode import decode_stream
+from .index import index_shards
 from .memory import load_shard_images
 from .reader import DEFAULT_MAX_PIXELS, IMAGE_EXTS, Cursor, RawSample, ShardReport, iter_samples
 from .writer import ShardJob, write_shard, write_shards
@@ -49,6 +51,7 @@ __all__ = [
     "ShardReport",
     "batches",
     "decode_stream",
+    "index_shards",
     "iter_samples",
     "load_shard_images",
     "read_manifest",

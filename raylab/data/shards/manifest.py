@@ -109,6 +109,9 @@ def _no_manifest(loc: str, where: str) -> InputError:
         if any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir()):
             return InputError(f"{loc}: a folder of images, not a shard location; write shards from it first "
                               f"(`raylab shard {loc} LOCATION`)")
+        if any(f.suffix.lower() == ".tar" for f in path.iterdir()):
+            return InputError(f"{loc}: .tar files without the manifest.json that raylab reads shards through; shards "
+                              f"written elsewhere (img2dataset, webdataset): `raylab index-shards {loc}` writes it")
     return InputError(f"{where}: no shard manifest here (write shards first)")
 
 

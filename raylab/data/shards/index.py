@@ -1,0 +1,102 @@
+"""Shards written elsewhere (img2dataset, webdataset's own ``TarWriter``/``ShardWriter``, ...): their manifest, written
+in place, so that every command streams them as it streams the shards ``raylab shard`` writes.
+
+A shard is any tar of webdataset samples: members grouped by key (``0001.jpg``, ``0001.json``, ...), the image under
+one of :data:`~.reader.IMAGE_EXTS`. The manifest lists each shard with the sample count the reader will find (counted
+by the reader itself, so the engine's short-shard check holds), its byte size and sha256; the images keep their own
+size and colour (``image_size`` and ``channels`` are null), and a sample without an image member is counted, then
+skipped when read, as in any shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import fsspec
+
+from ...errors import InputError, one_line
+from ...store import Store
+from .manifest import _CHUNK, FORMAT, MANIFEST_NAME, Manifest, ShardInfo, read_manifest
+from .reader import ShardReport, iter_samples
+
+
+@dataclass(frozen=True)
+class IndexedShard:
+    """One shard as indexed: its manifest entry and the samples in it that hold no image."""
+
+    info: ShardInfo
+    without_image: int
+
+
+def _digest(url: str) -> tuple[int, str]:
+    """Byte size and sha256 of the file at ``url``, read in chunks."""
+    sha, size = hashlib.sha256(), 0
+    with fsspec.open(url, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
+def index_shard(url: str) -> IndexedShard:
+    """Count the samples of the shard at ``url`` as the reader sees them, and hash it; InputError naming the shard
+    when it is not a whole tar (an index of a damaged shard would pass its damage off as its length)."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    report = ShardReport()
+    count = without_image = 0
+    for sample in iter_samples([url], report=report):
+        count += 1
+        without_image += sample.data is None
+    if report.shards_failed:
+        raise InputError(f"{url}: cannot index this shard: {report.shards_failed[0][1]}; repair or remove it")
+    size, sha256 = _digest(url)
+    return IndexedShard(ShardInfo(name, count, size, sha256), without_image)
+
+
+def shard_names(location: str) -> list[str]:
+    """The ``.tar`` files directly in ``location`` (a folder or fsspec URL), sorted by name."""
+    store = Store.at(location)
+    fs, root = fsspec.core.url_to_fs(store.location)
+    try:
+        if not fs.isdir(root):
+            raise InputError(f"{location}: no such folder of shards")
+        found = fs.ls(root, detail=False)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{location}: cannot list this location ({one_line(e, with_type=True)})") from e
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found if p.lower().endswith(".tar"))
+    if not names:
+        raise InputError(f"{location}: no .tar shards here to index")
+    return names
+
+
+def index_shards(location: str | os.PathLike[str], *, progress: bool = False) -> tuple[Manifest, int]:
+    """Write ``manifest.json`` for the ``.tar`` shards already in ``location``; (the manifest, samples without an
+    image). Refused in one line, writing nothing, where a manifest is already there or a shard is damaged."""
+    loc = os.fspath(location)
+    store = Store.at(loc)
+    names = shard_names(loc)
+    if store.exists(MANIFEST_NAME):
+        raise InputError(f"{store.path(MANIFEST_NAME)}: these shards are indexed already; remove it to index them again")
+    from ...progress import bar
+
+    indexed: list[IndexedShard] = []
+    with bar(total=len(names), desc=f"indexing {loc}", unit="shard", disable=not progress) as shown:
+        for name in names:  # closed before a refusal, so the bar does not print after it
+            indexed.append(index_shard(store.path(name)))
+            shown.update()
+    if not any(s.info.count for s in indexed):
+        raise InputError(f"{loc}: its {len(names)} .tar file(s) hold no webdataset sample")
+    doc = {
+        "format": FORMAT, "source": f"{loc} (indexed in place)", "split": None, "seed": None, "sample": None,
+        "image_size": None, "channels": None, "total": sum(s.info.count for s in indexed),
+        "shards": [{"name": s.info.name, "count": s.info.count, "bytes": s.info.bytes, "sha256": s.info.sha256}
+                   for s in indexed],
+        "skipped": [],
+    }
+    store.write_bytes(MANIFEST_NAME, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+    return read_manifest(store.location), sum(s.without_image for s in indexed)

@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     ix = _command(sub, "index-shards", help="index webdataset shards written elsewhere (img2dataset, webdataset): write "
                                             "their manifest.json in place, so every command streams them")
     ix.add_argument("location", help="the folder (path or fsspec URL) that holds the .tar shards")
+    ix.add_argument("--threads", type=int, default=4, help="shards read at once (default 4)")
+    ix.add_argument("--ray", action="store_true", help="index each shard as a Ray task over the cluster's CPUs")
+    ix.add_argument("--cpus-per-task", type=float, default=1.0, help="with --ray: CPUs per shard task (default 1)")
+    ix.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
 
     g = _command(sub, "generate", help="distributed UAP on Ray: shards -> reader actors -> worker actors -> one rho (resumable)")
     add_options(g, EngineConfig)
@@ -279,27 +283,14 @@ def cmd_uap(a: argparse.Namespace) -> int:
 
 
 def cmd_shard(a: argparse.Namespace) -> int:
-    from functools import partial
-
     from .data.shards import write_shards
 
-    if a.cpus_per_task <= 0:
-        raise InputError(f"--cpus-per-task must be > 0, got {a.cpus_per_task}")
     if a.out and a.out_option and a.out != a.out_option:
         raise InputError(f"two outputs given ({a.out} and --out {a.out_option}): give one")
     out = a.out or a.out_option
     if not out:
         raise InputError("no output location: give it after the source, or as --out")
-    mapper = None
-    if a.ray:
-        _local_ray_on_loopback(a.address)
-        from .engine.capacity import refuse_on_local_ray
-        from .engine.sharding import ray_map
-
-        if _init_ray(a.address):
-            refuse_on_local_ray(f"--cpus-per-task {a.cpus_per_task:g}: one shard task would", a.cpus_per_task,
-                                fix="lower --cpus-per-task")
-        mapper = partial(ray_map, cpus=a.cpus_per_task)
+    mapper = _ray_mapper(a, "one shard task") if a.ray else None
     source = a.source if "://" in a.source else Path(a.source)
     m = write_shards(source, out, shard_size=a.shard_size, sample=a.sample, seed=a.seed, size=a.image_size,
                      channels=a.channels, split=a.split, progress=True, image_format=a.image_format, mapper=mapper)
@@ -307,10 +298,30 @@ def cmd_shard(a: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_mapper(a: argparse.Namespace, task: str) -> Any:
+    """``ray_map`` of ``--cpus-per-task`` CPUs on the cluster of ``--address`` (a local Ray that cannot hold one task
+    is refused at once)."""
+    from functools import partial
+
+    _local_ray_on_loopback(a.address)
+    from .engine.capacity import refuse_on_local_ray
+    from .engine.sharding import ray_map
+
+    if a.cpus_per_task <= 0:
+        raise InputError(f"--cpus-per-task must be > 0, got {a.cpus_per_task}")
+    if _init_ray(a.address):
+        refuse_on_local_ray(f"--cpus-per-task {a.cpus_per_task:g}: {task} would", a.cpus_per_task,
+                            fix="lower --cpus-per-task")
+    return partial(ray_map, cpus=a.cpus_per_task)
+
+
 def cmd_index_shards(a: argparse.Namespace) -> int:
     from .data.shards import index_shards
 
-    m, without_image = index_shards(a.location, progress=True)
+    if a.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {a.threads}")
+    m, without_image = index_shards(a.location, progress=True, threads=a.threads,
+                                    mapper=_ray_mapper(a, "one shard task") if a.ray else None)
     print(f"indexed {m.total} samples in {len(m.shards)} shard(s) at {a.location}: wrote {a.location.rstrip('/')}/"
           f"manifest.json" + (f"; {without_image} sample(s) hold no image and will be skipped" if without_image else ""))
     return 0

@@ -617,7 +617,7 @@ def test_fuzz_damaged_real_shard(fuzz_dir: Path, small_tar: bytes, data: st.Data
     _read_all(path, 8)
 
 
-def test_shards_written_elsewhere_are_indexed_in_place_and_streamed(tmp_path, capsys) -> None:
+def test_shards_written_elsewhere_are_indexed_in_place_and_streamed(cluster, tmp_path, capsys) -> None:
     """Shards of webdataset's own ShardWriter (img2dataset's layout: jpg, json and txt members, keys of its own, one
     sample without an image) get a manifest from `raylab index-shards` and stream as raylab's own do; a damaged
     shard, a second index and a folder without shards are refused in one line, writing nothing."""
@@ -645,6 +645,10 @@ def test_shards_written_elsewhere_are_indexed_in_place_and_streamed(tmp_path, ca
     assert torch.equal(loaded.images, expected) and [s.split(": ")[0] for s in loaded.skipped] == ["00002.tar:meta"]
     assert main(["index-shards", str(loc)]) == 2
     assert "these shards are indexed already; remove it to index them again" in capsys.readouterr().err
+    first = (loc / "manifest.json").read_bytes()
+    (loc / "manifest.json").unlink()  # as Ray tasks over a cluster: the same manifest
+    assert main(["index-shards", str(loc), "--ray", "--cpus-per-task", "0.5", "--address", cluster["address"]]) == 0
+    assert (loc / "manifest.json").read_bytes() == first
     (loc / "manifest.json").unlink()
     tar = loc / "00001.tar"
     tar.write_bytes(tar.read_bytes()[:3000])  # cut inside its first photo

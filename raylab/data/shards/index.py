@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import fsspec
@@ -29,6 +31,10 @@ class IndexedShard:
 
     info: ShardInfo
     without_image: int
+
+
+#: ``map`` of :func:`index_shard` over shard URLs, results in order (a thread pool's, or Ray's ``ray_map``).
+Mapper = Callable[[Callable[[str], "IndexedShard"], Sequence[str]], Iterable["IndexedShard"]]
 
 
 def _digest(url: str) -> tuple[int, str]:
@@ -74,9 +80,13 @@ def shard_names(location: str) -> list[str]:
     return names
 
 
-def index_shards(location: str | os.PathLike[str], *, progress: bool = False) -> tuple[Manifest, int]:
+def index_shards(location: str | os.PathLike[str], *, progress: bool = False, mapper: Mapper | None = None,
+                 threads: int = 4) -> tuple[Manifest, int]:
     """Write ``manifest.json`` for the ``.tar`` shards already in ``location``; (the manifest, samples without an
-    image). Refused in one line, writing nothing, where a manifest is already there or a shard is damaged."""
+    image). Refused in one line, writing nothing, where a manifest is already there or a shard is damaged.
+
+    Shards are indexed ``threads`` at a time (reading is mostly waiting on storage), or by ``mapper``, e.g.
+    :func:`raylab.engine.sharding.ray_map` over a Ray cluster; results come back in shard order either way."""
     loc = os.fspath(location)
     store = Store.at(loc)
     names = shard_names(loc)
@@ -85,10 +95,14 @@ def index_shards(location: str | os.PathLike[str], *, progress: bool = False) ->
     from ...progress import bar
 
     indexed: list[IndexedShard] = []
-    with bar(total=len(names), desc=f"indexing {loc}", unit="shard", disable=not progress) as shown:
-        for name in names:  # closed before a refusal, so the bar does not print after it
-            indexed.append(index_shard(store.path(name)))
-            shown.update()
+    pool = ThreadPoolExecutor(max(1, threads))
+    try:
+        with bar(total=len(names), desc=f"indexing {loc}", unit="shard", disable=not progress) as shown:
+            for one in (mapper or pool.map)(index_shard, [store.path(n) for n in names]):
+                indexed.append(one)  # the bar closes before a refusal, so it does not print after it
+                shown.update()
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a refusal, the shards not yet begun are not read
     if not any(s.info.count for s in indexed):
         raise InputError(f"{loc}: its {len(names)} .tar file(s) hold no webdataset sample")
     doc = {

@@ -32,6 +32,7 @@ from raylab.data.shards import (
     ShardReport,
     batches,
     decode_stream,
+    index_shards,
     iter_samples,
     read_manifest,
     verify_manifest,
@@ -657,3 +658,8 @@ def test_shards_written_elsewhere_are_indexed_in_place_and_streamed(cluster, tmp
     assert f"{tar}: cannot index this shard: truncated or corrupt tar" in err and not (loc / "manifest.json").exists()
     assert main(["index-shards", str(tmp_path / "g")]) == 2
     assert "no such folder of shards" in capsys.readouterr().err
+    # raylab's own shards, their manifest lost, indexed again (through an fsspec URL): the same entries
+    own = write_shards(IMAGENET, "memory://index-test/own", shard_size=10, sample=25, size=28, channels=1)
+    fsspec.filesystem("memory").rm("/index-test/own/manifest.json")
+    again, without_image = index_shards("memory://index-test/own")
+    assert again.shards == own.shards and again.total == 25 and without_image == 0

@@ -317,9 +317,11 @@ def _ray_mapper(a: argparse.Namespace, task: str) -> Any:
 
 def cmd_index_shards(a: argparse.Namespace) -> int:
     from .data.shards import index_shards
+    from .data.shards.index import shard_names
 
     if a.threads < 1:
         raise InputError(f"--threads must be >= 1, got {a.threads}")
+    shard_names(a.location)  # a location without shards is refused before a Ray starts
     m, without_image = index_shards(a.location, progress=True, threads=a.threads,
                                     mapper=_ray_mapper(a, "one shard task") if a.ray else None)
     print(f"indexed {m.total} samples in {len(m.shards)} shard(s) at {a.location}: wrote {a.location.rstrip('/')}/"

@@ -10,8 +10,6 @@ skipped when read, as in any shard.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +19,7 @@ import fsspec
 
 from ...errors import InputError, one_line
 from ...store import Store
-from .manifest import _CHUNK, FORMAT, MANIFEST_NAME, Manifest, ShardInfo, read_manifest
+from .manifest import MANIFEST_NAME, Manifest, ShardInfo, file_digest
 from .reader import ShardReport, iter_samples
 
 
@@ -37,16 +35,6 @@ class IndexedShard:
 Mapper = Callable[[Callable[[str], "IndexedShard"], Sequence[str]], Iterable["IndexedShard"]]
 
 
-def _digest(url: str) -> tuple[int, str]:
-    """Byte size and sha256 of the file at ``url``, read in chunks."""
-    sha, size = hashlib.sha256(), 0
-    with fsspec.open(url, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return size, sha.hexdigest()
-
-
 def index_shard(url: str) -> IndexedShard:
     """Count the samples of the shard at ``url`` as the reader sees them, and hash it; InputError naming the shard
     when it is not a whole tar (an index of a damaged shard would pass its damage off as its length)."""
@@ -58,7 +46,7 @@ def index_shard(url: str) -> IndexedShard:
         without_image += sample.data is None
     if report.shards_failed:
         raise InputError(f"{url}: cannot index this shard: {report.shards_failed[0][1]}; repair or remove it")
-    size, sha256 = _digest(url)
+    size, sha256 = file_digest(*fsspec.core.url_to_fs(url))
     return IndexedShard(ShardInfo(name, count, size, sha256), without_image)
 
 
@@ -105,12 +93,8 @@ def index_shards(location: str | os.PathLike[str], *, progress: bool = False, ma
         pool.shutdown(cancel_futures=True)  # after a refusal, the shards not yet begun are not read
     if not any(s.info.count for s in indexed):
         raise InputError(f"{loc}: its {len(names)} .tar file(s) hold no webdataset sample")
-    doc = {
-        "format": FORMAT, "source": f"{loc} (indexed in place)", "split": None, "seed": None, "sample": None,
-        "image_size": None, "channels": None, "total": sum(s.info.count for s in indexed),
-        "shards": [{"name": s.info.name, "count": s.info.count, "bytes": s.info.bytes, "sha256": s.info.sha256}
-                   for s in indexed],
-        "skipped": [],
-    }
-    store.write_bytes(MANIFEST_NAME, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
-    return read_manifest(store.location), sum(s.without_image for s in indexed)
+    manifest = Manifest(location=store.location, shards=tuple(s.info for s in indexed),
+                        total=sum(s.info.count for s in indexed), image_size=None, channels=None,
+                        source=f"{loc} (indexed in place)", seed=None, sample=None, skipped=(), split=None)
+    store.write_bytes(MANIFEST_NAME, manifest.to_json())
+    return manifest, sum(s.without_image for s in indexed)

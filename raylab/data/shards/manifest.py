@@ -52,6 +52,14 @@ class Manifest:
         """URLs of all shards, in order."""
         return [self.url(i) for i in range(len(self.shards))]
 
+    def to_json(self) -> bytes:
+        """``manifest.json``'s bytes: what :func:`read_manifest` reads back."""
+        doc = {"format": FORMAT, "source": self.source, "split": self.split, "seed": self.seed, "sample": self.sample,
+               "image_size": self.image_size, "channels": self.channels, "total": self.total,
+               "shards": [{"name": s.name, "count": s.count, "bytes": s.bytes, "sha256": s.sha256} for s in self.shards],
+               "skipped": [list(p) for p in self.skipped]}
+        return (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+
     @property
     def skipped_lines(self) -> tuple[str, ...]:
         """``"name: why"`` of each source file these shards were written without (unreadable when sharded)."""
@@ -204,14 +212,21 @@ def verify_manifest(manifest: Manifest) -> list[str]:
         if size != info.bytes:
             problems.append(f"{info.name}: {size} bytes but the manifest says {info.bytes}")
             continue
-        digest = hashlib.sha256()
         try:
-            with fs.open(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
+            _, sha256 = file_digest(fs, path)
         except Exception as e:
             problems.append(f"{info.name}: cannot read ({one_line(e, with_type=True)})")
             continue
-        if digest.hexdigest() != info.sha256:
-            problems.append(f"{info.name}: sha256 {digest.hexdigest()} differs from the manifest's {info.sha256}")
+        if sha256 != info.sha256:
+            problems.append(f"{info.name}: sha256 {sha256} differs from the manifest's {info.sha256}")
     return problems
+
+
+def file_digest(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, str]:
+    """The byte size and sha256 of one file (a shard), read in chunks."""
+    digest, size = hashlib.sha256(), 0
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import json
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,7 +23,7 @@ from ...store import Store, filesystem
 from ..medical import load_medmnist
 from ..image import decode_image
 from ..natural import IMAGE_SUFFIXES, list_images
-from .manifest import FORMAT, MANIFEST_NAME, Manifest, ShardInfo, _clean_location
+from .manifest import MANIFEST_NAME, Manifest, ShardInfo, _clean_location
 
 _SPLITS = ("train", "val", "test")
 _GRAY_MODES = frozenset({"1", "L", "I", "F"})
@@ -326,20 +325,7 @@ def write_shards(
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise InputError(f"{source_text}: none of the {len(items)} item(s) could be written{first}")
 
-    doc = {
-        "format": FORMAT,
-        "source": source_text,
-        "split": used_split,
-        "seed": seed,
-        "sample": sample,
-        "image_size": size,
-        "channels": channels,
-        "total": written,
-        "shards": [{"name": s.name, "count": s.count, "bytes": s.bytes, "sha256": s.sha256} for s in shards],
-        "skipped": [list(p) for p in skipped],
-    }
-    store.write_bytes(MANIFEST_NAME, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
-    return Manifest(
+    manifest = Manifest(
         location=_clean_location(location),
         shards=tuple(shards),
         total=written,
@@ -351,3 +337,5 @@ def write_shards(
         skipped=tuple(skipped),
         split=used_split,
     )
+    store.write_bytes(MANIFEST_NAME, manifest.to_json())
+    return manifest

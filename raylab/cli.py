@@ -285,6 +285,7 @@ def cmd_uap(a: argparse.Namespace) -> int:
 def cmd_shard(a: argparse.Namespace) -> int:
     from .data.shards import write_shards
 
+    _check_cpus_per_task(a)
     if a.out and a.out_option and a.out != a.out_option:
         raise InputError(f"two outputs given ({a.out} and --out {a.out_option}): give one")
     out = a.out or a.out_option
@@ -298,6 +299,11 @@ def cmd_shard(a: argparse.Namespace) -> int:
     return 0
 
 
+def _check_cpus_per_task(a: argparse.Namespace) -> None:
+    if a.cpus_per_task <= 0:
+        raise InputError(f"--cpus-per-task must be > 0, got {a.cpus_per_task}")
+
+
 def _ray_mapper(a: argparse.Namespace, task: str) -> Any:
     """``ray_map`` of ``--cpus-per-task`` CPUs on the cluster of ``--address`` (a local Ray that cannot hold one task
     is refused at once)."""
@@ -307,8 +313,6 @@ def _ray_mapper(a: argparse.Namespace, task: str) -> Any:
     from .engine.capacity import refuse_on_local_ray
     from .engine.sharding import ray_map
 
-    if a.cpus_per_task <= 0:
-        raise InputError(f"--cpus-per-task must be > 0, got {a.cpus_per_task}")
     if _init_ray(a.address):
         refuse_on_local_ray(f"--cpus-per-task {a.cpus_per_task:g}: {task} would", a.cpus_per_task,
                             fix="lower --cpus-per-task")
@@ -319,11 +323,14 @@ def cmd_index_shards(a: argparse.Namespace) -> int:
     from .data.shards import index_shards
     from .data.shards.index import shard_names
 
+    _check_cpus_per_task(a)
     if a.threads < 1:
         raise InputError(f"--threads must be >= 1, got {a.threads}")
-    shard_names(a.location)  # a location without shards is refused before a Ray starts
-    m, without_image = index_shards(a.location, progress=True, threads=a.threads,
-                                    mapper=_ray_mapper(a, "one shard task") if a.ray else None)
+    mapper = None
+    if a.ray:
+        shard_names(a.location)  # a location without shards is refused before a Ray starts
+        mapper = _ray_mapper(a, "one shard task")
+    m, without_image = index_shards(a.location, progress=True, threads=a.threads, mapper=mapper)
     print(f"indexed {m.total} samples in {len(m.shards)} shard(s) at {a.location}: wrote {a.location.rstrip('/')}/"
           f"manifest.json" + (f"; {without_image} sample(s) hold no image and will be skipped" if without_image else ""))
     return 0
@@ -642,7 +649,7 @@ INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command killed by C
 def _given(parser: argparse.ArgumentParser, words: list[str]) -> set[str]:
     """The options set on the command line (their dests), as ``--eps 0.01`` or ``--eps=0.01``."""
     flags = {w.split("=", 1)[0] for w in words if w.startswith("--")}
-    return {a.dest for a in parser._actions if flags & set(a.option_strings)}
+    return {parser._option_string_actions[f].dest for f in flags if f in parser._option_string_actions}
 
 
 def _one_value_hint(parser: argparse.ArgumentParser, words: list[str], unknown: list[str]) -> str:

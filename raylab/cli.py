@@ -479,6 +479,8 @@ def cmd_results(a: argparse.Namespace) -> int:
         from .plots import figure_format
 
         figure_format(a.plot)  # a file name it cannot write is refused before the results are read
+    elif "x" in getattr(a, "_given", ()):
+        _log("note: --x is ignored: it is the axis of --plot, and no --plot was given")
     filters: dict = {}
     for f in a.filter:
         if "=" not in f:

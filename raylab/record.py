@@ -135,6 +135,9 @@ class RunRecord:
     rho_linf: float
     #: Where ``uap.npy`` was written (set by :func:`write_run`).
     uap_uri: str = ""
+    #: What determined ρ (:func:`raylab.resume.fingerprint`'s parts), for a UAP made from images by ``raylab uap``: a
+    #: later run into the same folder replaces it only if it is the same run.
+    fingerprint: dict[str, Any] | None = None
 
     @staticmethod
     def norms(rho: Tensor) -> dict[str, float]:
@@ -161,6 +164,8 @@ class RunRecord:
         }
         if b.engine is not None:
             out.update(b.engine)
+        if self.fingerprint is not None:
+            out["fingerprint"] = self.fingerprint
         return out
 
     # -- view 2: the Parquet row ---------------------------------------------------------------------------------

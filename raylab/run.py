@@ -13,6 +13,7 @@ the models and images it has loaded once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from .core import (SGDUAP, UAP, VALID_RANGE, Criterion, PassState, StepStats, la
                    predict_labels, weak_regime)
 from .data.natural import load_image_folder
 from .data.shards import MANIFEST_NAME, load_shard_images
+from .errors import InputError
 from .evaluation import by_class, evaluate, random_uap
 from .fingerprint import CheckpointFile
 from .models import for_inference
@@ -173,6 +175,24 @@ def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterio
     return rho, total, passes
 
 
+def _refuse_another_finished(store: Store, checkpoint_file: CheckpointFile | None) -> None:
+    """A finished UAP in ``store`` (its ``metrics.json``) is replaced only by the same run, which makes it again: one of
+    other settings, another model or other images is refused in one line before any compute, as another run's
+    checkpoint is (``checkpoint_file`` is None for the random control, which is never the same run as a UAP)."""
+    if not store.exists("metrics.json"):
+        return
+    try:
+        then = json.loads(store.read_text("metrics.json")).get("fingerprint")
+    except (ValueError, AttributeError):
+        return  # not a record this check can read: nothing of a run's identity to keep
+    if then is None or (checkpoint_file is not None and then == checkpoint_file.fingerprint.parts):
+        return
+    differs = (checkpoint_file.fingerprint.differences(then) if checkpoint_file is not None
+               else "a UAP made from images then, the random control now")
+    raise InputError(f"{store.path('metrics.json')}: the finished UAP of a different run ({differs}); use another "
+                     "output location, or remove it to replace that UAP")
+
+
 def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceImages | None = None,
             clean: Tensor | None = None, controls: dict[tuple, Tensor] | None = None, progress: bool = True,
             telemetry: Telemetry | None = None, figures: bool = True, results: ResultsKey | None = None,
@@ -208,6 +228,7 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
         resume = checkpoint_file.load()  # another run's checkpoint is refused here, before any compute
         if resume is not None and log is not None:
             log(f"resuming from {checkpoint_file.where}: {resume.describe(len(images), config)}")
+    _refuse_another_finished(store, checkpoint_file)
     model = for_inference(target.model, device=config.device, amp=config.amp, compile=config.compile)
     started = time.perf_counter()
     stats, passes = StepStats(), 0
@@ -239,7 +260,8 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
         image_size=spec.image_size or 0, medical=str(config.medical), radius=target.radius, source=info,
         build=Build(images=stats.images, active=stats.active, accepted=stats.accepted, passes=passes, seconds=seconds,
                     workers=1, batch_size=config.effective_batch_size),
-        evaluation=evaluation, **RunRecord.norms(rho))
+        evaluation=evaluation, fingerprint=checkpoint_file.fingerprint.parts if checkpoint_file else None,
+        **RunRecord.norms(rho))
     what = "random control" if source.images is None else f"UAP from {Path(info.location).name}"
     shown = Figures(examples=config.examples, test_images=medical.test_images,
                     title=f"{what}, L{config.p} zeta={config.zeta:g}, {evaluation.headline_text()}") if figures else None

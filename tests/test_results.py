@@ -550,3 +550,15 @@ def test_a_version_2_location_is_still_read_and_never_written_into(tmp_path: Pat
     assert read_results(loc, filters={"sweep": "grid-b"}).num_rows == sum(r["sweep"] == "grid-b" for r in rows)
     with pytest.raises(InputError, match="holds results of schema version 2; this raylab writes version 3 .*new location"):
         write_rows(loc, rows[:1])
+
+
+def test_an_axis_without_a_plot_is_said_to_be_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from raylab.cli import main
+
+    write_rows(str(tmp_path / "results"), make_rows())
+    assert main(["results", str(tmp_path / "results"), "--x", "eps"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "note: --x is ignored: it is the axis of --plot, and no --plot was given"
+    assert "grid-a" in out  # the table is still printed
+    assert main(["results", str(tmp_path / "results")]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -57,3 +57,15 @@ def test_a_stopped_uap_resumes_to_the_uap_of_a_run_never_stopped(models, natural
     whole, resumed = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
     assert resumed["stats"] == whole["stats"] and resumed["fooling_rate"] == whole["fooling_rate"]
     assert not checkpoint.exists()
+
+    # the finished UAP is replaced only by the same run: another seed, or the random control, is refused before any
+    # compute and the UAP is kept (a rerun with other settings overwrote it silently)
+    capsys.readouterr()
+    for source, seed, differs in [(natural_dir, "7", "seed=0 then, 7 now"),
+                                  ("random", "0", "a UAP made from images then, the random control now")]:
+        assert main(_uap(models, source, out, method, "--seed", seed)) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == (f"raylab uap: error: {out / 'metrics.json'}: the finished UAP of a different run ({differs}); use "
+                               "another output location, or remove it to replace that UAP"), err
+    assert np.array_equal(np.load(out / "uap.npy"), np.load(tmp_path / "whole" / "uap.npy"))
+    assert resumed["fingerprint"]["seed"] == 0 and set(resumed["fingerprint"]) >= {"model", "images", "radius", "zeta"}

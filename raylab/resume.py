@@ -59,12 +59,20 @@ class Checkpoint:
         return f"{where} ({duration(self.seconds)} of generation kept)"
 
 
-def fingerprint(config: UAPConfig, model: nn.Module, images: Tensor, radius: float) -> Fingerprint:
+#: The ``images`` part of the random control's fingerprint, which no image determines.
+RANDOM_CONTROL = "random"
+
+
+def fingerprint(config: UAPConfig, model: nn.Module, images: Tensor | None, radius: float) -> Fingerprint:
     """What determines ρ: the UAP parameters, the model's weights, the source images and the radius (which the
-    medical training images give, Section 2.2)."""
+    medical training images give, Section 2.2). ``images`` None: the random control, which only p, ζ (its radius) and
+    the seed determine (and the model, which its record evaluates)."""
+    weights = tensor_digest(model.state_dict().items())[:16]
+    if images is None:
+        return Fingerprint.of({"p": config.p, "zeta": config.zeta, "seed": config.seed, "radius": radius,
+                               "model": weights, "images": RANDOM_CONTROL})
     return Fingerprint.of({**{k: getattr(config, k) for k in KEYS}, "batch_size": config.effective_batch_size,
-                           "radius": radius, "model": tensor_digest(model.state_dict().items())[:16],
-                           "images": tensor_digest([("images", images)])[:16]})
+                           "radius": radius, "model": weights, "images": tensor_digest([("images", images)])[:16]})
 
 
 def uap_checkpoint(store: Store, identify: Callable[[], Fingerprint], *, every: float) -> CheckpointFile[Checkpoint]:

@@ -29,11 +29,11 @@ from .data.natural import load_image_folder
 from .data.shards import MANIFEST_NAME, load_shard_images
 from .errors import InputError
 from .evaluation import by_class, evaluate, random_uap
-from .fingerprint import CheckpointFile
+from .fingerprint import CheckpointFile, Fingerprint
 from .models import for_inference
 from .progress import bar as progress_bar
 from .record import Build, Figures, ResultsKey, RunRecord, Source, write_run
-from .resume import Checkpoint, fingerprint, uap_checkpoint
+from .resume import RANDOM_CONTROL, Checkpoint, fingerprint, uap_checkpoint
 from .store import Store
 from .target import Target, load_target
 from .telemetry import Telemetry
@@ -175,20 +175,22 @@ def generate(config: UAPConfig, model: torch.nn.Module, images: Tensor, criterio
     return rho, total, passes
 
 
-def _refuse_another_finished(store: Store, checkpoint_file: CheckpointFile | None) -> None:
-    """A finished UAP in ``store`` (its ``metrics.json``) is replaced only by the same run, which makes it again: one of
-    other settings, another model or other images is refused in one line before any compute, as another run's
-    checkpoint is (``checkpoint_file`` is None for the random control, which is never the same run as a UAP)."""
+def _refuse_another_finished(store: Store, identity: Fingerprint) -> None:
+    """A finished UAP in ``store`` (its ``metrics.json``) is replaced only by the same run (``identity``), which makes
+    it again: one of other settings, another model or other images is refused in one line before any compute, as
+    another run's checkpoint is."""
     if not store.exists("metrics.json"):
         return
     try:
         then = json.loads(store.read_text("metrics.json")).get("fingerprint")
     except (ValueError, AttributeError):
         return  # not a record this check can read: nothing of a run's identity to keep
-    if then is None or (checkpoint_file is not None and then == checkpoint_file.fingerprint.parts):
+    if then is None or then == identity.parts:
         return
-    differs = (checkpoint_file.fingerprint.differences(then) if checkpoint_file is not None
-               else "a UAP made from images then, the random control now")
+    random_then, random_now = (parts.get("images") == RANDOM_CONTROL for parts in (then, identity.parts))
+    differs = ("a UAP made from images then, the random control now" if random_now and not random_then else
+               "the random control then, a UAP made from images now" if random_then and not random_now else
+               identity.differences(then))
     raise InputError(f"{store.path('metrics.json')}: the finished UAP of a different run ({differs}); use another "
                      "output location, or remove it to replace that UAP")
 
@@ -221,14 +223,14 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
     telemetry = telemetry if telemetry is not None else Telemetry()
     telemetry.skipped(images=len(source.source.skipped))
     checkpoint_file, resume = None, None
+    identify = lambda: fingerprint(config, target.model, source.images, target.radius)  # noqa: E731
     if source.images is not None:
-        images = source.images
-        checkpoint_file = uap_checkpoint(store, lambda: fingerprint(config, target.model, images, target.radius),
-                                         every=config.checkpoint_seconds)
+        checkpoint_file = uap_checkpoint(store, identify, every=config.checkpoint_seconds)
         resume = checkpoint_file.load()  # another run's checkpoint is refused here, before any compute
         if resume is not None and log is not None:
-            log(f"resuming from {checkpoint_file.where}: {resume.describe(len(images), config)}")
-    _refuse_another_finished(store, checkpoint_file)
+            log(f"resuming from {checkpoint_file.where}: {resume.describe(len(source.images), config)}")
+    identity = checkpoint_file.fingerprint if checkpoint_file is not None else identify()
+    _refuse_another_finished(store, identity)
     model = for_inference(target.model, device=config.device, amp=config.amp, compile=config.compile)
     started = time.perf_counter()
     stats, passes = StepStats(), 0
@@ -260,7 +262,7 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
         image_size=spec.image_size or 0, medical=str(config.medical), radius=target.radius, source=info,
         build=Build(images=stats.images, active=stats.active, accepted=stats.accepted, passes=passes, seconds=seconds,
                     workers=1, batch_size=config.effective_batch_size),
-        evaluation=evaluation, fingerprint=checkpoint_file.fingerprint.parts if checkpoint_file else None,
+        evaluation=evaluation, fingerprint=identity.parts,
         **RunRecord.norms(rho))
     what = "random control" if source.images is None else f"UAP from {Path(info.location).name}"
     shown = Figures(examples=config.examples, test_images=medical.test_images,

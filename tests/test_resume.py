@@ -68,4 +68,11 @@ def test_a_stopped_uap_resumes_to_the_uap_of_a_run_never_stopped(models, natural
         assert err.strip() == (f"raylab uap: error: {out / 'metrics.json'}: the finished UAP of a different run ({differs}); use "
                                "another output location, or remove it to replace that UAP"), err
     assert np.array_equal(np.load(out / "uap.npy"), np.load(tmp_path / "whole" / "uap.npy"))
+    if method == "paper":  # the random control is kept the same way (it needs no method: once is enough)
+        control = tmp_path / "control"
+        assert main(_uap(models, "random", control, method)) == 0
+        assert main(_uap(models, "random", control, method, "--zeta", "0.04")) == 2
+        assert "the finished UAP of a different run (zeta=0.08 then, 0.04 now; radius=" in capsys.readouterr().err
+        assert main(_uap(models, natural_dir, control, method)) == 2
+        assert "(the random control then, a UAP made from images now)" in capsys.readouterr().err
     assert resumed["fingerprint"]["seed"] == 0 and set(resumed["fingerprint"]) >= {"model", "images", "radius", "zeta"}

@@ -21,13 +21,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .audit import AuditConfig
-from .bench import BenchConfig, EngineBenchConfig
-from .config import DEFAULT_DATA, DEFAULT_MEDICAL, EngineConfig, UAPConfig, check_medical, ignored_settings
 from .errors import InputError, RaylabError
 from .options import add_options, build
-from .sweep import SweepConfig
-from .train import PretrainConfig, TrainConfig
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -70,16 +65,42 @@ def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
     return p
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raylab", description=DESCRIPTION, epilog=EPILOG)
-    sub = parser.add_subparsers(dest="command", required=True)
+#: Each command's line in ``raylab --help``, and the first line of its own --help.
+HELP = {
+    "pretrain": "natural-image pretraining of a backbone (exemplar training on a photo folder)",
+    "train": "fine-tune (transfer learning) or train from scratch on a medical dataset",
+    "uap": "generate a UAP and evaluate it on the medical test set (single machine)",
+    "shard": "write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz",
+    "index-shards": "index webdataset shards written elsewhere (img2dataset, webdataset): write their manifest.json "
+                    "in place, so every command streams them",
+    "generate": "distributed UAP on Ray: shards -> reader actors -> worker actors -> one rho (resumable)",
+    "sweep": "a Ray Tune grid (or random search) of UAPs over eps, p, zeta, source, target, model, i_max",
+    "import-model": "a model trained elsewhere (state dict, TorchScript, torch.export or ONNX) and its model card, "
+                    "checked and written as a raylab checkpoint to audit",
+    "results": "summarize a Parquet results location, filtered by any column",
+    "demo": "pretrain + fine-tune a small model on PneumoniaMNIST, then audit it (raylab audit --budget quick) with "
+            "UAPs from ImageNet photos",
+    "audit": "how vulnerable is this model to UAPs made without any medical image? Both methods, the references, "
+             "targets, seeds; one verdict and one report",
+    "reproduce": "the paper's whole study (models, eps/p selection, zeta sweep, targets, controls) and its report",
+    "dashboard": "Grafana dashboard JSON, a Prometheus config for Ray, or the dashboard rendered to PNG",
+    "bench": "images/s of faithful and batched modes vs ART and vs the bare kernel",
+}
 
-    p = _command(sub, "pretrain", help="natural-image pretraining of a backbone (exemplar training on a photo folder)")
+
+def _pretrain_options(p: argparse.ArgumentParser) -> None:
+    from .config import DEFAULT_DATA
+    from .train import PretrainConfig
+
     p.add_argument("--images", type=Path, default=DEFAULT_DATA / "imagenet-samples", help="a folder of natural photos")
     _model_options(p, out_help="checkpoint path (.pt)")
     add_options(p, PretrainConfig)
 
-    t = _command(sub, "train", help="fine-tune (transfer learning) or train from scratch on a medical dataset")
+
+def _train_options(t: argparse.ArgumentParser) -> None:
+    from .config import DEFAULT_MEDICAL
+    from .train import TrainConfig
+
     t.add_argument("--data", type=Path, default=DEFAULT_MEDICAL, help="MedMNIST .npz or a folder with train_pre.csv/test_pre.csv")
     t.add_argument("--backbone", default=None, help="natural-image weights: a checkpoint from `raylab pretrain`, a torchvision "
                                                     ".pth, or 'imagenet' (torchvision's: online only; efficientnet_lite0's are "
@@ -89,11 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(t, out_help="checkpoint path (.pt); metrics go beside it as .json")
     add_options(t, TrainConfig)
 
-    u = _command(sub, "uap", help="generate a UAP and evaluate it on the medical test set (single machine)")
+
+def _uap_options(u: argparse.ArgumentParser) -> None:
+    from .config import UAPConfig
+
     add_options(u, UAPConfig)
     _metrics_options(u)
 
-    s = _command(sub, "shard", help="write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz")
+
+def _shard_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("source", help="image folder (path or fsspec URL), a .txt list of image files, or a MedMNIST .npz")
     s.add_argument("out", nargs="?", help="output directory or fsspec URL (s3://, gs://); or give it as --out")
     s.add_argument("--out", dest="out_option", metavar="OUT", default=None, help="the output, as other commands name it")
@@ -110,31 +135,38 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-task", type=float, default=1.0, help="with --ray: CPUs per shard task (default 1)")
     s.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
 
-    ix = _command(sub, "index-shards", help="index webdataset shards written elsewhere (img2dataset, webdataset): write "
-                                            "their manifest.json in place, so every command streams them")
+
+def _index_shards_options(ix: argparse.ArgumentParser) -> None:
     ix.add_argument("location", help="the folder (path or fsspec URL) that holds the .tar shards")
     ix.add_argument("--threads", type=int, default=4, help="shards read at once (default 4)")
     ix.add_argument("--ray", action="store_true", help="index each shard as a Ray task over the cluster's CPUs")
     ix.add_argument("--cpus-per-task", type=float, default=1.0, help="with --ray: CPUs per shard task (default 1)")
     ix.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
 
-    g = _command(sub, "generate", help="distributed UAP on Ray: shards -> reader actors -> worker actors -> one rho (resumable)")
+
+def _generate_options(g: argparse.ArgumentParser) -> None:
+    from .config import EngineConfig
+
     add_options(g, EngineConfig)
     g.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
-    w = _command(sub, "sweep", help="a Ray Tune grid (or random search) of UAPs over eps, p, zeta, source, target, model, i_max")
+
+def _sweep_options(w: argparse.ArgumentParser) -> None:
+    from .sweep import SweepConfig
+
     add_options(w, SweepConfig)
     w.add_argument("--select", choices=["best"], default=None, help="best: the paper's rule, the eps and p with the highest R_f (R_s) per zeta")
     w.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
 
-    im = _command(sub, "import-model", help="a model trained elsewhere (state dict, TorchScript, torch.export or ONNX) and "
-                                          "its model card, checked and written as a raylab checkpoint to audit")
+
+def _import_model_options(im: argparse.ArgumentParser) -> None:
     im.add_argument("--card", type=Path, required=True, help="the model card (YAML or JSON; see raylab/cards.py)")
     im.add_argument("--weights", type=Path, required=True, help="the state dict (.pth/.pt), TorchScript (.pt), "
                                                                 "torch.export (.pt2) or ONNX (.onnx) file the card describes")
     im.add_argument("--out", type=Path, required=True, help="where to write the raylab checkpoint (.pt)")
 
-    r = _command(sub, "results", help="summarize a Parquet results location, filtered by any column")
+
+def _results_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("location", help="results location (path or fsspec URL)")
     r.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE", help="keep rows where COLUMN equals VALUE (repeatable; a path by its last parts, as the table shows it)")
     r.add_argument("--select", choices=["best"], default=None,
@@ -147,20 +179,27 @@ def _parser() -> argparse.ArgumentParser:
                         "URL; .png, or .pdf/.svg for a paper)")
     r.add_argument("--x", default="zeta", help="the column the plot's rates are drawn over (default: zeta; also eps, lr, ...)")
 
-    d = _command(sub, "demo", help="pretrain + fine-tune a small model on PneumoniaMNIST, then audit it (raylab audit "
-                                   "--budget quick) with UAPs from ImageNet photos")
+
+def _demo_options(d: argparse.ArgumentParser) -> None:
+    from .config import DEFAULT_DATA
+
     d.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--pretrain-epochs", type=int, default=30)
     d.add_argument("--train-epochs", type=int, default=3)
 
-    au = _command(sub, "audit", help="how vulnerable is this model to UAPs made without any medical image? Both methods, "
-                                    "the references, targets, seeds; one verdict and one report")
+
+def _audit_options(au: argparse.ArgumentParser) -> None:
+    from .audit import AuditConfig
+
     add_options(au, AuditConfig)
     au.add_argument("--address", default=None, help="with --ray: Ray address (default: RAY_ADDRESS, else a local Ray)")
     _metrics_options(au)
 
-    rp = _command(sub, "reproduce", help="the paper's whole study (models, eps/p selection, zeta sweep, targets, controls) and its report")
+
+def _reproduce_options(rp: argparse.ArgumentParser) -> None:
+    from .config import DEFAULT_DATA
+
     rp.add_argument("--preset", choices=["tiny", "cpu-small", "paper"], default="cpu-small")
     rp.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="where pneumoniamnist.npz, imagenet-samples/ and flickr8k-samples/ are")
     rp.add_argument("--medical", type=Path, action="append", default=None,
@@ -181,7 +220,8 @@ def _parser() -> argparse.ArgumentParser:
                          "(one number, or arch=rate,... per architecture)")
     _metrics_options(rp)
 
-    o = _command(sub, "dashboard", help="Grafana dashboard JSON, a Prometheus config for Ray, or the dashboard rendered to PNG")
+
+def _dashboard_options(o: argparse.ArgumentParser) -> None:
     osub = o.add_subparsers(dest="action", required=True)
     ow = _command(osub, "write", help="write dashboards/raylab.json (Grafana, importable as is)")
     ow.add_argument("--out", type=Path, default=Path("dashboards"))
@@ -195,10 +235,43 @@ def _parser() -> argparse.ArgumentParser:
     orr.add_argument("--run", default=".*", help="a run name or regex (the dashboard's run variable)")
     orr.add_argument("--out", type=Path, default=Path("dashboard.png"))
 
-    b = _command(sub, "bench", help="images/s of faithful and batched modes vs ART and vs the bare kernel")
+
+def _bench_options(b: argparse.ArgumentParser) -> None:
+    from .bench import EngineBenchConfig
+
     add_options(b, EngineBenchConfig)
     b.add_argument("--engine", action="store_true", help="benchmark the Ray engine end to end instead (shards, readers, workers)")
     b.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+
+
+OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "pretrain": _pretrain_options,
+    "train": _train_options,
+    "uap": _uap_options,
+    "shard": _shard_options,
+    "index-shards": _index_shards_options,
+    "generate": _generate_options,
+    "sweep": _sweep_options,
+    "import-model": _import_model_options,
+    "results": _results_options,
+    "demo": _demo_options,
+    "audit": _audit_options,
+    "reproduce": _reproduce_options,
+    "dashboard": _dashboard_options,
+    "bench": _bench_options,
+}
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """raylab's parser, with the options of command ``only`` (every command's when None; none when it names none).
+    Declaring a command's options imports its configs, and with them torch: `raylab results`, `raylab dashboard` and
+    `raylab --help` need neither, and start in about a second, not four."""
+    parser = argparse.ArgumentParser(prog="raylab", description=DESCRIPTION, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help in HELP.items():
+        p = _command(sub, name, help)
+        if only is None or only == name:
+            OPTIONS[name](p)
     return parser
 
 
@@ -212,7 +285,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     from . import training_checkpoint
     from .data.natural import load_image_folder
     from .models import ModelSpec, save_classifier
-    from .train import pretrain_natural
+    from .train import PretrainConfig, pretrain_natural
 
     config = build(PretrainConfig, a)
     images, _, skipped = load_image_folder(a.images, channels=3, size=a.image_size)
@@ -231,10 +304,11 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from . import training_checkpoint
+    from .config import check_medical
     from .data.medical import load_medical
     from .models import ModelSpec, save_classifier
     from .store import Store
-    from .train import finetune
+    from .train import TrainConfig, finetune
 
     config = build(TrainConfig, a)
     check_medical(a.data)
@@ -269,6 +343,7 @@ def _default_normalize(backbone: str | None, arch: str) -> str:
 
 
 def cmd_uap(a: argparse.Namespace) -> int:
+    from .config import UAPConfig
     from .run import run_uap
     from .telemetry import Telemetry, run_tags, served
 
@@ -338,6 +413,7 @@ def cmd_index_shards(a: argparse.Namespace) -> int:
 
 def cmd_generate(a: argparse.Namespace) -> int:
     _local_ray_on_loopback(a.address)
+    from .config import EngineConfig
     from .engine import run_engine
 
     config = build(EngineConfig, a)
@@ -350,6 +426,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def _note_ignored(methods: Sequence[str], a: argparse.Namespace) -> None:
     """Say which settings given on the command line the run's methods do not read (``--eps`` for sgd)."""
+    from .config import ignored_settings
+
     note = ignored_settings(methods, getattr(a, "_given", ()))
     if note:
         _log(note)
@@ -413,7 +491,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     _local_ray_on_loopback(a.address)
     from .results import SCHEMA, over_seeds, read_results, select_best, summary_table
     from .store import filesystem
-    from .sweep import outcome, run_sweep, tally
+    from .sweep import SweepConfig, outcome, run_sweep, tally
 
     config = build(SweepConfig, a)
     _note_ignored(config.methods, a)
@@ -513,20 +591,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import BenchConfig, EngineBenchConfig, run_bench, run_engine_bench
+
     if a.engine:
         config = build(EngineBenchConfig, a)  # refused in one line before Ray starts
         _local_ray_on_loopback(None)
         _init_ray(None)
-        from .bench import run_engine_bench
-
         return _print_figures(run_engine_bench(config), a.out)
-    from .bench import run_bench
-
     return _print_figures(run_bench(build(BenchConfig, a)), a.out)
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
-    from .audit import run_audit
+    from .audit import AuditConfig, run_audit
     from .telemetry import served
 
     config = build(AuditConfig, a)
@@ -666,7 +742,8 @@ def _one_value_hint(parser: argparse.ArgumentParser, words: list[str], unknown: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    args, unknown = _parser().parse_known_args(words)
+    command = next((w for w in words if not w.startswith("-")), "")
+    args, unknown = _parser(command if command in HELP else "").parse_known_args(words)
     if unknown:
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}" + _one_value_hint(args._parser, words, unknown))
     args._given = _given(args._parser, words)

@@ -536,7 +536,7 @@ def cmd_import_model(a: argparse.Namespace) -> int:
 def _plot(table: pa.Table, x: str, *, selected: bool) -> Callable[[str, str], str]:
     """The curves of ``table``'s rates over ``x`` (:mod:`raylab.results.curves`; nothing to draw is refused now, in
     one line), and a function that draws them into a location and says so."""
-    from .plots import figure_format
+    from .figures import figure_format
     from .results.curves import SELECTED, curves, curves_png
     from .store import Store
 
@@ -554,7 +554,7 @@ def cmd_results(a: argparse.Namespace) -> int:
     from .results import filter_value, over_seeds, read_results, select_best, summary_table
 
     if a.plot:
-        from .plots import figure_format
+        from .figures import figure_format
 
         figure_format(a.plot)  # a file name it cannot write is refused before the results are read
     elif "x" in getattr(a, "_given", ()):

@@ -267,7 +267,7 @@ def render(prometheus_url: str, out: str | Path, *, start: float, end: float | N
         ax.set_xlabel("seconds since start", fontsize=8)
     fig.suptitle(f"{TITLE} (rendered from {prometheus_url}, run={run})", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    from .plots import png_bytes
+    from .figures import png_bytes
     from .store import Store
 
     store, name = Store.beside(out)

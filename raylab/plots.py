@@ -4,18 +4,12 @@ confusion matrix (Figure 5)."""
 
 from __future__ import annotations
 
-import io
+import numpy as np
+import torch
+from torch import Tensor
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from .core.pixels import VALID_RANGE, to_model_space, to_unit_range  # noqa: E402
-from .errors import InputError  # noqa: E402
+from .core.pixels import VALID_RANGE, to_model_space, to_unit_range
+from .figures import plt, png_bytes
 
 
 def _hwc(image: Tensor) -> np.ndarray:
@@ -28,29 +22,6 @@ def scaled_uap(rho: Tensor) -> Tensor:
     """The UAP scaled to 0..1 for display, as in the paper's Figure 4: (ρ - min) / (max - min)."""
     lo, hi = rho.min(), rho.max()
     return (rho - lo) / (hi - lo) if hi > lo else torch.zeros_like(rho)
-
-
-#: The file formats a figure is written in, by the file name's extension (vector formats for papers).
-FIGURE_FORMATS = ("png", "pdf", "svg")
-
-
-def figure_format(name: str) -> str:
-    """The format of a figure file named ``name``, from its extension; InputError for one not in FIGURE_FORMATS."""
-    base = name.rsplit("/", 1)[-1]
-    fmt = base.rpartition(".")[2].lower() if "." in base else ""
-    if fmt not in FIGURE_FORMATS:
-        raise InputError(f"{name}: a figure is written as {', '.join('.' + f for f in FIGURE_FORMATS)}; "
-                         f"give a file name with one of those extensions")
-    return fmt
-
-
-def png_bytes(fig: "plt.Figure", *, dpi: int = 120, fmt: str = "png") -> bytes:
-    """A figure as PNG bytes (or ``fmt``'s: pdf, svg), and closed: callers write them through
-    :class:`raylab.store.Store`."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=dpi)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def uap_png(rho: Tensor, *, title: str = "") -> bytes:

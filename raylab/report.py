@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .figures import png_bytes
 from .page import Block, to_html, to_markdown
-from .plots import draw_confusion, png_bytes
+from .plots import draw_confusion
 from .record import BUDGET_REACHED, budget_used, trial_metrics, trial_uap
 from .reproduce import model_path, parse_trial
 from .spread import Spread, clearly_above, spread

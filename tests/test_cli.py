@@ -36,8 +36,8 @@ def test_progress_off_a_terminal_is_lines_not_a_redrawn_bar() -> None:
 
 
 def test_commands_that_need_no_model_start_without_torch(tmp_path: Path) -> None:
-    """`raylab --help`, `raylab results` and `raylab dashboard` declare only their own options, so they import neither
-    torch nor Ray (they took about 4 s to start, 3 of them importing torch for the other commands' configs); a
+    """`raylab --help`, `raylab results` (--plot too) and `raylab dashboard` declare only their own options, so they
+    import neither torch nor Ray (they took about 4 s to start, 3 of them importing torch for the other commands' configs); a
     command's own --help still lists its options."""
     from raylab.results import write_rows
 
@@ -45,13 +45,15 @@ def test_commands_that_need_no_model_start_without_torch(tmp_path: Path) -> None
 
     write_rows(str(tmp_path / "results"), make_rows())
     script = ("import sys; from raylab.cli import main\n"
-              "for argv in (['--help'], ['results', sys.argv[1]], ['dashboard', 'prometheus-config'], ['results', '--help']):\n"
+              "for argv in (['--help'], ['results', sys.argv[1]], ['dashboard', 'prometheus-config'], ['results', '--help'],\n"
+              "             ['results', sys.argv[1], '--over-seeds', '--plot', sys.argv[2]]):\n"
               "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
               "print(sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules))")
-    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "results")], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "results"), str(tmp_path / "curves.svg")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] == "[]", run.stdout[-2000:] + run.stderr[-2000:]
     assert "grid-a" in run.stdout and "scrape_configs" in run.stdout and "--over-seeds" in run.stdout
+    assert (tmp_path / "curves.svg").read_text().lstrip().startswith("<?xml")  # the plot, drawn without torch too
 
 
 def test_help_says_what_raylab_and_each_command_do(capsys) -> None:

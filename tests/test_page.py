@@ -15,7 +15,7 @@ from .html_page import Page
 
 def _png() -> bytes:
     """A real PNG, drawn by raylab's plotting."""
-    from raylab.plots import png_bytes, plt
+    from raylab.figures import plt, png_bytes
 
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.plot([0, 1], [0, 1])

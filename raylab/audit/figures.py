@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..plots import png_bytes
+from ..figures import png_bytes
 from .verdict import METHOD_NAMES, SOURCE_NAMES, best_targeted, cell, headline, methods, norm_name
 
 

@@ -103,9 +103,7 @@ def _axis_name(x: str) -> str:
 def curves_png(found: list[Curve], x: str = "zeta", *, title: str = "", fmt: str = "png") -> bytes:
     """The curves drawn as a PNG (or ``fmt``'s: pdf, svg): a panel for R_f and one for R_s where both kinds are
     there, one legend below them (the figure grows with it); rates in %."""
-    import matplotlib.pyplot as plt
-
-    from ..plots import png_bytes
+    from ..figures import plt, png_bytes
 
     panels = [kind for kind in (False, True) if any(c.targeted == kind for c in found)]
     rows = len(found) + 1 if len(panels) == 1 else (len(found) + 2) // 2  # the legend's lines, the control's included

@@ -1,10 +1,10 @@
 """``raylab``: the command line. Parses argv into the typed configs (their options are derived from the configs'
 own declarations, :mod:`raylab.options`), and calls the layers below.
 
-Subcommands: ``pretrain``, ``train``, ``uap`` (one machine), ``shard`` and
-``generate`` (the distributed engine on Ray), ``sweep`` (Ray Tune) and
-``results`` (the Parquet results), ``audit`` (one model, one verdict, one report), ``reproduce`` (the paper's study and its report), ``dashboard`` (Grafana JSON,
-Prometheus config, PNG), ``demo``, ``bench``.
+Subcommands: ``pretrain``, ``train``, ``import-model``, ``uap`` (one machine), ``evaluate`` (a finished UAP on
+another model), ``shard``, ``index-shards`` and ``generate`` (the distributed engine on Ray), ``sweep`` (Ray Tune) and
+``results`` (the Parquet results), ``audit`` (one model, one verdict, one report), ``reproduce`` (the paper's study
+and its report), ``dashboard`` (Grafana JSON, Prometheus config, PNG), ``demo``, ``bench``.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ HELP = {
     "pretrain": "natural-image pretraining of a backbone (exemplar training on a photo folder)",
     "train": "fine-tune (transfer learning) or train from scratch on a medical dataset",
     "uap": "generate a UAP and evaluate it on the medical test set (single machine)",
+    "evaluate": "evaluate a finished UAP (uap.npy) on a model, which need not be the one it was made on: does it "
+                "transfer?",
     "shard": "write webdataset tar shards (and a manifest) from an image folder or a MedMNIST .npz",
     "index-shards": "index webdataset shards written elsewhere (img2dataset, webdataset): write their manifest.json "
                     "in place, so every command streams them",
@@ -116,6 +118,12 @@ def _uap_options(u: argparse.ArgumentParser) -> None:
 
     add_options(u, UAPConfig)
     _metrics_options(u)
+
+
+def _evaluate_options(e: argparse.ArgumentParser) -> None:
+    from .config import EvaluateConfig
+
+    add_options(e, EvaluateConfig)
 
 
 def _shard_options(s: argparse.ArgumentParser) -> None:
@@ -248,6 +256,7 @@ OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "pretrain": _pretrain_options,
     "train": _train_options,
     "uap": _uap_options,
+    "evaluate": _evaluate_options,
     "shard": _shard_options,
     "index-shards": _index_shards_options,
     "generate": _generate_options,
@@ -354,6 +363,18 @@ def cmd_uap(a: argparse.Namespace) -> int:
                          log=_log)
     print(record.summary())
     print(f"wrote {config.out}/uap.npy, metrics.json, uap.png, confusion.png" + (", examples.png" if config.examples else ""))
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .config import EvaluateConfig
+    from .evaluate_uap import evaluate_uap
+
+    config = build(EvaluateConfig, a)
+    result = evaluate_uap(config)
+    print(result.summary())
+    if config.out:
+        print(f"wrote {config.out}/metrics.json, confusion.png")
     return 0
 
 
@@ -700,7 +721,7 @@ def _print_figures(figures: dict, out: Path | None) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "shard": cmd_shard,
+COMMANDS = {"pretrain": cmd_pretrain, "train": cmd_train, "uap": cmd_uap, "evaluate": cmd_evaluate, "shard": cmd_shard,
             "index-shards": cmd_index_shards, "generate": cmd_generate, "sweep": cmd_sweep, "results": cmd_results,
             "demo": cmd_demo, "bench": cmd_bench,
             "dashboard": cmd_dashboard, "reproduce": cmd_reproduce, "import-model": cmd_import_model, "audit": cmd_audit}

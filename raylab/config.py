@@ -263,6 +263,36 @@ class UAPConfig(AttackConfig):
         return 1 if self.mode == "faithful" and self.method == "paper" else self.batch_size
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """A finished UAP evaluated on a model (``raylab evaluate``): one made by another model, run or tool — does it
+    fool this one too? R_f, R_s and the random control of the UAP's own norm (Section 2.3), on the model's test set."""
+
+    uap: str = option(help="the UAP: a uap.npy (path or fsspec URL), C x H x W in the model's input space [0, 1]")
+    model: str = option(help="the classifier to evaluate it on (path or fsspec URL)")
+    medical: Path = option(DEFAULT_MEDICAL, "the medical dataset the model classifies (.npz or CSV folder)", flag="--data")
+    target: str | None = option(None, "a target class: its success rate R_s is the headline (default: the fooling rate)")
+    p: Norm = option(2, "the norm the UAP is measured in, and its random control drawn in: 2 or inf", parse=str)
+    seed: int = option(0, "seed of the random control")
+    clip: bool = option(False, "clip x+rho to the valid pixel range (the authors did not)")
+    device: str = option("cpu", "cpu or cuda[:N]")
+    amp: bool = option(False, "mixed-precision forward passes (bf16 on CPU, fp16 on CUDA)")
+    out: str | None = option(None, "also write metrics.json and confusion.png into this folder (path or fsspec URL)")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "p", norm(self.p))
+        object.__setattr__(self, "medical", Path(self.medical))
+        check("://" in self.uap or Path(self.uap).is_file(), f"UAP {missing(self.uap)}" if not Path(self.uap).is_dir()
+              else f"UAP {self.uap} is a folder; give the uap.npy in it")
+        check_model(self.model)
+        check_medical(self.medical)
+        check_device(self.device)
+        check_seed(self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
 #: Where an engine run decodes JPEGs stored at the model's size (``--decode-on``).
 DECODE_PLACES = ("reader", "worker")
 #: When a worker's next batch is copied to its device during the current update (:mod:`raylab.engine.staging`).

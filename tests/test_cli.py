@@ -114,6 +114,44 @@ def test_uap_from_natural_images_end_to_end(models: dict[str, Path], natural_dir
             assert im.size[0] > 100 and im.size[1] > 100
 
 
+def test_a_finished_uap_is_evaluated_on_its_own_model_and_on_another(models: dict[str, Path], natural_dir: Path,
+                                                                    tmp_path: Path, capsys) -> None:
+    """`raylab evaluate`: on the model it was made on, a UAP's rates are its run's to the bit; on another model (one
+    trained from scratch) it is that model's test set and clean accuracy that count; a UAP of another shape, or a file
+    that is not one, is one line."""
+    out = tmp_path / "uap"
+    assert main(["uap", "--model", str(models["model"]), "--data", str(PNEUMONIA), "--source", str(natural_dir),
+                 "--zeta", "0.08", "--eps", "0.01", "--examples", "0", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "--uap", str(out / "uap.npy"), "--model", str(models["model"]), "--data", str(PNEUMONIA),
+                 "--out", str(tmp_path / "same")]) == 0
+    printed = capsys.readouterr().out
+    same = json.loads((tmp_path / "same" / "metrics.json").read_text())
+    assert same["fooling_rate"] == m["fooling_rate"] and same["confusion_matrix"] == m["confusion_matrix"]
+    assert same["clean_accuracy"] == m["clean_accuracy"] and same["uap_norm"] == pytest.approx(m["uap_norms"]["l2"])
+    assert same["zeta"] == pytest.approx(same["uap_norm"] / m["radius"] * 0.08)  # its norm as zeta of the images
+    assert f"fooling rate R_f = {m['fooling_rate']:.3f}" in printed and (tmp_path / "same" / "confusion.png").stat().st_size
+
+    scratch = tmp_path / "scratch.pt"
+    assert main(["train", "--data", str(PNEUMONIA), "--arch", "small_cnn", "--image-size", "28", "--epochs", "1",
+                 "--out", str(scratch)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--uap", str(out / "uap.npy"), "--model", str(scratch), "--data", str(PNEUMONIA),
+                 "--target", "normal", "--out", str(tmp_path / "other")]) == 0
+    other = json.loads((tmp_path / "other" / "metrics.json").read_text())
+    assert other["target"] == "NORMAL" and "success rate R_s(NORMAL)" in capsys.readouterr().out
+    assert other["clean_accuracy"] == pytest.approx(json.loads(scratch.with_suffix(".json").read_text())["test_accuracy"])
+
+    np.save(tmp_path / "rgb.npy", np.zeros((3, 28, 28), np.float32))
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    for uap, error in [(tmp_path / "rgb.npy", "is 3x28x28 (C x H x W), but"),
+                       (tmp_path / "junk.npy", "not a .npy file (raylab writes a UAP as uap.npy, numpy's format)")]:
+        assert main(["evaluate", "--uap", str(uap), "--model", str(models["model"]), "--data", str(PNEUMONIA)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and error in err, err
+
+
 def test_a_colour_csv_folder_trains_and_attacks_an_rgb_model(models: dict[str, Path], natural_dir: Path, shards: Path,
                                                               tmp_path: Path, capsys) -> None:
     """A CSV folder of colour photos of several sizes (the paper's skin-lesion layout) trains a 3-channel model and

@@ -135,8 +135,9 @@ class RunRecord:
     rho_linf: float
     #: Where ``uap.npy`` was written (set by :func:`write_run`).
     uap_uri: str = ""
-    #: What determined ρ (:func:`raylab.resume.fingerprint`'s parts), for a UAP made from images by ``raylab uap``: a
-    #: later run into the same folder replaces it only if it is the same run.
+    #: What determined ρ (:func:`raylab.resume.fingerprint`'s parts) for ``raylab uap``'s code (every audit's,
+    #: reproduction's and single-machine trial's UAP, the random control's too): a later run into the same folder
+    #: replaces it only if it is the same run. None for the engine's, whose kept checkpoint does the same.
     fingerprint: dict[str, Any] | None = None
 
     @staticmethod

@@ -223,7 +223,10 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
     telemetry = telemetry if telemetry is not None else Telemetry()
     telemetry.skipped(images=len(source.source.skipped))
     checkpoint_file, resume = None, None
-    identify = lambda: fingerprint(config, target.model, source.images, target.radius)  # noqa: E731
+
+    def identify() -> Fingerprint:  # hashes the weights and the images, once per run
+        return fingerprint(config, target.model, source.images, target.radius)
+
     if source.images is not None:
         checkpoint_file = uap_checkpoint(store, identify, every=config.checkpoint_seconds)
         resume = checkpoint_file.load()  # another run's checkpoint is refused here, before any compute
@@ -262,8 +265,7 @@ def run_uap(config: UAPConfig, *, target: Target | None = None, source: SourceIm
         image_size=spec.image_size or 0, medical=str(config.medical), radius=target.radius, source=info,
         build=Build(images=stats.images, active=stats.active, accepted=stats.accepted, passes=passes, seconds=seconds,
                     workers=1, batch_size=config.effective_batch_size),
-        evaluation=evaluation, fingerprint=identity.parts,
-        **RunRecord.norms(rho))
+        evaluation=evaluation, fingerprint=identity.parts, **RunRecord.norms(rho))
     what = "random control" if source.images is None else f"UAP from {Path(info.location).name}"
     shown = Figures(examples=config.examples, test_images=medical.test_images,
                     title=f"{what}, L{config.p} zeta={config.zeta:g}, {evaluation.headline_text()}") if figures else None

@@ -44,13 +44,7 @@ class UAPEvaluation:
         warning = e.baseline_warning()
         if warning:
             lines.append(warning)
-        if e.target is None:
-            lines.append(f"fooling rate R_f = {e.uap.fooling_rate:.3f}   random control R_f = {e.random.fooling_rate:.3f}"
-                         f"   (clean accuracy {e.clean_accuracy:.3f}, {e.test_images} test images)")
-        else:
-            t = e.target
-            lines.append(f"success rate R_s({t}) = {e.uap.success_rate[t]:.3f}   random control R_s = "
-                         f"{e.random.success_rate[t]:.3f}   baseline (clean) = {e.clean_label_composition[t]:.3f}")
+        lines.append(e.rates_line())
         return "\n".join(lines)
 
     def metrics(self) -> dict[str, Any]:

@@ -126,6 +126,17 @@ class Evaluation(ModelCheck):
     def random_headline(self) -> float:
         return self.random.fooling_rate if self.target is None else self.random.success_rate[self.target]
 
+    def rates_line(self, *, rho_l2: float | None = None) -> str:
+        """The rates as a run prints them: R_f beside its random control (with ρ's L2 norm when given), or a target's
+        R_s beside its control and its share of the clean predictions."""
+        if self.target is None:
+            norm = "" if rho_l2 is None else f"||rho||_2 = {rho_l2:.3g}, "
+            return (f"fooling rate R_f = {self.uap.fooling_rate:.3f}   random control R_f = {self.random.fooling_rate:.3f}"
+                    f"   ({norm}clean accuracy {self.clean_accuracy:.3f}, {self.test_images} test images)")
+        t = self.target
+        return (f"success rate R_s({t}) = {self.uap.success_rate[t]:.3f}   random control R_s = "
+                f"{self.random.success_rate[t]:.3f}   baseline (clean) = {self.clean_label_composition[t]:.3f}")
+
     def headline_text(self) -> str:
         return f"R_f={self.headline:.2f}" if self.target is None else f"R_s({self.target})={self.headline:.2f}"
 

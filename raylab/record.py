@@ -225,13 +225,7 @@ class RunRecord:
         if warning:
             lines.append(warning)
         lines += self._step_notes()
-        if e.target is None:
-            lines.append(f"fooling rate R_f = {e.uap.fooling_rate:.3f}   random control R_f = {e.random.fooling_rate:.3f}"
-                         f"   (||rho||_2 = {self.rho_l2:.3g}, clean accuracy {e.clean_accuracy:.3f}, {e.test_images} test images)")
-        else:
-            t = e.target
-            lines.append(f"success rate R_s({t}) = {e.uap.success_rate[t]:.3f}   random control R_s = {e.random.success_rate[t]:.3f}"
-                         f"   baseline (clean) = {e.clean_label_composition[t]:.3f}")
+        lines.append(e.rates_line(rho_l2=self.rho_l2))
         return "\n".join(lines)
 
 

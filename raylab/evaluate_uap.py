@@ -1,7 +1,9 @@
 """``raylab evaluate``: a finished UAP evaluated on a model, which need not be the one it was made on.
 
 A UAP made on one model (a surrogate, another architecture, another team's run) and applied to another is the
-transfer an auditor asks about: the paper's cross-architecture question (Section 3), asked of one perturbation file.
+transfer an auditor of a model an attacker cannot query asks about. The paper makes each architecture's UAP on that
+architecture (Section 3.1); ``raylab reproduce``'s cross-architecture matrix asks the transfer of its own models, and
+this asks it of one perturbation file.
 The UAP is loaded as it was written (``uap.npy``, C × H × W in [0, 1] pixel units), checked against the model's input,
 and evaluated as every raylab UAP is (:func:`raylab.evaluation.evaluate`): R_f, R_s of a target, their confusion
 matrices, and the random control of the UAP's own norm (Section 2.3). Its size is also given as ζ, the share of the

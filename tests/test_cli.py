@@ -37,8 +37,8 @@ def test_progress_off_a_terminal_is_lines_not_a_redrawn_bar() -> None:
 
 def test_commands_that_need_no_model_start_without_torch(tmp_path: Path) -> None:
     """`raylab --help`, `raylab results` (--plot too) and `raylab dashboard` declare only their own options, so they
-    import neither torch nor Ray (they took about 4 s to start, 3 of them importing torch for the other commands' configs); a
-    command's own --help still lists its options."""
+    import neither torch nor Ray (they took about 4 s to start, 3 of them importing torch for the other commands'
+    configs); a command's own --help still lists its options."""
     from raylab.results import write_rows
 
     from .test_results import make_rows
